@@ -1,0 +1,11 @@
+"""qcloop core: the ground floor every other part of the project imports.
+
+It holds the contracts (the three interfaces and the release message), the
+settings, the object store, dataset versions (YOLO layout + DVC), the synthetic
+data generator and MQTT topic names. It imports no other folder of the project.
+"""
+
+from qcloop.errors import QcloopError
+
+__all__ = ["QcloopError", "__version__"]
+__version__ = "0.1.0"

@@ -1,0 +1,253 @@
+"""Labelled dataset versions: YOLO layout + manifest, versioned with DVC.
+
+A version lives in ``<workspace>/data`` (tracked by ``data.dvc``):
+
+    data/images/<stem>.jpg   data/labels/<stem>.txt   data/classes.txt   data/manifest.json
+
+Versions are written atomically: the new version is built and validated in a
+staging folder beside ``data/``, swapped in by rename, then ``dvc add`` + push;
+if any step fails the previous ``data/`` and ``data.dvc`` come back.
+Splits are a function of the capture group (a hash), and an image keeps the
+split it had in the parent version, so an image never moves between splits.
+Each version's DVC pointer is also kept in the object store
+(``datasets/<version>.dvc``) so any machine can materialise any version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from qcloop import dvc
+from qcloop.contracts import (
+    SPLITS,
+    DatasetManifest,
+    ManifestImage,
+    RawImageSidecar,
+    Split,
+    count_splits,
+)
+from qcloop.errors import DatasetError, ObjectNotFound
+from qcloop.settings import Settings
+from qcloop.storage import ObjectStore, open_store, put_raw_image, raw_key, sha256_bytes
+from qcloop.yolo import YoloItem, capture_group, scan_yolo_folder
+
+DATA_DIR = "data"
+MANIFEST = "manifest.json"
+POINTER_PREFIX = "datasets/"
+SPLIT_RATIOS: dict[Split, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
+Progress = Callable[[str], None]
+
+
+def assign_split(group: str) -> Split:
+    """Deterministic split of a capture group (the same on every machine, every version)."""
+    bucket = int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
+    edge = 0.0
+    for split in SPLITS:
+        edge += SPLIT_RATIOS[split]
+        if bucket < edge:
+            return split
+    return "train"
+
+
+def current_manifest(workspace: Path) -> DatasetManifest | None:
+    """Manifest of the version checked out in ``workspace/data``, if any."""
+    path = workspace / DATA_DIR / MANIFEST
+    return DatasetManifest.load(path) if path.is_file() else None
+
+
+def _next_version(parent: DatasetManifest | None) -> str:
+    return f"v{int(parent.version[1:]) + 1}" if parent else "v1"
+
+
+def _entry(item: YoloItem, split: Split, key: str, digest: str) -> ManifestImage:
+    return ManifestImage(
+        file=f"images/{item.stem}{item.image.suffix.lower()}",
+        label_file=f"labels/{item.stem}.txt",
+        split=split,
+        group=capture_group(item.stem),
+        sha256=digest,
+        width=item.width,
+        height=item.height,
+        boxes=len(item.boxes),
+        raw_key=key,
+    )
+
+
+def _label_text(item: YoloItem) -> str:
+    return "".join(box.line() + "\n" for box in item.boxes)
+
+
+def _stage(
+    staging: Path,
+    parent_dir: Path | None,
+    parent: DatasetManifest | None,
+    items: list[YoloItem],
+    store: ObjectStore,
+    source: str,
+    progress: Progress,
+) -> tuple[list[ManifestImage], int]:
+    """Write parent + new items into ``staging``; return the entries and the number changed."""
+    (staging / "images").mkdir(parents=True)
+    (staging / "labels").mkdir()
+    entries = {img.file: img for img in (parent.images if parent else [])}
+    group_splits = {img.group: img.split for img in entries.values()}
+    if parent_dir is not None:
+        for img in entries.values():
+            shutil.copy2(parent_dir / img.file, staging / img.file)
+            shutil.copy2(parent_dir / img.label_file, staging / img.label_file)
+    changed = 0
+    for n, item in enumerate(items, start=1):
+        data = item.image.read_bytes()
+        digest = sha256_bytes(data)
+        ext = item.image.suffix.lower().lstrip(".")
+        key = raw_key(digest, ext)
+        sidecar = RawImageSidecar(
+            key=key,
+            sha256=digest,
+            content_type="image/png" if ext == "png" else "image/jpeg",
+            width=item.width,
+            height=item.height,
+            source=source,
+            reason="import",
+            original_name=item.image.name,
+        )
+        put_raw_image(store, data, sidecar)
+        split = group_splits.setdefault(
+            capture_group(item.stem), assign_split(capture_group(item.stem))
+        )
+        entry = _entry(item, split, key, digest)
+        old = entries.get(entry.file)
+        label = _label_text(item)
+        if old is None or old.sha256 != digest or (staging / entry.label_file).read_text() != label:
+            changed += 1
+        entries[entry.file] = entry
+        (staging / entry.file).write_bytes(data)
+        (staging / entry.label_file).write_text(label)
+        if n % 50 == 0 or n == len(items):
+            progress(f"  staged {n}/{len(items)} images")
+    return sorted(entries.values(), key=lambda e: e.file), changed
+
+
+def import_yolo_folder(
+    settings: Settings, source: Path, *, progress: Progress = print
+) -> tuple[DatasetManifest, bool]:
+    """Import a YOLO folder into the raw store and a new dataset version.
+
+    Returns the manifest of the (new or unchanged) current version and whether a
+    new version was created; a folder that adds nothing creates no version.
+    """
+    workspace = settings.workspace.resolve()
+    progress(f"validating YOLO folder {source}")
+    names, items = scan_yolo_folder(Path(source))
+    dvc.ensure_repo(workspace, settings)
+    parent = _checked_out_parent(workspace, settings)
+    if parent and parent.class_names != names:
+        raise DatasetError(
+            f"{source}/classes.txt: classes {names} differ from version {parent.version}'s "
+            f"{parent.class_names}; keep the same class list (append new classes at the end)"
+        )
+    store = open_store(settings.store)
+    staging = workspace / f".{DATA_DIR}.staging-{uuid.uuid4().hex[:8]}"
+    try:
+        progress(f"importing {len(items)} images into the raw store ({settings.store.kind})")
+        data_dir = workspace / DATA_DIR
+        entries, changed = _stage(
+            staging, data_dir if parent else None, parent, items, store, str(source), progress
+        )
+        if parent and changed == 0:
+            progress(f"nothing new: dataset stays at {parent.version}")
+            return parent, False
+        manifest = DatasetManifest(
+            version=_next_version(parent),
+            parent=parent.version if parent else None,
+            class_names=names,
+            source=str(source),
+            images=entries,
+            counts=count_splits(entries),
+        )
+        (staging / "classes.txt").write_text("\n".join(names) + "\n")
+        manifest.save(staging / MANIFEST)
+        _swap_in(workspace, staging, settings, manifest, store, progress)
+        return manifest, True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _checked_out_parent(workspace: Path, settings: Settings) -> DatasetManifest | None:
+    pointer = workspace / f"{DATA_DIR}.dvc"
+    if pointer.is_file() and not (workspace / DATA_DIR / MANIFEST).is_file():
+        dvc.run_dvc(workspace, settings, "pull", "--quiet", f"{DATA_DIR}.dvc")
+    return current_manifest(workspace)
+
+
+def _swap_in(
+    workspace: Path,
+    staging: Path,
+    settings: Settings,
+    manifest: DatasetManifest,
+    store: ObjectStore,
+    progress: Progress,
+) -> None:
+    """Replace data/ by staging, dvc add + push; on failure put everything back."""
+    data_dir, pointer = workspace / DATA_DIR, workspace / f"{DATA_DIR}.dvc"
+    backup = workspace / f".{DATA_DIR}.previous-{uuid.uuid4().hex[:8]}"
+    old_pointer = pointer.read_text() if pointer.is_file() else None
+    if data_dir.exists():
+        data_dir.rename(backup)
+    staging.rename(data_dir)
+    try:
+        progress(f"dvc add + push {manifest.version} to {dvc.remote_url(settings)}")
+        text = dvc.add_and_push(workspace, settings, DATA_DIR)
+        store.put_bytes(f"{POINTER_PREFIX}{manifest.version}.dvc", text.encode(), "text/yaml")
+    except BaseException:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if backup.exists():
+            backup.rename(data_dir)
+        if old_pointer is None:
+            pointer.unlink(missing_ok=True)
+        else:
+            pointer.write_text(old_pointer)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def known_versions(settings: Settings) -> list[str]:
+    """Dataset versions whose pointer is in the object store, oldest first."""
+    store = open_store(settings.store)
+    names = [k[len(POINTER_PREFIX) : -4] for k in store.list(POINTER_PREFIX) if k.endswith(".dvc")]
+    return sorted(names, key=lambda v: int(v[1:]) if v[1:].isdigit() else 0)
+
+
+def materialize(settings: Settings, version: str, dest: Path) -> DatasetManifest:
+    """Copy dataset ``version`` into ``dest`` (a new folder) and return its manifest."""
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise DatasetError(f"{dest}: not empty; give a new folder to materialise {version} into")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        dest.rmdir()
+    local = current_manifest(settings.workspace.resolve())
+    if local is not None and local.version == version:
+        shutil.copytree(
+            settings.workspace.resolve() / DATA_DIR, dest, ignore=shutil.ignore_patterns("*.cache")
+        )
+    else:
+        try:
+            pointer = (
+                open_store(settings.store).get_bytes(f"{POINTER_PREFIX}{version}.dvc").decode()
+            )
+        except ObjectNotFound:
+            known = ", ".join(known_versions(settings)) or "none"
+            raise DatasetError(
+                f"dataset version '{version}' does not exist (known: {known}); "
+                "import data first (`qcloop dataset import`)"
+            ) from None
+        dvc.pull_pointer(pointer, dest, settings)
+    manifest = DatasetManifest.load(dest / MANIFEST)
+    if manifest.version != version:
+        raise DatasetError(f"{dest}: holds {manifest.version}, expected {version}")
+    return manifest

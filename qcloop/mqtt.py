@@ -1,0 +1,76 @@
+"""MQTT topic names and a small client factory shared by the bridge and the agent.
+
+Topics (``<fleet>`` and ``<device>`` match ``[A-Za-z0-9_.-]+``):
+  qcloop/fleets/<fleet>/release     retained ReleaseMessage for the fleet
+  qcloop/devices/<device>/results   InferenceResult per frame
+  qcloop/devices/<device>/state     retained device state (serving model, status)
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import paho.mqtt.client as mqtt
+
+from qcloop.errors import BrokerUnavailable
+from qcloop.settings import MqttSettings
+
+ROOT = "qcloop"
+
+
+def release_topic(fleet: str) -> str:
+    """Retained release topic of a fleet."""
+    return f"{ROOT}/fleets/{fleet}/release"
+
+
+def results_topic(device_id: str) -> str:
+    """Per-frame results of a device."""
+    return f"{ROOT}/devices/{device_id}/results"
+
+
+def state_topic(device_id: str) -> str:
+    """Retained state of a device."""
+    return f"{ROOT}/devices/{device_id}/state"
+
+
+def make_client(settings: MqttSettings, client_id: str | None = None) -> mqtt.Client:
+    """A paho client (callback API v2) configured from settings; not yet connected."""
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"qcloop-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv311,
+    )
+    if settings.username:
+        password = settings.password.get_secret_value() if settings.password else None
+        client.username_pw_set(settings.username, password)
+    if settings.tls:
+        client.tls_set()
+    return client
+
+
+def connect(client: mqtt.Client, settings: MqttSettings, keepalive: int = 30) -> None:
+    """Connect or raise ``BrokerUnavailable`` naming the URL."""
+    try:
+        client.connect(settings.host, settings.port, keepalive=keepalive)
+    except (TimeoutError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"MQTT broker {settings.url} is unreachable ({exc}); "
+            "start one (`qcloop broker`) or set mqtt.url / QCLOOP_MQTT__URL"
+        ) from None
+
+
+def publish_retained(
+    settings: MqttSettings, topic: str, payload: bytes, timeout: float = 10.0
+) -> None:
+    """Publish one retained QoS-1 message and wait until the broker has it."""
+    client = make_client(settings)
+    connect(client, settings)
+    client.loop_start()
+    try:
+        info = client.publish(topic, payload, qos=1, retain=True)
+        info.wait_for_publish(timeout=timeout)
+        if not info.is_published():
+            raise BrokerUnavailable(f"MQTT broker {settings.url} did not acknowledge {topic}")
+    finally:
+        client.disconnect()
+        client.loop_stop()

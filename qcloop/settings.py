@@ -1,0 +1,173 @@
+"""Settings: frozen, strict models read from a TOML file, then the environment.
+
+Where they come from, last wins:
+  1. defaults below (the embedded default: everything under ``.qcloop/``),
+  2. the TOML file ``$QCLOOP_CONFIG`` or ``./qcloop.toml`` if it exists,
+  3. environment variables ``QCLOOP_<SECTION>__<FIELD>``, e.g.
+     ``QCLOOP_STORE__KIND=s3``, ``QCLOOP_STORE__ENDPOINT=http://minio:9000``,
+     ``QCLOOP_MQTT__URL=mqtt://broker:1883``.
+Secrets are ``SecretStr``: their repr and logs show ``**********``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from qcloop.errors import ConfigError
+
+ENV_PREFIX = "QCLOOP_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StoreSettings(_Section):
+    """Object store: a local folder (default) or an S3/MinIO bucket."""
+
+    kind: Literal["local", "s3"] = "local"
+    path: Path = Path(".qcloop/store")
+    endpoint: str | None = Field(default=None, description="http(s)://host:port of S3/MinIO")
+    bucket: str = Field(default="qcloop", min_length=3)
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    region: str | None = None
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> StoreSettings:
+        if self.kind == "s3":
+            missing = [f for f in ("endpoint", "access_key", "secret_key") if not getattr(self, f)]
+            if missing:
+                fields = ", ".join(f"store.{m}" for m in missing)
+                raise ValueError(f"store.kind = 's3' needs {fields}")
+            parsed = urlparse(self.endpoint or "")
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ValueError(f"store.endpoint '{self.endpoint}' must be http(s)://host:port")
+        return self
+
+
+class MqttSettings(_Section):
+    """MQTT broker; ``mqtt://`` or ``mqtts://`` URL."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    fleet: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @model_validator(mode="after")
+    def _valid_url(self) -> MqttSettings:
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise ValueError(f"mqtt.url '{self.url}' must look like mqtt://host:1883")
+        return self
+
+    @property
+    def host(self) -> str:
+        """Broker host name."""
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """Broker port (1883, or 8883 for mqtts, unless given)."""
+        parsed = urlparse(self.url)
+        return parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        """Whether to use TLS."""
+        return urlparse(self.url).scheme == "mqtts"
+
+
+class MlflowSettings(_Section):
+    """MLflow tracking/registry; the embedded default is a sqlite file, no server."""
+
+    tracking_uri: str = "sqlite:///.qcloop/mlflow.db"
+    experiment: str = "qcloop-training"
+    model_name: str = Field(default="qcloop-detector", min_length=1)
+    production_alias: str = "production"
+
+
+class DvcSettings(_Section):
+    """DVC remote for dataset versions: a folder (default) or ``s3://bucket/prefix``."""
+
+    remote: str = ".qcloop/dvc-remote"
+    endpoint_url: str | None = Field(default=None, description="S3/MinIO endpoint for s3://")
+
+
+class Settings(_Section):
+    """All settings of the platform side."""
+
+    home: Path = Field(default=Path(".qcloop"), description="state of the embedded default")
+    workspace: Path = Field(default=Path("."), description="DVC repo holding data/ + data.dvc")
+    class_names: list[str] = Field(default_factory=lambda: ["scratch"], min_length=1)
+    store: StoreSettings = StoreSettings()
+    mqtt: MqttSettings = MqttSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    dvc: DvcSettings = DvcSettings()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "QCLOOP_CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value.split(",") if path[-1] == "class_names" else value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file; a syntax error becomes a ``ConfigError`` naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read settings file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def validation_message(source: str, exc: ValidationError) -> str:
+    """One readable line per invalid field."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return f"{source}: invalid settings:\n" + "\n".join(lines)
+
+
+def load_settings(
+    path: Path | None = None, environ: dict[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Load settings from defaults, the TOML file, the environment, then ``overrides``."""
+    environ = dict(os.environ) if environ is None else environ
+    if path is None and environ.get("QCLOOP_CONFIG"):
+        path = Path(environ["QCLOOP_CONFIG"])
+    if path is None and Path("qcloop.toml").exists():
+        path = Path("qcloop.toml")
+    data: dict[str, Any] = read_toml(path) if path else {}
+    data = _merge(_merge(data, _env_overrides(environ)), overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        source = f"{path} + environment" if path else "environment"
+        raise ConfigError(validation_message(source, exc)) from None

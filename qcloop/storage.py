@@ -1,0 +1,278 @@
+"""Object storage: one small interface, two backends (local folder, S3/MinIO).
+
+Keys are ``/``-separated. Raw images are content-addressed
+(``raw/<sha[:2]>/<sha256>.<ext>`` plus ``.json`` sidecar), so uploading the same
+image twice - a retry, two devices - never makes a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from qcloop.contracts import RawImageSidecar
+from qcloop.errors import ObjectNotFound, StoreError, StoreUnavailable
+from qcloop.settings import StoreSettings
+
+RAW_PREFIX = "raw/"
+
+
+class ObjectStore(Protocol):
+    """What every backend offers."""
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = ...) -> None:
+        """Store ``data`` under ``key`` (atomic: readers see all or nothing)."""
+
+    def get_bytes(self, key: str) -> bytes:
+        """Return the object; ``ObjectNotFound`` if absent."""
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix``, sorted."""
+
+    def url(self, key: str) -> str:
+        """A location for ``key``: ``file://`` or ``s3://bucket/key``."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def raw_key(sha256: str, ext: str = "jpg") -> str:
+    """Content-addressed key of a raw image."""
+    return f"{RAW_PREFIX}{sha256[:2]}/{sha256}.{ext.lstrip('.').lower()}"
+
+
+def _check_key(key: str) -> str:
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise StoreError(f"invalid object key '{key}': use a relative path without '..'")
+    return key
+
+
+class LocalStore:
+    """A folder on disk; the embedded default."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.url(key)}: no such object") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self.root
+        keys = (
+            p.relative_to(base).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+        yield from sorted(k for k in keys if k.startswith(prefix))
+
+    def url(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+
+class S3Store:
+    """An S3 bucket on MinIO (or any S3 endpoint), through the minio SDK."""
+
+    def __init__(self, settings: StoreSettings) -> None:
+        from minio import Minio  # imported here: the local default needs no SDK
+
+        parsed = urlparse(settings.endpoint or "")
+        self.endpoint = settings.endpoint or ""
+        self.bucket = settings.bucket
+        access = settings.access_key.get_secret_value() if settings.access_key else None
+        secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+        self._client = Minio(
+            parsed.netloc,
+            access_key=access,
+            secret_key=secret,
+            secure=parsed.scheme == "https",
+            region=settings.region,
+        )
+        self._ensured = False
+
+    def __repr__(self) -> str:
+        return f"S3Store(endpoint={self.endpoint!r}, bucket={self.bucket!r})"
+
+    def _call(self, what: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        from minio.error import S3Error
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return fn(*args, **kwargs)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
+                raise ObjectNotFound(f"s3://{self.bucket}/{what}: no such object") from None
+            raise StoreError(f"{self.endpoint}: {what}: {exc.code}: {exc.message}") from None
+        except (HTTPError, OSError) as exc:
+            raise StoreUnavailable(
+                f"object store {self.endpoint} is unreachable ({type(exc).__name__}); "
+                "check store.endpoint and that MinIO/S3 is running"
+            ) from None
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (once per store object)."""
+        if self._ensured:
+            return
+        if not self._call("bucket", self._client.bucket_exists, self.bucket):
+            self._call("bucket", self._client.make_bucket, self.bucket)
+        self._ensured = True
+
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        self.ensure_bucket()
+        self._call(
+            _check_key(key),
+            self._client.put_object,
+            self.bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+        )
+
+    def get_bytes(self, key: str) -> bytes:
+        response = self._call(_check_key(key), self._client.get_object, self.bucket, key)
+        try:
+            return bytes(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call(_check_key(key), self._client.stat_object, self.bucket, key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        self.ensure_bucket()
+        objects = self._call(
+            prefix, lambda: list(self._client.list_objects(self.bucket, prefix, recursive=True))
+        )
+        yield from sorted(o.object_name for o in objects)
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{_check_key(key)}"
+
+
+def open_store(settings: StoreSettings) -> LocalStore | S3Store:
+    """The backend the settings ask for."""
+    if settings.kind == "s3":
+        return S3Store(settings)
+    return LocalStore(settings.path)
+
+
+def put_raw_image(store: ObjectStore, data: bytes, sidecar: RawImageSidecar) -> str:
+    """Upload an image and its sidecar under its content address; idempotent.
+
+    The image goes first and the sidecar last, so a sidecar always points at an
+    image that is there. Returns the image key.
+    """
+    if sidecar.sha256 != sha256_bytes(data) or sidecar.key != raw_key(
+        sidecar.sha256, _ext(sidecar)
+    ):
+        raise StoreError(f"sidecar of {sidecar.key} does not match the image bytes")
+    if not store.exists(sidecar.key):
+        store.put_bytes(sidecar.key, data, sidecar.content_type)
+    store.put_bytes(sidecar_key(sidecar.key), sidecar.to_json().encode(), "application/json")
+    return sidecar.key
+
+
+def sidecar_key(image_key: str) -> str:
+    """Key of the JSON sidecar of an image key."""
+    return image_key.rsplit(".", 1)[0] + ".json"
+
+
+def list_raw_images(store: ObjectStore) -> list[RawImageSidecar]:
+    """All sidecars in the raw store (validated)."""
+    return [
+        RawImageSidecar.from_json(store.get_bytes(k), source=store.url(k))
+        for k in store.list(RAW_PREFIX)
+        if k.endswith(".json")
+    ]
+
+
+def _ext(sidecar: RawImageSidecar) -> str:
+    return sidecar.key.rsplit(".", 1)[-1]
+
+
+def download_url(url: str, dest: Path, store: ObjectStore | None = None) -> Path:
+    """Fetch ``file://``, ``http(s)://`` or ``s3://`` (through ``store``) into ``dest``."""
+    parsed = urlparse(url)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        if parsed.scheme == "file":
+            shutil.copyfile(Path(parsed.path), tmp)
+        elif parsed.scheme in ("http", "https"):
+            import urllib.request
+
+            with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as fh:
+                shutil.copyfileobj(resp, fh)
+        elif parsed.scheme == "s3":
+            if store is None:
+                raise StoreError(
+                    f"{url}: an s3:// location needs store settings (store.kind = 's3')"
+                )
+            tmp.write_bytes(store.get_bytes(parsed.path.lstrip("/")))
+        else:
+            raise StoreError(f"{url}: unsupported scheme '{parsed.scheme}'")
+        tmp.replace(dest)
+    except FileNotFoundError:
+        raise ObjectNotFound(f"{url}: no such file") from None
+    except OSError as exc:
+        raise StoreUnavailable(f"{url}: download failed: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest

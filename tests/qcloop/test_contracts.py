@@ -1,0 +1,127 @@
+"""Contracts: validation names the field; schemas export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qcloop.contracts import (
+    CONTRACTS,
+    DatasetManifest,
+    Detection,
+    ManifestImage,
+    ModelRef,
+    ReleaseMessage,
+    count_splits,
+    export_schemas,
+)
+from qcloop.errors import ContractError
+
+SHA = "a" * 64
+
+
+def _release(**over: object) -> dict:
+    base = {
+        "fleet": "line-1",
+        "model": {"name": "m", "version": "1"},
+        "sha256": SHA,
+        "size": 10,
+        "url": "file:///tmp/m.onnx",
+        "input_size": 320,
+        "class_names": ["scratch"],
+        "released_by": "me",
+    }
+    base.update(over)
+    return base
+
+
+def test_release_round_trip() -> None:
+    msg = ReleaseMessage.model_validate(_release())
+    again = ReleaseMessage.from_json(msg.to_json())
+    assert again == msg
+    assert again.thresholds.confidence == 0.25
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("sha256", "xyz", "field 'sha256'"),
+        ("url", "ftp://x/y", "field 'url'"),
+        ("input_size", 300, "field 'input_size'"),
+        ("fleet", "a/b", "field 'fleet'"),
+    ],
+)
+def test_release_rejects_bad_field_naming_it(field: str, value: object, fragment: str) -> None:
+    with pytest.raises(ContractError, match=fragment) as err:
+        ReleaseMessage.from_json(json.dumps(_release(**{field: value})), source="topic x")
+    assert "topic x" in str(err.value)
+
+
+def test_unknown_field_is_refused() -> None:
+    with pytest.raises(ContractError, match="surprise.*Extra"):
+        ReleaseMessage.from_json(json.dumps(_release(surprise=1)))
+
+
+def test_detection_box_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="x1 <= x2"):
+        Detection(label="scratch", score=0.5, box=(10, 0, 5, 4))
+
+
+def _image(file: str, split: str, group: str, boxes: int) -> ManifestImage:
+    return ManifestImage(
+        file=f"images/{file}.jpg",
+        label_file=f"labels/{file}.txt",
+        split=split,  # type: ignore[arg-type]
+        group=group,
+        sha256=SHA,
+        width=10,
+        height=10,
+        boxes=boxes,
+    )
+
+
+def test_manifest_counts_and_groups_are_checked() -> None:
+    images = [_image("a", "train", "g1", 2), _image("b", "test", "g2", 0)]
+    manifest = DatasetManifest(
+        version="v1",
+        class_names=["scratch"],
+        source="x",
+        images=images,
+        counts=count_splits(images),
+    )
+    assert manifest.counts["test"].negatives == 1
+    assert manifest.counts["train"].boxes == 2
+    with pytest.raises(ValueError, match="counts"):
+        DatasetManifest(
+            version="v1",
+            class_names=["s"],
+            source="x",
+            images=images,
+            counts=count_splits(images[:1]),
+        )
+    split_group = [_image("a", "train", "g1", 1), _image("b", "test", "g1", 1)]
+    with pytest.raises(ValueError, match="group 'g1'"):
+        DatasetManifest(
+            version="v1",
+            class_names=["s"],
+            source="x",
+            images=split_group,
+            counts=count_splits(split_group),
+        )
+
+
+def test_export_schemas(tmp_path: Path) -> None:
+    written = export_schemas(tmp_path)
+    assert len(written) == len(CONTRACTS)
+    schema = json.loads((tmp_path / "release-message.schema.json").read_text())
+    assert "sha256" in schema["properties"]
+    assert ModelRef.model_json_schema()["required"] == ["name", "version"]
+
+
+def test_load_names_file(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    path.write_text("{}")
+    with pytest.raises(ContractError, match=str(path)):
+        DatasetManifest.load(path)

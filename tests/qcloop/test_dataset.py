@@ -1,0 +1,133 @@
+"""Dataset versions with real DVC: import, stable splits, atomic writes, any version back."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qcloop.dataset import assign_split, current_manifest, import_yolo_folder, materialize
+from qcloop.errors import DatasetError
+from qcloop.settings import Settings, StoreSettings
+from qcloop.storage import list_raw_images, open_store
+from qcloop.synthetic import generate_yolo_dataset
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(
+    tmp_path: Path, store: StoreSettings | None = None, remote: str | None = None
+) -> Settings:
+    return Settings(
+        workspace=tmp_path / "ws",
+        store=store or StoreSettings(path=tmp_path / "store"),
+        dvc={
+            "remote": remote or str(tmp_path / "remote"),
+            "endpoint_url": store.endpoint if store else None,
+        },
+    )
+
+
+def test_split_is_a_function_of_the_group() -> None:
+    splits = {assign_split(f"group-{i}") for i in range(200)}
+    assert splits == {"train", "val", "test"}
+    assert assign_split("group-7") == assign_split("group-7")
+
+
+def test_import_then_new_version_keeps_splits(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    first = generate_yolo_dataset(tmp_path / "a", shots=6, seed=1)
+    v1, created = import_yolo_folder(settings, first, progress=lambda _: None)
+    assert (v1.version, created, v1.parent) == ("v1", True, None)
+    assert (settings.workspace / "data.dvc").is_file()
+    assert len(list_raw_images(open_store(settings.store))) == 24
+    for img in v1.images:  # crops of one shot share a split
+        assert {i.split for i in v1.images if i.group == img.group} == {img.split}
+
+    again, created = import_yolo_folder(settings, first, progress=lambda _: None)
+    assert (again.version, created) == ("v1", False)
+
+    second = generate_yolo_dataset(tmp_path / "b", shots=3, seed=2)
+    v2, created = import_yolo_folder(settings, second, progress=lambda _: None)
+    assert (v2.version, v2.parent, len(v2.images)) == ("v2", "v1", 36)
+    old = {i.file: i.split for i in v1.images}
+    assert all(old[i.file] == i.split for i in v2.images if i.file in old)
+
+
+def test_any_version_materialises_from_the_remote(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    import_yolo_folder(
+        settings, generate_yolo_dataset(tmp_path / "a", shots=2, seed=1), progress=print
+    )
+    import_yolo_folder(
+        settings, generate_yolo_dataset(tmp_path / "b", shots=2, seed=2), progress=print
+    )
+    shutil.rmtree(settings.workspace / "data")
+    v1 = materialize(settings, "v1", tmp_path / "out-v1")
+    assert (v1.version, len(v1.images)) == ("v1", 8)
+    assert all((tmp_path / "out-v1" / i.file).is_file() for i in v1.images)
+    with pytest.raises(DatasetError, match="'v9' does not exist.*v1, v2"):
+        materialize(settings, "v9", tmp_path / "out-v9")
+
+
+def test_failed_push_leaves_previous_version(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    import_yolo_folder(
+        settings, generate_yolo_dataset(tmp_path / "a", shots=2, seed=1), progress=print
+    )
+    pointer = (settings.workspace / "data.dvc").read_text()
+    (tmp_path / "a-file").write_text("not a folder")
+    unusable = str(tmp_path / "a-file" / "remote")
+    broken = settings.model_copy(
+        update={"dvc": settings.dvc.model_copy(update={"remote": unusable})}
+    )
+    with pytest.raises(DatasetError, match="dvc"):
+        import_yolo_folder(
+            broken, generate_yolo_dataset(tmp_path / "b", shots=2, seed=2), progress=print
+        )
+    assert (settings.workspace / "data.dvc").read_text() == pointer
+    assert current_manifest(settings.workspace).version == "v1"  # type: ignore[union-attr]
+    leftovers = [p.name for p in settings.workspace.iterdir() if p.name.startswith(".data")]
+    assert leftovers == []
+
+
+def test_bad_folder_creates_nothing(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    folder = generate_yolo_dataset(tmp_path / "a", shots=1, seed=1)
+    next((folder / "labels").iterdir()).write_text("0 0.5 0.5 0 0\n")
+    with pytest.raises(DatasetError, match="no area"):
+        import_yolo_folder(settings, folder, progress=print)
+    assert not (settings.workspace / "data").exists()
+
+
+def test_class_list_must_match_parent(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    import_yolo_folder(
+        settings, generate_yolo_dataset(tmp_path / "a", shots=1, seed=1), progress=print
+    )
+    other = generate_yolo_dataset(tmp_path / "b", shots=1, seed=2)
+    (other / "classes.txt").write_text("dent\n")
+    with pytest.raises(DatasetError, match="differ from version v1"):
+        import_yolo_folder(settings, other, progress=print)
+
+
+def test_real_data_on_s3(
+    tmp_path: Path, metal_tags: Path, s3_store_settings: StoreSettings
+) -> None:
+    settings = _settings(
+        tmp_path, store=s3_store_settings, remote=f"s3://{s3_store_settings.bucket}/dvc"
+    )
+    manifest, _ = import_yolo_folder(settings, metal_tags, progress=print)
+    assert len(manifest.images) == 188
+    assert sum(c.boxes for c in manifest.counts.values()) == 374
+    assert (
+        manifest.counts["train"].negatives
+        + manifest.counts["val"].negatives
+        + manifest.counts["test"].negatives
+        >= 1
+    )
+    assert all(c.images > 0 for c in manifest.counts.values())
+    shutil.rmtree(settings.workspace / "data")
+    again = materialize(settings, "v1", tmp_path / "pulled")
+    assert again == manifest

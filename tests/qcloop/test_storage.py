@@ -1,0 +1,83 @@
+"""Object store: both backends behave the same; raw keys are content addresses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qcloop.contracts import RawImageSidecar
+from qcloop.errors import ObjectNotFound, StoreError, StoreUnavailable
+from qcloop.settings import StoreSettings
+from qcloop.storage import (
+    LocalStore,
+    S3Store,
+    download_url,
+    list_raw_images,
+    put_raw_image,
+    raw_key,
+    sha256_bytes,
+)
+
+
+def _exercise(store: LocalStore | S3Store) -> None:
+    store.put_bytes("a/b.txt", b"one")
+    store.put_bytes("a/c.txt", b"two")
+    assert store.get_bytes("a/b.txt") == b"one"
+    assert store.exists("a/c.txt") and not store.exists("a/zzz")
+    assert list(store.list("a/")) == ["a/b.txt", "a/c.txt"]
+    with pytest.raises(ObjectNotFound):
+        store.get_bytes("missing/key")
+    with pytest.raises(StoreError, match="invalid object key"):
+        store.put_bytes("../escape", b"x")
+    data = b"\xff\xd8fake-jpeg"
+    digest = sha256_bytes(data)
+    sidecar = RawImageSidecar(
+        key=raw_key(digest), sha256=digest, width=4, height=3, source="test", reason="manual"
+    )
+    assert put_raw_image(store, data, sidecar) == put_raw_image(store, data, sidecar)
+    assert [s.sha256 for s in list_raw_images(store)] == [digest]
+    assert len([k for k in store.list("raw/")]) == 2  # image + sidecar, once
+
+
+def test_local_store(tmp_path: Path) -> None:
+    _exercise(LocalStore(tmp_path / "store"))
+
+
+@pytest.mark.integration
+def test_s3_store(s3_store_settings: StoreSettings) -> None:
+    _exercise(S3Store(s3_store_settings))
+
+
+@pytest.mark.integration
+def test_s3_download_url(s3_store_settings: StoreSettings, tmp_path: Path) -> None:
+    store = S3Store(s3_store_settings)
+    store.put_bytes("models/m.onnx", b"model-bytes")
+    dest = download_url(store.url("models/m.onnx"), tmp_path / "m.onnx", store)
+    assert dest.read_bytes() == b"model-bytes"
+
+
+def test_unreachable_s3_is_named() -> None:
+    settings = StoreSettings(
+        kind="s3", endpoint="http://127.0.0.1:9", access_key="a", secret_key="b", bucket="bkt"
+    )
+    with pytest.raises(StoreUnavailable, match="127.0.0.1:9"):
+        S3Store(settings).put_bytes("x", b"y")
+
+
+def test_sidecar_must_match_bytes(tmp_path: Path) -> None:
+    digest = sha256_bytes(b"other")
+    sidecar = RawImageSidecar(
+        key=raw_key(digest), sha256=digest, width=1, height=1, source="t", reason="manual"
+    )
+    with pytest.raises(StoreError, match="does not match"):
+        put_raw_image(LocalStore(tmp_path), b"data", sidecar)
+
+
+def test_download_file_url(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"abc")
+    assert download_url(src.as_uri(), tmp_path / "out" / "x.bin").read_bytes() == b"abc"
+    with pytest.raises(ObjectNotFound):
+        download_url((tmp_path / "nope").as_uri(), tmp_path / "y.bin")
+    assert not (tmp_path / "y.bin").exists()

@@ -1,0 +1,85 @@
+"""YOLO folder validation: each bad input is named with what to do."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qcloop.errors import DatasetError
+from qcloop.synthetic import generate_yolo_dataset
+from qcloop.yolo import capture_group, scan_yolo_folder
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    return generate_yolo_dataset(tmp_path / "yolo", shots=2, seed=1)
+
+
+def test_capture_group_of_real_names() -> None:
+    stem = "image-2020-04-22-11-04-44-46-cropped-left-bottom"
+    assert capture_group(stem) == "image-2020-04-22-11-04-44-46"
+    assert capture_group("plain") == "plain"
+
+
+def test_valid_folder(folder: Path) -> None:
+    names, items = scan_yolo_folder(folder)
+    assert names == ["scratch"] and len(items) == 8
+
+
+def test_real_metal_tags(metal_tags: Path) -> None:
+    names, items = scan_yolo_folder(metal_tags)
+    assert names == ["scratch"] and len(items) == 188
+    assert sum(len(i.boxes) for i in items) == 374
+
+
+@pytest.mark.parametrize(
+    ("breakage", "fragment"),
+    [
+        ("label_without_image", "label without image"),
+        ("image_without_label", "image without label"),
+        ("box_outside", "outside 0..1"),
+        ("unknown_class", "unknown class id 3"),
+        ("unreadable_jpeg", "unreadable image"),
+        ("garbage_line", "expected 'class cx cy w h'"),
+    ],
+)
+def test_bad_folder_is_named(folder: Path, breakage: str, fragment: str) -> None:
+    images = sorted((folder / "images").iterdir())
+    label = folder / "labels" / f"{images[0].stem}.txt"
+    if breakage == "label_without_image":
+        images[0].unlink()
+    elif breakage == "image_without_label":
+        label.unlink()
+    elif breakage == "box_outside":
+        label.write_text("0 1.4 0.5 0.1 0.1\n")
+    elif breakage == "unknown_class":
+        label.write_text("3 0.5 0.5 0.1 0.1\n")
+    elif breakage == "unreadable_jpeg":
+        images[0].write_bytes(b"not a jpeg at all")
+    elif breakage == "garbage_line":
+        label.write_text("zero 0.5\n")
+    with pytest.raises(DatasetError, match=fragment) as err:
+        scan_yolo_folder(folder)
+    assert images[0].stem in str(err.value)
+
+
+def test_missing_classes_file(folder: Path) -> None:
+    (folder / "classes.txt").unlink()
+    with pytest.raises(DatasetError, match="classes.txt"):
+        scan_yolo_folder(folder)
+
+
+def test_not_a_yolo_folder(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="images/ and labels/"):
+        scan_yolo_folder(tmp_path)
+
+
+def test_all_problems_reported_at_once(folder: Path) -> None:
+    labels = sorted((folder / "labels").iterdir())
+    for label in labels[:3]:
+        label.write_text("0 2 2 0.1 0.1\n")
+    with pytest.raises(DatasetError, match="3 problem"):
+        scan_yolo_folder(folder)
+    shutil.rmtree(folder / "labels")
