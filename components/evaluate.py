@@ -1,0 +1,76 @@
+"""Evaluate an exported ONNX detector on one split of a dataset version."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from components.export import onnx_metadata
+from components.train import copy_dataset, write_data_yaml
+from components.yolo_env import configure_offline
+from qcloop.contracts import SPLITS, EvalMetrics
+from qcloop.errors import DatasetError, PipelineError
+
+
+def evaluate_onnx(
+    onnx_path: Path, dataset_dir: Path, *, imgsz: int, split: str = "test"
+) -> EvalMetrics:
+    """mAP50, mAP50-95, precision and recall of ``onnx_path`` on ``split`` of ``dataset_dir``.
+
+    Runs ultralytics' validator through onnxruntime on a copy of the dataset (it
+    writes label caches). ``DatasetError`` if the split is unknown or empty.
+    """
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise PipelineError(f"{onnx_path}: no such ONNX file; export the model first")
+    exported = onnx_metadata(onnx_path).get("imgsz")
+    if exported not in ([imgsz, imgsz], None):
+        raise PipelineError(
+            f"{onnx_path}: exported for imgsz {exported}, asked to evaluate at {imgsz}; "
+            "evaluate at the export size or export again"
+        )
+    configure_offline()
+    from ultralytics import YOLO
+
+    with tempfile.TemporaryDirectory(prefix="qcloop-eval-") as tmp:
+        work = Path(tmp)
+        manifest = copy_dataset(Path(dataset_dir), work / "data")
+        count = manifest.counts[split].images  # type: ignore[index]
+        if count == 0:
+            raise DatasetError(
+                f"dataset {manifest.version} at {dataset_dir}: the {split} split is empty; "
+                "nothing to evaluate (add images of other captures, or pick another split)"
+            )
+        data_yaml = write_data_yaml(work / "data", manifest)
+        model_file = work / "model.onnx"  # ultralytics picks the backend by the suffix
+        shutil.copyfile(onnx_path, model_file)
+        print(f"[evaluate] {onnx_path} on {split} ({count} images, imgsz {imgsz})")
+        results = YOLO(str(model_file), task="detect").val(
+            data=str(data_yaml),
+            split=split,
+            imgsz=imgsz,
+            batch=1,
+            device="cpu",
+            workers=0,
+            plots=False,
+            project=str(work),
+            name="val",
+        )
+    box = results.box
+    metrics = EvalMetrics(
+        map50=_unit(box.map50),
+        map50_95=_unit(box.map),
+        precision=_unit(box.mp),
+        recall=_unit(box.mr),
+        images=count,
+    )
+    print(f"[evaluate] {metrics.to_json()}")
+    return metrics
+
+
+def _unit(value: float) -> float:
+    """A metric as a plain float clipped to 0..1 (guards float noise like 1.0000001)."""
+    return min(1.0, max(0.0, float(value)))

@@ -1,0 +1,69 @@
+"""Export trained YOLO weights to ONNX: static 1x3xNxN input, metadata kept."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+from components.yolo_env import configure_offline
+from qcloop.errors import PipelineError
+
+
+def export_onnx(weights: Path, out_path: Path, *, imgsz: int) -> Path:
+    """Export ``weights`` (a ``.pt``) to ``out_path`` with a static ``1x3ximgszximgsz`` input.
+
+    The graph is simplified when onnxslim is installed; the opset is ultralytics'
+    default. The ONNX metadata keeps ``names``, ``imgsz`` and ``stride``.
+    """
+    weights = Path(weights)
+    if not weights.is_file():
+        raise PipelineError(f"{weights}: no such weights file; train a model first")
+    configure_offline()
+    from ultralytics import YOLO
+
+    simplify = importlib.util.find_spec("onnxslim") is not None
+    print(f"[export] {weights} -> {out_path} (imgsz {imgsz}, simplify={simplify})")
+    with tempfile.TemporaryDirectory(prefix="qcloop-export-") as tmp:
+        # ultralytics writes the .onnx beside the weights: work on a copy named *.pt
+        local = Path(tmp) / "model.pt"
+        shutil.copyfile(weights, local)
+        written = YOLO(str(local)).export(
+            format="onnx", imgsz=imgsz, batch=1, dynamic=False, simplify=simplify, device="cpu"
+        )
+        if not written or not Path(written).is_file():
+            raise PipelineError(f"ONNX export of {weights} wrote no file; read the log above")
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(written), out_path)
+    check_onnx(out_path, imgsz=imgsz)
+    return out_path
+
+
+def onnx_metadata(onnx_path: Path) -> dict[str, object]:
+    """The ultralytics metadata of an ONNX file, values parsed (names, imgsz, stride, ...)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    meta: dict[str, object] = {}
+    for prop in model.metadata_props:
+        try:
+            meta[prop.key] = ast.literal_eval(prop.value)
+        except (ValueError, SyntaxError):
+            meta[prop.key] = prop.value
+    return meta
+
+
+def check_onnx(onnx_path: Path, *, imgsz: int) -> None:
+    """Raise ``PipelineError`` unless the ONNX has a static 1x3ximgszximgsz input and metadata."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if dims != [1, 3, imgsz, imgsz]:
+        raise PipelineError(f"{onnx_path}: input shape {dims}, expected [1, 3, {imgsz}, {imgsz}]")
+    missing = {"names", "imgsz", "stride"} - onnx_metadata(onnx_path).keys()
+    if missing:
+        raise PipelineError(f"{onnx_path}: metadata lacks {sorted(missing)}; re-export it")

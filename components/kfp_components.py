@@ -1,0 +1,152 @@
+"""Kubeflow Pipelines components of the training room: thin adapters over ``components.*``.
+
+Each component unpacks artifact paths and parameters, calls one plain function
+and packs the result. KFP ships only the function's own source to the
+container, so every import sits inside the body (and this module itself cannot
+be imported there: ``kfp.dsl`` has no ``component`` at run time). The image
+(``QCLOOP_IMAGE``, built from this project) already holds qcloop, ultralytics,
+mlflow and kfp: nothing is pip-installed at run time (``install_kfp_package=False``).
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+QCLOOP_IMAGE = "ghcr.io/qcloop/qcloop:0.1.0"
+_OPTIONS = {"base_image": QCLOOP_IMAGE, "install_kfp_package": False}
+
+
+@dsl.component(**_OPTIONS)
+def load_dataset(version: str, settings_json: str, dataset: Output[Dataset]):
+    """Materialise dataset ``version`` (DVC) into the ``dataset`` artifact folder.
+
+    ``settings_json`` is ``Settings.model_dump_json()`` of the caller; secrets come
+    from the step's environment (see ``components.train.settings_from_json``).
+    """
+    from pathlib import Path
+
+    from components.train import materialize_version
+
+    manifest = materialize_version(settings_json, version, Path(dataset.path))
+    dataset.metadata["version"] = manifest.version
+    dataset.metadata["class_names"] = manifest.class_names
+    for split, counts in manifest.counts.items():
+        dataset.metadata[f"{split}_images"] = counts.images
+
+
+@dsl.component(**_OPTIONS)
+def train(
+    dataset: Input[Dataset],
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    seed: int,
+    model: Output[Model],
+    device: str = "cpu",
+):
+    """Train YOLOv8n on the dataset; ``model`` is the best ``.pt``."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from components.train import train_yolo
+
+    with tempfile.TemporaryDirectory(prefix="qcloop-train-") as tmp:
+        best = train_yolo(
+            Path(dataset.path),
+            Path(tmp),
+            epochs=epochs,
+            imgsz=imgsz,
+            batch=batch,
+            seed=seed,
+            device=device,
+        )
+        shutil.copyfile(best, model.path)
+    model.metadata.update({"format": "pt", "imgsz": imgsz, "epochs": epochs})
+
+
+@dsl.component(**_OPTIONS)
+def export(model: Input[Model], imgsz: int, onnx_model: Output[Model]):
+    """Export the trained weights to ONNX (static 1x3ximgszximgsz)."""
+    from pathlib import Path
+
+    from components.export import export_onnx
+
+    export_onnx(Path(model.path), Path(onnx_model.path), imgsz=imgsz)
+    onnx_model.metadata.update({"format": "onnx", "imgsz": imgsz})
+
+
+@dsl.component(**_OPTIONS)
+def evaluate(
+    onnx_model: Input[Model], dataset: Input[Dataset], imgsz: int, metrics: Output[Metrics]
+) -> str:
+    """Evaluate the ONNX on the test split; return ``EvalMetrics`` JSON, log them as metrics."""
+    from pathlib import Path
+
+    from components.evaluate import evaluate_onnx
+
+    result = evaluate_onnx(Path(onnx_model.path), Path(dataset.path), imgsz=imgsz)
+    for name, value in result.model_dump().items():
+        metrics.log_metric(name, value)
+    return result.to_json()
+
+
+@dsl.component(**_OPTIONS)
+def gate_step(metrics_json: str, min_map50_95: float) -> NamedTuple(
+    "GateOutputs", passed=bool, reason=str
+):
+    """Decide whether the model may be registered."""
+    from collections import namedtuple
+
+    from components.gate import gate
+    from qcloop.contracts import EvalMetrics
+
+    decision = gate(EvalMetrics.from_json(metrics_json), min_map50_95=min_map50_95)
+    print(f"[gate] passed={decision.passed}: {decision.reason}")
+    return namedtuple("GateOutputs", ["passed", "reason"])(decision.passed, decision.reason)
+
+
+@dsl.component(**_OPTIONS)
+def register(
+    onnx_model: Input[Model],
+    dataset: Input[Dataset],
+    metrics_json: str,
+    tracking_uri: str,
+    experiment: str,
+    model_name: str,
+    dataset_version: str,
+    code_version: str,
+    imgsz: int,
+    epochs: int,
+    batch: int,
+    seed: int,
+) -> str:
+    """Register the ONNX in MLflow; return the ``ModelRecord`` JSON."""
+    from pathlib import Path
+
+    from components.registry import register_model
+    from components.train import load_manifest
+    from qcloop.contracts import EvalMetrics
+
+    manifest = load_manifest(Path(dataset.path))
+    record = register_model(
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        model_name=model_name,
+        onnx_path=Path(onnx_model.path),
+        metrics=EvalMetrics.from_json(metrics_json),
+        params={"epochs": epochs, "imgsz": imgsz, "batch": batch, "seed": seed},
+        dataset_version=dataset_version,
+        code_version=code_version,
+        class_names=manifest.class_names,
+        input_size=imgsz,
+    )
+    return record.to_json()
+
+
+@dsl.component(**_OPTIONS)
+def not_registered(reason: str) -> str:
+    """The gate said no: say why, register nothing, return an empty record."""
+    print(f"[gate] model not registered: {reason}")
+    return ""

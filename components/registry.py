@@ -1,0 +1,285 @@
+"""The model registry (MLflow): register, look up, download and approve model versions.
+
+A registered version carries the ``ModelRecord`` fields as tags; its metrics
+live in the MLflow run that logged the ONNX. Approval is tags plus an alias
+(stages are deprecated). Every MLflow failure becomes a ``RegistryError``
+naming the model and reference and saying what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from qcloop.contracts import EvalMetrics, ModelRecord, utcnow
+from qcloop.errors import IntegrityError, RegistryError
+from qcloop.storage import sha256_file
+
+ONNX_ARTIFACT = "model/model.onnx"
+RECORD_TAGS = ("onnx_sha256", "onnx_size", "input_size", "class_names")
+RECORD_TAGS += ("dataset_version", "code_version")
+
+
+def code_version() -> str:
+    """``$QCLOOP_CODE_VERSION``, else the git short hash (``-dirty`` if changed), else unknown."""
+    if os.environ.get("QCLOOP_CODE_VERSION"):
+        return os.environ["QCLOOP_CODE_VERSION"]
+    repo = Path(__file__).resolve().parent
+    try:
+        head = _git(repo, "rev-parse", "--short", "HEAD")
+        dirty = _git(repo, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+
+
+def _client(tracking_uri: str) -> Any:
+    """An ``MlflowClient`` for tracking and registry at ``tracking_uri``."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's default (7 retries, backoff 2) waits ~4 minutes before saying a server is down
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextmanager
+def _mlflow_errors(tracking_uri: str, what: str, todo: str) -> Iterator[None]:
+    """Turn MLflow and connection failures into ``RegistryError`` naming ``what``."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    unreachable = (
+        f"{what}: MLflow at {tracking_uri} is unreachable; "
+        "start the MLflow server or fix mlflow.tracking_uri"
+    )
+    try:
+        yield
+    except MlflowException as exc:
+        text = str(exc)
+        if "Max retries exceeded" in text or "Failed to establish" in text:
+            raise RegistryError(unreachable) from None
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in text.lower():
+            raise RegistryError(f"{what}: not found in MLflow at {tracking_uri}; {todo}") from None
+        raise RegistryError(f"{what}: MLflow at {tracking_uri} refused: {_short(exc)}") from None
+    except (RequestException, ConnectionError):
+        raise RegistryError(unreachable) from None
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _experiment_id(client: Any, tracking_uri: str, experiment: str) -> str:
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return str(found.experiment_id)
+    location = None
+    if tracking_uri.startswith("sqlite:///"):  # artifacts beside the db, not in the cwd
+        db = Path(tracking_uri[len("sqlite:///") :]).resolve()
+        location = (db.parent / "mlartifacts" / experiment).as_uri()
+    return str(client.create_experiment(experiment, artifact_location=location))
+
+
+def register_model(
+    *,
+    tracking_uri: str,
+    experiment: str,
+    model_name: str,
+    onnx_path: Path,
+    metrics: EvalMetrics,
+    params: dict[str, Any],
+    dataset_version: str,
+    code_version: str,
+    class_names: list[str],
+    input_size: int,
+) -> ModelRecord:
+    """Log a run (params, metrics, ONNX at ``model/model.onnx``) and register it as a version."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise RegistryError(f"{onnx_path}: no such ONNX file to register; export the model first")
+    tags = {
+        "onnx_sha256": sha256_file(onnx_path),
+        "onnx_size": str(onnx_path.stat().st_size),
+        "input_size": str(input_size),
+        "class_names": json.dumps(class_names),
+        "dataset_version": dataset_version,
+        "code_version": code_version,
+    }
+    client = _client(tracking_uri)
+    what = f"model '{model_name}' (experiment '{experiment}')"
+    with _mlflow_errors(tracking_uri, what, "check the tracking URI"):
+        run_id = _log_run(client, tracking_uri, experiment, onnx_path, metrics, params, tags)
+        _ensure_registered_model(client, model_name)
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        version = client.create_model_version(
+            name=model_name,
+            source=f"{artifact_uri}/model",
+            run_id=run_id,
+            tags={**tags, "onnx_artifact": ONNX_ARTIFACT, "approved": "false"},
+            description=f"dataset {dataset_version}, code {code_version}",
+        )
+    print(f"[register] {model_name} version {version.version} (run {run_id})")
+    return get_model_record(tracking_uri, model_name, str(version.version))
+
+
+def _log_run(
+    client: Any,
+    tracking_uri: str,
+    experiment: str,
+    onnx_path: Path,
+    metrics: EvalMetrics,
+    params: dict[str, Any],
+    tags: dict[str, str],
+) -> str:
+    from mlflow.entities import Metric, Param
+
+    run = client.create_run(
+        _experiment_id(client, tracking_uri, experiment),
+        tags={"dataset_version": tags["dataset_version"], "code_version": tags["code_version"]},
+    )
+    run_id = str(run.info.run_id)
+    now = int(utcnow().timestamp() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.model_dump().items()],
+        params=[Param(k, str(v)) for k, v in params.items()],
+    )
+    with tempfile.TemporaryDirectory(prefix="qcloop-register-") as tmp:
+        staged = Path(tmp) / Path(ONNX_ARTIFACT).name
+        shutil.copyfile(onnx_path, staged)
+        client.log_artifact(run_id, str(staged), str(Path(ONNX_ARTIFACT).parent))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def _ensure_registered_model(client: Any, model_name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(model_name)
+
+
+def get_model_record(tracking_uri: str, model_name: str, ref: str) -> ModelRecord:
+    """The record of a version (``ref="3"``) or an alias (``"production"`` or ``"@production"``)."""
+    ref = str(ref).strip()
+    if not ref.lstrip("@"):
+        raise RegistryError(f"model '{model_name}': empty reference; give a version or an @alias")
+    client = _client(tracking_uri)
+    alias = ref.lstrip("@")
+    if ref.isdigit():
+        what = f"model '{model_name}' version {ref}"
+        todo = f"see the versions of '{model_name}' in the MLflow UI, or register one first"
+    else:
+        what = f"model '{model_name}' alias @{alias}"
+        todo = f"no version carries @{alias}: approve one first (qcloop approve)"
+    with _mlflow_errors(tracking_uri, what, todo):
+        if ref.isdigit():
+            version = client.get_model_version(model_name, ref)
+        else:
+            version = client.get_model_version_by_alias(model_name, alias)
+        run = client.get_run(version.run_id) if version.run_id else None
+    return _record(model_name, version, run, what)
+
+
+def _record(model_name: str, version: Any, run: Any, what: str) -> ModelRecord:
+    tags = dict(version.tags or {})
+    missing = [t for t in RECORD_TAGS if t not in tags]
+    if run is None or missing:
+        raise RegistryError(
+            f"{what}: lacks qcloop record tags {missing or ['run']}; "
+            "register versions through qcloop (components.registry.register_model)"
+        )
+    metrics = {k: v for k, v in run.data.metrics.items() if k in EvalMetrics.model_fields}
+    metrics["images"] = int(metrics.get("images", 0))
+    return ModelRecord(
+        name=model_name,
+        version=str(version.version),
+        run_id=str(version.run_id),
+        onnx_artifact=tags.get("onnx_artifact", ONNX_ARTIFACT),
+        onnx_sha256=tags["onnx_sha256"],
+        onnx_size=int(tags["onnx_size"]),
+        input_size=int(tags["input_size"]),
+        class_names=json.loads(tags["class_names"]),
+        metrics=EvalMetrics.model_validate(metrics),
+        dataset_version=tags["dataset_version"],
+        code_version=tags["code_version"],
+        approved=tags.get("approved") == "true",
+        approved_by=tags.get("approved_by") or None,
+        approved_at=tags.get("approved_at") or None,
+    )
+
+
+def download_onnx(tracking_uri: str, record: ModelRecord, dest_dir: Path) -> Path:
+    """Download the ONNX of ``record`` into ``dest_dir``; ``IntegrityError`` if sha256 differs."""
+    _client(tracking_uri)  # telemetry off, sqlite folder present
+    import mlflow.artifacts
+
+    what = f"model '{record.name}' version {record.version} artifact {record.onnx_artifact}"
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with _mlflow_errors(tracking_uri, what, "the run's artifacts are gone; register it again"):
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=record.run_id,
+                artifact_path=record.onnx_artifact,
+                dst_path=str(dest_dir),
+                tracking_uri=tracking_uri,
+            )
+        )
+    digest, size = sha256_file(local), local.stat().st_size
+    if digest != record.onnx_sha256 or size != record.onnx_size:
+        local.unlink()
+        raise IntegrityError(
+            f"{what}: downloaded sha256 {digest} ({size} bytes) does not match the record's "
+            f"{record.onnx_sha256} ({record.onnx_size} bytes); the artifact was altered, "
+            "do not deploy it; register the model again"
+        )
+    return local
+
+
+def approve(
+    *,
+    tracking_uri: str,
+    model_name: str,
+    version: str,
+    alias: str = "production",
+    approved_by: str,
+) -> ModelRecord:
+    """Tag ``version`` approved (by whom, when, UTC) and point ``alias`` at it."""
+    if not approved_by.strip():
+        raise RegistryError(f"model '{model_name}' version {version}: approved_by is empty")
+    get_model_record(tracking_uri, model_name, str(version))  # exists and is a qcloop record
+    client = _client(tracking_uri)
+    what = f"model '{model_name}' version {version}"
+    with _mlflow_errors(tracking_uri, what, "check the version number"):
+        for key, value in (
+            ("approved", "true"),
+            ("approved_by", approved_by),
+            ("approved_at", utcnow().isoformat()),
+        ):
+            client.set_model_version_tag(model_name, str(version), key, value)
+        client.set_registered_model_alias(model_name, alias.lstrip("@"), str(version))
+    print(f"[approve] {model_name} version {version} -> @{alias.lstrip('@')} by {approved_by}")
+    return get_model_record(tracking_uri, model_name, str(version))

@@ -1,0 +1,71 @@
+"""Release bridge: an approved MLflow model version -> a retained release message on MQTT.
+
+The ONNX is copied from MLflow into the object store under
+``models/<name>/<version>/model.onnx`` (where devices can fetch it without
+MLflow credentials), its sha256 is checked, and a ``ReleaseMessage`` naming it
+is published retained on ``qcloop/fleets/<fleet>/release``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from components.registry import download_onnx, get_model_record
+from qcloop.contracts import ModelRef, ReleaseMessage, Thresholds
+from qcloop.errors import RegistryError
+from qcloop.mqtt import publish_retained, release_topic
+from qcloop.settings import Settings
+from qcloop.storage import open_store, sha256_bytes
+
+
+def model_key(name: str, version: str) -> str:
+    """Object-store key of a released ONNX."""
+    return f"models/{name}/{version}/model.onnx"
+
+
+def build_release(
+    settings: Settings,
+    *,
+    ref: str | None = None,
+    released_by: str,
+    thresholds: Thresholds | None = None,
+    fleet: str | None = None,
+) -> ReleaseMessage:
+    """Copy the approved model's ONNX into the object store; return its release message."""
+    mlflow = settings.mlflow
+    ref = ref or mlflow.production_alias
+    record = get_model_record(mlflow.tracking_uri, mlflow.model_name, ref)
+    if not record.approved:
+        raise RegistryError(
+            f"model {record.name} version {record.version} is not approved; "
+            f"run `qcloop model approve {record.version}` first"
+        )
+    with tempfile.TemporaryDirectory(prefix="qcloop-release-") as tmp:
+        onnx = download_onnx(mlflow.tracking_uri, record, Path(tmp))
+        data = onnx.read_bytes()
+    if (
+        sha256_bytes(data) != record.onnx_sha256
+    ):  # download_onnx checks too; never trust twice-moved bytes
+        raise RegistryError(f"model {record.name}/{record.version}: ONNX bytes changed in transit")
+    store = open_store(settings.store)
+    key = model_key(record.name, record.version)
+    store.put_bytes(key, data, "application/octet-stream")
+    return ReleaseMessage(
+        fleet=fleet or settings.mqtt.fleet,
+        model=ModelRef(name=record.name, version=record.version),
+        sha256=record.onnx_sha256,
+        size=len(data),
+        url=store.url(key),
+        input_size=record.input_size,
+        class_names=record.class_names,
+        thresholds=thresholds or Thresholds(),
+        released_by=released_by,
+    )
+
+
+def publish_release(settings: Settings, message: ReleaseMessage) -> str:
+    """Publish ``message`` retained on its fleet's release topic; return the topic."""
+    topic = release_topic(message.fleet)
+    publish_retained(settings.mqtt, topic, message.to_json().encode())
+    return topic

@@ -1,0 +1,203 @@
+"""Train YOLOv8 (ultralytics) on a qcloop dataset version.
+
+Ultralytics writes ``*.cache`` files beside the labels, so training always runs
+on a copy of the dataset folder (``copy_dataset``), never on the DVC checkout.
+``write_data_yaml`` turns the manifest's splits into the ``data.yaml`` and the
+per-split image lists that ultralytics reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.yolo_env import configure_offline
+from qcloop.contracts import DatasetManifest
+from qcloop.errors import DatasetError, PipelineError
+from qcloop.settings import Settings, load_settings
+
+MANIFEST = "manifest.json"
+MASKED = "**********"  # how Settings serialise a SecretStr
+
+
+def settings_from_json(settings_json: str) -> Settings:
+    """Settings in a pipeline step: its own (defaults, TOML, ``QCLOOP_*`` env), then the JSON.
+
+    ``settings_json`` is the caller's ``Settings.model_dump_json()``. Its masked
+    secrets are dropped, so secrets reach a step only through its environment
+    (a Kubernetes secret on a cluster; ``pipelines.training.run_local`` here).
+    """
+    return load_settings(**_drop_masked(json.loads(settings_json or "{}")))
+
+
+def _drop_masked(tree: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: _drop_masked(value) if isinstance(value, dict) else value
+        for key, value in tree.items()
+        if value != MASKED
+    }
+
+
+def materialize_version(settings_json: str, version: str, dest: Path) -> DatasetManifest:
+    """Copy dataset ``version`` into ``dest`` (new folder) with the step's settings."""
+    from qcloop.dataset import materialize
+
+    print(f"[data] materialising dataset {version} into {dest}")
+    return materialize(settings_from_json(settings_json), version, Path(dest))
+
+
+def load_manifest(dataset_dir: Path) -> DatasetManifest:
+    """Read ``manifest.json`` of a dataset folder; ``DatasetError`` if it is missing."""
+    path = Path(dataset_dir) / MANIFEST
+    if not path.is_file():
+        raise DatasetError(
+            f"{dataset_dir}: no {MANIFEST}; materialize a dataset version into this folder "
+            "first (qcloop.dataset.materialize)"
+        )
+    return DatasetManifest.load(path)
+
+
+def copy_dataset(dataset_dir: Path, dest: Path) -> DatasetManifest:
+    """Copy a dataset folder to ``dest`` (without caches) and check every listed file."""
+    manifest = load_manifest(dataset_dir)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(dataset_dir, dest, ignore=shutil.ignore_patterns("*.cache", ".*"))
+    for img in manifest.images:
+        _check_pair(dest, img.file, img.label_file)
+    return manifest
+
+
+def _check_pair(root: Path, image: str, label: str) -> None:
+    expected = _label_for(image)
+    if label != expected:
+        raise DatasetError(
+            f"{root / MANIFEST}: label_file '{label}' of '{image}' must be '{expected}' "
+            "(ultralytics finds labels by replacing images/ with labels/)"
+        )
+    for rel in (image, label):
+        if not (root / rel).is_file():
+            raise DatasetError(f"{root}: '{rel}' is listed in {MANIFEST} but missing")
+
+
+def _label_for(image: str) -> str:
+    head, sep, tail = image.rpartition("images/")
+    if not sep:
+        return "<an images/ path>"
+    return head + "labels/" + tail.rsplit(".", 1)[0] + ".txt"
+
+
+def split_lists(root: Path, manifest: DatasetManifest) -> dict[str, list[str]]:
+    """Absolute image paths of each split (``train``, ``val``, ``test``)."""
+    root = Path(root).resolve()
+    lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for img in manifest.images:
+        lists[img.split].append(str(root / img.file))
+    return lists
+
+
+def write_data_yaml(root: Path, manifest: DatasetManifest) -> Path:
+    """Write ``<split>.txt`` image lists and ``data.yaml`` into ``root``; return the yaml.
+
+    An empty val split borrows the test images, an empty test split the val
+    images (said on stdout); an empty train split, or no val and no test images,
+    is a ``DatasetError``.
+    """
+    root = Path(root).resolve()
+    lists = split_lists(root, manifest)
+    if not lists["train"]:
+        raise DatasetError(
+            f"dataset {manifest.version} at {root}: the train split is empty; "
+            "add labelled images before training"
+        )
+    if not lists["val"] and not lists["test"]:
+        raise DatasetError(
+            f"dataset {manifest.version} at {root}: val and test splits are both empty; "
+            "add images of other captures so that something can be evaluated"
+        )
+    for split, other in (("val", "test"), ("test", "val")):
+        if not lists[split]:
+            print(f"[data] {manifest.version}: {split} split is empty, using {other} as {split}")
+            lists[split] = lists[other]
+    for split, paths in lists.items():
+        (root / f"{split}.txt").write_text("".join(p + "\n" for p in paths))
+    data = {
+        "path": str(root),
+        "train": "train.txt",
+        "val": "val.txt",
+        "test": "test.txt",
+        "names": dict(enumerate(manifest.class_names)),
+    }
+    out = root / "data.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def train_yolo(
+    dataset_dir: Path,
+    out_dir: Path,
+    *,
+    epochs: int,
+    imgsz: int,
+    batch: int = 16,
+    model_cfg: str = "yolov8n.yaml",
+    device: str = "cpu",
+    seed: int = 0,
+    workers: int = 0,
+    patience: int = 50,
+) -> Path:
+    """Train a detector from ``model_cfg`` (no pretrained weights) and return ``best.pt``.
+
+    Raises ``PipelineError`` if a loss turned NaN or no weights were written.
+    """
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    configure_offline()
+    print(f"[train] copying dataset {dataset_dir} -> {out_dir / 'data'}")
+    manifest = copy_dataset(Path(dataset_dir), out_dir / "data")
+    data_yaml = write_data_yaml(out_dir / "data", manifest)
+    from ultralytics import YOLO
+
+    print(f"[train] {model_cfg}: {epochs} epochs, imgsz {imgsz}, batch {batch}, {device}")
+    YOLO(model_cfg).train(
+        data=str(data_yaml),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        seed=seed,
+        deterministic=True,
+        workers=workers,
+        patience=patience,
+        project=str(out_dir),
+        name="run",
+        exist_ok=True,
+        plots=False,
+    )
+    run_dir = out_dir / "run"
+    check_losses(run_dir / "results.csv")
+    best = run_dir / "weights" / "best.pt"
+    if not best.is_file():
+        raise PipelineError(f"training wrote no {best}; read the training log above")
+    print(f"[train] best weights: {best}")
+    return best
+
+
+def check_losses(results_csv: Path) -> None:
+    """Raise ``PipelineError`` if any loss in ultralytics' ``results.csv`` is NaN/inf."""
+    if not results_csv.is_file():
+        raise PipelineError(f"training wrote no {results_csv}; read the training log above")
+    with open(results_csv, newline="") as fh:
+        for epoch, row in enumerate(csv.DictReader(fh), start=1):
+            for key, value in row.items():
+                if "loss" in key and not math.isfinite(float(value)):
+                    raise PipelineError(
+                        f"{results_csv}: {key.strip()} is {value.strip()} at epoch {epoch}; "
+                        "lower the learning rate or check the labels for broken boxes"
+                    )

@@ -1,0 +1,178 @@
+"""The training pipeline: dataset version -> YOLOv8 -> ONNX -> evaluation -> gate -> MLflow.
+
+``compile_pipeline`` writes the IR YAML to submit to Kubeflow Pipelines;
+``run_local`` runs the same definition on this machine with ``kfp.local``
+(one subprocess per step, this interpreter, no containers, no network).
+"""
+
+import contextlib
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from kfp import compiler, dsl
+from pydantic import BaseModel, SecretStr
+
+from components import kfp_components as steps
+from qcloop.contracts import EvalMetrics, ModelRecord
+from qcloop.errors import PipelineError
+from qcloop.settings import Settings
+
+PIPELINE_NAME = "qcloop-training"
+LOCAL_ROOT = Path(".qcloop") / "kfp"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TrainingOutputs(NamedTuple):
+    """What a run of the pipeline returns (strings, as KFP passes them)."""
+
+    metrics: str
+    gate_passed: bool
+    gate_reason: str
+    model_record: str
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Train, export, evaluate, gate and register.")
+def training_pipeline(
+    dataset_version: str = "v1",
+    settings_json: str = "{}",
+    epochs: int = 30,
+    imgsz: int = 480,
+    batch: int = 16,
+    seed: int = 0,
+    min_map50_95: float = 0.3,
+    tracking_uri: str = "sqlite:///.qcloop/mlflow.db",
+    experiment: str = "qcloop-training",
+    model_name: str = "qcloop-detector",
+    code_version: str = "unknown",
+) -> TrainingOutputs:
+    """load -> train -> export -> evaluate -> gate -> register if the gate passed."""
+    data = steps.load_dataset(version=dataset_version, settings_json=settings_json)
+    data.set_caching_options(False)  # reads the store: a version may be re-imported elsewhere
+    dataset = data.outputs["dataset"]
+    trained = steps.train(dataset=dataset, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed)
+    onnx = steps.export(model=trained.outputs["model"], imgsz=imgsz)
+    onnx_model = onnx.outputs["onnx_model"]
+    scored = steps.evaluate(onnx_model=onnx_model, dataset=dataset, imgsz=imgsz)
+    decided = steps.gate_step(metrics_json=scored.outputs["Output"], min_map50_95=min_map50_95)
+    with dsl.If(decided.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
+        registered = steps.register(
+            onnx_model=onnx_model,
+            dataset=dataset,
+            metrics_json=scored.outputs["Output"],
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            model_name=model_name,
+            dataset_version=dataset_version,
+            code_version=code_version,
+            imgsz=imgsz,
+            epochs=epochs,
+            batch=batch,
+            seed=seed,
+        )
+        registered.set_caching_options(False)  # a side effect: never skip it
+    with dsl.Else(name="gate-failed"):
+        skipped = steps.not_registered(reason=decided.outputs["reason"])
+    return TrainingOutputs(
+        metrics=scored.outputs["Output"],
+        gate_passed=decided.outputs["passed"],
+        gate_reason=decided.outputs["reason"],
+        model_record=dsl.OneOf(registered.output, skipped.output),
+    )
+
+
+def compile_pipeline(out: Path) -> Path:
+    """Compile the pipeline to KFP IR YAML at ``out`` (for the Kubeflow UI or API)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(training_pipeline, str(out))
+    print(f"[compile] {PIPELINE_NAME} -> {out}")
+    return out
+
+
+def run_local(
+    *, pipeline_root: Path | None = None, settings: Settings | None = None, **params: Any
+) -> dict[str, Any]:
+    """Run the pipeline with ``kfp.local`` (subprocesses of this interpreter); return its outputs.
+
+    ``params`` are the pipeline parameters. ``settings``, if given, becomes
+    ``settings_json`` and its secrets reach the steps as ``QCLOOP_*`` variables of
+    their environment, never as parameters. The result is JSON-ready:
+    ``registered``, ``gate_passed``, ``gate_reason``, ``metrics`` (``EvalMetrics``)
+    and ``model_record`` (``ModelRecord``, or ``None`` when the gate said no).
+    """
+    from kfp import local
+
+    from components.registry import code_version
+    from components.yolo_env import configure_offline
+
+    configure_offline()  # sets YOLO_*/MLFLOW_* variables that the step subprocesses inherit
+    params.setdefault("code_version", code_version())
+    if settings is not None:
+        params["settings_json"] = settings.model_dump_json()
+    root = Path(pipeline_root or LOCAL_ROOT).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        workspace_root=str(root / "workspace"),
+    )
+    print(f"[pipeline] {PIPELINE_NAME} locally, outputs under {root}")
+    with _step_environment(secret_variables(settings)), warnings.catch_warnings():
+        # the steps declare the project image; locally they run in this venv instead
+        warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
+        try:
+            outputs = training_pipeline(**params).outputs
+        except RuntimeError as exc:
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp colours its messages
+            raise PipelineError(
+                f"{PIPELINE_NAME} failed locally: {plain} The step's own error is in the log above."
+            ) from None
+    return _result(outputs)
+
+
+def _result(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Validate the pipeline outputs against the contracts; return them JSON-ready."""
+    metrics = EvalMetrics.from_json(outputs["metrics"], source="evaluate step")
+    text = outputs["model_record"]
+    record = ModelRecord.from_json(text, source="register step") if text else None
+    return {
+        "registered": record is not None,
+        "gate_passed": bool(outputs["gate_passed"]),
+        "gate_reason": str(outputs["gate_reason"]),
+        "metrics": metrics.model_dump(mode="json"),
+        "model_record": record.model_dump(mode="json") if record else None,
+    }
+
+
+def secret_variables(settings: Settings | None) -> dict[str, str]:
+    """``QCLOOP_<SECTION>__<FIELD>`` for every secret set in ``settings``."""
+    found: dict[str, str] = {}
+    for section, value in settings or ():
+        for field, secret in value if isinstance(value, BaseModel) else ():
+            if isinstance(secret, SecretStr):
+                found[f"QCLOOP_{section.upper()}__{field.upper()}"] = secret.get_secret_value()
+    return found
+
+
+@contextlib.contextmanager
+def _step_environment(extra: dict[str, str]) -> Iterator[None]:
+    """Environment of the step subprocesses: this checkout importable, plus ``extra``."""
+    saved = {k: os.environ.get(k) for k in (*extra, "PYTHONPATH")}
+    os.environ.update(extra)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), saved["PYTHONPATH"]) if p)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+if __name__ == "__main__":
+    compile_pipeline(ROOT / "pipelines" / "compiled" / "training.yaml")

@@ -1,0 +1,60 @@
+"""Export to ONNX and evaluation of the ONNX through onnxruntime, on real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from components.evaluate import evaluate_onnx
+from components.export import export_onnx, onnx_metadata
+from qcloop.contracts import EvalMetrics
+from qcloop.errors import DatasetError, PipelineError
+from tests.components.conftest import IMGSZ
+
+
+def test_missing_weights_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="no such weights file; train a model first"):
+        export_onnx(tmp_path / "best.pt", tmp_path / "m.onnx", imgsz=IMGSZ)
+
+
+def test_unknown_split_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="unknown split 'holdout'"):
+        evaluate_onnx(tmp_path / "m.onnx", tmp_path, imgsz=IMGSZ, split="holdout")
+
+
+@pytest.mark.integration
+def test_onnx_has_static_input_and_metadata(exported_onnx: Path) -> None:
+    model = onnx.load(str(exported_onnx))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, IMGSZ, IMGSZ]
+    meta = onnx_metadata(exported_onnx)
+    assert meta["names"] == {0: "scratch"}
+    assert meta["imgsz"] == [IMGSZ, IMGSZ]
+    assert meta["stride"] == 32
+
+
+@pytest.mark.integration
+def test_evaluate_onnx_on_the_test_split(exported_onnx: Path, tiny_dataset: Path) -> None:
+    metrics = evaluate_onnx(exported_onnx, tiny_dataset, imgsz=IMGSZ)
+    assert isinstance(metrics, EvalMetrics)
+    assert metrics.images == 4
+    assert 0.0 <= metrics.map50_95 <= metrics.map50 <= 1.0
+    assert not list(tiny_dataset.rglob("*.cache")), "evaluation must run on a copy"
+
+
+@pytest.mark.integration
+def test_evaluate_at_another_size_than_exported_is_refused(
+    exported_onnx: Path, tiny_dataset: Path
+) -> None:
+    with pytest.raises(
+        PipelineError, match="exported for imgsz \\[160, 160\\], asked to evaluate at 320"
+    ):
+        evaluate_onnx(exported_onnx, tiny_dataset, imgsz=320)
+
+
+@pytest.mark.integration
+def test_evaluate_an_empty_split_fails_clearly(exported_onnx: Path, tiny_dataset: Path) -> None:
+    with pytest.raises(DatasetError, match="the val split is empty; nothing to evaluate"):
+        evaluate_onnx(exported_onnx, tiny_dataset, imgsz=IMGSZ, split="val")

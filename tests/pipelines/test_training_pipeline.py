@@ -1,0 +1,163 @@
+"""The training pipeline: compiles to IR YAML, and runs end to end with kfp.local."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.registry import get_model_record
+from pipelines.training import compile_pipeline, run_local
+from qcloop.contracts import EvalMetrics, ModelRecord
+from qcloop.dataset import assign_split, import_yolo_folder
+from qcloop.errors import PipelineError, RegistryError
+from qcloop.settings import Settings, StoreSettings
+from qcloop.yolo import capture_group
+
+STEPS = ["load-dataset", "train", "export", "evaluate", "gate-step", "register", "not-registered"]
+
+
+@pytest.fixture(scope="module")
+def yolo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Ultralytics settings in a temp dir, for this process and the step subprocesses."""
+    with pytest.MonkeyPatch.context() as mp:
+        if not os.environ.get("YOLO_CONFIG_DIR"):
+            mp.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo-config")))
+        yield
+
+
+def _tiny_yolo_folder(src: Path, dest: Path, wanted: dict[str, int]) -> Path:
+    """Copy whole captures of ``src`` whose stable split is wanted (e.g. 2 train, 1 test)."""
+    for sub in ("images", "labels"):
+        (dest / sub).mkdir(parents=True)
+    shutil.copyfile(src / "classes.txt", dest / "classes.txt")
+    groups: dict[str, list[Path]] = {}
+    for image in sorted((src / "images").glob("*.jpg")):
+        groups.setdefault(capture_group(image.stem), []).append(image)
+    for group, images in groups.items():
+        split = assign_split(group)
+        if wanted.get(split, 0) > 0 and len(images) == 4:
+            wanted[split] -= 1
+            for image in images:
+                shutil.copyfile(image, dest / "images" / image.name)
+                label = f"{image.stem}.txt"
+                shutil.copyfile(src / "labels" / label, dest / "labels" / label)
+    assert not any(wanted.values()), f"not enough captures in {src}: {wanted}"
+    return dest
+
+
+@pytest.fixture(scope="module")
+def dataset_v1(metal_tags: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, str]:
+    """Dataset version v1 (12 real images: 8 train, 4 test) in a DVC workspace under tmp."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    folder = _tiny_yolo_folder(metal_tags, tmp / "yolo", {"train": 2, "test": 1})
+    settings = Settings(
+        home=tmp / ".qcloop",
+        workspace=tmp / "ws",
+        store=StoreSettings(path=tmp / "store"),
+        dvc={"remote": str(tmp / "remote")},
+    )
+    manifest, _ = import_yolo_folder(settings, folder)
+    assert (manifest.counts["train"].images, manifest.counts["test"].images) == (8, 4)
+    return settings, manifest.version
+
+
+def _run(settings: Settings, tmp_path: Path, **params: Any) -> dict[str, Any]:
+    return run_local(
+        pipeline_root=tmp_path / "kfp",
+        settings=settings,
+        epochs=1,
+        imgsz=160,
+        batch=4,
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        model_name="detector",
+        code_version="test-1",
+        **params,
+    )
+
+
+def test_compiled_yaml_has_every_step_and_the_gate(tmp_path: Path) -> None:
+    out = compile_pipeline(tmp_path / "training.yaml")
+    spec = next(yaml.safe_load_all(out.read_text()))
+    assert spec["pipelineInfo"]["name"] == "qcloop-training"
+    assert {f"comp-{step}" for step in STEPS} <= set(spec["components"])
+    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    conditions = [t["triggerPolicy"]["condition"] for t in branches.values()]
+    passed = "inputs.parameter_values['pipelinechannel--gate-step-passed'] == true"
+    assert sorted(conditions) == sorted([passed, f"!({passed})"])
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["min_map50_95"]["defaultValue"] == 0.3
+    assert inputs["dataset_version"]["defaultValue"] == "v1"
+
+
+@pytest.mark.integration
+def test_run_local_registers_a_model_that_passes_the_gate(
+    yolo_env: None, dataset_v1: tuple[Settings, str], tmp_path: Path
+) -> None:
+    settings, version = dataset_v1
+    result = _run(settings, tmp_path, dataset_version=version, min_map50_95=0.0)
+    assert result["registered"] is True and result["gate_passed"] is True
+    record = ModelRecord.model_validate(result["model_record"])
+    assert record.metrics == EvalMetrics.model_validate(result["metrics"])
+    assert record.metrics.images == 4 and record.input_size == 160
+    assert (record.dataset_version, record.code_version) == (version, "test-1")
+    assert get_model_record(f"sqlite:///{tmp_path}/mlflow.db", "detector", "1") == record
+    json.dumps(result)  # JSON-ready for the CLI
+
+
+@pytest.mark.integration
+def test_run_local_registers_nothing_below_the_threshold(
+    yolo_env: None, dataset_v1: tuple[Settings, str], tmp_path: Path
+) -> None:
+    settings, version = dataset_v1
+    result = _run(settings, tmp_path, dataset_version=version, min_map50_95=1.0)
+    assert result["registered"] is False and result["gate_passed"] is False
+    assert result["model_record"] is None
+    assert "< threshold 1.0000" in str(result["gate_reason"])
+    with pytest.raises(RegistryError, match="not found"):
+        get_model_record(f"sqlite:///{tmp_path}/mlflow.db", "detector", "1")
+
+
+@pytest.mark.integration
+def test_run_local_with_an_unknown_version_names_the_failed_step(
+    yolo_env: None,
+    dataset_v1: tuple[Settings, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings, _ = dataset_v1
+    with pytest.raises(PipelineError, match="Inner task failed: 'load-dataset'"):
+        _run(settings, tmp_path, dataset_version="v99")
+    assert (
+        "DatasetError: dataset version 'v99' does not exist (known: v1)" in capsys.readouterr().out
+    )
+
+
+def test_secrets_reach_the_steps_through_the_environment_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from components.train import settings_from_json
+    from pipelines.training import secret_variables
+
+    settings = Settings(
+        store=StoreSettings(
+            kind="s3", endpoint="http://127.0.0.1:9000", access_key="AK", secret_key="SK"
+        )
+    )
+    variables = secret_variables(settings)
+    assert variables == {"QCLOOP_STORE__ACCESS_KEY": "AK", "QCLOOP_STORE__SECRET_KEY": "SK"}
+    text = settings.model_dump_json()
+    assert "SK" not in text
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    inside = settings_from_json(text)
+    assert (
+        inside.store.secret_key is not None and inside.store.secret_key.get_secret_value() == "SK"
+    )
+    assert inside.store.endpoint == "http://127.0.0.1:9000"
