@@ -55,7 +55,7 @@ def connect(client: mqtt.Client, settings: MqttSettings, keepalive: int = 30) ->
     except (TimeoutError, OSError) as exc:
         raise BrokerUnavailable(
             f"MQTT broker {settings.url} is unreachable ({exc}); "
-            "start one (`qcloop broker`) or set mqtt.url / QCLOOP_MQTT__URL"
+            "check that it runs and the mqtt.url setting (`qcloop broker` starts a local one)"
         ) from None
 
 

@@ -12,6 +12,7 @@ Secrets are ``SecretStr``: their repr and logs show ``**********``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -22,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from qcloop.errors import ConfigError
 
 ENV_PREFIX = "QCLOOP_"
+# QCLOOP_CONFIG names the file; QCLOOP_EDGE_* belong to the edge agent's own config
+NOT_SETTINGS = ("QCLOOP_CONFIG", "QCLOOP_EDGE_", "QCLOOP_CODE_VERSION")
 
 
 class _Section(BaseModel):
@@ -112,12 +115,15 @@ class Settings(_Section):
     dvc: DvcSettings = DvcSettings()
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+def env_overrides(
+    environ: Mapping[str, str], prefix: str = ENV_PREFIX, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Nested dict from ``<PREFIX><SECTION>__<FIELD>`` variables (``class_names`` split on ',')."""
     tree: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "QCLOOP_CONFIG":
+        if not name.startswith(prefix) or name.startswith(skip):
             continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
+        path = name[len(prefix) :].lower().split("__")
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -125,11 +131,12 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Values of ``over`` win; sections (dicts) merge."""
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -165,7 +172,8 @@ def load_settings(
     if path is None and Path("qcloop.toml").exists():
         path = Path("qcloop.toml")
     data: dict[str, Any] = read_toml(path) if path else {}
-    data = _merge(_merge(data, _env_overrides(environ)), overrides)
+    env = env_overrides(environ, skip=NOT_SETTINGS)
+    data = deep_merge(deep_merge(data, env), overrides)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -110,7 +110,8 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as img:
             img.load()
             return img.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ImportError, ValueError) as exc:
+        # ImportError: ultralytics, once imported, routes unknown formats to an optional plugin
         raise DatasetError(f"{path}: unreadable image ({exc}); replace or remove it") from None
 
 

@@ -1,0 +1,33 @@
+"""Edge team's room: the shop-floor agent (onnxruntime + MQTT + the raw store).
+
+It imports the core (``qcloop``) and small libraries only - onnxruntime, numpy,
+Pillow, paho-mqtt, minio, pydantic - never torch, ultralytics, mlflow, kfp, dvc,
+nor another room. Layers:
+
+- pure: ``inference`` (letterbox, decode, NMS, ``Detector``), ``config``, ``stats``
+- I/O: ``sources`` (hot folder, simulated camera), ``link`` (MQTT),
+  ``release`` (download, verify, load), ``feedback`` (raw-store upload)
+- job: ``agent`` (the loop), ``cli`` (``qcloop-edge``)
+"""
+
+from edge_agent.agent import Agent
+from edge_agent.config import EdgeConfig, load_config
+from edge_agent.errors import ImageError, ModelError
+from edge_agent.inference import Detector
+from edge_agent.sources import FolderSource, Frame, FrameSource, SimulatedCameraSource
+from edge_agent.stats import AgentStats, DeviceState
+
+__all__ = [
+    "Agent",
+    "AgentStats",
+    "Detector",
+    "DeviceState",
+    "EdgeConfig",
+    "FolderSource",
+    "Frame",
+    "FrameSource",
+    "ImageError",
+    "ModelError",
+    "SimulatedCameraSource",
+    "load_config",
+]

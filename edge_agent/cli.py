@@ -1,0 +1,168 @@
+"""``qcloop-edge``: run the agent, infer on files, check a config.
+
+    qcloop-edge infer --model M.onnx [--json] [--conf 0.25] [--iou 0.45] IMAGE...
+    qcloop-edge run --config FILE [--model M.onnx] [--max-frames N] [--timeout S]
+                    [--stats-out FILE.json]
+    qcloop-edge check-config --config FILE
+
+Exit codes: 0 ok, 1 a bad config, model or image (named on stderr), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from edge_agent.agent import Agent
+from edge_agent.config import EdgeConfig, load_config
+from edge_agent.errors import ImageError
+from edge_agent.inference import Detector
+from edge_agent.logs import json_logging
+from qcloop.contracts import Detection
+from qcloop.errors import QcloopError
+
+PROG = "qcloop-edge"
+
+
+def detection_json(detection: Detection) -> dict[str, Any]:
+    """``{"label", "score", "box": [x1, y1, x2, y2]}``, rounded for reading."""
+    return {
+        "label": detection.label,
+        "score": round(detection.score, 4),
+        "box": [round(v, 2) for v in detection.box],
+    }
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    """Detect on each image; one JSON line (``--json``) or table rows per image."""
+    try:
+        detector = Detector(args.model, confidence=args.conf, iou=args.iou, threads=args.threads)
+    except QcloopError as exc:
+        return _fail(str(exc))
+    rc = 0
+    if not args.json:
+        print(f"{'IMAGE':40} {'LABEL':12} {'SCORE':>6}  BOX (x1, y1, x2, y2)")
+    for image in args.images:
+        try:
+            detections = detector.detect(Path(image))
+        except ImageError as exc:
+            rc = _fail(str(exc))
+            continue
+        if args.json:
+            rows = [detection_json(d) for d in detections]
+            print(json.dumps({"image": image, "detections": rows}), flush=True)
+            continue
+        print_rows(image, detections)
+    return rc
+
+
+def print_rows(image: str, detections: list[Detection]) -> None:
+    """Table rows of one image (one per box, or one saying there is none)."""
+    if not detections:
+        print(f"{image:40} {'-':12} {'':>6}  (no detections)")
+    for d in detections:
+        box = ", ".join(f"{v:.1f}" for v in d.box)
+        print(f"{image:40} {d.label:12} {d.score:6.3f}  ({box})")
+
+
+def _load(path: Path) -> EdgeConfig | int:
+    try:
+        return load_config(path)
+    except QcloopError as exc:
+        return _fail(str(exc))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config; print it with secrets masked."""
+    config = _load(args.config)
+    if isinstance(config, int):
+        return config
+    print(json.dumps(config.masked(), indent=2))
+    return 0
+
+
+@contextmanager
+def _stop_on_signals(agent: Agent) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the agent to stop cleanly (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = lambda _signum, _frame: agent.stop()  # noqa: E731
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the agent; print the AgentStats JSON at the end."""
+    config = _load(args.config)
+    if isinstance(config, int):
+        return config
+    with json_logging(getattr(logging, args.log_level.upper())):
+        logging.getLogger("edge_agent").info("config loaded", extra={"config": config.masked()})
+        try:
+            agent = Agent(config, initial_model=args.model)
+            with _stop_on_signals(agent):
+                stats = agent.run(max_frames=args.max_frames, timeout_s=args.timeout)
+        except (QcloopError, OSError) as exc:
+            return _fail(str(exc))
+    text = stats.model_dump_json()
+    print(text, flush=True)
+    if args.stats_out:
+        Path(args.stats_out).write_text(text + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``qcloop-edge``."""
+    parser = argparse.ArgumentParser(prog=PROG, description="qcloop shop-floor edge agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    infer = sub.add_parser("infer", help="detect on image files with an ONNX model")
+    infer.add_argument("--model", type=Path, required=True, help="YOLOv8 ONNX file")
+    infer.add_argument("--json", action="store_true", help="one JSON line per image")
+    infer.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
+    infer.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    infer.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
+    infer.add_argument("images", nargs="+", metavar="IMAGE")
+    infer.set_defaults(func=cmd_infer)
+
+    run = sub.add_parser("run", help="run the agent (MQTT release -> infer -> feedback)")
+    run.add_argument("--config", type=Path, required=True, help="edge TOML file")
+    run.add_argument("--model", type=Path, help="serve this ONNX until a release arrives")
+    run.add_argument("--max-frames", type=int, help="stop after N inferred frames")
+    run.add_argument("--timeout", type=float, help="stop after S seconds")
+    run.add_argument("--stats-out", type=Path, help="also write the stats JSON here")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config, print it (secrets masked)")
+    check.add_argument("--config", type=Path, required=True, help="edge TOML file")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``qcloop-edge``; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    return int(args.func(args))

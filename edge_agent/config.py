@@ -1,0 +1,108 @@
+"""Edge agent configuration: ONE TOML file, then ``QCLOOP_EDGE_<SECTION>__<FIELD>`` variables.
+
+Examples: ``QCLOOP_EDGE_DEVICE_ID=line1-cam2``, ``QCLOOP_EDGE_MQTT__URL=mqtt://broker:1883``,
+``QCLOOP_EDGE_STORE__SECRET_KEY=...``, ``QCLOOP_EDGE_SOURCE__PATH=/srv/inbox``.
+Models are frozen and refuse unknown fields, so a typo fails at start naming the
+field. Secrets (``mqtt.password``, ``store.access_key``/``secret_key``) are
+``SecretStr``: ``masked()`` and every log show ``**********``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from qcloop.contracts import Thresholds
+from qcloop.errors import ConfigError
+from qcloop.settings import (
+    MqttSettings,
+    StoreSettings,
+    deep_merge,
+    env_overrides,
+    read_toml,
+    validation_message,
+)
+
+ENV_PREFIX = "QCLOOP_EDGE_"
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(_Section):
+    """Where frames come from: a hot folder or the simulated camera."""
+
+    kind: Literal["folder", "simulated"] = "folder"
+    path: Path | None = Field(default=None, description="hot folder (kind = 'folder')")
+    processed: Literal["keep", "move", "delete"] = "move"
+    processed_dir: Path | None = Field(default=None, description="default: <path>/processed")
+    rejected_dir: Path | None = Field(default=None, description="non-images; <path>/rejected")
+    poll_interval_s: float = Field(default=0.5, gt=0.0, le=60.0)
+    seed: int = Field(default=0, description="simulated camera seed")
+    interval_s: float = Field(default=1.0, ge=0.0, description="simulated frame period")
+
+    @model_validator(mode="after")
+    def _folder_has_path(self) -> SourceConfig:
+        if self.kind == "folder" and self.path is None:
+            raise ValueError("source.kind = 'folder' needs source.path")
+        return self
+
+
+class FeedbackConfig(_Section):
+    """Upload of low-confidence frames to the raw store."""
+
+    enabled: bool = True
+    queue_size: int = Field(default=100, ge=1, description="images waiting; oldest dropped")
+    max_attempts: int = Field(default=3, ge=1, description="tries per image before it is dropped")
+    retry_delay_s: float = Field(default=2.0, ge=0.0)
+    drain_timeout_s: float = Field(default=10.0, ge=0.0, description="wait for uploads at stop")
+
+
+class EdgeConfig(_Section):
+    """Everything one edge agent needs."""
+
+    device_id: str = Field(pattern=NAME_PATTERN)
+    fleet: str = Field(default="default", pattern=NAME_PATTERN)
+    model_dir: Path = Field(default=Path(".qcloop-edge/models"), description="downloaded models")
+    ort_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
+    state_interval_s: float = Field(default=10.0, gt=0.0, description="state republish period")
+    source: SourceConfig
+    thresholds: Thresholds = Thresholds()
+    feedback: FeedbackConfig = FeedbackConfig()
+    mqtt: MqttSettings = MqttSettings()
+    store: StoreSettings = StoreSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_fleet(cls, data: Any) -> Any:
+        """``fleet`` is set once; ``mqtt.fleet`` follows it (or supplies it)."""
+        if not isinstance(data, dict) or not isinstance(data.get("mqtt", {}), dict):
+            return data
+        mqtt = dict(data.get("mqtt", {}))
+        top, inner = data.get("fleet"), mqtt.get("fleet")
+        if top is not None and inner is not None and top != inner:
+            raise ValueError(f"fleet '{top}' and mqtt.fleet '{inner}' differ: set only fleet")
+        fleet = top if top is not None else inner
+        if fleet is None:
+            return data
+        return {**data, "fleet": fleet, "mqtt": {**mqtt, "fleet": fleet}}
+
+    def masked(self) -> dict[str, Any]:
+        """JSON-able dump with secrets shown as ``**********``."""
+        return self.model_dump(mode="json")
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> EdgeConfig:
+    """Read ``path``, apply the environment; ``ConfigError`` naming each bad field."""
+    environ = os.environ if environ is None else environ
+    data = deep_merge(read_toml(Path(path)), env_overrides(environ, ENV_PREFIX))
+    try:
+        return EdgeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(f"{path} + environment", exc)) from None

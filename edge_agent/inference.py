@@ -1,0 +1,267 @@
+"""YOLOv8 detection on onnxruntime with numpy and Pillow only (no torch, no ultralytics).
+
+The steps are pure functions, tested on exact numbers; ``Detector`` chains them:
+
+    load_image -> letterbox -> to_input -> session.run -> decode -> batched_nms
+               -> unletterbox -> Detection
+
+``output0`` of a YOLOv8 detect export is ``[1, 4 + nc, anchors]``: ``cx, cy, w, h``
+in input pixels, then one score per class (no objectness column).
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import onnxruntime as ort  # type: ignore[import-untyped]
+from PIL import Image, ImageOps
+
+from edge_agent.errors import ImageError, ModelError
+from qcloop.contracts import Detection
+
+PAD_VALUE = 114  # the grey ultralytics pads with
+MAX_WH = 7680.0  # per-class offset for class-wise NMS: larger than any input side
+MAX_NMS = 30000  # candidates kept (highest scores) before NMS, as ultralytics
+ORIENTATION_TAG = 0x0112  # EXIF
+
+ImageInput = Image.Image | bytes | str | Path
+
+
+class Letterbox(NamedTuple):
+    """How an image was placed into the model input: scale per axis, then offset."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+
+
+def load_image(source: ImageInput) -> Image.Image:
+    """Decode bytes or a file (EXIF orientation applied); ``ImageError`` if unreadable."""
+    if isinstance(source, Image.Image):
+        return source
+    name = "bytes" if isinstance(source, bytes) else str(source)
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image.load()
+    except Exception as exc:  # decoders raise OSError, SyntaxError, struct.error, ...
+        raise ImageError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
+    if image.getexif().get(ORIENTATION_TAG, 1) == 1:
+        return image  # keeps .format, which names the file type of the feedback upload
+    rotated = ImageOps.exif_transpose(image)
+    rotated.format = image.format
+    return rotated
+
+
+def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio and pad with grey 114 to ``size`` (height, width).
+
+    Returns the HxWx3 uint8 RGB canvas and the placement, computed like
+    ultralytics' ``LetterBox`` (centred, scale-up allowed).
+    """
+    height, width = size
+    ratio = min(height / image.height, width / image.width)
+    new_w = max(round(image.width * ratio), 1)
+    new_h = max(round(image.height * ratio), 1)
+    left = round((width - new_w) / 2 - 0.1)
+    top = round((height - new_h) / 2 - 0.1)
+    rgb = image.convert("RGB")
+    if rgb.size != (new_w, new_h):
+        rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    canvas = np.full((height, width, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[top : top + new_h, left : left + new_w] = np.asarray(rgb)
+    return canvas, Letterbox(new_w / image.width, new_h / image.height, left, top)
+
+
+def to_input(canvas: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 -> 1x3xHxW float32 in [0, 1]."""
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+
+
+def decode(output: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[1, 4+nc, anchors]`` -> (xyxy boxes, best-class scores, class ids) above ``confidence``."""
+    pred = output[0] if output.ndim == 3 else output
+    pred = pred.T  # anchors x (4 + nc)
+    class_scores = pred[:, 4:]
+    class_ids = class_scores.argmax(axis=1)
+    scores = class_scores[np.arange(len(pred)), class_ids]
+    keep = scores > confidence
+    cx, cy, w, h = pred[keep, :4].T
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    return boxes.astype(np.float32), scores[keep].astype(np.float32), class_ids[keep]
+
+
+def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with each of ``boxes``."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices kept by greedy NMS, best score first (drops IoU > threshold)."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        order = rest[iou_one_to_many(boxes[best], boxes[rest]) <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float
+) -> np.ndarray:
+    """Class-wise NMS: boxes of different classes never suppress each other."""
+    top = np.argsort(-scores, kind="stable")[:MAX_NMS]
+    offsets = class_ids[top].astype(np.float32)[:, None] * MAX_WH
+    kept: np.ndarray = top[nms(boxes[top] + offsets, scores[top], iou_threshold)]
+    return kept
+
+
+def unletterbox(boxes: np.ndarray, placement: Letterbox, width: int, height: int) -> np.ndarray:
+    """Map xyxy boxes from model input pixels back to the image's own, clipped to it."""
+    out = boxes.astype(np.float64).copy()
+    out[:, [0, 2]] = (out[:, [0, 2]] - placement.pad_x) / placement.scale_x
+    out[:, [1, 3]] = (out[:, [1, 3]] - placement.pad_y) / placement.scale_y
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+    return out
+
+
+def parse_names(value: str | None) -> list[str] | None:
+    """Class names from ultralytics metadata (``"{0: 'scratch'}"``) or None."""
+    if not value:
+        return None
+    names = ast.literal_eval(value)
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names)]
+    return [str(n) for n in names]
+
+
+def parse_imgsz(value: str | None) -> tuple[int, int] | None:
+    """(height, width) from ultralytics metadata (``"[320, 320]"`` or ``"320"``) or None."""
+    if not value:
+        return None
+    size = ast.literal_eval(value)
+    if isinstance(size, int):
+        return size, size
+    return int(size[0]), int(size[1])
+
+
+class Detector:
+    """A YOLOv8 ONNX model on onnxruntime (CPU); ``detect`` returns ``Detection``s.
+
+    ``class_names`` and ``imgsz`` come from the arguments (a release message) or
+    else from the model's metadata; a conflict with the model raises ``ModelError``.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        *,
+        class_names: Sequence[str] | None = None,
+        imgsz: int | None = None,
+        confidence: float = 0.25,
+        iou: float = 0.45,
+        threads: int = 1,
+        max_detections: int = 300,
+    ) -> None:
+        self.path = Path(model_path)
+        self.confidence = confidence
+        self.iou = iou
+        self.max_detections = max_detections
+        self._session = _open_session(self.path, threads)
+        meta = self._session.get_modelmeta().custom_metadata_map
+        if meta.get("end2end") == "True":
+            raise ModelError(f"{self.path}: end-to-end (NMS inside) exports are not supported")
+        self.input_name = self._session.get_inputs()[0].name
+        self.imgsz = self._resolve_imgsz(imgsz, meta.get("imgsz"))
+        self.names = self._resolve_names(class_names, meta.get("names"))
+
+    def __repr__(self) -> str:
+        return f"Detector({str(self.path)!r}, imgsz={self.imgsz}, classes={len(self.names)})"
+
+    def _resolve_imgsz(self, imgsz: int | None, meta_value: str | None) -> tuple[int, int]:
+        fixed = self._session.get_inputs()[0].shape[2:]
+        static = tuple(fixed) if all(isinstance(d, int) for d in fixed) else None
+        wanted = (imgsz, imgsz) if imgsz else parse_imgsz(meta_value) or static
+        if wanted is None:
+            raise ModelError(f"{self.path}: input size unknown: give imgsz (release input_size)")
+        if static and static != wanted:
+            raise ModelError(
+                f"{self.path}: input is {list(static)}, but imgsz {list(wanted)} given"
+            )
+        return wanted
+
+    def _resolve_names(self, given: Sequence[str] | None, meta_value: str | None) -> list[str]:
+        channels = self._session.get_outputs()[0].shape[1]
+        names = list(given) if given else parse_names(meta_value)
+        if names is None and isinstance(channels, int):
+            names = [f"class{i}" for i in range(channels - 4)]
+        if not names:
+            raise ModelError(f"{self.path}: class names unknown: give class_names")
+        if isinstance(channels, int) and channels != 4 + len(names):
+            raise ModelError(
+                f"{self.path}: output has {channels - 4} classes, {len(names)} class names given"
+            )
+        return names
+
+    def warmup(self) -> None:
+        """Run once on a blank input: proves the model runs before it is trusted."""
+        blank = Image.new("RGB", (self.imgsz[1], self.imgsz[0]), (PAD_VALUE,) * 3)
+        output = self.raw_output(to_input(letterbox(blank, self.imgsz)[0]))
+        if output.ndim != 3 or output.shape[1] != 4 + len(self.names):
+            raise ModelError(f"{self.path}: output0 {list(output.shape)} is not [1, 4+nc, anchors]")
+
+    def raw_output(self, tensor: np.ndarray) -> np.ndarray:
+        """``output0`` for one input tensor."""
+        try:
+            return np.asarray(self._session.run(None, {self.input_name: tensor})[0])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"{self.path}: inference failed: {exc}") from None
+
+    def detect(
+        self, image: ImageInput, *, confidence: float | None = None, iou: float | None = None
+    ) -> list[Detection]:
+        """Detections in the pixels of ``image``, best score first."""
+        picture = load_image(image)
+        canvas, placement = letterbox(picture, self.imgsz)
+        output = self.raw_output(to_input(canvas))
+        conf = self.confidence if confidence is None else confidence
+        boxes, scores, class_ids = decode(output, conf)
+        keep = batched_nms(boxes, scores, class_ids, self.iou if iou is None else iou)
+        keep = keep[: self.max_detections]
+        mapped = unletterbox(boxes[keep], placement, picture.width, picture.height)
+        return [
+            Detection(
+                label=self.names[int(c)],
+                score=float(min(max(s, 0.0), 1.0)),
+                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+            )
+            for b, s, c in zip(mapped, scores[keep], class_ids[keep], strict=True)
+        ]
+
+
+def _open_session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the agent logs its own
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # InvalidProtobuf, Fail, ...: not typed in onnxruntime's API
+        raise ModelError(f"{path}: not a loadable ONNX model ({exc})") from None

@@ -1,0 +1,95 @@
+"""The agent's MQTT link: release subscription, results, retained state and last will.
+
+paho's network thread runs in the background (``loop_start``) and reconnects by
+itself; the release subscription is renewed on every connect, so the retained
+release arrives again after a broker restart. If the broker is down at start the
+agent still starts (a ``--model`` keeps inspecting) and connects when it can.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge_agent.config import EdgeConfig
+from edge_agent.stats import DeviceState
+from qcloop.errors import BrokerUnavailable
+from qcloop.mqtt import connect, make_client, release_topic, results_topic, state_topic
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED = 1000  # results held while the broker is away; older ones are dropped
+
+
+class MqttLink:
+    """Subscribes to the fleet's release topic and publishes this device's messages."""
+
+    def __init__(self, config: EdgeConfig, on_release: Callable[[bytes], None]) -> None:
+        self._settings = config.mqtt
+        self.device_id = config.device_id
+        self.release_topic = release_topic(config.fleet)
+        self.results_topic = results_topic(config.device_id)
+        self.state_topic = state_topic(config.device_id)
+        self._on_release = on_release
+        self._client = make_client(config.mqtt, client_id=f"qcloop-edge-{config.device_id}")
+        offline = DeviceState(status="offline", device_id=config.device_id, fleet=config.fleet)
+        self._client.will_set(self.state_topic, offline.model_dump_json(), qos=1, retain=True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_queued_messages_set(MAX_QUEUED)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    def start(self) -> None:
+        """Connect (or keep trying in the background) and start the network thread."""
+        try:
+            connect(self._client, self._settings)
+        except BrokerUnavailable as exc:
+            log.error(
+                "MQTT broker unreachable, retrying in the background", extra={"error": str(exc)}
+            )
+            self._client.connect_async(self._settings.host, self._settings.port, keepalive=30)
+        self._client.loop_start()
+
+    def publish_result(self, payload: str) -> None:
+        """One InferenceResult (QoS 1; queued by paho while disconnected)."""
+        self._client.publish(self.results_topic, payload, qos=1)
+
+    def publish_state(self, state: DeviceState) -> mqtt.MQTTMessageInfo:
+        """The retained device state."""
+        return self._client.publish(self.state_topic, state.model_dump_json(), qos=1, retain=True)
+
+    def close(self, final_state: DeviceState, timeout: float = 3.0) -> None:
+        """Publish the final (offline) state, then disconnect cleanly."""
+        info = self.publish_state(final_state)
+        if self._client.is_connected():
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                log.warning("final state not acknowledged by the broker")
+            self._client.disconnect()
+        self._client.loop_stop()  # not connected: the broker publishes the last will instead
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("MQTT connection refused", extra={"reason": str(reason)})
+            return
+        client.subscribe(self.release_topic, qos=1)
+        log.info(
+            "MQTT connected",
+            extra={
+                "broker": f"{self._settings.host}:{self._settings.port}",
+                "topic": self.release_topic,
+            },
+        )
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.warning("MQTT disconnected, reconnecting", extra={"reason": str(reason)})
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self.release_topic:
+            self._on_release(bytes(message.payload))

@@ -1,0 +1,137 @@
+"""Helpers of the edge agent tests (not fixtures): models, releases, configs, MQTT."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.config import EdgeConfig
+from qcloop.contracts import ModelRef, ReleaseMessage, Thresholds
+from qcloop.mqtt import publish_retained, release_topic
+from qcloop.settings import MqttSettings, StoreSettings
+from qcloop.storage import sha256_file
+
+YOLO_CLASSES = [f"class{i}" for i in range(80)]  # yolov8n.yaml: 80 classes
+
+
+def make_constant_model(
+    path: Path, output: np.ndarray, imgsz: int = 320, names: str | None = None
+) -> Path:
+    """An ONNX whose ``output0`` is ``output`` whatever the image: exact numbers end to end."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, imgsz, imgsz])
+    out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))
+    const = numpy_helper.from_array(output.astype(np.float32), name="const")
+    # output0 = const + 0 * mean(images): the input is used, the output is exact
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+        helper.make_node("Add", ["const", "nothing"], ["output0"]),
+    ]
+    zero = numpy_helper.from_array(np.zeros((), np.float32), name="zero")
+    graph = helper.make_graph(nodes, "constant", [image], [out], initializer=[const, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    meta = {"imgsz": f"[{imgsz}, {imgsz}]", "stride": "32", "task": "detect"}
+    if names is not None:
+        meta["names"] = names
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, path)
+    return path
+
+
+def release_for(model: Path, fleet: str, version: str = "1", **changes: Any) -> ReleaseMessage:
+    """A valid release of ``model`` (file:// URL) for ``fleet``; ``changes`` override fields."""
+    fields: dict[str, Any] = {
+        "fleet": fleet,
+        "model": ModelRef(name="scratch-detector", version=version),
+        "sha256": sha256_file(model),
+        "size": model.stat().st_size,
+        "url": model.resolve().as_uri(),
+        "input_size": 320,
+        "class_names": YOLO_CLASSES,
+        "thresholds": Thresholds(),
+        "released_by": "tests",
+    }
+    fields.update(changes)
+    return ReleaseMessage(**fields)
+
+
+def publish(mqtt_url: str, fleet: str, payload: bytes | str) -> None:
+    """Publish a retained payload on the fleet's release topic."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    publish_retained(MqttSettings(url=mqtt_url), release_topic(fleet), data)
+
+
+def make_config(
+    tmp_path: Path,
+    mqtt_url: str,
+    store: StoreSettings,
+    device_id: str,
+    **overrides: Any,
+) -> EdgeConfig:
+    """An agent config for tests: hot folder ``tmp_path/inbox``, fast polling."""
+    data: dict[str, Any] = {
+        "device_id": device_id,
+        "fleet": device_id + "-fleet",
+        "model_dir": tmp_path / "models",
+        "state_interval_s": 0.5,
+        "source": {"kind": "folder", "path": tmp_path / "inbox", "poll_interval_s": 0.05},
+        "feedback": {"retry_delay_s": 0.1, "drain_timeout_s": 5.0},
+        "mqtt": {"url": mqtt_url},
+        "store": store,
+    }
+    data.update(overrides)
+    return EdgeConfig.model_validate(data)
+
+
+class Listener:
+    """Collects the messages of one topic filter (a real MQTT subscriber)."""
+
+    def __init__(self, mqtt_url: str, topic: str) -> None:
+        from qcloop.mqtt import connect, make_client
+
+        settings = MqttSettings(url=mqtt_url)
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = make_client(settings)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_args: self._subscribed.set()
+        connect(self.client, settings)
+        self.client.loop_start()
+        self.client.subscribe(topic, qos=1)
+        assert self._subscribed.wait(5), "subscription not acknowledged"
+
+    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+        with self._lock:
+            self.messages.append((message.topic, bytes(message.payload)))
+
+    def on(self, topic: str) -> list[bytes]:
+        """Payloads received on ``topic``."""
+        with self._lock:
+            return [p for t, p in self.messages if t == topic]
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    """Poll ``condition`` until true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")

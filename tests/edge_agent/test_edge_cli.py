@@ -1,0 +1,98 @@
+"""``qcloop-edge infer``: one JSON line per image, in the image's own pixels; the import rule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.cli import main
+from tests.edge_agent.edge_helpers import make_constant_model
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "ultralytics", "mlflow", "kfp", "dvc", "cv2", "components", "pipelines")
+
+
+def test_infer_json_prints_one_line_per_image(
+    yolo_onnx: Path, tag_images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given the exported model and real frames; conf 0 so that the untrained model finds boxes
+    images = [str(p) for p in tag_images]
+    # when inferred with --json
+    rc = main(["infer", "--model", str(yolo_onnx), "--json", "--conf", "0", *images])
+    # then one JSON object per image, exactly {"image", "detections": [{label, score, box}]}
+    assert rc == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(images)
+    for line, image in zip(lines, images, strict=True):
+        record = json.loads(line)
+        assert list(record) == ["image", "detections"] and record["image"] == image
+        assert record["detections"], "conf 0 keeps boxes"
+        for d in record["detections"]:
+            assert list(d) == ["label", "score", "box"]
+            x1, y1, x2, y2 = d["box"]
+            assert 0 <= x1 <= x2 <= 450 and 0 <= y1 <= y2 <= 300  # the frame's own pixels
+
+
+def test_infer_exact_box_in_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # given a model that always sees one scratch at (180, 100, 270, 200) of a 450x300 frame
+    output = np.array([[[160], [159.5], [64], [71], [0.875]]], np.float32)
+    model = make_constant_model(tmp_path / "m.onnx", output, names="{0: 'scratch'}")
+    frame = tmp_path / "frame.jpg"
+    from PIL import Image
+
+    Image.new("L", (450, 300)).save(frame)
+    # when inferred
+    assert main(["infer", "--model", str(model), "--json", str(frame)]) == 0
+    # then the line is exact
+    assert json.loads(capsys.readouterr().out) == {
+        "image": str(frame),
+        "detections": [{"label": "scratch", "score": 0.875, "box": [180.0, 100.0, 270.0, 200.0]}],
+    }
+
+
+def test_infer_table_and_an_unreadable_image(
+    yolo_onnx: Path, tag_images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a real frame, a text file named like an image, and a missing file
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a jpeg")
+    missing = tmp_path / "missing.jpg"
+    args = [str(broken), str(tag_images[0]), str(missing)]
+    # when inferred without --json
+    rc = main(["infer", "--model", str(yolo_onnx), *args])
+    # then the readable one is reported, the others named on stderr, rc 1 at the end
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert tag_images[0].name in out and "(no detections)" in out  # untrained: nothing at 0.25
+    assert str(broken) in err and str(missing) in err
+
+
+def test_infer_with_a_bad_model_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bogus = tmp_path / "m.onnx"
+    bogus.write_text("no")
+    assert main(["infer", "--model", str(bogus), str(bogus)]) == 1
+    assert "not a loadable ONNX" in capsys.readouterr().err
+
+
+def test_the_agent_imports_nothing_heavy() -> None:
+    # the edge box has no torch/ultralytics/mlflow/kfp/dvc, nor the other rooms
+    code = (
+        "import sys, edge_agent, edge_agent.cli, edge_agent.agent\n"
+        f"print([m for m in sys.modules if m.split('.')[0] in {HEAVY}])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_python_dash_m_works() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "check-config" in out.stdout

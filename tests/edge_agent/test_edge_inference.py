@@ -1,0 +1,260 @@
+"""Pre/post-processing on exact numbers, and the Detector on real and constant ONNX models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_agent.errors import ImageError, ModelError
+from edge_agent.inference import (
+    PAD_VALUE,
+    Detector,
+    Letterbox,
+    batched_nms,
+    decode,
+    iou_one_to_many,
+    letterbox,
+    load_image,
+    nms,
+    parse_imgsz,
+    parse_names,
+    to_input,
+    unletterbox,
+)
+from tests.edge_agent.edge_helpers import make_constant_model
+
+# ------------------------------------------------------------------ letterbox
+
+
+def test_letterbox_pads_grey_above_and_below_a_wide_image() -> None:
+    # given a white 4x2 image
+    image = Image.new("RGB", (4, 2), (255, 255, 255))
+    # when it is letterboxed to 8x8
+    canvas, placement = letterbox(image, (8, 8))
+    # then it is scaled x2 and centred with two grey rows on each side
+    assert placement == Letterbox(2.0, 2.0, 0, 2)
+    assert canvas.shape == (8, 8, 3) and canvas.dtype == np.uint8
+    assert (canvas[:2] == PAD_VALUE).all() and (canvas[6:] == PAD_VALUE).all()
+    assert (canvas[2:6] == 255).all()
+
+
+def test_letterbox_of_a_metal_tag_frame() -> None:
+    # given a 450x300 frame (the size of the metal-tag images)
+    image = Image.new("L", (450, 300), 7)
+    # when it is letterboxed to 320x320
+    canvas, placement = letterbox(image, (320, 320))
+    # then it fills the width: 320x213, 53 grey rows above and 54 below
+    assert placement == Letterbox(320 / 450, 213 / 300, 0, 53)
+    assert (canvas[:53] == PAD_VALUE).all() and (canvas[266:] == PAD_VALUE).all()
+    assert (canvas[53:266] == 7).all()
+
+
+@pytest.mark.parametrize("shape", [(300, 450), (450, 300), (17, 33), (640, 640), (100, 1000)])
+def test_letterbox_places_images_like_ultralytics(
+    shape: tuple[int, int], offline_ultralytics: Path
+) -> None:
+    from ultralytics.data.augment import LetterBox
+
+    # given an image of this (height, width)
+    height, width = shape
+    # when both letterbox it to 320
+    _, placement = letterbox(Image.new("RGB", (width, height)), (320, 320))
+    params = LetterBox(new_shape=(320, 320), auto=False).get_params(
+        {"img": np.zeros((height, width, 3), np.uint8)}
+    )
+    # then size and offsets agree
+    new_w, new_h = params["new_unpad"]
+    assert (placement.pad_x, placement.pad_y) == (params["left"], params["top"])
+    assert (round(placement.scale_x * width), round(placement.scale_y * height)) == (new_w, new_h)
+
+
+def test_to_input_is_nchw_float_in_unit_range() -> None:
+    canvas = np.full((8, 8, 3), 255, np.uint8)
+    canvas[0, 0] = (0, 114, 255)
+    tensor = to_input(canvas)
+    assert tensor.shape == (1, 3, 8, 8) and tensor.dtype == np.float32
+    assert tensor[0, :, 0, 0].tolist() == pytest.approx([0.0, 114 / 255, 1.0])
+
+
+# ------------------------------------------------------------------ decode / NMS
+
+
+def test_decode_keeps_the_best_class_above_confidence_as_xyxy() -> None:
+    # given output0 of a 2-class model with 4 anchors (rows: cx, cy, w, h, s0, s1)
+    output = np.array(
+        [
+            [
+                [50, 100, 5, 5],
+                [50, 100, 5, 5],
+                [20, 10, 2, 2],
+                [10, 10, 2, 2],
+                [0.9, 0.2, 0.1, 0.25],
+                [0.1, 0.3, 0.2, 0.0],
+            ]
+        ],
+        dtype=np.float32,
+    )
+    # when decoded at confidence 0.25 (strictly above, as ultralytics)
+    boxes, scores, class_ids = decode(output, 0.25)
+    # then anchors 0 (class 0) and 1 (class 1) remain, as corner boxes
+    assert boxes.tolist() == [[40, 45, 60, 55], [95, 95, 105, 105]]
+    assert scores.tolist() == pytest.approx([0.9, 0.3])
+    assert class_ids.tolist() == [0, 1]
+
+
+def test_decode_with_nothing_above_confidence_is_empty() -> None:
+    boxes, scores, class_ids = decode(np.zeros((1, 5, 7), np.float32), 0.25)
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and class_ids.shape == (0,)
+
+
+def test_iou_exact() -> None:
+    a = np.array([0, 0, 10, 10], np.float32)
+    others = np.array([[1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 5]], np.float32)
+    assert iou_one_to_many(a, others).tolist() == pytest.approx([90 / 110, 0.0, 0.5])
+
+
+def test_nms_keeps_the_best_and_what_overlaps_it_little() -> None:
+    # given A, B (IoU A-B 0.82), C (apart) and D (IoU D-A 0.5, D-B 0.43), D best
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 5]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.95], np.float32)
+    # when NMS runs at IoU 0.45
+    keep = nms(boxes, scores, 0.45)
+    # then D suppresses A, B survives D (0.43 <= 0.45), C stays; best first
+    assert keep.tolist() == [3, 1, 2]
+
+
+def test_batched_nms_never_suppresses_across_classes() -> None:
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    keep = batched_nms(boxes, scores, np.array([0, 0, 1]), 0.45)
+    assert keep.tolist() == [0, 2]
+
+
+def test_decode_and_nms_match_ultralytics_on_random_output(offline_ultralytics: Path) -> None:
+    import torch
+    from ultralytics.utils.nms import non_max_suppression
+
+    # given a random output0 of a 3-class model with 500 anchors
+    rng = np.random.default_rng(7)
+    n = 500
+    output = np.concatenate(
+        [
+            rng.uniform(0, 320, (1, 2, n)),  # cx, cy
+            rng.uniform(5, 80, (1, 2, n)),  # w, h
+            rng.uniform(0, 1, (1, 3, n)),  # class scores
+        ],
+        axis=1,
+    ).astype(np.float32)
+    # when both decode + NMS it
+    boxes, scores, class_ids = decode(output, 0.25)
+    keep = batched_nms(boxes, scores, class_ids, 0.45)
+    theirs = non_max_suppression(torch.from_numpy(output), 0.25, 0.45, max_det=1000)[0].numpy()
+    # then they keep the same boxes, scores and classes
+    ours = np.column_stack([boxes[keep], scores[keep], class_ids[keep]])
+    order = np.lexsort(theirs.T[::-1])
+    assert len(ours) == len(theirs) > 10
+    np.testing.assert_allclose(ours[np.lexsort(ours.T[::-1])], theirs[order], atol=1e-3)
+
+
+def test_unletterbox_maps_back_and_clips() -> None:
+    # given boxes in input pixels of an image placed at scale 0.5, offset (10, 20)
+    placement = Letterbox(0.5, 0.5, 10, 20)
+    boxes = np.array([[10, 20, 60, 70], [0, 0, 300, 300]], np.float32)
+    # when mapped back to the 200x150 image
+    mapped = unletterbox(boxes, placement, 200, 150)
+    # then the first is exact and the second clipped to the image
+    assert mapped.tolist() == [[0, 0, 100, 100], [0, 0, 200, 150]]
+
+
+def test_metadata_parsers() -> None:
+    assert parse_names("{0: 'scratch', 1: 'dent'}") == ["scratch", "dent"]
+    assert parse_names("['a', 'b']") == ["a", "b"]
+    assert parse_names(None) is None
+    assert parse_imgsz("[320, 480]") == (320, 480)
+    assert parse_imgsz("640") == (640, 640)
+
+
+# ------------------------------------------------------------------ Detector
+
+
+def _one_box_output() -> np.ndarray:
+    # anchor 0: a box that maps to (180, 100, 270, 200) in a 450x300 image;
+    # anchor 1: a near duplicate (suppressed); anchor 2: below confidence
+    return np.array(
+        [[[160, 161, 10], [159.5, 159.5, 10], [64, 64, 5], [71, 71, 5], [0.9, 0.8, 0.1]]],
+        dtype=np.float32,
+    )
+
+
+@pytest.fixture()
+def constant_model(tmp_path: Path) -> Path:
+    return make_constant_model(tmp_path / "c.onnx", _one_box_output(), names="{0: 'scratch'}")
+
+
+def test_detector_returns_boxes_in_the_image_pixels(constant_model: Path, tmp_path: Path) -> None:
+    # given a 450x300 frame as a file, bytes and a PIL image
+    frame = tmp_path / "frame.png"
+    Image.new("L", (450, 300), 90).save(frame)
+    detector = Detector(constant_model)
+    # when detected
+    results = [detector.detect(x) for x in (frame, frame.read_bytes(), Image.open(frame))]
+    # then one scratch at its exact place in the frame, whatever the input type
+    for detections in results:
+        assert len(detections) == 1
+        assert detections[0].label == "scratch"
+        assert detections[0].score == pytest.approx(0.9)
+        assert detections[0].box == pytest.approx((180, 100, 270, 200), abs=1e-3)
+
+
+def test_detector_thresholds_and_names_from_arguments(constant_model: Path) -> None:
+    detector = Detector(constant_model, class_names=["dent"], imgsz=320, confidence=0.05)
+    detections = detector.detect(Image.new("RGB", (450, 300)))
+    assert [d.label for d in detections] == ["dent", "dent"]
+    assert detections[1].score == pytest.approx(0.1)
+    assert detector.detect(Image.new("RGB", (450, 300)), confidence=0.95) == []
+
+
+def test_detector_refuses_what_does_not_match_the_model(constant_model: Path) -> None:
+    with pytest.raises(ModelError, match="1 classes, 2 class names"):
+        Detector(constant_model, class_names=["a", "b"])
+    with pytest.raises(ModelError, match="imgsz"):
+        Detector(constant_model, imgsz=480)
+
+
+def test_detector_refuses_a_file_that_is_not_onnx(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.onnx"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="not a loadable ONNX"):
+        Detector(bogus)
+    with pytest.raises(ModelError, match="no such model"):
+        Detector(tmp_path / "missing.onnx")
+
+
+def test_load_image_names_an_unreadable_file(tmp_path: Path) -> None:
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello")
+    with pytest.raises(ImageError, match="notes.jpg: not a readable image"):
+        load_image(text)
+
+
+def test_detector_on_the_exported_yolov8n(yolo_onnx: Path, metal_tags: Path) -> None:
+    # given the exported model and a real frame
+    frame = sorted((metal_tags / "images").glob("*.jpg"))[0]
+    detector = Detector(yolo_onnx, threads=2)
+    detector.warmup()
+    # then imgsz and names come from its metadata
+    assert detector.imgsz == (320, 320)
+    assert len(detector.names) == 80
+    # and even at confidence 0 every box lies inside the frame, best first
+    detections = detector.detect(frame, confidence=0.0)
+    assert 0 < len(detections) <= 300
+    with Image.open(frame) as image:
+        width, height = image.size
+    for d in detections:
+        x1, y1, x2, y2 = d.box
+        assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+    scores = [d.score for d in detections]
+    assert scores == sorted(scores, reverse=True)
