@@ -1,0 +1,48 @@
+# qcloop — `make help` lists the targets. The README's quickstart is `make setup` then `make demo`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DATA ?=
+EPOCHS ?= 5
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup setup-edge demo test test-unit lint compile schemas clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+setup: $(PY) ## create .venv and install everything (platform + tests), ~5 min
+	@# torch first: ultralytics needs torchvision, and this pair is the tested one (FIELD-NOTES)
+	$(PIP) install -q -c constraints.txt torch torchvision
+	$(PIP) install -q -c constraints.txt -e '.[platform,test]'
+	@$(PY) -c "import qcloop, ultralytics, mlflow, kfp, onnxruntime; print('setup ok:', qcloop.__version__)"
+
+setup-edge: $(PY) ## install only what an edge box needs (no torch/ultralytics/mlflow/kfp)
+	$(PIP) install -q -c constraints.txt -e '.[edge]'
+
+demo: ## run the whole loop on one machine (DATA=<yolo folder> for real data)
+	$(VENV)/bin/qcloop demo --epochs $(EPOCHS) $(if $(DATA),--data $(DATA),)
+
+test: ## run the whole test suite (unit + integration against real services)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: ## run only the tests that need no service
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
+lint: ## ruff
+	$(VENV)/bin/ruff check qcloop components edge_agent pipelines tests
+
+compile: ## compile the Kubeflow pipelines to IR YAML (pipelines/compiled/)
+	$(VENV)/bin/qcloop pipeline compile --out pipelines/compiled
+
+schemas: ## write the JSON Schemas of the contracts (docs/schemas/)
+	$(VENV)/bin/qcloop schemas --out docs/schemas
+
+clean: ## remove local state of the embedded default (.qcloop/, outputs)
+	rm -rf .qcloop local_outputs demo-summary.json

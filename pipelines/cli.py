@@ -1,0 +1,257 @@
+"""The ``qcloop`` command line (platform side). ``qcloop --help`` lists the commands.
+
+Every command reads settings from ``qcloop.toml`` / ``$QCLOOP_CONFIG`` and
+``QCLOOP_*`` variables (see ``qcloop config``). Errors print one clear line
+(``error: ...``) and exit 1; success exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from qcloop.errors import QcloopError
+from qcloop.settings import Settings, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    print(settings.model_dump_json(indent=2))  # SecretStr fields print as '**********'
+    return 0
+
+
+def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from qcloop.contracts import export_schemas
+
+    for path in export_schemas(Path(args.out)):
+        print(path)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
+    from qcloop.synthetic import generate_yolo_dataset
+
+    out = generate_yolo_dataset(Path(args.out), shots=args.shots, seed=args.seed)
+    print(f"wrote {args.shots * 4} synthetic images to {out}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from qcloop.dataset import import_yolo_folder
+
+    manifest, created = import_yolo_folder(settings, Path(args.folder))
+    counts = {split: c.model_dump() for split, c in manifest.counts.items()}
+    print(json.dumps({"version": manifest.version, "created": created, "counts": counts}))
+    return 0
+
+
+def _cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
+    from qcloop.dataset import known_versions
+
+    for version in known_versions(settings):
+        print(version)
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
+    from qcloop.dataset import materialize
+
+    manifest = materialize(settings, args.version, Path(args.out))
+    print(f"{manifest.version}: {len(manifest.images)} images in {args.out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.runs import run_training
+
+    result = run_training(
+        settings,
+        dataset_version=args.dataset_version,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        min_map50_95=args.min_map,
+    )
+    print(json.dumps(result, indent=2, default=str))
+    return 0 if result.get("registered") else 2
+
+
+def _cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.training import compile_pipeline
+
+    print(compile_pipeline(Path(args.out) / "training.yaml"))
+    return 0
+
+
+def _cmd_model_show(args: argparse.Namespace, settings: Settings) -> int:
+    from components.registry import get_model_record
+
+    record = get_model_record(settings.mlflow.tracking_uri, settings.mlflow.model_name, args.ref)
+    print(record.model_dump_json(indent=2))
+    return 0
+
+
+def _cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
+    from components.registry import approve
+
+    record = approve(
+        tracking_uri=settings.mlflow.tracking_uri,
+        model_name=settings.mlflow.model_name,
+        version=args.version,
+        alias=args.alias or settings.mlflow.production_alias,
+        approved_by=args.by or getpass.getuser(),
+    )
+    print(f"approved {record.name} version {record.version} by {record.approved_by}")
+    return 0
+
+
+def _cmd_release(args: argparse.Namespace, settings: Settings) -> int:
+    from components.release import build_release, publish_release
+    from qcloop.contracts import Thresholds
+
+    thresholds = Thresholds(confidence=args.conf, iou=args.iou, feedback_below=args.feedback_below)
+    message = build_release(
+        settings,
+        ref=args.ref,
+        released_by=args.by or getpass.getuser(),
+        thresholds=thresholds,
+        fleet=args.fleet,
+    )
+    topic = publish_release(settings, message)
+    print(f"released {message.model.name}/{message.model.version} on {topic} ({message.url})")
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from pipelines.broker import EmbeddedBroker
+
+    with EmbeddedBroker(args.port, prefer=args.kind) as broker:
+        print(f"{broker.kind} broker on {broker.url}; Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _cmd_raw(args: argparse.Namespace, settings: Settings) -> int:
+    from qcloop.storage import list_raw_images, open_store
+
+    for sidecar in list_raw_images(open_store(settings.store)):
+        best = max((d.score for d in sidecar.predictions), default=None)
+        print(f"{sidecar.key}\t{sidecar.reason}\t{sidecar.source}\tbest={best}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        data=Path(args.data) if args.data else None,
+        home=Path(args.home),
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        frames=args.frames,
+        summary=Path(args.summary),
+    )
+    run_demo(options)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (one sub-command per step of the loop)."""
+    parser = argparse.ArgumentParser(prog="qcloop", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="settings TOML (default ./qcloop.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_: str, parent=sub):  # type: ignore[no-untyped-def]
+        p = parent.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("config", _cmd_config, "print the effective settings (secrets masked)")
+    add("schemas", _cmd_schemas, "write the JSON Schemas of the contracts").add_argument(
+        "--out", default="docs/schemas"
+    )
+    ds = add("dataset", None, "dataset versions (YOLO layout, DVC)").add_subparsers(  # type: ignore[arg-type]
+        dest="dataset_command", required=True, metavar="ACTION"
+    )
+    p = add("synth", _cmd_synth, "generate a synthetic YOLO folder of metal tags", ds)
+    p.add_argument("--out", required=True)
+    p.add_argument("--shots", type=int, default=12, help="camera shots (4 crops each)")
+    p.add_argument("--seed", type=int, default=0)
+    add("import", _cmd_import, "import a YOLO folder as a new dataset version", ds).add_argument(
+        "folder"
+    )
+    add("list", _cmd_versions, "list dataset versions", ds)
+    p = add("pull", _cmd_pull, "materialise a dataset version into a folder", ds)
+    p.add_argument("version")
+    p.add_argument("--out", required=True)
+
+    p = add("train", _cmd_train, "run the training pipeline locally (kfp.local)")
+    p.add_argument("--dataset-version", required=True)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--imgsz", type=int, default=480)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--min-map", type=float, default=0.3, help="gate: minimum mAP50-95")
+    pl = add("pipeline", None, "Kubeflow pipeline definitions").add_subparsers(  # type: ignore[arg-type]
+        dest="pipeline_command", required=True, metavar="ACTION"
+    )
+    add("compile", _cmd_compile, "compile pipelines to KFP IR YAML", pl).add_argument(
+        "--out", default="pipelines/compiled"
+    )
+    md = add("model", None, "registered models (MLflow)").add_subparsers(  # type: ignore[arg-type]
+        dest="model_command", required=True, metavar="ACTION"
+    )
+    add("show", _cmd_model_show, "show a model version or alias", md).add_argument("ref")
+    p = add("approve", _cmd_approve, "approve a version: move the alias, tag who/when", md)
+    p.add_argument("version")
+    p.add_argument("--by", help="who approves (default: current user)")
+    p.add_argument("--alias", help="alias to set (default: mlflow.production_alias)")
+    p = add("release", _cmd_release, "publish the approved model to the fleet over MQTT")
+    p.add_argument("--ref", help="version or alias (default: production alias)")
+    p.add_argument("--fleet", help="fleet (default: mqtt.fleet)")
+    p.add_argument("--by", help="who releases (default: current user)")
+    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold on devices")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU on devices")
+    p.add_argument(
+        "--feedback-below", type=float, default=0.5, help="send back if best score below"
+    )
+    p = add("broker", _cmd_broker, "run the embedded MQTT broker in the foreground")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--kind", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    add("raw", _cmd_raw, "list images in the raw store (with reason and best score)")
+    p = add("demo", _cmd_demo, "run the whole loop on one machine (the quickstart)")
+    p.add_argument("--data", help="YOLO folder to use instead of synthetic images")
+    p.add_argument("--home", default=".qcloop/demo", help="state folder (reset each run)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--frames", type=int, default=24, help="frames the edge agent inspects")
+    p.add_argument("--summary", default="demo-summary.json")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``qcloop``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        return int(args.handler(args, settings))
+    except QcloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

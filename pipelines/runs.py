@@ -1,0 +1,36 @@
+"""Running the pipelines on this machine with the settings' services (kfp.local)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qcloop.settings import Settings
+
+
+def run_training(
+    settings: Settings,
+    *,
+    dataset_version: str,
+    epochs: int,
+    imgsz: int,
+    batch: int = 16,
+    min_map50_95: float = 0.3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run the training pipeline locally against ``settings``; see ``run_local`` for the result."""
+    from pipelines.training import run_local
+
+    mlflow = settings.mlflow
+    return run_local(
+        pipeline_root=settings.home.resolve() / "kfp",
+        settings=settings,
+        dataset_version=dataset_version,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        seed=seed,
+        min_map50_95=min_map50_95,
+        tracking_uri=mlflow.tracking_uri,
+        experiment=mlflow.experiment,
+        model_name=mlflow.model_name,
+    )

@@ -1,0 +1,47 @@
+"""The qcloop CLI: every command exits 0 on success and 1 with one clear line on error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+
+
+def test_schemas_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schemas", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "release-message.schema.json").is_file()
+    capsys.readouterr()
+    assert main(["config"]) == 0
+    assert json.loads(capsys.readouterr().out)["store"]["kind"] == "local"
+
+
+@pytest.mark.integration
+def test_synth_import_list_pull(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QCLOOP_WORKSPACE", str(tmp_path / "ws"))
+    assert main(["dataset", "synth", "--out", "yolo", "--shots", "2"]) == 0
+    assert main(["dataset", "import", "yolo"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(out)["version"] == "v1"
+    assert main(["dataset", "list"]) == 0
+    assert capsys.readouterr().out.split() == ["v1"]
+    assert main(["dataset", "pull", "v1", "--out", "pulled"]) == 0
+    assert (tmp_path / "pulled" / "manifest.json").is_file()
+
+
+def test_errors_are_one_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["dataset", "import", "no-such-folder"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no-such-folder" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[store]\nkind = 'ftp'\n")
+    assert main(["--config", str(bad), "config"]) == 1
+    assert "store.kind" in capsys.readouterr().err
