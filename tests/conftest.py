@@ -6,11 +6,15 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+
+from qcloop.settings import MqttSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 METAL_TAGS = ROOT.parent / "shared" / "datasets" / "metal-tags"
@@ -32,6 +36,30 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def read_retained(settings: MqttSettings, topic: str, timeout: float = 10.0) -> bytes:
+    """The retained message on ``topic`` as a fresh subscriber sees it."""
+    from qcloop.mqtt import make_client
+
+    got: list[bytes] = []
+    done = threading.Event()
+    client = make_client(settings)
+
+    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        got.append(msg.payload)
+        done.set()
+
+    client.on_message = on_message
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.connect(settings.host, settings.port)
+    client.loop_start()
+    try:
+        assert done.wait(timeout), f"no retained message on {topic}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[0]
 
 
 @pytest.fixture(scope="session")

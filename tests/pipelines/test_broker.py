@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-
-import paho.mqtt.client as mqtt
 import pytest
 
 from pipelines.broker import EmbeddedBroker
 from qcloop.errors import BrokerUnavailable
-from qcloop.mqtt import make_client, publish_retained, release_topic
+from qcloop.mqtt import publish_retained, release_topic
 from qcloop.settings import MqttSettings
-from tests.conftest import free_port
+from tests.conftest import free_port, read_retained
 
 pytestmark = pytest.mark.integration
-
-
-def _read_retained(settings: MqttSettings, topic: str) -> bytes:
-    got: list[bytes] = []
-    done = threading.Event()
-    client = make_client(settings)
-
-    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        got.append(msg.payload)
-        done.set()
-
-    client.on_message = on_message
-    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-    client.connect(settings.host, settings.port)
-    client.loop_start()
-    try:
-        assert done.wait(10), f"no retained message on {topic}"
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return got[0]
 
 
 @pytest.mark.parametrize("kind", ["mosquitto", "amqtt"])
@@ -43,7 +19,7 @@ def test_retained_release_reaches_late_subscriber(kind: str) -> None:
         assert broker.kind == kind
         settings = MqttSettings(url=broker.url)
         publish_retained(settings, release_topic("line-1"), b'{"hello": 1}')
-        assert _read_retained(settings, release_topic("line-1")) == b'{"hello": 1}'
+        assert read_retained(settings, release_topic("line-1")) == b'{"hello": 1}'
 
 
 def test_taken_port_is_named() -> None:
