@@ -165,7 +165,9 @@ def train_yolo(
     from ultralytics import YOLO
 
     print(f"[train] {model_cfg}: {epochs} epochs, imgsz {imgsz}, batch {batch}, {device}")
-    YOLO(model_cfg).train(
+    model = YOLO(model_cfg)
+    model.add_callback("on_fit_epoch_end", _report_epoch)
+    model.train(
         data=str(data_yaml),
         epochs=epochs,
         imgsz=imgsz,
@@ -187,6 +189,19 @@ def train_yolo(
         raise PipelineError(f"training wrote no {best}; read the training log above")
     print(f"[train] best weights: {best}")
     return best
+
+
+def _report_epoch(trainer: Any) -> None:
+    """One progress line per epoch (ultralytics itself runs quiet)."""
+    if trainer.epoch + 1 > trainer.epochs:  # the final validation of best.pt fires it once more
+        return
+    items = trainer.label_loss_items(trainer.tloss, prefix="train")
+    losses = " ".join(f"{name.split('/')[-1]} {float(value):.3f}" for name, value in items.items())
+    fitness = trainer.metrics.get("metrics/mAP50-95(B)", float("nan"))
+    print(
+        f"[train] epoch {trainer.epoch + 1}/{trainer.epochs}: {losses}, val mAP50-95 {fitness:.3f}",
+        flush=True,
+    )
 
 
 def check_losses(results_csv: Path) -> None:

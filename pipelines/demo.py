@@ -13,9 +13,12 @@ alone.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +46,51 @@ class DemoOptions:
     shots: int = 12
     summary: Path = Path("demo-summary.json")
     mqtt_port: int = 0
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STEPS = "data|train|export|evaluate|gate|register|pipeline"
+_PROGRESS = re.compile(rf"^\s*(\[({_STEPS})\]|.*Task '.*' finished)")
+
+
+@contextmanager
+def _progress_only(log_path: Path) -> Iterator[None]:
+    """Send everything written to fd 1/2 (steps are subprocesses) to ``log_path``; echo progress.
+
+    kfp.local prints each step's full executor input and output; the demo keeps
+    those in the log and shows the one-line progress of each step.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 1)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    console = os.fdopen(os.dup(saved[0]), "w")
+
+    def pump() -> None:
+        with open(log_path, "a") as log, os.fdopen(read_fd, errors="replace") as pipe:
+            for line in pipe:
+                log.write(line)
+                plain = _ANSI.sub("", line).strip()
+                if _PROGRESS.match(plain):
+                    console.write(f"      {plain}\n")
+                    console.flush()
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        thread.join(timeout=10)
+        for fd in saved:
+            os.close(fd)
+        console.close()
 
 
 class _Clock:
@@ -154,14 +202,20 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                 + ", ".join(f"{s} {c.images}" for s, c in manifest.counts.items())
             )
         with clock.stage(2, f"training pipeline (kfp.local, {options.epochs} epochs)"):
-            trained = run_training(
-                settings,
-                dataset_version=manifest.version,
-                epochs=options.epochs,
-                imgsz=options.imgsz,
-                batch=16,
-                min_map50_95=0.0,
-            )
+            log = home / "pipeline.log"
+            print(f"      step logs: {log}")
+            try:
+                with _progress_only(log):
+                    trained = run_training(
+                        settings,
+                        dataset_version=manifest.version,
+                        epochs=options.epochs,
+                        imgsz=options.imgsz,
+                        batch=16,
+                        min_map50_95=0.0,
+                    )
+            except PipelineError as exc:
+                raise PipelineError(f"{exc} (the steps' output is in {log})") from None
             if not trained.get("registered"):
                 raise PipelineError(f"the gate refused the model: {trained['gate_reason']}")
             record = trained["model_record"]

@@ -7,8 +7,9 @@ A version lives in ``<workspace>/data`` (tracked by ``data.dvc``):
 Versions are written atomically: the new version is built and validated in a
 staging folder beside ``data/``, swapped in by rename, then ``dvc add`` + push;
 if any step fails the previous ``data/`` and ``data.dvc`` come back.
-Splits are a function of the capture group (a hash), and an image keeps the
-split it had in the parent version, so an image never moves between splits.
+Splits are assigned per capture group (deterministically, balanced to
+70/15/15), and an image keeps the split it had in the parent version, so an
+image never moves between splits.
 Each version's DVC pointer is also kept in the object store
 (``datasets/<version>.dvc``) so any machine can materialise any version.
 """
@@ -18,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from qcloop import dvc
@@ -42,15 +44,25 @@ SPLIT_RATIOS: dict[Split, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
 Progress = Callable[[str], None]
 
 
-def assign_split(group: str) -> Split:
-    """Deterministic split of a capture group (the same on every machine, every version)."""
-    bucket = int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
-    edge = 0.0
-    for split in SPLITS:
-        edge += SPLIT_RATIOS[split]
-        if bucket < edge:
-            return split
-    return "train"
+def assign_splits(new_groups: Iterable[str], existing: Mapping[Split, int]) -> dict[str, Split]:
+    """Splits for capture groups not seen before; ``existing`` counts the groups already placed.
+
+    Groups are taken in the order of their hash, each going to the split furthest
+    below its share (ties: train, test, val - a small set gets a test group before a
+    val group). The result depends only on the groups and the parent, so it is the
+    same on every machine; groups already placed never move.
+    """
+    counts = {split: existing.get(split, 0) for split in SPLITS}
+    preference: tuple[Split, ...] = ("train", "test", "val")
+    placed: dict[str, Split] = {}
+    for group in sorted(set(new_groups), key=lambda g: hashlib.sha256(g.encode()).hexdigest()):
+        total = sum(counts.values()) + 1
+        split = max(
+            preference, key=lambda s: (SPLIT_RATIOS[s] * total - counts[s], -preference.index(s))
+        )
+        counts[split] += 1
+        placed[group] = split
+    return placed
 
 
 def current_manifest(workspace: Path) -> DatasetManifest | None:
@@ -95,6 +107,8 @@ def _stage(
     (staging / "labels").mkdir()
     entries = {img.file: img for img in (parent.images if parent else [])}
     group_splits = {img.group: img.split for img in entries.values()}
+    existing = Counter(group_splits.values())
+    group_splits.update(assign_splits((capture_group(i.stem) for i in items), existing))
     if parent_dir is not None:
         for img in entries.values():
             shutil.copy2(parent_dir / img.file, staging / img.file)
@@ -116,9 +130,7 @@ def _stage(
             original_name=item.image.name,
         )
         put_raw_image(store, data, sidecar)
-        split = group_splits.setdefault(
-            capture_group(item.stem), assign_split(capture_group(item.stem))
-        )
+        split = group_splits[capture_group(item.stem)]
         entry = _entry(item, split, key, digest)
         old = entries.get(entry.file)
         label = _label_text(item)

@@ -15,7 +15,7 @@ import yaml
 from components.registry import get_model_record
 from pipelines.training import compile_pipeline, run_local
 from qcloop.contracts import EvalMetrics, ModelRecord
-from qcloop.dataset import assign_split, import_yolo_folder
+from qcloop.dataset import import_yolo_folder
 from qcloop.errors import PipelineError, RegistryError
 from qcloop.settings import Settings, StoreSettings
 from qcloop.yolo import capture_group
@@ -32,23 +32,19 @@ def yolo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
-def _tiny_yolo_folder(src: Path, dest: Path, wanted: dict[str, int]) -> Path:
-    """Copy whole captures of ``src`` whose stable split is wanted (e.g. 2 train, 1 test)."""
+def _tiny_yolo_folder(src: Path, dest: Path, captures: int) -> Path:
+    """Copy the first ``captures`` whole captures (4 crops) of ``src``; 3 give 2 train + 1 test."""
     for sub in ("images", "labels"):
         (dest / sub).mkdir(parents=True)
     shutil.copyfile(src / "classes.txt", dest / "classes.txt")
     groups: dict[str, list[Path]] = {}
     for image in sorted((src / "images").glob("*.jpg")):
         groups.setdefault(capture_group(image.stem), []).append(image)
-    for group, images in groups.items():
-        split = assign_split(group)
-        if wanted.get(split, 0) > 0 and len(images) == 4:
-            wanted[split] -= 1
-            for image in images:
-                shutil.copyfile(image, dest / "images" / image.name)
-                label = f"{image.stem}.txt"
-                shutil.copyfile(src / "labels" / label, dest / "labels" / label)
-    assert not any(wanted.values()), f"not enough captures in {src}: {wanted}"
+    for images in [g for g in groups.values() if len(g) == 4][:captures]:
+        for image in images:
+            shutil.copyfile(image, dest / "images" / image.name)
+            label = f"{image.stem}.txt"
+            shutil.copyfile(src / "labels" / label, dest / "labels" / label)
     return dest
 
 
@@ -56,7 +52,7 @@ def _tiny_yolo_folder(src: Path, dest: Path, wanted: dict[str, int]) -> Path:
 def dataset_v1(metal_tags: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, str]:
     """Dataset version v1 (12 real images: 8 train, 4 test) in a DVC workspace under tmp."""
     tmp = tmp_path_factory.mktemp("pipeline")
-    folder = _tiny_yolo_folder(metal_tags, tmp / "yolo", {"train": 2, "test": 1})
+    folder = _tiny_yolo_folder(metal_tags, tmp / "yolo", 3)
     settings = Settings(
         home=tmp / ".qcloop",
         workspace=tmp / "ws",

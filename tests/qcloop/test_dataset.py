@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from qcloop.dataset import assign_split, current_manifest, import_yolo_folder, materialize
+from qcloop.dataset import assign_splits, current_manifest, import_yolo_folder, materialize
 from qcloop.errors import DatasetError
 from qcloop.settings import Settings, StoreSettings
 from qcloop.storage import list_raw_images, open_store
@@ -29,10 +30,17 @@ def _settings(
     )
 
 
-def test_split_is_a_function_of_the_group() -> None:
-    splits = {assign_split(f"group-{i}") for i in range(200)}
-    assert splits == {"train", "val", "test"}
-    assert assign_split("group-7") == assign_split("group-7")
+def test_splits_are_balanced_deterministic_and_keep_placed_groups() -> None:
+    groups = [f"group-{i}" for i in range(40)]
+    placed = assign_splits(groups, {})
+    assert Counter(placed.values()) == {"train": 28, "val": 6, "test": 6}
+    assert assign_splits(reversed(groups), {}) == placed  # input order does not matter
+    assert set(assign_splits(groups[:3], {}).values()) == {"train", "test"}  # test before val
+    more = assign_splits([f"new-{i}" for i in range(10)], Counter(placed.values()))
+    assert (
+        Counter(more.values()) == {"train": 7, "val": 2, "test": 1}
+        or sum(1 for s in more.values() if s != "train") == 3
+    )
 
 
 def test_import_then_new_version_keeps_splits(tmp_path: Path) -> None:
