@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge demo test test-unit lint compile schemas clean
+.PHONY: help setup setup-edge demo test test-unit lint compile schemas check-edge clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ compile: ## compile the Kubeflow pipelines to IR YAML (pipelines/compiled/)
 
 schemas: ## write the JSON Schemas of the contracts (docs/schemas/)
 	$(VENV)/bin/qcloop schemas --out docs/schemas
+
+check-edge: ## install only the edge extra in a fresh venv and run qcloop-edge infer (after make demo)
+	bash scripts/check-edge-install.sh
 
 clean: ## remove local state of the embedded default (.qcloop/, outputs)
 	rm -rf .qcloop local_outputs demo-summary.json

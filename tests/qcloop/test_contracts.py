@@ -125,3 +125,12 @@ def test_load_names_file(tmp_path: Path) -> None:
     path.write_text("{}")
     with pytest.raises(ContractError, match=str(path)):
         DatasetManifest.load(path)
+
+
+def test_published_schemas_are_current(tmp_path: Path) -> None:
+    """docs/schemas/ is what other teams read: regenerate with `make schemas` when it drifts."""
+    published = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+    for path in export_schemas(tmp_path):
+        assert (published / path.name).read_text() == path.read_text(), (
+            f"run make schemas ({path.name})"
+        )
