@@ -16,6 +16,7 @@ from qcloop.contracts import ModelRef, ReleaseMessage, Thresholds
 from qcloop.errors import RegistryError
 from qcloop.mqtt import publish_retained, release_topic
 from qcloop.settings import Settings
+from qcloop.signing import load_private_key, sign_release
 from qcloop.storage import open_store, sha256_bytes
 
 
@@ -51,7 +52,7 @@ def build_release(
     store = open_store(settings.store)
     key = model_key(record.name, record.version)
     store.put_bytes(key, data, "application/octet-stream")
-    return ReleaseMessage(
+    message = ReleaseMessage(
         fleet=fleet or settings.mqtt.fleet,
         model=ModelRef(name=record.name, version=record.version),
         sha256=record.onnx_sha256,
@@ -62,6 +63,9 @@ def build_release(
         thresholds=thresholds or Thresholds(),
         released_by=released_by,
     )
+    if settings.release.signing_key:
+        message = sign_release(message, load_private_key(settings.release.signing_key))
+    return message
 
 
 def publish_release(settings: Settings, message: ReleaseMessage) -> str:

@@ -127,6 +127,14 @@ def _cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from qcloop.signing import generate_keypair
+
+    private, public = generate_keypair(Path(args.out), args.name)
+    print(f"private key (bridge, keep secret): {private}\npublic key (devices): {public}")
+    return 0
+
+
 def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
@@ -225,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--feedback-below", type=float, default=0.5, help="send back if best score below"
     )
+    keys = add("keys", None, "release signing keys (Ed25519)").add_subparsers(  # type: ignore[arg-type]
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    p = add("generate", _cmd_keys, "write a new key pair: NAME.key (bridge) + NAME.pub", keys)
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", default="release")
     p = add("broker", _cmd_broker, "run the embedded MQTT broker in the foreground")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--kind", choices=["auto", "mosquitto", "amqtt"], default="auto")

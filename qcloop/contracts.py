@@ -252,7 +252,9 @@ class ReleaseMessage(Contract):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     released_at: datetime = Field(default_factory=utcnow)
     released_by: str = Field(min_length=1)
-    signature: str | None = Field(default=None, description="reserved for a signed release")
+    signature: str | None = Field(
+        default=None, description="base64 Ed25519 signature of qcloop.signing.signed_bytes"
+    )
 
     @field_validator("url")
     @classmethod

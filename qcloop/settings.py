@@ -103,6 +103,14 @@ class DvcSettings(_Section):
     endpoint_url: str | None = Field(default=None, description="S3/MinIO endpoint for s3://")
 
 
+class ReleaseSettings(_Section):
+    """Release bridge: signing key (PEM, Ed25519) and what devices are told."""
+
+    signing_key: Path | None = Field(
+        default=None, description="private key file; releases are signed when set"
+    )
+
+
 class Settings(_Section):
     """All settings of the platform side."""
 
@@ -113,6 +121,7 @@ class Settings(_Section):
     mqtt: MqttSettings = MqttSettings()
     mlflow: MlflowSettings = MlflowSettings()
     dvc: DvcSettings = DvcSettings()
+    release: ReleaseSettings = ReleaseSettings()
 
 
 def env_overrides(

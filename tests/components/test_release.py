@@ -9,9 +9,15 @@ import pytest
 from components.registry import approve, register_model
 from components.release import build_release, model_key, publish_release
 from qcloop.contracts import EvalMetrics, ModelRecord, ReleaseMessage, Thresholds
-from qcloop.errors import RegistryError
+from qcloop.errors import IntegrityError, RegistryError
 from qcloop.mqtt import release_topic
-from qcloop.settings import MlflowSettings, MqttSettings, Settings, StoreSettings
+from qcloop.settings import (
+    MlflowSettings,
+    MqttSettings,
+    ReleaseSettings,
+    Settings,
+    StoreSettings,
+)
 from qcloop.storage import S3Store, download_url, open_store, sha256_file
 from tests.conftest import read_retained
 
@@ -97,3 +103,28 @@ def test_release_through_s3(
     assert message.url == f"s3://{s3_store_settings.bucket}/{model_key('det', record.version)}"
     store = S3Store(s3_store_settings)
     assert store.get_bytes(model_key("det", record.version)) == exported_onnx.read_bytes()
+
+
+def test_signed_release_verifies_and_tampering_is_caught(
+    tmp_path: Path, mqtt_url: str, exported_onnx: Path
+) -> None:
+    from qcloop.signing import generate_keypair, load_public_key, verify_release
+
+    private, public = generate_keypair(tmp_path / "keys")
+    settings = _settings(tmp_path, mqtt_url).model_copy(
+        update={"release": ReleaseSettings(signing_key=private)}
+    )
+    record = _register(settings, exported_onnx)
+    approve(
+        tracking_uri=settings.mlflow.tracking_uri,
+        model_name="det",
+        version=record.version,
+        approved_by="qa-lead",
+    )
+    message = build_release(settings, released_by="ops")
+    verify_release(message, load_public_key(public))
+    forged = message.model_copy(update={"url": "http://evil.example/model.onnx"})
+    with pytest.raises(IntegrityError, match="bad signature"):
+        verify_release(forged, load_public_key(public))
+    with pytest.raises(IntegrityError, match="unsigned"):
+        verify_release(message.model_copy(update={"signature": None}), load_public_key(public))
