@@ -193,7 +193,7 @@ def get_model_record(tracking_uri: str, model_name: str, ref: str) -> ModelRecor
         todo = f"see the versions of '{model_name}' in the MLflow UI, or register one first"
     else:
         what = f"model '{model_name}' alias @{alias}"
-        todo = f"no version carries @{alias}: approve one first (qcloop approve)"
+        todo = f"no version carries @{alias}: approve one first (`qcloop model approve VERSION`)"
     with _mlflow_errors(tracking_uri, what, todo):
         if ref.isdigit():
             version = client.get_model_version(model_name, ref)

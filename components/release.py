@@ -9,11 +9,13 @@ is published retained on ``qcloop/fleets/<fleet>/release``.
 from __future__ import annotations
 
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from components.registry import download_onnx, get_model_record
 from qcloop.contracts import ModelRef, ReleaseMessage, Thresholds
-from qcloop.errors import RegistryError
+from qcloop.errors import QcloopError, RegistryError
 from qcloop.mqtt import publish_retained, release_topic
 from qcloop.settings import Settings
 from qcloop.signing import load_private_key, sign_release
@@ -73,3 +75,45 @@ def publish_release(settings: Settings, message: ReleaseMessage) -> str:
     topic = release_topic(message.fleet)
     publish_retained(settings.mqtt, topic, message.to_json().encode())
     return topic
+
+
+def watch_and_release(
+    settings: Settings,
+    *,
+    interval_s: float = 30.0,
+    released_by: str = "qcloop-release-bridge",
+    thresholds: Thresholds | None = None,
+    fleet: str | None = None,
+    stop: threading.Event | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """The release bridge as a service: publish whenever the production alias moves.
+
+    Polls MLflow every ``interval_s``; a new (approved) version behind the alias is
+    copied and published once. MLflow, store or broker failures are logged and
+    retried at the next poll, so the bridge outlives outages. Returns when ``stop``
+    is set.
+    """
+    stop = stop or threading.Event()
+    alias = settings.mlflow.production_alias
+    published: str | None = None
+    log(f"[bridge] watching {settings.mlflow.model_name}@{alias} every {interval_s:g} s")
+    while not stop.is_set():
+        try:
+            record = get_model_record(
+                settings.mlflow.tracking_uri, settings.mlflow.model_name, alias
+            )
+            if record.version != published:
+                message = build_release(
+                    settings,
+                    ref=record.version,
+                    released_by=released_by,
+                    thresholds=thresholds,
+                    fleet=fleet,
+                )
+                topic = publish_release(settings, message)
+                published = record.version
+                log(f"[bridge] released {record.name}/{record.version} on {topic}")
+        except QcloopError as exc:
+            log(f"[bridge] not released this round: {exc}")
+        stop.wait(interval_s)

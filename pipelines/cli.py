@@ -111,10 +111,19 @@ def _cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_release(args: argparse.Namespace, settings: Settings) -> int:
-    from components.release import build_release, publish_release
+    from components.release import build_release, publish_release, watch_and_release
     from qcloop.contracts import Thresholds
 
     thresholds = Thresholds(confidence=args.conf, iou=args.iou, feedback_below=args.feedback_below)
+    if args.action == "watch":
+        watch_and_release(
+            settings,
+            interval_s=args.interval,
+            released_by=args.by or "qcloop-release-bridge",
+            thresholds=thresholds,
+            fleet=args.fleet,
+        )
+        return 0
     message = build_release(
         settings,
         ref=args.ref,
@@ -225,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", help="who approves (default: current user)")
     p.add_argument("--alias", help="alias to set (default: mlflow.production_alias)")
     p = add("release", _cmd_release, "publish the approved model to the fleet over MQTT")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["once", "watch"],
+        default="once",
+        help="once (default), or watch: the bridge service, publishing whenever the alias moves",
+    )
+    p.add_argument("--interval", type=float, default=30.0, help="watch: seconds between polls")
     p.add_argument("--ref", help="version or alias (default: production alias)")
     p.add_argument("--fleet", help="fleet (default: mqtt.fleet)")
     p.add_argument("--by", help="who releases (default: current user)")

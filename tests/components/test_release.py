@@ -24,12 +24,14 @@ from tests.conftest import read_retained
 pytestmark = pytest.mark.integration
 
 
-def _settings(tmp_path: Path, mqtt_url: str, store: StoreSettings | None = None) -> Settings:
+def _settings(
+    tmp_path: Path, mqtt_url: str, store: StoreSettings | None = None, fleet: str = "line-1"
+) -> Settings:
     return Settings(
         home=tmp_path,
         store=store or StoreSettings(path=tmp_path / "store"),
         mlflow=MlflowSettings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", model_name="det"),
-        mqtt=MqttSettings(url=mqtt_url, fleet="line-1"),
+        mqtt=MqttSettings(url=mqtt_url, fleet=fleet),
     )
 
 
@@ -128,3 +130,46 @@ def test_signed_release_verifies_and_tampering_is_caught(
         verify_release(forged, load_public_key(public))
     with pytest.raises(IntegrityError, match="unsigned"):
         verify_release(message.model_copy(update={"signature": None}), load_public_key(public))
+
+
+def test_bridge_publishes_each_alias_move_once(
+    tmp_path: Path, mqtt_url: str, exported_onnx: Path
+) -> None:
+    import threading
+    import time
+
+    from components.release import watch_and_release
+
+    settings = _settings(tmp_path, mqtt_url, fleet="bridge-test")  # own retained topic
+    lines: list[str] = []
+    stop = threading.Event()
+    bridge = threading.Thread(
+        target=watch_and_release,
+        kwargs={"settings": settings, "interval_s": 0.2, "stop": stop, "log": lines.append},
+    )
+    bridge.start()
+    try:
+        first = _register(settings, exported_onnx)
+        second = _register(settings, exported_onnx)
+        for record in (first, second):
+            approve(
+                tracking_uri=settings.mlflow.tracking_uri,
+                model_name="det",
+                version=record.version,
+                approved_by="qa-lead",
+            )
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                got = ReleaseMessage.from_json(
+                    read_retained(settings.mqtt, release_topic("bridge-test"))
+                )
+                if got.model.version == record.version:
+                    break
+                time.sleep(0.2)
+            assert got.model.version == record.version
+    finally:
+        stop.set()
+        bridge.join(timeout=10)
+    released = [line for line in lines if line.startswith("[bridge] released")]
+    assert len(released) == 2, lines
+    assert any("not released this round" in line for line in lines)  # before the first approval
