@@ -44,7 +44,7 @@ def evaluate_onnx(
                 f"dataset {manifest.version} at {dataset_dir}: the {split} split is empty; "
                 "nothing to evaluate (add images of other captures, or pick another split)"
             )
-        data_yaml = write_data_yaml(work / "data", manifest)
+        data_yaml = write_data_yaml(work / "data", manifest, for_training=False)
         model_file = work / "model.onnx"  # ultralytics picks the backend by the suffix
         shutil.copyfile(onnx_path, model_file)
         print(f"[evaluate] {onnx_path} on {split} ({count} images, imgsz {imgsz})")
@@ -74,3 +74,47 @@ def evaluate_onnx(
 def _unit(value: float) -> float:
     """A metric as a plain float clipped to 0..1 (guards float noise like 1.0000001)."""
     return min(1.0, max(0.0, float(value)))
+
+
+def evaluate_yolo_folder(onnx_path: Path, folder: Path, *, imgsz: int | None = None) -> EvalMetrics:
+    """Metrics of any ONNX detector on every image of a plain YOLO folder (``qcloop eval``).
+
+    The folder is validated like an import (``qcloop.yolo``); its images form the
+    test split of a throw-away dataset. ``imgsz`` defaults to the export size.
+    """
+    from qcloop.contracts import DatasetManifest, ManifestImage, count_splits
+    from qcloop.storage import sha256_file
+    from qcloop.yolo import capture_group, scan_yolo_folder
+
+    names, items = scan_yolo_folder(Path(folder))
+    exported = onnx_metadata(Path(onnx_path)).get("imgsz") if Path(onnx_path).is_file() else None
+    size = imgsz or (int(exported[0]) if exported else 640)
+    with tempfile.TemporaryDirectory(prefix="qcloop-evalset-") as tmp:
+        root = Path(tmp)
+        (root / "images").mkdir()
+        (root / "labels").mkdir()
+        images = []
+        for item in items:
+            file = f"images/{item.image.name}"
+            shutil.copyfile(item.image, root / file)
+            shutil.copyfile(item.label, root / "labels" / f"{item.stem}.txt")
+            images.append(
+                ManifestImage(
+                    file=file,
+                    label_file=f"labels/{item.stem}.txt",
+                    split="test",
+                    group=capture_group(item.stem),
+                    sha256=sha256_file(item.image),
+                    width=item.width,
+                    height=item.height,
+                    boxes=len(item.boxes),
+                )
+            )
+        DatasetManifest(
+            version="v0",
+            class_names=names,
+            source=str(folder),
+            images=images,
+            counts=count_splits(images),
+        ).save(root / "manifest.json")
+        return evaluate_onnx(Path(onnx_path), root, imgsz=size, split="test")

@@ -102,15 +102,17 @@ def split_lists(root: Path, manifest: DatasetManifest) -> dict[str, list[str]]:
     return lists
 
 
-def write_data_yaml(root: Path, manifest: DatasetManifest) -> Path:
+def write_data_yaml(root: Path, manifest: DatasetManifest, *, for_training: bool = True) -> Path:
     """Write ``<split>.txt`` image lists and ``data.yaml`` into ``root``; return the yaml.
 
     An empty val split borrows the test images, an empty test split the val
-    images (said on stdout); an empty train split, or no val and no test images,
-    is a ``DatasetError``.
+    images (said on stdout); an empty train split (when ``for_training``), or no
+    val and no test images, is a ``DatasetError``.
     """
     root = Path(root).resolve()
     lists = split_lists(root, manifest)
+    if not lists["train"] and not for_training:
+        lists["train"] = lists["test"] or lists["val"]  # ultralytics wants the key; never read
     if not lists["train"]:
         raise DatasetError(
             f"dataset {manifest.version} at {root}: the train split is empty; "

@@ -96,6 +96,50 @@ def _cmd_model_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def split_model_ref(ref: str, default_name: str) -> tuple[str, str]:
+    """``NAME@ALIAS``, ``NAME/VERSION``, ``@ALIAS``, ``ALIAS`` or ``VERSION`` -> (name, ref)."""
+    if "@" in ref.lstrip("@"):
+        name, alias = ref.split("@", 1)
+        return name, "@" + alias
+    if "/" in ref:
+        name, version = ref.rsplit("/", 1)
+        return name, version
+    return default_name, ref
+
+
+def _cmd_model_pull(args: argparse.Namespace, settings: Settings) -> int:
+    import shutil
+    import tempfile
+
+    from components.registry import download_onnx, get_model_record
+
+    uri = settings.mlflow.tracking_uri
+    name, ref = split_model_ref(args.ref, settings.mlflow.model_name)
+    record = get_model_record(uri, name, ref)
+    with tempfile.TemporaryDirectory(prefix="qcloop-pull-") as tmp:
+        local = download_onnx(uri, record, Path(tmp))  # sha256 checked against the record
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(local), args.output)
+    print(f"{record.name} version {record.version} -> {args.output} (sha256 {record.onnx_sha256})")
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    from components.registry import alias_history
+
+    for entry in alias_history(settings.mlflow.tracking_uri, settings.mlflow.model_name):
+        print(json.dumps(entry))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from components.evaluate import evaluate_yolo_folder
+
+    metrics = evaluate_yolo_folder(Path(args.model), Path(args.data), imgsz=args.imgsz)
+    print(metrics.to_json())
+    return 0
+
+
 def _cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     from components.registry import approve
 
@@ -105,6 +149,7 @@ def _cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
         version=args.version,
         alias=args.alias or settings.mlflow.production_alias,
         approved_by=args.by or getpass.getuser(),
+        reason=args.reason,
     )
     print(f"approved {record.name} version {record.version} by {record.approved_by}")
     return 0
@@ -233,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version")
     p.add_argument("--by", help="who approves (default: current user)")
     p.add_argument("--alias", help="alias to set (default: mlflow.production_alias)")
+    p.add_argument("--reason", default="", help="why (kept in the audit trail)")
+    p = add("pull", _cmd_model_pull, "download a registered ONNX (sha256 checked)", md)
+    p.add_argument("ref", help="NAME@ALIAS, NAME/VERSION, @ALIAS or VERSION")
+    p.add_argument("--output", required=True)
+    add("history", _cmd_history, "every alias move: who, when, why, from which version", md)
+    p = add("eval", _cmd_eval, "metrics (JSON) of any ONNX model on a YOLO folder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="YOLO folder (images/, labels/, classes.txt)")
+    p.add_argument("--imgsz", type=int, help="default: the size the model was exported at")
     p = add("release", _cmd_release, "publish the approved model to the fleet over MQTT")
     p.add_argument(
         "action",
