@@ -93,16 +93,32 @@ def evaluate(
 
 
 @dsl.component(**_OPTIONS)
-def gate_step(metrics_json: str, min_map50_95: float) -> NamedTuple(
-    "GateOutputs", passed=bool, reason=str
-):
-    """Decide whether the model may be registered."""
+def champion(dataset: Input[Dataset], tracking_uri: str, model_name: str, alias: str) -> str:
+    """``EvalMetrics`` JSON of the production model on this test split; "" if there is none."""
+    from pathlib import Path
+
+    from components.champion import evaluate_champion
+
+    found = evaluate_champion(tracking_uri, model_name, alias, Path(dataset.path))
+    return found[1].to_json() if found else ""
+
+
+@dsl.component(**_OPTIONS)
+def gate_step(
+    metrics_json: str, min_map50_95: float, champion_json: str = "", tolerance: float = 0.0
+) -> NamedTuple("GateOutputs", passed=bool, reason=str):
+    """Decide whether the model may be registered (threshold, then champion/challenger)."""
     from collections import namedtuple
 
     from components.gate import gate
     from qcloop.contracts import EvalMetrics
 
-    decision = gate(EvalMetrics.from_json(metrics_json), min_map50_95=min_map50_95)
+    decision = gate(
+        EvalMetrics.from_json(metrics_json),
+        min_map50_95=min_map50_95,
+        champion=EvalMetrics.from_json(champion_json) if champion_json else None,
+        tolerance=tolerance,
+    )
     print(f"[gate] passed={decision.passed}: {decision.reason}")
     return namedtuple("GateOutputs", ["passed", "reason"])(decision.passed, decision.reason)
 

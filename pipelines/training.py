@@ -48,8 +48,10 @@ def training_pipeline(
     experiment: str = "qcloop-training",
     model_name: str = "qcloop-detector",
     code_version: str = "unknown",
+    tolerance: float = 0.02,
+    production_alias: str = "production",
 ) -> TrainingOutputs:
-    """load -> train -> export -> evaluate -> gate -> register if the gate passed."""
+    """load -> train -> export -> evaluate (+ production on the same split) -> gate -> register."""
     data = steps.load_dataset(version=dataset_version, settings_json=settings_json)
     data.set_caching_options(False)  # reads the store: a version may be re-imported elsewhere
     dataset = data.outputs["dataset"]
@@ -57,7 +59,16 @@ def training_pipeline(
     onnx = steps.export(model=trained.outputs["model"], imgsz=imgsz)
     onnx_model = onnx.outputs["onnx_model"]
     scored = steps.evaluate(onnx_model=onnx_model, dataset=dataset, imgsz=imgsz)
-    decided = steps.gate_step(metrics_json=scored.outputs["Output"], min_map50_95=min_map50_95)
+    production = steps.champion(
+        dataset=dataset, tracking_uri=tracking_uri, model_name=model_name, alias=production_alias
+    )
+    production.set_caching_options(False)  # the alias may have moved since the last run
+    decided = steps.gate_step(
+        metrics_json=scored.outputs["Output"],
+        min_map50_95=min_map50_95,
+        champion_json=production.output,
+        tolerance=tolerance,
+    )
     with dsl.If(decided.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
         registered = steps.register(
             onnx_model=onnx_model,

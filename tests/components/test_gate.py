@@ -41,3 +41,30 @@ def test_decision_is_frozen() -> None:
 def test_threshold_out_of_range_is_refused(threshold: float) -> None:
     with pytest.raises(PipelineError, match="give a value in 0..1"):
         gate(_metrics(0.5), min_map50_95=threshold)
+
+
+def _m(map50_95: float) -> EvalMetrics:
+    return EvalMetrics(map50=0.9, map50_95=map50_95, precision=0.8, recall=0.8, images=10)
+
+
+@pytest.mark.parametrize(
+    ("challenger", "production", "tolerance", "passed", "fragment"),
+    [
+        (0.50, None, 0.02, True, "no production model to beat"),
+        (0.50, 0.51, 0.02, True, "and >= production 0.5100"),
+        (0.48, 0.51, 0.02, False, "< production 0.5100 - tolerance 0.0200"),
+        (0.20, 0.10, 0.00, False, "< threshold 0.3000"),  # threshold first, champion second
+    ],
+)
+def test_champion_challenger(
+    challenger: float, production: float | None, tolerance: float, passed: bool, fragment: str
+) -> None:
+    champion = _m(production) if production is not None else None
+    decision = gate(_m(challenger), min_map50_95=0.3, champion=champion, tolerance=tolerance)
+    assert decision.passed is passed
+    assert fragment in decision.reason
+
+
+def test_tolerance_must_be_a_fraction() -> None:
+    with pytest.raises(PipelineError, match="tolerance"):
+        gate(_m(0.5), min_map50_95=0.3, champion=_m(0.5), tolerance=2)
