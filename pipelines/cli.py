@@ -88,6 +88,24 @@ def _cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.submit import parse_params, submit
+
+    params = parse_params(args.param)
+    if args.dataset_version:
+        params["dataset_version"] = args.dataset_version
+    ident = submit(
+        settings,
+        host=args.host,
+        params=params,
+        experiment=args.experiment,
+        schedule=args.schedule,
+    )
+    kind = "recurring run" if args.schedule else "run"
+    print(f"{kind} {ident} created on {args.host}")
+    return 0
+
+
 def _cmd_model_show(args: argparse.Namespace, settings: Settings) -> int:
     from components.registry import get_model_record
 
@@ -270,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("compile", _cmd_compile, "compile pipelines to KFP IR YAML", pl).add_argument(
         "--out", default="pipelines/compiled"
     )
+    p = add("submit", _cmd_submit, "upload + start the training pipeline on Kubeflow", pl)
+    p.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
+    p.add_argument("--dataset-version", help="dataset version to train on")
+    p.add_argument("--param", action="append", default=[], help="name=value (repeatable)")
+    p.add_argument("--experiment", default="qcloop")
+    p.add_argument("--schedule", help="cron (6 fields, KFP) for a recurring run instead")
     md = add("model", None, "registered models (MLflow)").add_subparsers(  # type: ignore[arg-type]
         dest="model_command", required=True, metavar="ACTION"
     )

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 from pydantic import BaseModel, SecretStr
 
 from components import kfp_components as steps
@@ -35,6 +35,32 @@ class TrainingOutputs(NamedTuple):
     model_record: str
 
 
+# keys of the platform Secret (the chart's qcloop-platform) -> settings variables of a step
+SECRET_ENV = {
+    "store-access-key": "QCLOOP_STORE__ACCESS_KEY",
+    "store-secret-key": "QCLOOP_STORE__SECRET_KEY",
+    "mlflow-username": "MLFLOW_TRACKING_USERNAME",
+    "mlflow-password": "MLFLOW_TRACKING_PASSWORD",
+}
+
+
+def credentials(task: dsl.PipelineTask, secret_name: Any) -> None:
+    """On a cluster, the step gets MinIO and MLflow credentials from a Secret, as env.
+
+    Ignored by ``kfp.local`` (which passes them from the settings instead).
+    """
+    kubernetes.use_secret_as_env(
+        task, secret_name=secret_name, secret_key_to_env=SECRET_ENV, optional=True
+    )
+
+
+def placement(task: dsl.PipelineTask, gpu_limit: Any, node_selector: Any, tolerations: Any) -> None:
+    """GPU request, node selector and tolerations of the training step (run parameters)."""
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_limit)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+
+
 @dsl.pipeline(name=PIPELINE_NAME, description="Train, export, evaluate, gate and register.")
 def training_pipeline(
     dataset_version: str = "v1",
@@ -50,12 +76,22 @@ def training_pipeline(
     code_version: str = "unknown",
     tolerance: float = 0.02,
     production_alias: str = "production",
+    device: str = "cpu",
+    gpu_limit: int = 0,
+    node_selector: dict = {},  # noqa: B006 - KFP needs a literal default
+    tolerations: list = [],  # noqa: B006
+    secret_name: str = "qcloop-platform",
 ) -> TrainingOutputs:
     """load -> train -> export -> evaluate (+ production on the same split) -> gate -> register."""
     data = steps.load_dataset(version=dataset_version, settings_json=settings_json)
-    data.set_caching_options(False)  # reads the store: a version may be re-imported elsewhere
+    # versions are immutable (their DVC pointer is content-addressed): cache on the version
+    data.set_caching_options(True)
+    credentials(data, secret_name)
     dataset = data.outputs["dataset"]
-    trained = steps.train(dataset=dataset, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed)
+    trained = steps.train(
+        dataset=dataset, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed, device=device
+    )
+    placement(trained, gpu_limit, node_selector, tolerations)
     onnx = steps.export(model=trained.outputs["model"], imgsz=imgsz)
     onnx_model = onnx.outputs["onnx_model"]
     scored = steps.evaluate(onnx_model=onnx_model, dataset=dataset, imgsz=imgsz)
@@ -63,6 +99,7 @@ def training_pipeline(
         dataset=dataset, tracking_uri=tracking_uri, model_name=model_name, alias=production_alias
     )
     production.set_caching_options(False)  # the alias may have moved since the last run
+    credentials(production, secret_name)
     decided = steps.gate_step(
         metrics_json=scored.outputs["Output"],
         min_map50_95=min_map50_95,
@@ -85,6 +122,7 @@ def training_pipeline(
             seed=seed,
         )
         registered.set_caching_options(False)  # a side effect: never skip it
+        credentials(registered, secret_name)
     with dsl.Else(name="gate-failed"):
         skipped = steps.not_registered(reason=decided.outputs["reason"])
     return TrainingOutputs(

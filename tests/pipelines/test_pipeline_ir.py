@@ -1,0 +1,93 @@
+"""The compiled IR is what a cluster runs (no cluster here): check its wiring and platform spec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.cli import main
+from pipelines.submit import cluster_settings_json, parse_params
+from pipelines.training import SECRET_ENV, compile_pipeline
+from qcloop.errors import PipelineError
+from qcloop.settings import Settings, StoreSettings
+
+
+@pytest.fixture(scope="module")
+def ir(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    path = compile_pipeline(tmp_path_factory.mktemp("ir") / "training.yaml")
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_secrets_reach_the_steps_that_need_them(ir: tuple[dict, dict]) -> None:
+    _, executors = ir
+    for step in ("exec-load-dataset", "exec-champion", "exec-register"):
+        (secret,) = executors[step]["secretAsEnv"]
+        assert {k["envVar"] for k in secret["keyToEnv"]} == set(SECRET_ENV.values())
+        assert "secret_name" in json.dumps(secret["secretNameParameter"])
+    assert "secretAsEnv" not in executors["exec-train"]  # training needs no credentials
+
+
+def test_training_placement_is_a_run_parameter(ir: tuple[dict, dict]) -> None:
+    spec, executors = ir
+    train = executors["exec-train"]
+    assert train["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "node_selector"
+    assert train["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "tolerations"
+    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "gpu_limit" in resources["accelerator"]["resourceCount"]
+
+
+def test_caching_and_defaults(ir: tuple[dict, dict]) -> None:
+    spec, _ = ir
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["load-dataset"]["cachingOptions"] == {"enableCache": True}  # keyed on version
+    assert tasks["champion"]["cachingOptions"] == {}  # the alias moves: never cached
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for name in (
+        "dataset_version",
+        "epochs",
+        "imgsz",
+        "batch",
+        "min_map50_95",
+        "tolerance",
+        "device",
+        "gpu_limit",
+        "node_selector",
+        "tolerations",
+        "secret_name",
+    ):
+        assert "defaultValue" in params[name], name
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"ghcr.io/qcloop/qcloop:0.1.0"}  # heavy deps live in the image
+
+
+def test_params_and_secret_free_settings() -> None:
+    assert parse_params(["epochs=3", "device=cuda:0", 'node_selector={"gpu": "h100"}']) == {
+        "epochs": 3,
+        "device": "cuda:0",
+        "node_selector": {"gpu": "h100"},
+    }
+    with pytest.raises(PipelineError, match="name=value"):
+        parse_params(["epochs"])
+    settings = Settings(
+        store=StoreSettings(
+            kind="s3",
+            endpoint="http://minio:9000",
+            access_key="AK-visible",
+            secret_key="SK-visible",
+        )
+    )
+    text = cluster_settings_json(settings)
+    assert "minio:9000" in text and "AK-visible" not in text and "*****" not in text
+
+
+def test_unreachable_cluster_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert (
+        main(["pipeline", "submit", "--host", "http://127.0.0.1:9", "--dataset-version", "v1"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert "Kubeflow Pipelines at http://127.0.0.1:9" in err and "port-forward" in err
