@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from components.export import onnx_metadata
@@ -59,6 +60,8 @@ def evaluate_onnx(
             project=str(work),
             name="val",
         )
+        test_images = [work / "data" / i.file for i in manifest.images if i.split == split]
+        p50, p95 = cpu_latency_ms(model_file, test_images[:LATENCY_IMAGES], imgsz)
     box = results.box
     metrics = EvalMetrics(
         map50=_unit(box.map50),
@@ -66,9 +69,43 @@ def evaluate_onnx(
         precision=_unit(box.mp),
         recall=_unit(box.mr),
         images=count,
+        latency_p50_ms=round(p50, 2),
+        latency_p95_ms=round(p95, 2),
     )
     print(f"[evaluate] {metrics.to_json()}")
     return metrics
+
+
+LATENCY_IMAGES = 20
+
+
+def cpu_latency_ms(
+    onnx_path: Path, images: list[Path], imgsz: int, warmup: int = 3
+) -> tuple[float, float]:
+    """p50 and p95 of onnxruntime ``session.run`` on the CPU, batch 1, over real images.
+
+    Only the network is timed (decoding and resizing are not), so the figure
+    compares models, not pre-processing code.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    tensors = []
+    for path in images:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB").resize((imgsz, imgsz)), dtype=np.float32)
+        tensors.append(np.ascontiguousarray(pixels.transpose(2, 0, 1)[None] / 255.0))
+    for tensor in tensors[:warmup]:
+        session.run(None, {name: tensor})
+    times = []
+    for tensor in tensors:
+        started = time.perf_counter()
+        session.run(None, {name: tensor})
+        times.append((time.perf_counter() - started) * 1000.0)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
 
 def _unit(value: float) -> float:

@@ -87,7 +87,7 @@ def evaluate(
     from components.evaluate import evaluate_onnx
 
     result = evaluate_onnx(Path(onnx_model.path), Path(dataset.path), imgsz=imgsz)
-    for name, value in result.model_dump().items():
+    for name, value in result.model_dump(exclude_none=True).items():
         metrics.log_metric(name, value)
     return result.to_json()
 

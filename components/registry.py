@@ -160,7 +160,9 @@ def _log_run(
     now = int(utcnow().timestamp() * 1000)
     client.log_batch(
         run_id,
-        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.model_dump().items()],
+        metrics=[
+            Metric(k, float(v), now, 0) for k, v in metrics.model_dump(exclude_none=True).items()
+        ],
         params=[Param(k, str(v)) for k, v in params.items()],
     )
     with tempfile.TemporaryDirectory(prefix="qcloop-register-") as tmp:

@@ -203,6 +203,8 @@ class EvalMetrics(Contract):
     precision: float = Field(ge=0.0, le=1.0)
     recall: float = Field(ge=0.0, le=1.0)
     images: int = Field(ge=0, description="test images evaluated")
+    latency_p50_ms: float | None = Field(default=None, ge=0, description="CPU, batch 1")
+    latency_p95_ms: float | None = Field(default=None, ge=0, description="CPU, batch 1")
 
 
 class ModelRecord(Contract):

@@ -41,6 +41,8 @@ def test_evaluate_onnx_on_the_test_split(exported_onnx: Path, tiny_dataset: Path
     assert isinstance(metrics, EvalMetrics)
     assert metrics.images == 4
     assert 0.0 <= metrics.map50_95 <= metrics.map50 <= 1.0
+    assert metrics.latency_p50_ms is not None and metrics.latency_p95_ms is not None
+    assert 0.0 < metrics.latency_p50_ms <= metrics.latency_p95_ms
     assert not list(tiny_dataset.rglob("*.cache")), "evaluation must run on a copy"
 
 
