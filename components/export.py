@@ -6,6 +6,7 @@ import ast
 import importlib.util
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from components.yolo_env import configure_offline
@@ -30,9 +31,14 @@ def export_onnx(weights: Path, out_path: Path, *, imgsz: int) -> Path:
         # ultralytics writes the .onnx beside the weights: work on a copy named *.pt
         local = Path(tmp) / "model.pt"
         shutil.copyfile(weights, local)
-        written = YOLO(str(local)).export(
-            format="onnx", imgsz=imgsz, batch=1, dynamic=False, simplify=simplify, device="cpu"
-        )
+        from torch.jit import TracerWarning
+
+        with warnings.catch_warnings():
+            # tracing the detect head always warns (shape-dependent Python branches)
+            warnings.simplefilter("ignore", TracerWarning)
+            written = YOLO(str(local)).export(
+                format="onnx", imgsz=imgsz, batch=1, dynamic=False, simplify=simplify, device="cpu"
+            )
         if not written or not Path(written).is_file():
             raise PipelineError(f"ONNX export of {weights} wrote no file; read the log above")
         out_path = Path(out_path)

@@ -67,14 +67,27 @@ def train(
 
 
 @dsl.component(**_OPTIONS)
-def export(model: Input[Model], imgsz: int, onnx_model: Output[Model]):
-    """Export the trained weights to ONNX (static 1x3ximgszximgsz)."""
+def export(model: Input[Model], dataset: Input[Dataset], imgsz: int, onnx_model: Output[Model]):
+    """Export the trained weights to ONNX (static 1x3ximgszximgsz) and check it against them."""
     from pathlib import Path
 
     from components.export import export_onnx
+    from components.parity import check_parity
+    from components.train import load_manifest
 
     export_onnx(Path(model.path), Path(onnx_model.path), imgsz=imgsz)
-    onnx_model.metadata.update({"format": "onnx", "imgsz": imgsz})
+    root = Path(dataset.path)
+    images = [root / i.file for i in load_manifest(root).images if i.split == "test"][:10]
+    parity = check_parity(Path(model.path), Path(onnx_model.path), images, imgsz=imgsz)
+    onnx_model.metadata.update(
+        {
+            "format": "onnx",
+            "imgsz": imgsz,
+            "parity_boxes": parity.boxes,
+            "parity_matched": parity.matched,
+            "parity_iou_min": parity.iou_min,
+        }
+    )
 
 
 @dsl.component(**_OPTIONS)

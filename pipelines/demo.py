@@ -49,7 +49,7 @@ class DemoOptions:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_STEPS = "data|train|export|evaluate|champion|gate|register|pipeline"
+_STEPS = "data|train|export|parity|evaluate|champion|gate|register|pipeline"
 _PROGRESS = re.compile(rf"^\s*(\[({_STEPS})\]|.*Task '.*' finished)")
 
 

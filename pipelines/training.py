@@ -92,7 +92,7 @@ def training_pipeline(
         dataset=dataset, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed, device=device
     )
     placement(trained, gpu_limit, node_selector, tolerations)
-    onnx = steps.export(model=trained.outputs["model"], imgsz=imgsz)
+    onnx = steps.export(model=trained.outputs["model"], dataset=dataset, imgsz=imgsz)
     onnx_model = onnx.outputs["onnx_model"]
     scored = steps.evaluate(onnx_model=onnx_model, dataset=dataset, imgsz=imgsz)
     production = steps.champion(
