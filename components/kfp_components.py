@@ -11,7 +11,7 @@ mlflow and kfp: nothing is pip-installed at run time (``install_kfp_package=Fals
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 QCLOOP_IMAGE = "ghcr.io/qcloop/qcloop:0.1.0"
 _OPTIONS = {"base_image": QCLOOP_IMAGE, "install_kfp_package": False}
@@ -92,14 +92,23 @@ def export(model: Input[Model], dataset: Input[Dataset], imgsz: int, onnx_model:
 
 @dsl.component(**_OPTIONS)
 def evaluate(
-    onnx_model: Input[Model], dataset: Input[Dataset], imgsz: int, metrics: Output[Metrics]
+    onnx_model: Input[Model],
+    dataset: Input[Dataset],
+    imgsz: int,
+    metrics: Output[Metrics],
+    report: Output[HTML],
 ) -> str:
-    """Evaluate the ONNX on the test split; return ``EvalMetrics`` JSON, log them as metrics."""
+    """Evaluate the ONNX on the test split; return ``EvalMetrics`` JSON, log them as metrics,
+    and render the visual report (true vs predicted boxes) for the Kubeflow UI."""
     from pathlib import Path
 
     from components.evaluate import evaluate_onnx
+    from components.report import render_report
 
     result = evaluate_onnx(Path(onnx_model.path), Path(dataset.path), imgsz=imgsz)
+    render_report(
+        Path(onnx_model.path), Path(dataset.path), Path(report.path), imgsz=imgsz, metrics=result
+    )
     for name, value in result.model_dump(exclude_none=True).items():
         metrics.log_metric(name, value)
     return result.to_json()
@@ -140,6 +149,7 @@ def gate_step(
 def register(
     onnx_model: Input[Model],
     dataset: Input[Dataset],
+    report: Input[HTML],
     metrics_json: str,
     tracking_uri: str,
     experiment: str,
@@ -152,6 +162,8 @@ def register(
     seed: int,
 ) -> str:
     """Register the ONNX in MLflow; return the ``ModelRecord`` JSON."""
+    import shutil
+    import tempfile
     from pathlib import Path
 
     from components.registry import register_model
@@ -159,6 +171,8 @@ def register(
     from qcloop.contracts import EvalMetrics
 
     manifest = load_manifest(Path(dataset.path))
+    staged = Path(tempfile.mkdtemp(prefix="qcloop-report-")) / "report.html"
+    shutil.copyfile(report.path, staged)
     record = register_model(
         tracking_uri=tracking_uri,
         experiment=experiment,
@@ -170,7 +184,9 @@ def register(
         code_version=code_version,
         class_names=manifest.class_names,
         input_size=imgsz,
+        extra_artifacts=(staged,),
     )
+    shutil.rmtree(staged.parent, ignore_errors=True)
     return record.to_json()
 
 

@@ -111,8 +111,10 @@ def register_model(
     code_version: str,
     class_names: list[str],
     input_size: int,
+    extra_artifacts: tuple[Path, ...] = (),
 ) -> ModelRecord:
-    """Log a run (params, metrics, ONNX at ``model/model.onnx``) and register it as a version."""
+    """Log a run (params, metrics, ONNX at ``model/model.onnx``, ``extra_artifacts`` such as
+    the evaluation report at the run's root) and register it as a version."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise RegistryError(f"{onnx_path}: no such ONNX file to register; export the model first")
@@ -128,6 +130,8 @@ def register_model(
     what = f"model '{model_name}' (experiment '{experiment}')"
     with _mlflow_errors(tracking_uri, what, "check the tracking URI"):
         run_id = _log_run(client, tracking_uri, experiment, onnx_path, metrics, params, tags)
+        for extra in extra_artifacts:
+            client.log_artifact(run_id, str(extra))
         _ensure_registered_model(client, model_name)
         artifact_uri = client.get_run(run_id).info.artifact_uri
         version = client.create_model_version(

@@ -110,6 +110,7 @@ def training_pipeline(
         registered = steps.register(
             onnx_model=onnx_model,
             dataset=dataset,
+            report=scored.outputs["report"],
             metrics_json=scored.outputs["Output"],
             tracking_uri=tracking_uri,
             experiment=experiment,

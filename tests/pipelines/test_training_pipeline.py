@@ -105,6 +105,23 @@ def test_run_local_registers_a_model_that_passes_the_gate(
     assert (record.dataset_version, record.code_version) == (version, "test-1")
     assert get_model_record(f"sqlite:///{tmp_path}/mlflow.db", "detector", "1") == record
     json.dumps(result)  # JSON-ready for the CLI
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    logged = {a.path for a in client.list_artifacts(record.run_id)}
+    assert {"model", "report.html"} <= logged  # the ONNX and the visual report
+    # once approved, the next run has a champion to beat, scored on the same test split
+    from components.registry import approve
+
+    approve(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        model_name="detector",
+        version="1",
+        approved_by="test",
+    )
+    again = _run(settings, tmp_path, dataset_version=version, min_map50_95=0.0, tolerance=0.0)
+    assert "and >= production" in str(again["gate_reason"]), again["gate_reason"]
+    assert again["model_record"]["version"] == "2"
 
 
 @pytest.mark.integration
