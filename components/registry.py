@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from qcloop.contracts import EvalMetrics, ModelRecord, utcnow
+from qcloop.contracts import EvalMetrics, ModelRecord, OnnxVariant, utcnow
 from qcloop.errors import IntegrityError, RegistryError
 from qcloop.storage import sha256_file
 
 ONNX_ARTIFACT = "model/model.onnx"
+INT8_ARTIFACT = "model/model-int8.onnx"
 AUDIT_PREFIX = "qcloop.audit."
 RECORD_TAGS = ("onnx_sha256", "onnx_size", "input_size", "class_names")
 RECORD_TAGS += ("dataset_version", "code_version")
@@ -235,32 +236,94 @@ def _record(model_name: str, version: Any, run: Any, what: str) -> ModelRecord:
         approved=tags.get("approved") == "true",
         approved_by=tags.get("approved_by") or None,
         approved_at=tags.get("approved_at") or None,
+        int8=_int8_variant(tags, run.data.metrics),
     )
 
 
-def download_onnx(tracking_uri: str, record: ModelRecord, dest_dir: Path) -> Path:
-    """Download the ONNX of ``record`` into ``dest_dir``; ``IntegrityError`` if sha256 differs."""
+def _int8_variant(tags: dict[str, str], run_metrics: dict[str, float]) -> OnnxVariant | None:
+    if "int8_sha256" not in tags:
+        return None
+    metrics = {k[len("int8_") :]: v for k, v in run_metrics.items() if k.startswith("int8_")}
+    metrics = {k: v for k, v in metrics.items() if k in EvalMetrics.model_fields}
+    metrics["images"] = int(metrics.get("images", 0))
+    return OnnxVariant(
+        artifact=tags["int8_artifact"],
+        sha256=tags["int8_sha256"],
+        size=int(tags["int8_size"]),
+        metrics=EvalMetrics.model_validate(metrics),
+    )
+
+
+def variant_of(record: ModelRecord, variant: str) -> tuple[str, str, int]:
+    """Artifact path, sha256 and size of one variant of ``record``."""
+    if variant == "fp32":
+        return record.onnx_artifact, record.onnx_sha256, record.onnx_size
+    if variant == "int8" and record.int8 is not None:
+        return record.int8.artifact, record.int8.sha256, record.int8.size
+    raise RegistryError(
+        f"model '{record.name}' version {record.version} has no {variant} variant; "
+        f"quantise it first (`qcloop model quantize {record.version}`)"
+    )
+
+
+def attach_int8(
+    tracking_uri: str, model_name: str, version: str, int8_path: Path, metrics: EvalMetrics
+) -> ModelRecord:
+    """Register the INT8 variant on an existing version: artifact, sha256/size tags, metrics."""
+    from mlflow.entities import Metric
+
+    record = get_model_record(tracking_uri, model_name, version)
+    client = _client(tracking_uri)
+    what = f"model '{model_name}' version {version} INT8 variant"
+    with (
+        _mlflow_errors(tracking_uri, what, "check the version"),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        staged = Path(tmp) / Path(INT8_ARTIFACT).name
+        shutil.copyfile(int8_path, staged)
+        client.log_artifact(record.run_id, str(staged), str(Path(INT8_ARTIFACT).parent))
+        now = int(utcnow().timestamp() * 1000)
+        values = metrics.model_dump(exclude_none=True).items()
+        client.log_batch(
+            record.run_id, metrics=[Metric(f"int8_{k}", float(v), now, 0) for k, v in values]
+        )
+        for key, value in (
+            ("int8_artifact", INT8_ARTIFACT),
+            ("int8_sha256", sha256_file(int8_path)),
+            ("int8_size", str(Path(int8_path).stat().st_size)),
+        ):
+            client.set_model_version_tag(model_name, str(version), key, value)
+    print(f"[register] {model_name} version {version}: INT8 variant attached")
+    return get_model_record(tracking_uri, model_name, str(version))
+
+
+def download_onnx(
+    tracking_uri: str, record: ModelRecord, dest_dir: Path, variant: str = "fp32"
+) -> Path:
+    """Download the ONNX (``variant`` fp32 or int8) of ``record`` into ``dest_dir``;
+    ``IntegrityError`` if its sha256 or size differ from the record."""
     _client(tracking_uri)  # telemetry off, sqlite folder present
     import mlflow.artifacts
 
-    what = f"model '{record.name}' version {record.version} artifact {record.onnx_artifact}"
+    artifact, sha256, size_expected = variant_of(record, variant)
+    what = f"model '{record.name}' version {record.version} artifact {artifact}"
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     with _mlflow_errors(tracking_uri, what, "the run's artifacts are gone; register it again"):
         local = Path(
             mlflow.artifacts.download_artifacts(
                 run_id=record.run_id,
-                artifact_path=record.onnx_artifact,
+                artifact_path=artifact,
                 dst_path=str(dest_dir),
                 tracking_uri=tracking_uri,
             )
         )
     digest, size = sha256_file(local), local.stat().st_size
-    if digest != record.onnx_sha256 or size != record.onnx_size:
+    if digest != sha256 or size != size_expected:
         local.unlink()
         raise IntegrityError(
             f"{what}: downloaded sha256 {digest} ({size} bytes) does not match the record's "
-            f"{record.onnx_sha256} ({record.onnx_size} bytes); the artifact was altered, "
+            f"{sha256} ({size_expected} bytes); the artifact was altered, "
             "do not deploy it; register the model again"
         )
     return local

@@ -13,18 +13,18 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from components.registry import download_onnx, get_model_record
+from components.registry import download_onnx, get_model_record, variant_of
 from qcloop.contracts import ModelRef, ReleaseMessage, Thresholds
 from qcloop.errors import QcloopError, RegistryError
 from qcloop.mqtt import publish_retained, release_topic
 from qcloop.settings import Settings
 from qcloop.signing import load_private_key, sign_release
-from qcloop.storage import open_store, sha256_bytes
+from qcloop.storage import open_store
 
 
-def model_key(name: str, version: str) -> str:
+def model_key(name: str, version: str, variant: str = "fp32") -> str:
     """Object-store key of a released ONNX."""
-    return f"models/{name}/{version}/model.onnx"
+    return f"models/{name}/{version}/model{'' if variant == 'fp32' else '-' + variant}.onnx"
 
 
 def build_release(
@@ -34,8 +34,10 @@ def build_release(
     released_by: str,
     thresholds: Thresholds | None = None,
     fleet: str | None = None,
+    variant: str = "fp32",
 ) -> ReleaseMessage:
-    """Copy the approved model's ONNX into the object store; return its release message."""
+    """Copy the approved model's ONNX (``variant`` fp32 or int8) into the object store;
+    return its release message."""
     mlflow = settings.mlflow
     ref = ref or mlflow.production_alias
     record = get_model_record(mlflow.tracking_uri, mlflow.model_name, ref)
@@ -44,21 +46,18 @@ def build_release(
             f"model {record.name} version {record.version} is not approved; "
             f"run `qcloop model approve {record.version}` first"
         )
+    _, sha256, _ = variant_of(record, variant)
     with tempfile.TemporaryDirectory(prefix="qcloop-release-") as tmp:
-        onnx = download_onnx(mlflow.tracking_uri, record, Path(tmp))
-        data = onnx.read_bytes()
-    if (
-        sha256_bytes(data) != record.onnx_sha256
-    ):  # download_onnx checks too; never trust twice-moved bytes
-        raise RegistryError(f"model {record.name}/{record.version}: ONNX bytes changed in transit")
+        data = download_onnx(mlflow.tracking_uri, record, Path(tmp), variant).read_bytes()
     store = open_store(settings.store)
-    key = model_key(record.name, record.version)
+    key = model_key(record.name, record.version, variant)
     store.put_bytes(key, data, "application/octet-stream")
     message = ReleaseMessage(
         fleet=fleet or settings.mqtt.fleet,
         model=ModelRef(name=record.name, version=record.version),
-        sha256=record.onnx_sha256,
+        sha256=sha256,
         size=len(data),
+        variant=variant,
         url=store.url(key),
         input_size=record.input_size,
         class_names=record.class_names,
@@ -86,6 +85,7 @@ def watch_and_release(
     fleet: str | None = None,
     stop: threading.Event | None = None,
     log: Callable[[str], None] = print,
+    variant: str = "fp32",
 ) -> None:
     """The release bridge as a service: publish whenever the production alias moves.
 
@@ -110,6 +110,7 @@ def watch_and_release(
                     released_by=released_by,
                     thresholds=thresholds,
                     fleet=fleet,
+                    variant=variant,
                 )
                 topic = publish_release(settings, message)
                 published = record.version

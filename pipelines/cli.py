@@ -142,6 +142,23 @@ def _cmd_model_pull(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
+    from components.quantize import quantize_registered
+
+    record = quantize_registered(settings, args.ref, calibration=args.calibration)
+    assert record.int8 is not None
+    rows = [
+        ("fp32", record.metrics, record.onnx_size),
+        ("int8", record.int8.metrics, record.int8.size),
+    ]
+    for variant, m, size in rows:
+        print(
+            f"{variant}: mAP50-95 {m.map50_95:.4f}  mAP50 {m.map50:.4f}  "
+            f"p50 {m.latency_p50_ms} ms  p95 {m.latency_p95_ms} ms  {size / 1e6:.1f} MB"
+        )
+    return 0
+
+
 def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     from components.registry import alias_history
 
@@ -185,6 +202,7 @@ def _cmd_release(args: argparse.Namespace, settings: Settings) -> int:
             released_by=args.by or "qcloop-release-bridge",
             thresholds=thresholds,
             fleet=args.fleet,
+            variant=args.variant,
         )
         return 0
     message = build_release(
@@ -193,6 +211,7 @@ def _cmd_release(args: argparse.Namespace, settings: Settings) -> int:
         released_by=args.by or getpass.getuser(),
         thresholds=thresholds,
         fleet=args.fleet,
+        variant=args.variant,
     )
     topic = publish_release(settings, message)
     print(f"released {message.model.name}/{message.model.version} on {topic} ({message.url})")
@@ -306,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pull", _cmd_model_pull, "download a registered ONNX (sha256 checked)", md)
     p.add_argument("ref", help="NAME@ALIAS, NAME/VERSION, @ALIAS or VERSION")
     p.add_argument("--output", required=True)
+    p = add("quantize", _cmd_quantize, "add a static INT8 variant (head kept float), scored", md)
+    p.add_argument("ref", help="version or alias")
+    p.add_argument("--calibration", type=int, default=64, help="train images to calibrate on")
     add("history", _cmd_history, "every alias move: who, when, why, from which version", md)
     p = add("eval", _cmd_eval, "metrics (JSON) of any ONNX model on a YOLO folder")
     p.add_argument("--model", required=True)
@@ -320,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="once (default), or watch: the bridge service, publishing whenever the alias moves",
     )
     p.add_argument("--interval", type=float, default=30.0, help="watch: seconds between polls")
+    p.add_argument("--variant", choices=["fp32", "int8"], default="fp32", help="which ONNX to ship")
     p.add_argument("--ref", help="version or alias (default: production alias)")
     p.add_argument("--fleet", help="fleet (default: mqtt.fleet)")
     p.add_argument("--by", help="who releases (default: current user)")

@@ -207,6 +207,15 @@ class EvalMetrics(Contract):
     latency_p95_ms: float | None = Field(default=None, ge=0, description="CPU, batch 1")
 
 
+class OnnxVariant(Contract):
+    """Another ONNX of the same model version (e.g. INT8 for the edge), with its own scores."""
+
+    artifact: str = Field(description="artifact path inside the run")
+    sha256: str = Field(pattern=SHA256_RE)
+    size: int = Field(gt=0)
+    metrics: EvalMetrics
+
+
 class ModelRecord(Contract):
     """A registered model version as the rest of the loop sees it."""
 
@@ -225,6 +234,7 @@ class ModelRecord(Contract):
     approved: bool = False
     approved_by: str | None = None
     approved_at: datetime | None = None
+    int8: OnnxVariant | None = Field(default=None, description="INT8 variant, if quantised")
 
 
 # ---------------------------------------------------------------- 4. release
@@ -251,6 +261,7 @@ class ReleaseMessage(Contract):
     url: str = Field(description="file://, http(s):// or s3://bucket/key of the ONNX")
     input_size: int = Field(gt=0, multiple_of=32)
     class_names: list[str] = Field(min_length=1)
+    variant: Literal["fp32", "int8"] = Field(default="fp32", description="which ONNX this is")
     thresholds: Thresholds = Field(default_factory=Thresholds)
     released_at: datetime = Field(default_factory=utcnow)
     released_by: str = Field(min_length=1)

@@ -4,6 +4,8 @@ Topics (``<fleet>`` and ``<device>`` match ``[A-Za-z0-9_.-]+``):
   qcloop/fleets/<fleet>/release     retained ReleaseMessage for the fleet
   qcloop/devices/<device>/results   InferenceResult per frame
   qcloop/devices/<device>/state     retained device state (serving model, status)
+  qcloop/devices/<device>/release   retained ReleaseMessage for one device; wins over the
+                                    fleet's while present (an empty retained message clears it)
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ def results_topic(device_id: str) -> str:
 def state_topic(device_id: str) -> str:
     """Retained state of a device."""
     return f"{ROOT}/devices/{device_id}/state"
+
+
+def device_release_topic(device_id: str) -> str:
+    """Retained per-device release override."""
+    return f"{ROOT}/devices/{device_id}/release"
 
 
 def make_client(settings: MqttSettings, client_id: str | None = None) -> mqtt.Client:

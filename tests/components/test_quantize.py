@@ -1,0 +1,85 @@
+"""INT8 for the edge: head kept float, calibrated on real images, registered beside the FP32."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from components.export import onnx_metadata
+from components.quantize import float_nodes, quantize_int8, quantize_registered
+from components.registry import approve, download_onnx, register_model
+from components.release import build_release
+from qcloop.contracts import EvalMetrics
+from qcloop.dataset import import_yolo_folder
+from qcloop.settings import MlflowSettings, Settings, StoreSettings
+from qcloop.storage import sha256_file
+from tests.components.conftest import IMGSZ
+
+pytestmark = pytest.mark.integration
+
+
+def test_head_decoding_stays_float(exported_onnx: Path) -> None:
+    keep = float_nodes(exported_onnx)
+    assert any("/dfl/" in n for n in keep)  # distribution focal loss decoding
+    assert any(n.endswith("cv2.0.2/Conv") for n in keep)  # raw box logits
+    assert not any("cv2.0.0" in n for n in keep)  # first head convolutions are quantised
+
+
+def test_int8_model_runs_with_the_same_interface(
+    exported_onnx: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    calibration = sorted((tiny_dataset / "images").glob("*.jpg"))
+    int8 = quantize_int8(exported_onnx, tmp_path / "int8.onnx", calibration, imgsz=IMGSZ)
+    assert int8.stat().st_size < 0.5 * exported_onnx.stat().st_size
+    assert onnx_metadata(int8)["names"] == onnx_metadata(exported_onnx)["names"]
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    x = np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
+    fp, q = (
+        ort.InferenceSession(str(m)).run(None, {"images": x})[0] for m in (exported_onnx, int8)
+    )
+    assert fp.shape == q.shape
+
+
+def test_registered_version_gets_an_int8_variant_and_release(
+    tmp_path: Path, tiny_dataset: Path, exported_onnx: Path
+) -> None:
+    # given dataset v1 in a DVC workspace and a model registered on it
+    folder = tmp_path / "yolo"
+    shutil.copytree(tiny_dataset, folder, ignore=shutil.ignore_patterns("manifest.json"))
+    settings = Settings(
+        home=tmp_path,
+        workspace=tmp_path / "ws",
+        store=StoreSettings(path=tmp_path / "store"),
+        dvc={"remote": str(tmp_path / "remote")},
+        mlflow=MlflowSettings(tracking_uri=f"sqlite:///{tmp_path}/m.db", model_name="det"),
+    )
+    manifest, _ = import_yolo_folder(settings, folder, progress=lambda _: None)
+    uri = settings.mlflow.tracking_uri
+    record = register_model(
+        tracking_uri=uri,
+        experiment="e",
+        model_name="det",
+        onnx_path=exported_onnx,
+        metrics=EvalMetrics(map50=0, map50_95=0, precision=0, recall=0, images=1),
+        params={},
+        dataset_version=manifest.version,
+        code_version="t",
+        class_names=["scratch"],
+        input_size=IMGSZ,
+    )
+    # when it is quantised
+    quantised = quantize_registered(settings, record.version, calibration=8)
+    # then both variants are registered, each with its checked bytes and scores
+    assert quantised.int8 is not None and quantised.int8.metrics.images > 0
+    int8 = download_onnx(uri, quantised, tmp_path / "dl", "int8")
+    assert sha256_file(int8) == quantised.int8.sha256 != quantised.onnx_sha256
+    approve(tracking_uri=uri, model_name="det", version=record.version, approved_by="t")
+    message = build_release(settings, released_by="t", variant="int8")
+    assert (message.variant, message.sha256) == ("int8", quantised.int8.sha256)
+    assert message.url.endswith("model-int8.onnx")
