@@ -1,17 +1,26 @@
-"""Fixtures of the Helm chart tests: a real helm binary and a render helper."""
+"""Fixtures of the Helm chart tests: a real helm binary and render helpers."""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "qcloop"
-REQUIRED_VALUES = Path(__file__).with_name("values-required.yaml")
+HERE = Path(__file__).parent
+REQUIRED_VALUES = HERE / "values-required.yaml"
+EXTERNAL_VALUES = HERE / "values-external.yaml"
+FLEETS_VALUES = HERE / "values-fleets.yaml"
 HELM_BIN_DIR = ROOT / ".qcloop" / "bin"
+KUBE_VERSION = "1.30.0"
+RELEASE = "qc"
+NAMESPACE = "qcloop"
 
 Helm = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -46,3 +55,48 @@ def helm(helm_path: Path) -> Helm:
         )
 
     return run
+
+
+def template(
+    helm: Helm,
+    *sets: str,
+    required: bool = True,
+    values: Iterable[Path] = (),
+    release: str = RELEASE,
+) -> subprocess.CompletedProcess[str]:
+    """`helm template` with the required values (unless told not to), values files and `--set`s."""
+    args = ["template", release, str(CHART), "--namespace", NAMESPACE]
+    files = [REQUIRED_VALUES] if required else []
+    for path in [*files, *values]:
+        args += ["--values", str(path)]
+    for item in sets:
+        args += ["--set", item]
+    return helm(*args)
+
+
+def render(
+    helm: Helm, *sets: str, values: Iterable[Path] = (), release: str = RELEASE
+) -> tuple[str, list[dict[str, Any]]]:
+    """Rendered YAML text and its objects; fails the test if helm does."""
+    proc = template(helm, *sets, values=values, release=release)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def kubernetes_validate(manifest: str) -> subprocess.CompletedProcess[str]:
+    """`kubernetes-validate --strict` against the Kubernetes 1.30 schemas (offline)."""
+    exe = Path(sys.executable).with_name("kubernetes-validate")
+    if not exe.exists():
+        pytest.fail("kubernetes-validate missing: pip install kubernetes-validate (test extra)")
+    return subprocess.run(
+        [str(exe), "--strict", "--quiet", "-k", KUBE_VERSION, "-"],
+        input=manifest,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    """Objects of one kind by name."""
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}

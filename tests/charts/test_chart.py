@@ -5,81 +5,95 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.charts.conftest import CHART, REQUIRED_VALUES, ROOT, Helm
+from tests.charts.conftest import (
+    CHART,
+    EXTERNAL_VALUES,
+    FLEETS_VALUES,
+    NAMESPACE,
+    RELEASE,
+    REQUIRED_VALUES,
+    ROOT,
+    Helm,
+    by_kind,
+    kubernetes_validate,
+    render,
+    template,
+)
 
 pytestmark = pytest.mark.integration
 
-KUBE_VERSION = "1.30.0"
-RELEASE = "qc"
-NAMESPACE = "qcloop"
-# Each part switched off; MLflow without the chart's MinIO needs an S3 endpoint and Secret.
-EXTERNAL_S3 = (
-    "mlflow.artifacts.s3Endpoint=https://s3.example.com",
-    "mlflow.artifacts.existingSecret=external-s3",
-)
-VARIANTS = {
-    "defaults": (),
-    "minio-disabled": ("minio.enabled=false", *EXTERNAL_S3),
-    "mlflow-disabled": ("mlflow.enabled=false",),
-    "mosquitto-disabled": ("mosquitto.enabled=false",),
-    "all-disabled": ("minio.enabled=false", "mlflow.enabled=false", "mosquitto.enabled=false"),
+PARTS = ("minio", "mlflow", "mosquitto", "label-studio", "release-bridge")
+EXTERNAL_S3 = ("externalS3.endpoint=https://s3.example.com", "externalS3.existingSecret=ext-s3")
+# Each part switched off or replaced; `values` files come after values-required.yaml.
+VARIANTS: dict[str, tuple[tuple[str, ...], tuple[Path, ...]]] = {
+    "defaults": ((), ()),
+    "fleets-tls": ((), (FLEETS_VALUES,)),
+    "all-external": ((), (EXTERNAL_VALUES,)),
+    "minio-external": (("minio.enabled=false", *EXTERNAL_S3), ()),
+    "mlflow-own-s3": (
+        ("mlflow.artifacts.s3Endpoint=https://s3.example.com", "mlflow.artifacts.existingSecret=a"),
+        (),
+    ),
+    "label-studio-postgresql": (
+        (
+            "labelStudio.database.type=postgresql",
+            "labelStudio.database.host=pg.db.svc",
+            "labelStudio.database.existingSecret=ls-pg",
+            "labelStudio.storage.s3=false",
+        ),
+        (),
+    ),
+    "nothing-but-servers": (
+        (
+            "releaseBridge.enabled=false",
+            "schedules.labelling.enabled=false",
+            "schedules.retraining.enabled=false",
+            "networkPolicy.enabled=false",
+            "serviceAccount.create=false",
+        ),
+        (),
+    ),
     "existing-secrets": (
-        "minio.auth.existingSecret=minio-creds",
-        "mosquitto.auth.existingSecret=mqtt-creds",
+        (
+            "minio.auth.existingSecret=minio-creds",
+            "mosquitto.auth.existingSecret=mqtt-creds",
+            "labelStudio.admin.existingSecret=ls-admin",
+            "mosquitto.fleets.line-1={cam-1}",
+            "mosquitto.auth.devices.existingSecret=mqtt-devices",
+        ),
+        (),
     ),
     "password-file-no-persistence": (
-        "mosquitto.auth.existingPasswordFileSecret=mqtt-passwd",
-        "minio.persistence.enabled=false",
-        "mlflow.persistence.enabled=false",
-        "mosquitto.persistence.enabled=false",
+        (
+            "mosquitto.auth.existingPasswordFileSecret=mqtt-passwd",
+            "minio.persistence.enabled=false",
+            "mlflow.persistence.enabled=false",
+            "mosquitto.persistence.enabled=false",
+            "labelStudio.persistence.enabled=false",
+            "kfp.serviceAccountToken=true",
+            "networkPolicy.restrictEgress=true",
+        ),
+        (),
     ),
 }
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-def template(helm: Helm, *sets: str, required: bool = True, release: str = RELEASE) -> Any:
-    """`helm template` with the required values (unless told not to) and `--set`s."""
-    args = ["template", release, str(CHART), "--namespace", NAMESPACE]
-    if required:
-        args += ["--values", str(REQUIRED_VALUES)]
-    for item in sets:
-        args += ["--set", item]
-    return helm(*args)
-
-
-def render(helm: Helm, *sets: str, release: str = RELEASE) -> tuple[str, list[dict[str, Any]]]:
-    """Rendered YAML text and its objects; fails the test if helm does."""
-    proc = template(helm, *sets, release=release)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout, [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
-
-
-def kubernetes_validate(manifest: str) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("kubernetes-validate")
-    if not exe.exists():
-        pytest.fail("kubernetes-validate missing: pip install kubernetes-validate (test extra)")
-    return subprocess.run(
-        [str(exe), "--strict", "--quiet", "-k", KUBE_VERSION, "-"],
-        input=manifest,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
-
-
-def pod_specs(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "Job")]
+def pod_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pod specs of the Deployments, Jobs and CronJobs by object name."""
+    specs = {}
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "Job"):
+            specs[obj["metadata"]["name"]] = obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "CronJob":
+            specs[obj["metadata"]["name"]] = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return specs
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
@@ -110,53 +124,200 @@ def test_install_helm_is_idempotent(helm_path: Path) -> None:
 # --- lint and render ---------------------------------------------------------------------
 
 
-def test_lint_strict_passes_with_required_values(helm: Helm) -> None:
-    proc = helm("lint", "--strict", str(CHART), "--values", str(REQUIRED_VALUES))
+@pytest.mark.parametrize(
+    "values",
+    [(REQUIRED_VALUES,), (REQUIRED_VALUES, FLEETS_VALUES), (EXTERNAL_VALUES,)],
+    ids=["required", "fleets-tls", "all-external"],
+)
+def test_lint_strict_passes(helm: Helm, values: tuple[Path, ...]) -> None:
+    args = [a for path in values for a in ("--values", str(path))]
+    proc = helm("lint", "--strict", str(CHART), *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 chart(s) failed" in proc.stdout
 
 
-@pytest.mark.parametrize("sets", VARIANTS.values(), ids=VARIANTS.keys())
-def test_renders_valid_kubernetes_1_30_objects(helm: Helm, sets: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
+def test_renders_valid_kubernetes_1_30_objects(
+    helm: Helm, variant: tuple[tuple[str, ...], tuple[Path, ...]]
+) -> None:
     # Given the required values and one variant; When rendered
-    manifest, objects = render(helm, *sets)
+    sets, values = variant
+    manifest, objects = render(helm, *sets, values=values)
     # Then the kubernetes 1.30 schemas accept every object, unknown fields included
-    if objects:
-        proc = kubernetes_validate(manifest)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert objects
+    proc = kubernetes_validate(manifest)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     # And exactly the enabled parts are deployed
     deployments = set(by_kind(objects, "Deployment"))
-    for part in ("minio", "mlflow", "mosquitto"):
-        enabled = f"{part}.enabled=false" not in sets
+    switched_off = {s.split(".")[0] for s in sets if re.fullmatch(r"\w+\.enabled=false", s)}
+    for path in values:
+        switched_off |= {
+            k for k, v in yaml.safe_load(path.read_text()).items() if v.get("enabled") is False
+        }
+    keys = {"label-studio": "labelStudio", "release-bridge": "releaseBridge"}
+    for part in PARTS:
+        enabled = keys.get(part, part) not in switched_off
         assert (f"{RELEASE}-qcloop-{part}" in deployments) is enabled, part
+
+
+def test_every_part_switched_to_external_is_wired_to_the_external_services(helm: Helm) -> None:
+    # Given every part replaced by an external one; When rendered
+    _, objects = render(helm, values=(EXTERNAL_VALUES,))
+    # Then only the bridge and the schedules run, on the external endpoints and Secrets
+    assert set(by_kind(objects, "Deployment")) == {f"{RELEASE}-qcloop-release-bridge"}
+    assert set(by_kind(objects, "CronJob")) == {
+        f"{RELEASE}-qcloop-labelling",
+        f"{RELEASE}-qcloop-retraining",
+    }
+    assert by_kind(objects, "Secret") == {} and by_kind(objects, "PersistentVolumeClaim") == {}
+    specs = pod_specs(objects)
+    bridge = env_of(specs[f"{RELEASE}-qcloop-release-bridge"]["containers"][0])
+    assert bridge["QCLOOP_STORE__ENDPOINT"] == "https://s3.eu-west-1.amazonaws.com"
+    assert bridge["QCLOOP_STORE__ACCESS_KEY"]["secretKeyRef"] == {
+        "name": "external-s3",
+        "key": "access-key",
+    }
+    assert bridge["QCLOOP_MLFLOW__TRACKING_URI"] == "https://mlflow.example.com"
+    assert bridge["QCLOOP_MQTT__URL"] == "mqtts://mqtt.example.com:8883"
+    assert bridge["QCLOOP_MQTT__PASSWORD"]["secretKeyRef"]["name"] == "external-mqtt"
+    labelling = env_of(specs[f"{RELEASE}-qcloop-labelling"]["containers"][0])
+    assert labelling["QCLOOP_LABEL_STUDIO__URL"] == "https://label.example.com"
+    assert (
+        labelling["QCLOOP_LABEL_STUDIO__TOKEN"]["secretKeyRef"]["name"] == "external-label-studio"
+    )
 
 
 def test_each_part_has_service_probes_resources_and_pinned_image(helm: Helm) -> None:
     _, objects = render(helm)
     services = by_kind(objects, "Service")
     for name, deployment in by_kind(objects, "Deployment").items():
-        assert name in services, f"{name} has no Service"
         for container in deployment["spec"]["template"]["spec"]["containers"]:
-            assert container.get("livenessProbe") and container.get("readinessProbe"), name
-            assert container["resources"]["requests"] and container["resources"]["limits"], name
-    for spec in pod_specs(objects):
+            assert container.get("livenessProbe"), name
+            if name != f"{RELEASE}-qcloop-release-bridge":  # a poll loop: nothing to serve
+                assert name in services, f"{name} has no Service"
+                assert container.get("readinessProbe"), name
+    for name, spec in pod_specs(objects).items():
         for container in spec["containers"] + spec.get("initContainers", []):
+            assert container["resources"]["requests"] and container["resources"]["limits"], name
             repository, _, tag = container["image"].rpartition(":")
             assert repository and tag and tag != "latest", container["image"]
 
 
 def test_every_container_runs_hardened(helm: Helm) -> None:
-    _, objects = render(helm)
+    _, objects = render(helm, values=(FLEETS_VALUES,))
     specs = pod_specs(objects)
-    assert len(specs) == 4  # minio, mlflow, mosquitto, bucket job
-    for spec in specs:
-        assert spec["automountServiceAccountToken"] is False
+    # minio, mlflow, mosquitto, label studio, bridge, bucket job, two schedules
+    assert len(specs) == 8, sorted(specs)
+    accounts = by_kind(objects, "ServiceAccount")
+    for name, spec in specs.items():
+        assert spec["automountServiceAccountToken"] is False, name
+        assert accounts[spec["serviceAccountName"]]["automountServiceAccountToken"] is False
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         for container in spec["containers"] + spec.get("initContainers", []):
             ctx = container["securityContext"]
             assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] > 0, container["name"]
             assert ctx["readOnlyRootFilesystem"] is True, container["name"]
             assert ctx["allowPrivilegeEscalation"] is False, container["name"]
             assert ctx["capabilities"]["drop"] == ["ALL"], container["name"]
+
+
+def test_network_policies_guard_every_workload(helm: Helm) -> None:
+    _, objects = render(helm)
+    policies = by_kind(objects, "NetworkPolicy")
+    components = {
+        p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for p in policies.values()
+    }
+    assert components == {*PARTS, "labelling", "retraining"}
+    mlflow = policies[f"{RELEASE}-qcloop-mlflow"]["spec"]["ingress"]
+    assert len(mlflow) == 1  # only this release and the allowed (Kubeflow) namespaces
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}}
+    } in mlflow[0]["from"]
+    mqtt = policies[f"{RELEASE}-qcloop-mosquitto"]["spec"]["ingress"]
+    assert {"ports": [{"port": 1883, "protocol": "TCP"}]} in mqtt  # edge boxes, from anywhere
+    bridge = policies[f"{RELEASE}-qcloop-release-bridge"]["spec"]
+    assert bridge["ingress"] == [] and bridge["policyTypes"] == ["Ingress"]
+
+
+def test_release_bridge_watches_with_the_mounted_signing_key(helm: Helm) -> None:
+    _, objects = render(helm)
+    spec = pod_specs(objects)[f"{RELEASE}-qcloop-release-bridge"]
+    container = spec["containers"][0]
+    assert container["image"] == "ghcr.io/qcloop/qcloop:0.1.0"
+    assert container["command"] == [
+        "qcloop",
+        "release",
+        "watch",
+        "--interval=30",
+        "--fleet=default",
+    ]
+    env = env_of(container)
+    key_path = env["QCLOOP_RELEASE__SIGNING_KEY"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "signing-key")
+    assert key_path == f"{mount['mountPath']}/release.key"
+    volume = next(v for v in spec["volumes"] if v["name"] == "signing-key")
+    assert volume["secret"]["secretName"] == "qcloop-release-key"
+    assert env["QCLOOP_STORE__ENDPOINT"] == f"http://{RELEASE}-qcloop-minio.{NAMESPACE}.svc:9000"
+    assert (
+        env["QCLOOP_MLFLOW__TRACKING_URI"] == f"http://{RELEASE}-qcloop-mlflow.{NAMESPACE}.svc:5000"
+    )
+    assert env["QCLOOP_MQTT__URL"] == f"mqtt://{RELEASE}-qcloop-mosquitto.{NAMESPACE}.svc:1883"
+    assert env["QCLOOP_DVC__REMOTE"] == "s3://qcloop/dvc"
+    assert env["QCLOOP_MQTT__USERNAME"]["secretKeyRef"]["name"] == f"{RELEASE}-qcloop-mosquitto"
+    # Settings refuse unknown QCLOOP_* variables: only known sections may be set
+    known = ("STORE", "MLFLOW", "MQTT", "DVC", "RELEASE", "HOME", "WORKSPACE", "CLASS_NAMES")
+    for name in env:
+        if name.startswith("QCLOOP_"):
+            assert name[len("QCLOOP_") :].split("__")[0] in known, name
+
+
+def test_schedules_run_the_loop_commands(helm: Helm) -> None:
+    _, objects = render(helm, "kfp.serviceAccountToken=true")
+    cronjobs = by_kind(objects, "CronJob")
+    labelling = cronjobs[f"{RELEASE}-qcloop-labelling"]
+    retraining = cronjobs[f"{RELEASE}-qcloop-retraining"]
+    assert labelling["spec"]["concurrencyPolicy"] == "Forbid"
+    specs = pod_specs(objects)
+    label_box = specs[f"{RELEASE}-qcloop-labelling"]["containers"][0]
+    assert label_box["command"] == ["qcloop", "labelling", "round"]
+    assert (
+        env_of(label_box)["QCLOOP_LABEL_STUDIO__URL"]
+        == f"http://{RELEASE}-qcloop-label-studio.{NAMESPACE}.svc:8080"
+    )
+    train = specs[f"{RELEASE}-qcloop-retraining"]
+    box = train["containers"][0]
+    assert box["command"] == ["qcloop", "pipeline", "submit", "--host", "$(KFP_HOST)"]
+    assert env_of(box)["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    assert retraining["spec"]["schedule"] == "0 2 * * *"
+    token = next(v for v in train["volumes"] if v["name"] == "kfp-token")
+    assert (
+        token["projected"]["sources"][0]["serviceAccountToken"]["audience"]
+        == "pipelines.kubeflow.org"
+    )
+
+
+def test_label_studio_is_private_and_stores_on_minio(helm: Helm) -> None:
+    _, objects = render(helm)
+    container = pod_specs(objects)[f"{RELEASE}-qcloop-label-studio"]["containers"][0]
+    env = env_of(container)
+    assert container["image"] == "docker.io/heartexlabs/label-studio:1.23.2"
+    for name, value in {
+        "LATEST_VERSION_CHECK": "false",
+        "COLLECT_ANALYTICS": "false",
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
+        "USE_DEFAULT_BANNED_SUBNETS": "false",
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        "DJANGO_DB": "sqlite",
+        "STORAGE_TYPE": "s3",
+        "STORAGE_AWS_ENDPOINT_URL": f"http://{RELEASE}-qcloop-minio.{NAMESPACE}.svc:9000",
+    }.items():
+        assert env[name] == value, name
+    assert env["LABEL_STUDIO_USER_TOKEN"]["secretKeyRef"] == {
+        "name": f"{RELEASE}-qcloop-label-studio",
+        "key": "token",
+    }
 
 
 def test_mlflow_stores_artifacts_on_minio_with_its_credentials(helm: Helm) -> None:
@@ -166,7 +327,7 @@ def test_mlflow_stores_artifacts_on_minio_with_its_credentials(helm: Helm) -> No
     env = env_of(container)
     assert "--artifacts-destination=s3://qcloop/mlflow" in container["command"]
     assert "--backend-store-uri=sqlite:////mlflow/mlflow.db" in container["command"]
-    assert env["MLFLOW_S3_ENDPOINT_URL"] == f"http://{RELEASE}-qcloop-minio:9000"
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == f"http://{RELEASE}-qcloop-minio.{NAMESPACE}.svc:9000"
     minio_secret = f"{RELEASE}-qcloop-minio"
     assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": minio_secret, "key": "root-user"}
     assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == minio_secret
@@ -194,7 +355,10 @@ def test_existing_secrets_replace_generated_ones(helm: Helm) -> None:
     proc = template(
         helm,
         "minio.auth.existingSecret=minio-creds",
+        "mosquitto.auth.existingSecret=mqtt-creds",
         "mosquitto.auth.existingPasswordFileSecret=mqtt-passwd",
+        "labelStudio.admin.existingSecret=ls-admin",
+        "releaseBridge.signingKey.existingSecret=release-key",
         required=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -214,44 +378,118 @@ def test_existing_secrets_replace_generated_ones(helm: Helm) -> None:
 
 
 def test_long_release_names_are_truncated_to_63(helm: Helm) -> None:
-    _, objects = render(helm, release="r" * 53)
+    _, objects = render(helm, values=(FLEETS_VALUES,), release="r" * 53)
     for obj in objects:
         name = obj["metadata"]["name"]
         assert len(name) <= 63 and DNS_LABEL.match(name), name
+        if obj["kind"] == "CronJob":
+            assert len(name) <= 52, name  # its Jobs add 11 characters
 
 
 # --- guards ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("sets", "message"),
-    [
-        (("mosquitto.auth.password=x",), "minio.auth.rootPassword is required"),
-        (("minio.auth.rootPassword=longenough",), "mosquitto.auth.password is required"),
-        (
-            ("minio.auth.rootPassword=short", "mosquitto.auth.password=x"),
-            "minio.auth.rootPassword must have 8 characters",
-        ),
-        (
-            ("minio.enabled=false", "mosquitto.auth.password=x"),
-            "mlflow.artifacts.s3Endpoint is required",
-        ),
-    ],
-    ids=["minio-password", "mqtt-password", "minio-password-short", "mlflow-without-minio"],
-)
+GUARDS = {
+    "minio-password": (("minio.auth.rootPassword=",), "minio.auth.rootPassword is required"),
+    "mqtt-password": (("mosquitto.auth.password=",), "mosquitto.auth.password is required"),
+    "minio-password-short": (
+        ("minio.auth.rootPassword=short",),
+        "minio.auth.rootPassword must have 8 characters",
+    ),
+    "external-s3": (("minio.enabled=false",), "externalS3.existingSecret is required"),
+    "external-mlflow": (("mlflow.enabled=false",), "externalMlflow.trackingUri is required"),
+    "external-broker": (("mosquitto.enabled=false",), "externalBroker.existingSecret is required"),
+    "external-label-studio": (
+        ("labelStudio.enabled=false",),
+        "externalLabelStudio.url is required",
+    ),
+    "signing-key": (
+        ("releaseBridge.signingKey.existingSecret=",),
+        "releaseBridge.signingKey.existingSecret is required",
+    ),
+    "label-studio-token": (("labelStudio.admin.token=",), "labelStudio.admin.token is required"),
+    "postgresql-host": (
+        ("labelStudio.database.type=postgresql",),
+        "labelStudio.database.host is required",
+    ),
+    "device-password": (
+        ("mosquitto.fleets.line-1={cam-1}",),
+        "mosquitto.auth.devices.passwords.cam-1 is required",
+    ),
+    "tls-secret": (("mosquitto.tls.enabled=true",), "mosquitto.tls.existingSecret is required"),
+    "bridge-mqtt-credentials": (
+        ("mosquitto.auth.existingPasswordFileSecret=passwd", "mosquitto.auth.password="),
+        "mosquitto.auth.existingSecret (or mosquitto.auth.password) is required",
+    ),
+    "mlflow-own-s3-secret": (
+        ("mlflow.artifacts.s3Endpoint=https://s3.example.com",),
+        "mlflow.artifacts.existingSecret is required",
+    ),
+}
+
+
+@pytest.mark.parametrize(("sets", "message"), GUARDS.values(), ids=GUARDS.keys())
 def test_missing_required_value_fails_naming_it(
     helm: Helm, sets: tuple[str, ...], message: str
 ) -> None:
-    proc = template(helm, *sets, required=False)
+    # Given the required values with one taken away (or one part switched to external)
+    proc = template(helm, *sets)
+    # Then the render fails, naming the value
     assert proc.returncode != 0
-    assert message in proc.stderr
+    assert message in proc.stderr, proc.stderr
 
 
-def test_no_values_at_all_names_every_missing_password(helm: Helm) -> None:
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        pytest.param(
+            {"releaseBridge": {"signingKey": {"existingSecret": ""}}},
+            "releaseBridge.signingKey.existingSecret is required",
+            id="missing-secret",
+        ),
+        pytest.param(
+            {"releaseBridge": {"interval": "fast"}}, "/releaseBridge/interval", id="wrong-type"
+        ),
+        pytest.param(
+            {"labelStudio": {"admin": {"tokn": "x"}}},
+            "additional properties 'tokn'",
+            id="unknown-key",
+        ),
+        pytest.param(
+            {"mosquitto": {"fleets": {"line-1": ["cam 1"]}}},
+            "/mosquitto/fleets/line-1/0",
+            id="device-id",
+        ),
+        pytest.param(
+            {"schedules": {"retraining": {"schedule": "nightly"}}},
+            "/schedules/retraining/schedule",
+            id="cron",
+        ),
+    ],
+)
+def test_a_bad_values_file_fails_naming_the_value(
+    helm: Helm, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    # Given a user's values file with one mistake, after the required values
+    bad = tmp_path / "values.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    # When rendered; Then it fails naming the value
+    proc = template(helm, values=(bad,))
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_no_values_at_all_names_every_missing_secret(helm: Helm) -> None:
     proc = template(helm, required=False)
     assert proc.returncode != 0
-    assert "minio.auth.rootPassword is required" in proc.stderr
-    assert "mosquitto.auth.password is required" in proc.stderr
+    for value in (
+        "minio.auth.rootPassword",
+        "mosquitto.auth.password",
+        "labelStudio.admin.password",
+        "labelStudio.admin.token",
+        "releaseBridge.signingKey.existingSecret",
+    ):
+        assert f"{value} is required" in proc.stderr, value
 
 
 @pytest.mark.parametrize(
@@ -294,9 +532,12 @@ def test_every_value_has_a_param_comment() -> None:
     assert documented == _leaf_paths(yaml.safe_load(text))
 
 
-def test_notes_name_the_next_step(helm: Helm, tmp_path: Path) -> None:
-    # Given a copy of the chart whose NOTES.txt is rendered into a ConfigMap (helm template
-    # skips NOTES.txt, and helm install needs a cluster)
+def render_notes(helm: Helm, tmp_path: Path, *values: Path) -> str:
+    """NOTES.txt as `helm install` would print it.
+
+    helm template skips NOTES.txt and helm install needs a cluster: a copy of the chart
+    renders it into a ConfigMap instead.
+    """
     chart = tmp_path / "qcloop"
     shutil.copytree(CHART, chart)
     notes = (chart / "templates" / "NOTES.txt").read_text()
@@ -308,21 +549,18 @@ def test_notes_name_the_next_step(helm: Helm, tmp_path: Path) -> None:
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
         'data:\n  notes: {{ include "test.notes" . | quote }}\n'
     )
-    # When rendered
+    args = [a for path in values for a in ("--values", str(path))]
     proc = helm(
-        "template",
-        RELEASE,
-        str(chart),
-        "-n",
-        NAMESPACE,
-        "--values",
-        str(REQUIRED_VALUES),
-        "--show-only",
-        "templates/notes.yaml",
-    )
+        "template", RELEASE, str(chart), "-n", NAMESPACE, *args,
+        "--show-only", "templates/notes.yaml",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    text = yaml.safe_load(proc.stdout)["data"]["notes"]
-    # Then they say how to reach each service and which settings to point at them
+    return str(yaml.safe_load(proc.stdout)["data"]["notes"])
+
+
+def test_notes_name_the_next_step(helm: Helm, tmp_path: Path) -> None:
+    text = render_notes(helm, tmp_path, REQUIRED_VALUES)
+    # They say how to reach each service and which settings to point at them
     for needle in (
         f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE}-qcloop-minio 9000:9000",
         f"port-forward svc/{RELEASE}-qcloop-mlflow 5000:5000",
@@ -331,5 +569,37 @@ def test_notes_name_the_next_step(helm: Helm, tmp_path: Path) -> None:
         "QCLOOP_MLFLOW__TRACKING_URI=http://127.0.0.1:5000",
         "QCLOOP_MQTT__URL=mqtt://127.0.0.1:1883",
         "Kubeflow Pipelines is a prerequisite",
+        f"port-forward svc/{RELEASE}-qcloop-label-studio 8081:8080",
+        f"logs deploy/{RELEASE}-qcloop-release-bridge",
+        f"create job --from=cronjob/{RELEASE}-qcloop-retraining",
+        "docs/deploy.md",
     ):
         assert needle in text, needle
+    assert "\n\nNEXT STEP" in text
+
+
+def test_notes_with_every_part_external_point_at_the_external_services(
+    helm: Helm, tmp_path: Path
+) -> None:
+    text = render_notes(helm, tmp_path, EXTERNAL_VALUES)
+    assert "port-forward" not in text.split("3. The loop")[0]
+    assert "externalS3" in text and "Every server part is external" in text
+    assert f"logs deploy/{RELEASE}-qcloop-release-bridge" in text
+
+
+def test_the_values_of_docs_deploy_md_install_cleanly(helm: Helm, tmp_path: Path) -> None:
+    # Given the `my-values.yaml` of docs/deploy.md (the first yaml block after its name)
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    after = doc[doc.index("Write `my-values.yaml`") :]
+    block = re.search(r"```yaml\n(.*?)```", after, flags=re.DOTALL)
+    assert block, "no yaml block after `my-values.yaml`"
+    values = tmp_path / "my-values.yaml"
+    values.write_text(block.group(1).replace("<owner>", "example"))
+    # When rendered with nothing else, as a user would
+    proc = template(helm, required=False, values=(values,))
+    # Then it renders valid objects and every Secret it names is one the doc creates
+    assert proc.returncode == 0, proc.stderr
+    assert kubernetes_validate(proc.stdout).returncode == 0
+    created = set(re.findall(r"create secret generic ([a-z0-9-]+)", doc))
+    named = set(re.findall(r"existingSecret: ([a-z0-9-]+)", block.group(1)))
+    assert named <= created, named - created

@@ -28,6 +28,11 @@ this (DNS-1123 labels).
 {{- printf "%s-%s" (include "qcloop.fullname" .context | trunc (int (sub 62 (len .component))) | trimSuffix "-") .component | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* A CronJob's name: 52 characters at most (its Jobs add an 11-character suffix). Call like qcloop.component.fullname. */}}
+{{- define "qcloop.cronjob.fullname" -}}
+{{- printf "%s-%s" (include "qcloop.fullname" .context | trunc (int (sub 51 (len .component))) | trimSuffix "-") .component | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "qcloop.minio.fullname" -}}
 {{- include "qcloop.component.fullname" (dict "context" . "component" "minio") -}}
 {{- end -}}
@@ -38,6 +43,23 @@ this (DNS-1123 labels).
 
 {{- define "qcloop.mosquitto.fullname" -}}
 {{- include "qcloop.component.fullname" (dict "context" . "component" "mosquitto") -}}
+{{- end -}}
+
+{{- define "qcloop.labelStudio.fullname" -}}
+{{- include "qcloop.component.fullname" (dict "context" . "component" "label-studio") -}}
+{{- end -}}
+
+{{- define "qcloop.bridge.fullname" -}}
+{{- include "qcloop.component.fullname" (dict "context" . "component" "release-bridge") -}}
+{{- end -}}
+
+{{/* The ServiceAccount of a workload. Call with (dict "context" $ "component" "minio"). */}}
+{{- define "qcloop.serviceAccountName" -}}
+{{- if .context.Values.serviceAccount.create -}}
+{{- include "qcloop.component.fullname" . -}}
+{{- else -}}
+default
+{{- end -}}
 {{- end -}}
 
 {{/* Chart name and version, for the helm.sh/chart label. */}}
@@ -95,14 +117,17 @@ emptyDir: {}
 {{- default (include "qcloop.minio.fullname" .) .Values.minio.auth.existingSecret -}}
 {{- end -}}
 
-{{/* In-cluster S3 endpoint of the chart's MinIO. */}}
+{{/*
+In-cluster S3 endpoint of the chart's MinIO: `<svc>.<namespace>.svc`, so that it resolves from
+the Kubeflow Pipelines run pods in other namespaces too (the endpoints travel in settings_json).
+*/}}
 {{- define "qcloop.minio.endpoint" -}}
-{{- printf "http://%s:%d" (include "qcloop.minio.fullname" .) (int .Values.minio.service.apiPort) -}}
+{{- printf "http://%s.%s.svc:%d" (include "qcloop.minio.fullname" .) .Release.Namespace (int .Values.minio.service.apiPort) -}}
 {{- end -}}
 
-{{/* The buckets to create: minio.buckets plus the MLflow artifact bucket when MLflow stores in this MinIO. */}}
+{{/* The buckets to create: minio.buckets, the platform bucket, and the MLflow artifact bucket when MLflow stores in this MinIO. */}}
 {{- define "qcloop.minio.bucketList" -}}
-{{- $buckets := .Values.minio.buckets -}}
+{{- $buckets := append .Values.minio.buckets .Values.platform.bucket -}}
 {{- if and .Values.mlflow.enabled (not .Values.mlflow.artifacts.s3Endpoint) -}}
 {{- $buckets = append $buckets .Values.mlflow.artifacts.bucket -}}
 {{- end -}}
@@ -111,26 +136,20 @@ emptyDir: {}
 
 {{/* ---- MLflow ---- */}}
 
-{{/* S3 endpoint of the artifact store: the explicit one, or this chart's MinIO. */}}
+{{/* S3 endpoint of the artifact store: the explicit one, else the store of the platform. */}}
 {{- define "qcloop.mlflow.s3Endpoint" -}}
-{{- if .Values.mlflow.artifacts.s3Endpoint -}}
-{{- .Values.mlflow.artifacts.s3Endpoint -}}
-{{- else if .Values.minio.enabled -}}
-{{- include "qcloop.minio.endpoint" . -}}
-{{- else -}}
-{{- required "mlflow.artifacts.s3Endpoint is required when minio.enabled is false" .Values.mlflow.artifacts.s3Endpoint -}}
-{{- end -}}
+{{- .Values.mlflow.artifacts.s3Endpoint | default (include "qcloop.s3.endpoint" .) -}}
 {{- end -}}
 
-{{/* Secret with the S3 credentials of the artifact store. */}}
+{{/* Secret with the S3 credentials of the artifact store, and its two keys. */}}
 {{- define "qcloop.mlflow.s3SecretName" -}}
-{{- if .Values.mlflow.artifacts.existingSecret -}}
-{{- .Values.mlflow.artifacts.existingSecret -}}
-{{- else if .Values.minio.enabled -}}
-{{- include "qcloop.minio.secretName" . -}}
-{{- else -}}
-{{- required "mlflow.artifacts.existingSecret is required when minio.enabled is false" .Values.mlflow.artifacts.existingSecret -}}
+{{- .Values.mlflow.artifacts.existingSecret | default (include "qcloop.s3.secretName" .) -}}
 {{- end -}}
+{{- define "qcloop.mlflow.s3AccessKeyKey" -}}
+{{- ternary .Values.mlflow.artifacts.accessKeyKey (include "qcloop.s3.accessKeyKey" .) (not (empty .Values.mlflow.artifacts.existingSecret)) -}}
+{{- end -}}
+{{- define "qcloop.mlflow.s3SecretKeyKey" -}}
+{{- ternary .Values.mlflow.artifacts.secretKeyKey (include "qcloop.s3.secretKeyKey" .) (not (empty .Values.mlflow.artifacts.existingSecret)) -}}
 {{- end -}}
 
 {{/*
@@ -154,9 +173,190 @@ localhost (port-forward) and the Service's in-cluster names, each with any port.
 {{- default (include "qcloop.mosquitto.fullname" .) .Values.mosquitto.auth.existingSecret -}}
 {{- end -}}
 
+{{/* Whether the chart creates the Secret of the bridge's MQTT user. */}}
+{{- define "qcloop.mosquitto.createsSecret" -}}
+{{- $auth := .Values.mosquitto.auth -}}
+{{- if and (not $auth.existingSecret) (or $auth.password (not $auth.existingPasswordFileSecret)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Every device id of mosquitto.fleets, sorted, once each (space-separated). */}}
+{{- define "qcloop.mosquitto.deviceIds" -}}
+{{- $ids := list -}}
+{{- range $fleet, $devices := .Values.mosquitto.fleets -}}
+{{- $ids = concat $ids $devices -}}
+{{- end -}}
+{{- $ids | uniq | sortAlpha | join " " -}}
+{{- end -}}
+
+{{/* Secret with one key per device id (plain MQTT password). */}}
+{{- define "qcloop.mosquitto.devicesSecretName" -}}
+{{- .Values.mosquitto.auth.devices.existingSecret | default (printf "%s-devices" (include "qcloop.mosquitto.fullname" . | trunc 55 | trimSuffix "-")) -}}
+{{- end -}}
+
+{{/* Whether the chart creates the devices' password Secret. */}}
+{{- define "qcloop.mosquitto.createsDevicesSecret" -}}
+{{- $auth := .Values.mosquitto.auth -}}
+{{- if and (not $auth.existingPasswordFileSecret) (not $auth.devices.existingSecret) (include "qcloop.mosquitto.deviceIds" .) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Whether the chart turns a plain user/password Secret into the password file (init container). */}}
 {{- define "qcloop.mosquitto.hashesPassword" -}}
 {{- if not .Values.mosquitto.auth.existingPasswordFileSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* ---- Object store of the platform: the chart's MinIO, else externalS3 ---- */}}
+
+{{- define "qcloop.s3.endpoint" -}}
+{{- if .Values.minio.enabled -}}
+{{- include "qcloop.minio.endpoint" . -}}
+{{- else -}}
+{{- required "externalS3.endpoint is required when minio.enabled is false" .Values.externalS3.endpoint -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "qcloop.s3.secretName" -}}
+{{- if .Values.minio.enabled -}}
+{{- include "qcloop.minio.secretName" . -}}
+{{- else -}}
+{{- required "externalS3.existingSecret is required when minio.enabled is false" .Values.externalS3.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "qcloop.s3.accessKeyKey" -}}
+{{- ternary "root-user" .Values.externalS3.accessKeyKey .Values.minio.enabled -}}
+{{- end -}}
+
+{{- define "qcloop.s3.secretKeyKey" -}}
+{{- ternary "root-password" .Values.externalS3.secretKeyKey .Values.minio.enabled -}}
+{{- end -}}
+
+{{/* ---- Endpoints the qcloop workloads talk to: the chart's parts, else the external ones ---- */}}
+
+{{- define "qcloop.mlflow.trackingUri" -}}
+{{- if .Values.mlflow.enabled -}}
+{{- printf "http://%s.%s.svc:%d" (include "qcloop.mlflow.fullname" .) .Release.Namespace (int .Values.mlflow.service.port) -}}
+{{- else -}}
+{{- required "externalMlflow.trackingUri is required when mlflow.enabled is false" .Values.externalMlflow.trackingUri -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "qcloop.mqtt.url" -}}
+{{- if .Values.mosquitto.enabled -}}
+{{- printf "mqtt://%s.%s.svc:%d" (include "qcloop.mosquitto.fullname" .) .Release.Namespace (int .Values.mosquitto.service.port) -}}
+{{- else -}}
+{{- required "externalBroker.url is required when mosquitto.enabled is false" .Values.externalBroker.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret with keys username/password of the bridge's MQTT user. */}}
+{{- define "qcloop.mqtt.secretName" -}}
+{{- if .Values.mosquitto.enabled -}}
+{{- include "qcloop.mosquitto.secretName" . -}}
+{{- else -}}
+{{- required "externalBroker.existingSecret is required when mosquitto.enabled is false" .Values.externalBroker.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "qcloop.labelStudio.url" -}}
+{{- if .Values.labelStudio.enabled -}}
+{{- printf "http://%s.%s.svc:%d" (include "qcloop.labelStudio.fullname" .) .Release.Namespace (int .Values.labelStudio.service.port) -}}
+{{- else -}}
+{{- required "externalLabelStudio.url is required when labelStudio.enabled is false" .Values.externalLabelStudio.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret with key `token` of the Label Studio API. */}}
+{{- define "qcloop.labelStudio.tokenSecretName" -}}
+{{- if .Values.labelStudio.enabled -}}
+{{- include "qcloop.labelStudio.adminSecretName" . -}}
+{{- else -}}
+{{- required "externalLabelStudio.existingSecret is required when labelStudio.enabled is false" .Values.externalLabelStudio.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "qcloop.labelStudio.adminSecretName" -}}
+{{- default (include "qcloop.labelStudio.fullname" .) .Values.labelStudio.admin.existingSecret -}}
+{{- end -}}
+
+{{/* ---- The qcloop platform containers (bridge, schedules) ---- */}}
+
+{{/*
+Environment of a qcloop container: the object store, DVC remote and MLflow always; MQTT,
+Label Studio and KFP when asked. Call with (dict "context" $ "mqtt" true "labelStudio" false "kfp" false).
+Core settings reject unknown QCLOOP_* sections: QCLOOP_LABEL_STUDIO__* goes only to the labelling
+schedule, whose settings (qcloop_labelling.settings) take them out before the core loads.
+*/}}
+{{- define "qcloop.platform.env" -}}
+{{- $ := .context -}}
+{{- $s3Secret := include "qcloop.s3.secretName" $ -}}
+{{- $endpoint := include "qcloop.s3.endpoint" $ -}}
+- name: HOME
+  value: /tmp
+- name: QCLOOP_HOME
+  value: /tmp/qcloop
+- name: MLFLOW_DISABLE_TELEMETRY
+  value: "true"
+- name: QCLOOP_STORE__KIND
+  value: s3
+- name: QCLOOP_STORE__ENDPOINT
+  value: {{ $endpoint | quote }}
+- name: QCLOOP_STORE__BUCKET
+  value: {{ $.Values.platform.bucket | quote }}
+{{- if and (not $.Values.minio.enabled) $.Values.externalS3.region }}
+- name: QCLOOP_STORE__REGION
+  value: {{ $.Values.externalS3.region | quote }}
+{{- end }}
+- name: QCLOOP_STORE__ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3Secret }}
+      key: {{ include "qcloop.s3.accessKeyKey" $ }}
+- name: QCLOOP_STORE__SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3Secret }}
+      key: {{ include "qcloop.s3.secretKeyKey" $ }}
+- name: QCLOOP_DVC__REMOTE
+  value: {{ printf "s3://%s/dvc" $.Values.platform.bucket | quote }}
+- name: QCLOOP_DVC__ENDPOINT_URL
+  value: {{ $endpoint | quote }}
+- name: QCLOOP_MLFLOW__TRACKING_URI
+  value: {{ include "qcloop.mlflow.trackingUri" $ | quote }}
+- name: QCLOOP_MLFLOW__MODEL_NAME
+  value: {{ $.Values.platform.modelName | quote }}
+{{- if .mqtt }}
+{{- $mqttSecret := include "qcloop.mqtt.secretName" $ }}
+- name: QCLOOP_MQTT__URL
+  value: {{ include "qcloop.mqtt.url" $ | quote }}
+- name: QCLOOP_MQTT__FLEET
+  value: {{ $.Values.releaseBridge.fleet | quote }}
+- name: QCLOOP_MQTT__USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ $mqttSecret }}
+      key: username
+- name: QCLOOP_MQTT__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $mqttSecret }}
+      key: password
+{{- end }}
+{{- if .labelStudio }}
+- name: QCLOOP_LABEL_STUDIO__URL
+  value: {{ include "qcloop.labelStudio.url" $ | quote }}
+- name: QCLOOP_LABEL_STUDIO__TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "qcloop.labelStudio.tokenSecretName" $ }}
+      key: token
+{{- end }}
+{{- if .kfp }}
+- name: KFP_HOST
+  value: {{ $.Values.kfp.host | quote }}
+{{- end }}
+{{- with $.Values.platform.extraEnv }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* ---- Validation ---- */}}
@@ -168,6 +368,8 @@ round trip per value. The templates keep their own `required` guards as well.
 {{- define "qcloop.validateValues" -}}
 {{- $errors := list -}}
 {{- $minio := .Values.minio -}}
+{{- $usesStore := or (and .Values.mlflow.enabled (not .Values.mlflow.artifacts.s3Endpoint)) .Values.releaseBridge.enabled .Values.schedules.labelling.enabled .Values.schedules.retraining.enabled (and .Values.labelStudio.enabled .Values.labelStudio.storage.s3) -}}
+{{- $usesMlflow := or .Values.releaseBridge.enabled .Values.schedules.labelling.enabled .Values.schedules.retraining.enabled -}}
 {{- if and $minio.enabled (not $minio.auth.existingSecret) -}}
 {{- if not $minio.auth.rootPassword -}}
 {{- $errors = append $errors "minio.auth.rootPassword is required (or set minio.auth.existingSecret): no default password is shipped" -}}
@@ -175,16 +377,73 @@ round trip per value. The templates keep their own `required` guards as well.
 {{- $errors = append $errors "minio.auth.rootPassword must have 8 characters at least (MinIO refuses shorter ones)" -}}
 {{- end -}}
 {{- end -}}
-{{- $auth := .Values.mosquitto.auth -}}
-{{- if and .Values.mosquitto.enabled (not $auth.existingSecret) (not $auth.existingPasswordFileSecret) (not $auth.password) -}}
+{{- if and (not $minio.enabled) $usesStore -}}
+{{- if not .Values.externalS3.endpoint -}}
+{{- $errors = append $errors "externalS3.endpoint is required when minio.enabled is false" -}}
+{{- end -}}
+{{- if not .Values.externalS3.existingSecret -}}
+{{- $errors = append $errors "externalS3.existingSecret is required when minio.enabled is false" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.mlflow.enabled .Values.mlflow.artifacts.s3Endpoint (not .Values.mlflow.artifacts.existingSecret) -}}
+{{- $errors = append $errors "mlflow.artifacts.existingSecret is required when mlflow.artifacts.s3Endpoint is set" -}}
+{{- end -}}
+{{- if and (not .Values.mlflow.enabled) $usesMlflow (not .Values.externalMlflow.trackingUri) -}}
+{{- $errors = append $errors "externalMlflow.trackingUri is required when mlflow.enabled is false (the release bridge and the schedules use it)" -}}
+{{- end -}}
+{{- $mq := .Values.mosquitto -}}
+{{- $auth := $mq.auth -}}
+{{- if $mq.enabled -}}
+{{- if and (not $auth.existingSecret) (not $auth.existingPasswordFileSecret) (not $auth.password) -}}
 {{- $errors = append $errors "mosquitto.auth.password is required (or set mosquitto.auth.existingSecret or mosquitto.auth.existingPasswordFileSecret): no default password is shipped" -}}
+{{- else if and .Values.releaseBridge.enabled (not $auth.existingSecret) (not $auth.password) -}}
+{{- $errors = append $errors "mosquitto.auth.existingSecret (or mosquitto.auth.password) is required: the release bridge needs the plain MQTT credentials of mosquitto.auth.username" -}}
 {{- end -}}
-{{- if and .Values.mlflow.enabled (not $minio.enabled) -}}
-{{- if not .Values.mlflow.artifacts.s3Endpoint -}}
-{{- $errors = append $errors "mlflow.artifacts.s3Endpoint is required when minio.enabled is false" -}}
+{{- if and (not $auth.existingPasswordFileSecret) (not $auth.devices.existingSecret) -}}
+{{- range $id := splitList " " (include "qcloop.mosquitto.deviceIds" .) -}}
+{{- if and $id (not (index $auth.devices.passwords $id)) -}}
+{{- $errors = append $errors (printf "mosquitto.auth.devices.passwords.%s is required (device of mosquitto.fleets; or set mosquitto.auth.devices.existingSecret)" $id) -}}
 {{- end -}}
-{{- if not .Values.mlflow.artifacts.existingSecret -}}
-{{- $errors = append $errors "mlflow.artifacts.existingSecret is required when minio.enabled is false" -}}
+{{- end -}}
+{{- end -}}
+{{- if and $mq.tls.enabled (not $mq.tls.existingSecret) -}}
+{{- $errors = append $errors "mosquitto.tls.existingSecret is required when mosquitto.tls.enabled is true" -}}
+{{- end -}}
+{{- else if .Values.releaseBridge.enabled -}}
+{{- if not .Values.externalBroker.url -}}
+{{- $errors = append $errors "externalBroker.url is required when mosquitto.enabled is false (the release bridge publishes there)" -}}
+{{- end -}}
+{{- if not .Values.externalBroker.existingSecret -}}
+{{- $errors = append $errors "externalBroker.existingSecret is required when mosquitto.enabled is false (the release bridge's MQTT user)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.releaseBridge.enabled (not .Values.releaseBridge.signingKey.existingSecret) -}}
+{{- $errors = append $errors "releaseBridge.signingKey.existingSecret is required: a Secret with the Ed25519 release key (qcloop keys generate); the chart never makes one" -}}
+{{- end -}}
+{{- $ls := .Values.labelStudio -}}
+{{- if $ls.enabled -}}
+{{- if not $ls.admin.existingSecret -}}
+{{- if not $ls.admin.password -}}
+{{- $errors = append $errors "labelStudio.admin.password is required (or set labelStudio.admin.existingSecret): no default password is shipped" -}}
+{{- end -}}
+{{- if not $ls.admin.token -}}
+{{- $errors = append $errors "labelStudio.admin.token is required (or set labelStudio.admin.existingSecret): no default token is shipped" -}}
+{{- end -}}
+{{- end -}}
+{{- if eq $ls.database.type "postgresql" -}}
+{{- if not $ls.database.host -}}
+{{- $errors = append $errors "labelStudio.database.host is required when labelStudio.database.type is postgresql" -}}
+{{- end -}}
+{{- if not $ls.database.existingSecret -}}
+{{- $errors = append $errors "labelStudio.database.existingSecret is required when labelStudio.database.type is postgresql" -}}
+{{- end -}}
+{{- end -}}
+{{- else if .Values.schedules.labelling.enabled -}}
+{{- if not .Values.externalLabelStudio.url -}}
+{{- $errors = append $errors "externalLabelStudio.url is required when labelStudio.enabled is false (the labelling schedule uses it)" -}}
+{{- end -}}
+{{- if not .Values.externalLabelStudio.existingSecret -}}
+{{- $errors = append $errors "externalLabelStudio.existingSecret is required when labelStudio.enabled is false (the labelling schedule uses it)" -}}
 {{- end -}}
 {{- end -}}
 {{- if $errors -}}

@@ -1,0 +1,162 @@
+"""The Dockerfiles and the GitHub workflows, checked offline (no Docker engine here).
+
+Dockerfiles: pinned base images (an exact version tag or a digest, never `latest`), a
+non-root USER in the final stage, the right extra per image. Workflows: valid YAML with
+the triggers the team relies on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.charts.conftest import ROOT
+
+DOCKER = ROOT / "docker"
+WORKFLOWS = ROOT / ".github" / "workflows"
+# python:3.11.14-slim-bookworm, or anything @sha256:<64 hex>
+PINNED = re.compile(
+    r"^[\w.\-/:]+:\d+(\.\d+){1,2}[\w.\-]*(@sha256:[0-9a-f]{64})?$|@sha256:[0-9a-f]{64}$"
+)
+
+
+@dataclass
+class Stage:
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, op: str) -> list[str]:
+        return [args for name, args in self.instructions if name == op]
+
+
+def parse_dockerfile(path: Path) -> list[Stage]:
+    """Stages with their instructions; ARG defaults substituted into FROM lines."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        op, _, rest = line.partition(" ")
+        op, rest = op.upper(), rest.strip()
+        if op == "ARG" and "=" in rest and not stages:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        if op == "FROM":
+            image = rest.split(" AS ")[0].split(" as ")[0].strip()
+            image = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], image)
+            stages.append(Stage(image))
+        elif stages:
+            stages[-1].instructions.append((op, rest))
+    return stages
+
+
+@pytest.mark.parametrize("name", ["platform", "edge"])
+def test_dockerfile_pins_its_base_and_runs_as_non_root(name: str) -> None:
+    stages = parse_dockerfile(DOCKER / f"{name}.Dockerfile")
+    assert stages, "no FROM"
+    for stage in stages:
+        assert "latest" not in stage.base and PINNED.search(stage.base), stage.base
+        assert stage.base.startswith("python:3.11"), stage.base
+    users = stages[-1].all("USER")
+    assert users, "the final stage sets no USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("0", "root"), user
+    text = (DOCKER / f"{name}.Dockerfile").read_text()
+    assert ":latest" not in text
+
+
+def test_platform_image_installs_the_platform_extra_with_cpu_torch() -> None:
+    stages = parse_dockerfile(DOCKER / "platform.Dockerfile")
+    runs = " ".join(run for stage in stages for run in stage.all("RUN"))
+    assert re.search(r"pip install -c constraints\.txt \"?\.\[platform\]\"?", runs), runs
+    assert '--index-url "${TORCH_INDEX_URL}"' in runs
+    args = dict(a.split("=", 1) for stage in stages for a in stage.all("ARG") if "=" in a)
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    # the image the KFP components name is the one this file builds
+    components = (ROOT / "components" / "kfp_components.py").read_text()
+    assert 'QCLOOP_IMAGE = "ghcr.io/qcloop/qcloop:' in components
+
+
+def test_edge_image_holds_only_the_edge_extra_and_runs_the_agent() -> None:
+    stages = parse_dockerfile(DOCKER / "edge.Dockerfile")
+    runs = " ".join(run for stage in stages for run in stage.all("RUN"))
+    assert '".[edge]"' in runs and "platform" not in runs
+    assert "torch" not in " ".join(stages[-1].all("RUN"))
+    assert stages[-1].all("ENTRYPOINT") == ['["qcloop-edge"]']
+
+
+def test_dockerignore_keeps_state_and_secrets_out_of_the_context() -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", ".qcloop", "data", "**/*.onnx", "tests"} <= ignored
+
+
+def _workflow(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((WORKFLOWS / name).read_text())
+    assert isinstance(doc, dict) and doc.get("jobs"), name
+    # YAML 1.1 reads the key `on` as True
+    doc["on"] = doc.pop(True, doc.get("on"))
+    return doc
+
+
+def _run_lines(doc: dict[str, Any]) -> str:
+    return "\n".join(
+        step.get("run", "") for job in doc["jobs"].values() for step in job.get("steps", [])
+    )
+
+
+def test_ci_workflow_lints_tests_and_lints_the_chart() -> None:
+    doc = _workflow("ci.yml")
+    assert "pull_request" in doc["on"] and "push" in doc["on"]
+    runs = _run_lines(doc)
+    assert "ruff check" in runs
+    assert "make test" in runs
+    assert "helm lint --strict charts/qcloop" in runs
+    assert "pytest tests/charts" in runs
+
+
+def test_images_workflow_builds_both_images_on_a_tag() -> None:
+    doc = _workflow("images.yml")
+    assert doc["on"]["push"]["tags"] == ["v*"]
+    matrix = doc["jobs"]["build"]["strategy"]["matrix"]["include"]
+    assert {m["dockerfile"] for m in matrix} == {
+        "docker/platform.Dockerfile",
+        "docker/edge.Dockerfile",
+    }
+    for m in matrix:
+        assert (ROOT / m["dockerfile"]).is_file()
+    assert doc["permissions"]["packages"] == "write"
+
+
+def test_pipelines_workflow_retrains_on_data_change_nightly_and_by_hand() -> None:
+    doc = _workflow("pipelines.yml")
+    on = doc["on"]
+    assert "data.dvc" in on["push"]["paths"] and on["push"]["branches"] == ["main"]
+    crons = [entry["cron"] for entry in on["schedule"]]
+    assert crons and all(len(c.split()) == 5 for c in crons)
+    assert "workflow_dispatch" in on
+    runs = _run_lines(doc)
+    assert "qcloop pipeline compile --out pipelines/compiled" in runs
+    assert "upload_pipeline" in runs
+    assert 'qcloop pipeline submit --host "$KFP_HOST"' in runs
+    train_if = doc["jobs"]["train"]["if"]
+    assert "schedule" in train_if and "data_changed" in train_if
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "images.yml", "pipelines.yml"])
+def test_actions_are_pinned_to_a_version(name: str) -> None:
+    doc = _workflow(name)
+    for job in doc["jobs"].values():
+        for step in job.get("steps", []):
+            if "uses" in step:
+                assert re.search(r"@(v\d+|[0-9a-f]{40})$", step["uses"]), step["uses"]
