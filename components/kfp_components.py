@@ -160,6 +160,7 @@ def register(
     epochs: int,
     batch: int,
     seed: int,
+    pipeline_run: str = "",
 ) -> str:
     """Register the ONNX in MLflow; return the ``ModelRecord`` JSON."""
     import shutil
@@ -185,6 +186,7 @@ def register(
         class_names=manifest.class_names,
         input_size=imgsz,
         extra_artifacts=(staged,),
+        pipeline_run=pipeline_run,
     )
     shutil.rmtree(staged.parent, ignore_errors=True)
     return record.to_json()

@@ -42,6 +42,20 @@ def code_version() -> str:
     return head + ("-dirty" if dirty else "")
 
 
+def environment() -> dict[str, str]:
+    """Versions that decide what a training run produces (logged as ``env.*`` params)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"env.python": platform.python_version(), "env.machine": platform.machine()}
+    for package in ("torch", "ultralytics", "onnx", "onnxruntime", "numpy"):
+        try:
+            found[f"env.{package}"] = version(package)
+        except PackageNotFoundError:
+            found[f"env.{package}"] = "absent"
+    return found
+
+
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=10
@@ -113,6 +127,7 @@ def register_model(
     class_names: list[str],
     input_size: int,
     extra_artifacts: tuple[Path, ...] = (),
+    pipeline_run: str = "",
 ) -> ModelRecord:
     """Log a run (params, metrics, ONNX at ``model/model.onnx``, ``extra_artifacts`` such as
     the evaluation report at the run's root) and register it as a version."""
@@ -126,7 +141,9 @@ def register_model(
         "class_names": json.dumps(class_names),
         "dataset_version": dataset_version,
         "code_version": code_version,
+        "pipeline_run": pipeline_run or "unknown",
     }
+    params = {**params, **environment()}
     client = _client(tracking_uri)
     what = f"model '{model_name}' (experiment '{experiment}')"
     with _mlflow_errors(tracking_uri, what, "check the tracking URI"):
@@ -384,3 +401,22 @@ def alias_history(tracking_uri: str, model_name: str) -> list[dict[str, Any]]:
     with _mlflow_errors(tracking_uri, f"model '{model_name}'", "register a version first"):
         tags = client.get_registered_model(model_name).tags or {}
     return [json.loads(tags[k]) for k in sorted(tags) if k.startswith(AUDIT_PREFIX)]
+
+
+def lineage(tracking_uri: str, model_name: str, ref: str) -> dict[str, Any]:
+    """Where a version came from: dataset and code version, pipeline run, params, environment."""
+    record = get_model_record(tracking_uri, model_name, ref)
+    client = _client(tracking_uri)
+    with _mlflow_errors(tracking_uri, f"model '{model_name}' version {record.version}", ""):
+        version = client.get_model_version(model_name, record.version)
+        params = dict(client.get_run(record.run_id).data.params)
+    return {
+        "model": record.name,
+        "version": record.version,
+        "run_id": record.run_id,
+        "pipeline_run": (version.tags or {}).get("pipeline_run", "unknown"),
+        "dataset_version": record.dataset_version,
+        "code_version": record.code_version,
+        "params": {k: v for k, v in params.items() if not k.startswith("env.")},
+        "environment": {k[4:]: v for k, v in params.items() if k.startswith("env.")},
+    }

@@ -159,6 +159,25 @@ def _cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_lineage(args: argparse.Namespace, settings: Settings) -> int:
+    import tempfile
+
+    from components.registry import lineage
+    from qcloop.dataset import materialize
+
+    name, ref = split_model_ref(args.ref, settings.mlflow.model_name)
+    found = lineage(settings.mlflow.tracking_uri, name, ref)
+    if args.images:  # the exact images it learnt from, out of the DVC remote
+        with tempfile.TemporaryDirectory(prefix="qcloop-lineage-") as tmp:
+            manifest = materialize(settings, found["dataset_version"], Path(tmp) / "data")
+        found["images"] = [
+            {"file": i.file, "split": i.split, "sha256": i.sha256, "boxes": i.boxes}
+            for i in manifest.images
+        ]
+    print(json.dumps(found, indent=2))
+    return 0
+
+
 def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     from components.registry import alias_history
 
@@ -328,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("quantize", _cmd_quantize, "add a static INT8 variant (head kept float), scored", md)
     p.add_argument("ref", help="version or alias")
     p.add_argument("--calibration", type=int, default=64, help="train images to calibrate on")
+    p = add("lineage", _cmd_lineage, "dataset/code version, pipeline run, params, env", md)
+    p.add_argument("ref", help="NAME@ALIAS, NAME/VERSION, @ALIAS or VERSION")
+    p.add_argument("--images", action="store_true", help="also list the exact images (DVC)")
     add("history", _cmd_history, "every alias move: who, when, why, from which version", md)
     p = add("eval", _cmd_eval, "metrics (JSON) of any ONNX model on a YOLO folder")
     p.add_argument("--model", required=True)

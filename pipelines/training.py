@@ -121,6 +121,7 @@ def training_pipeline(
             epochs=epochs,
             batch=batch,
             seed=seed,
+            pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
         registered.set_caching_options(False)  # a side effect: never skip it
         credentials(registered, secret_name)

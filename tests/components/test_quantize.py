@@ -14,7 +14,7 @@ from components.export import onnx_metadata
 from components.quantize import float_nodes, quantize_int8, quantize_registered
 from components.registry import approve, download_onnx, register_model
 from components.release import build_release
-from qcloop.contracts import EvalMetrics
+from qcloop.contracts import EvalMetrics, ModelRecord
 from qcloop.dataset import import_yolo_folder
 from qcloop.settings import MlflowSettings, Settings, StoreSettings
 from qcloop.storage import sha256_file
@@ -46,10 +46,11 @@ def test_int8_model_runs_with_the_same_interface(
     assert fp.shape == q.shape
 
 
-def test_registered_version_gets_an_int8_variant_and_release(
+@pytest.fixture()
+def registered_on_dvc(
     tmp_path: Path, tiny_dataset: Path, exported_onnx: Path
-) -> None:
-    # given dataset v1 in a DVC workspace and a model registered on it
+) -> tuple[Settings, ModelRecord]:
+    """Dataset v1 in a DVC workspace and a model registered on it."""
     folder = tmp_path / "yolo"
     shutil.copytree(tiny_dataset, folder, ignore=shutil.ignore_patterns("manifest.json"))
     settings = Settings(
@@ -72,7 +73,16 @@ def test_registered_version_gets_an_int8_variant_and_release(
         code_version="t",
         class_names=["scratch"],
         input_size=IMGSZ,
+        pipeline_run="run-42",
     )
+    return settings, record
+
+
+def test_registered_version_gets_an_int8_variant_and_release(
+    tmp_path: Path, registered_on_dvc: tuple[Settings, ModelRecord]
+) -> None:
+    settings, record = registered_on_dvc
+    uri = settings.mlflow.tracking_uri
     # when it is quantised
     quantised = quantize_registered(settings, record.version, calibration=8)
     # then both variants are registered, each with its checked bytes and scores
@@ -83,3 +93,29 @@ def test_registered_version_gets_an_int8_variant_and_release(
     message = build_release(settings, released_by="t", variant="int8")
     assert (message.variant, message.sha256) == ("int8", quantised.int8.sha256)
     assert message.url.endswith("model-int8.onnx")
+
+
+def test_lineage_leads_back_to_the_exact_images(
+    registered_on_dvc: tuple[Settings, ModelRecord],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from pipelines.cli import main
+
+    settings, record = registered_on_dvc
+    shutil.rmtree(settings.workspace / "data")  # only the DVC remote has the images now
+    for name, value in {
+        "QCLOOP_WORKSPACE": settings.workspace,
+        "QCLOOP_STORE__PATH": settings.store.path,
+        "QCLOOP_DVC__REMOTE": settings.dvc.remote,
+        "QCLOOP_MLFLOW__TRACKING_URI": settings.mlflow.tracking_uri,
+        "QCLOOP_MLFLOW__MODEL_NAME": "det",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    assert main(["model", "lineage", f"det/{record.version}", "--images"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert (found["dataset_version"], found["pipeline_run"]) == ("v1", "run-42")
+    assert found["environment"]["ultralytics"] and found["environment"]["python"]
+    assert len(found["images"]) == 12 and all(len(i["sha256"]) == 64 for i in found["images"])
