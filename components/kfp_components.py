@@ -193,6 +193,35 @@ def register(
 
 
 @dsl.component(**_OPTIONS)
+def quantize(
+    onnx_model: Input[Model],
+    dataset: Input[Dataset],
+    imgsz: int,
+    record_json: str,
+    tracking_uri: str,
+    int8_model: Output[Model],
+) -> str:
+    """INT8 variant of the registered model (head kept float), scored and registered beside it."""
+    from pathlib import Path
+
+    from components.evaluate import evaluate_onnx
+    from components.quantize import quantize_int8
+    from components.registry import attach_int8
+    from components.train import load_manifest
+    from qcloop.contracts import ModelRecord
+
+    record = ModelRecord.from_json(record_json)
+    root = Path(dataset.path)
+    train = [root / i.file for i in load_manifest(root).images if i.split == "train"][:64]
+    quantize_int8(Path(onnx_model.path), Path(int8_model.path), train, imgsz=imgsz)
+    metrics = evaluate_onnx(Path(int8_model.path), root, imgsz=imgsz)
+    int8_model.metadata.update({"format": "onnx", "variant": "int8", "imgsz": imgsz})
+    return attach_int8(
+        tracking_uri, record.name, record.version, Path(int8_model.path), metrics
+    ).to_json()
+
+
+@dsl.component(**_OPTIONS)
 def not_registered(reason: str) -> str:
     """The gate said no: say why, register nothing, return an empty record."""
     print(f"[gate] model not registered: {reason}")

@@ -81,6 +81,7 @@ def training_pipeline(
     node_selector: dict = {},  # noqa: B006 - KFP needs a literal default
     tolerations: list = [],  # noqa: B006
     secret_name: str = "qcloop-platform",
+    int8: bool = False,
 ) -> TrainingOutputs:
     """load -> train -> export -> evaluate (+ production on the same split) -> gate -> register."""
     data = steps.load_dataset(version=dataset_version, settings_json=settings_json)
@@ -125,6 +126,16 @@ def training_pipeline(
         )
         registered.set_caching_options(False)  # a side effect: never skip it
         credentials(registered, secret_name)
+        with dsl.If(int8 == True, name="int8"):  # noqa: E712
+            quantized = steps.quantize(
+                onnx_model=onnx_model,
+                dataset=dataset,
+                imgsz=imgsz,
+                record_json=registered.output,
+                tracking_uri=tracking_uri,
+            )
+            quantized.set_caching_options(False)
+            credentials(quantized, secret_name)
     with dsl.Else(name="gate-failed"):
         skipped = steps.not_registered(reason=decided.outputs["reason"])
     return TrainingOutputs(

@@ -97,19 +97,22 @@ def test_run_local_registers_a_model_that_passes_the_gate(
     yolo_env: None, dataset_v1: tuple[Settings, str], tmp_path: Path
 ) -> None:
     settings, version = dataset_v1
-    result = _run(settings, tmp_path, dataset_version=version, min_map50_95=0.0)
+    result = _run(settings, tmp_path, dataset_version=version, min_map50_95=0.0, int8=True)
     assert result["registered"] is True and result["gate_passed"] is True
     record = ModelRecord.model_validate(result["model_record"])
     assert record.metrics == EvalMetrics.model_validate(result["metrics"])
     assert record.metrics.images == 4 and record.input_size == 160
     assert (record.dataset_version, record.code_version) == (version, "test-1")
-    assert get_model_record(f"sqlite:///{tmp_path}/mlflow.db", "detector", "1") == record
+    stored = get_model_record(f"sqlite:///{tmp_path}/mlflow.db", "detector", "1")
+    assert stored.model_copy(update={"int8": None}) == record  # int8 attached after register
     json.dumps(result)  # JSON-ready for the CLI
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     logged = {a.path for a in client.list_artifacts(record.run_id)}
     assert {"model", "report.html"} <= logged  # the ONNX and the visual report
+    int8 = get_model_record(f"sqlite:///{tmp_path}/mlflow.db", "detector", "1").int8
+    assert int8 is not None and int8.size < record.onnx_size  # int8=True added the variant
     # once approved, the next run has a champion to beat, scored on the same test split
     from components.registry import approve
 
