@@ -6,8 +6,12 @@ nor another room. Layers:
 
 - pure: ``inference`` (letterbox, decode, NMS, ``Detector``), ``config``, ``stats``
 - I/O: ``sources`` (hot folder, simulated camera), ``link`` (MQTT),
-  ``release`` (download, verify, load), ``feedback`` (raw-store upload)
+  ``release`` (download, verify signature and sha256, load, smoke-test),
+  ``history`` (last good models), ``spool`` (on-disk store and forward),
+  ``feedback`` (spool -> raw store, with backoff), ``sdnotify`` (systemd), ``fsutil``
 - job: ``agent`` (the loop), ``cli`` (``qcloop-edge``)
+
+``qcloop-edge.service`` is the systemd unit (docs/edge.md).
 """
 
 from edge_agent.agent import Agent
@@ -15,6 +19,7 @@ from edge_agent.config import EdgeConfig, load_config
 from edge_agent.errors import ImageError, ModelError
 from edge_agent.inference import Detector
 from edge_agent.sources import FolderSource, Frame, FrameSource, SimulatedCameraSource
+from edge_agent.spool import Spool
 from edge_agent.stats import AgentStats, DeviceState
 
 __all__ = [
@@ -29,5 +34,6 @@ __all__ = [
     "ImageError",
     "ModelError",
     "SimulatedCameraSource",
+    "Spool",
     "load_config",
 ]

@@ -1,12 +1,17 @@
 """The inspection loop: frames in, detections out, hard frames back to the raw store.
 
     source --frame--> Detector --InferenceResult--> MQTT results
-                          \\--best score < feedback_below--> FeedbackUploader -> raw store
-    MQTT release --> ModelLoader (download, verify, load, smoke-test) --ready--> swap
+                          \\--best score < feedback_below--> spool (disk) --> raw store
+    MQTT release (fleet or device) --> ModelLoader (verify, load, smoke-test) --ready--> swap
 
-The loop itself never waits on the network: releases are loaded and feedback is
+The loop itself never waits on the network: releases are loaded and the spool is
 uploaded by their own threads, and a new model is swapped in between two frames
-only once it is fully loaded.
+only once it is fully loaded. A model that fails ``release.max_model_failures``
+frames in a row is rolled back to the previous one and never installed again.
+At start the agent serves the newest good model on disk (``last-good.json``),
+so it inspects before - or without - the broker. Under systemd it reports
+READY/WATCHDOG/STOPPING (``sdnotify``); every ``state_interval_s`` it publishes
+its retained state (heartbeat).
 """
 
 from __future__ import annotations
@@ -16,16 +21,21 @@ import threading
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from edge_agent.config import EdgeConfig, SourceConfig
 from edge_agent.errors import ImageError, ModelError
 from edge_agent.feedback import FeedbackUploader, build_sidecar
+from edge_agent.history import forget, record_good
 from edge_agent.inference import load_image
 from edge_agent.link import MqttLink
-from edge_agent.release import ModelLoader, ServingModel, load_local, prune_models
+from edge_agent.release import ModelLoader, ServingModel, load_last_good, load_local, release_key
+from edge_agent.sdnotify import Watchdog, notify
 from edge_agent.sources import FolderSource, Frame, FrameSource, SimulatedCameraSource
-from edge_agent.stats import AgentStats, Counters, DeviceState, Status
+from edge_agent.spool import Spool
+from edge_agent.stats import AgentStats, Counters, DeviceState, Status, Throughput, disk_free
 from edge_agent.store import LazyStore
-from qcloop.contracts import InferenceResult, ModelRef, utcnow
+from qcloop.contracts import CaptureReason, Detection, InferenceResult, ModelRef, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +69,16 @@ class Agent:
         self.config = config
         self.source = source if source is not None else make_source(config.source)
         self._counters = Counters()
-        self._store = LazyStore(config.store)
+        self._store = LazyStore(config.store, timeout_s=config.feedback.store_timeout_s)
         self._stop = threading.Event()
         self._serving: ServingModel | None = None
         self._previous: ServingModel | None = None
+        self._failures = 0  # consecutive inference failures of the serving model
         self._status: Status = "starting"
         self._since = utcnow()
         self._initial_model = Path(initial_model) if initial_model else None
+        self._throughput = Throughput()
+        self._spool: Spool | None = None
 
     def __repr__(self) -> str:
         return f"Agent(device_id={self.config.device_id!r}, source={self.source!r})"
@@ -87,14 +100,18 @@ class Agent:
     def run(self, max_frames: int | None = None, timeout_s: float | None = None) -> AgentStats:
         """Inspect frames until ``stop()``, ``max_frames`` inferred or ``timeout_s`` passed.
 
-        A ``--model`` that does not load raises ``ModelError`` before anything starts.
+        A bad ``release.public_key`` or ``--model`` raises before anything starts.
         """
         deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+        key = release_key(self.config)
         initial = load_local(self._initial_model, self.config) if self._initial_model else None
         self.config.model_dir.mkdir(parents=True, exist_ok=True)
-        loader = ModelLoader(self.config, self._store, self._counters)
+        if initial is None:
+            initial = load_last_good(self.config, key, self._counters)
+        self._spool = Spool(self.config.state_dir / "spool", self.config.feedback.spool_max_bytes)
+        loader = ModelLoader(self.config, self._store, self._counters, key)
         link = MqttLink(self.config, on_release=loader.submit)
-        feedback = self._make_uploader()
+        feedback = self._make_uploader(self._spool)
         link.start()
         self._publish_state(link, "starting")
         loader.start()
@@ -104,8 +121,10 @@ class Agent:
                 self._install(initial, loader, link, counted=False)
             else:
                 self._publish_state(link, "waiting_for_model")
+            notify("READY=1")
             self._loop(loader, link, feedback, max_frames, deadline)
         finally:
+            notify("STOPPING=1")
             feedback.close(self.config.feedback.drain_timeout_s)
             loader.close()
             link.close(self._state("offline"))
@@ -113,14 +132,14 @@ class Agent:
         log.info("agent stopped", extra=stats.model_dump(mode="json"))
         return stats
 
-    def _make_uploader(self) -> FeedbackUploader:
+    def _make_uploader(self, spool: Spool) -> FeedbackUploader:
         settings = self.config.feedback
         return FeedbackUploader(
             self._store,
             self._counters,
-            queue_size=settings.queue_size,
-            max_attempts=settings.max_attempts,
-            retry_delay_s=settings.retry_delay_s,
+            spool,
+            backoff_initial_s=settings.backoff_initial_s,
+            backoff_max_s=settings.backoff_max_s,
         )
 
     def _loop(
@@ -131,13 +150,18 @@ class Agent:
         max_frames: int | None,
         deadline: float | None,
     ) -> None:
+        watchdog = Watchdog()
         next_state = time.monotonic() + self.config.state_interval_s
         while not self._stop.is_set():
+            watchdog.tick()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
             if max_frames is not None and self._counters.get("frames_inferred") >= max_frames:
                 break
+            if now >= next_state:
+                self._publish_state(link, self._status)
+                next_state = now + self.config.state_interval_s
             tick = TICK_S if deadline is None else max(0.0, min(TICK_S, deadline - now))
             ready = loader.take_ready()
             if ready is not None:
@@ -147,10 +171,7 @@ class Agent:
                 continue
             frame = self.source.next_frame(tick)
             if frame is not None:
-                self._process(frame, link, feedback)
-            if time.monotonic() >= next_state:
-                self._publish_state(link, self._status)
-                next_state = time.monotonic() + self.config.state_interval_s
+                self._process(frame, loader, link, feedback)
 
     def _install(
         self, model: ServingModel, loader: ModelLoader, link: MqttLink, *, counted: bool
@@ -158,17 +179,52 @@ class Agent:
         """Swap ``model`` in (between two frames: the loop is not inside ``_process``)."""
         if self._serving is not None and self._serving.path != model.path:
             self._previous = self._serving
-        self._serving, self._since = model, utcnow()
+        self._serving, self._since, self._failures = model, utcnow(), 0
         loader.serving(model)
         if counted:
             self._counters.add("swaps")
         log.info("serving model", extra={"model": model.ref.name, "version": model.ref.version})
-        keep = {m.path for m in (self._serving, self._previous) if m is not None}
-        if model.path.parent.resolve() == self.config.model_dir.resolve():
-            prune_models(self.config.model_dir, keep)
+        if model.release is not None:
+            self._remember(model)
         self._publish_state(link, "serving")
 
-    def _process(self, frame: Frame, link: MqttLink, feedback: FeedbackUploader) -> None:
+    def _remember(self, model: ServingModel) -> None:
+        """Record a good model; only the last ``release.keep_models`` stay on disk."""
+        assert model.release is not None
+        try:
+            record_good(
+                self.config.model_dir, model.release, model.path, self.config.release.keep_models
+            )
+        except OSError as exc:
+            log.error("cannot record the last good model", extra={"error": str(exc)})
+            self._counters.add("errors")
+
+    def _rollback(self, loader: ModelLoader, link: MqttLink) -> None:
+        """The serving model keeps failing: back to the previous one, never to this again."""
+        failing = self._serving
+        assert failing is not None
+        loader.reject_model(failing.sha256)
+        if failing.release is not None:
+            forget(self.config.model_dir, failing.path)
+        previous, self._previous = self._previous, None
+        log.error(
+            "model keeps failing, rolling back",
+            extra={
+                "model": failing.ref.name,
+                "version": failing.ref.version,
+                "to": previous.ref.version if previous else None,
+            },
+        )
+        self._counters.add("rollbacks")
+        self._serving = None  # so that the failing model does not become the fallback
+        if previous is None:
+            self._publish_state(link, "waiting_for_model")
+            return
+        self._install(previous, loader, link, counted=True)
+
+    def _process(
+        self, frame: Frame, loader: ModelLoader, link: MqttLink, feedback: FeedbackUploader
+    ) -> None:
         serving = self._serving
         assert serving is not None
         try:
@@ -183,21 +239,15 @@ class Agent:
         except ModelError as exc:  # the file stays where it is, the loop goes on
             self._counters.add("errors")
             log.error("inference failed", extra={"frame": frame.name, "error": str(exc)})
+            self._failures += 1
+            if self._failures >= self.config.release.max_model_failures:
+                self._rollback(loader, link)
             return
+        self._failures = 0
         latency_ms = (time.perf_counter() - started) * 1000.0
-        feedback_key = None
-        best = max((d.score for d in detections), default=0.0)
-        if self.config.feedback.enabled and best < serving.thresholds.feedback_below:
-            sidecar = build_sidecar(
-                frame.data,
-                image,
-                device_id=self.config.device_id,
-                frame_name=frame.name,
-                model=serving.ref,
-                predictions=detections,
-            )
-            feedback.submit(frame.data, sidecar)
-            feedback_key = sidecar.key  # content-addressed: known before the upload ends
+        self._throughput.add(latency_ms)
+        self._counters.add("frames_inferred")
+        feedback_key = self._feedback(frame, image, serving, detections, feedback)
         result = InferenceResult(
             device_id=self.config.device_id,
             image=Path(frame.name).name,
@@ -207,12 +257,47 @@ class Agent:
             feedback_key=feedback_key,
         )
         link.publish_result(result.to_json())
-        self._counters.add("frames_inferred")
         self.source.done(frame)
+
+    def _feedback(
+        self,
+        frame: Frame,
+        image: Image.Image,
+        serving: ServingModel,
+        detections: list[Detection],
+        feedback: FeedbackUploader,
+    ) -> str | None:
+        """Spool the frame if it is hard (or sampled); its raw-store key, known before upload."""
+        settings = self.config.feedback
+        if not settings.enabled:
+            return None
+        best = max((d.score for d in detections), default=0.0)
+        reason: CaptureReason | None = None
+        if best < serving.thresholds.feedback_below:
+            reason = "low_confidence"
+        elif (
+            settings.sample_every
+            and self._counters.get("frames_inferred") % settings.sample_every == 0
+        ):
+            reason = "sampling"
+        if reason is None:
+            return None
+        sidecar = build_sidecar(
+            frame.data,
+            image,
+            device_id=self.config.device_id,
+            frame_name=frame.name,
+            model=serving.ref,
+            predictions=detections,
+            reason=reason,
+        )
+        return sidecar.key if feedback.submit(frame.data, sidecar) else None
 
     def _state(self, status: Status) -> DeviceState:
         if status != self._status:
             self._status, self._since = status, utcnow()
+        fps, p50, p95 = self._throughput.read()
+        spool = self._spool
         return DeviceState(
             status=status,
             device_id=self.config.device_id,
@@ -220,6 +305,13 @@ class Agent:
             model=self.serving_model,
             since=self._since,
             frames=self._counters.get("frames_inferred"),
+            fps=fps,
+            latency_p50_ms=p50,
+            latency_p95_ms=p95,
+            spool_depth=spool.depth() if spool else 0,
+            spool_bytes=spool.size() if spool else 0,
+            disk_free_bytes=disk_free(self.config.state_dir),
+            errors=self._counters.get("errors"),
         )
 
     def _publish_state(self, link: MqttLink, status: Status) -> None:

@@ -4,8 +4,10 @@
     qcloop-edge run --config FILE [--model M.onnx] [--max-frames N] [--timeout S]
                     [--stats-out FILE.json]
     qcloop-edge check-config --config FILE
+    qcloop-edge status --config FILE [--json] [--timeout S]
 
-Exit codes: 0 ok, 1 a bad config, model or image (named on stderr), 2 bad usage.
+Exit codes: 0 ok, 1 a bad config, model or image, no state, broker down (named on
+stderr), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig, load_config
 from edge_agent.errors import ImageError
 from edge_agent.inference import Detector
+from edge_agent.link import read_retained_state
 from edge_agent.logs import json_logging
+from edge_agent.stats import DeviceState
 from qcloop.contracts import Detection
 from qcloop.errors import QcloopError
 
@@ -94,6 +98,54 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the device's retained state (heartbeat) as the broker holds it."""
+    config = _load(args.config)
+    if isinstance(config, int):
+        return config
+    try:
+        state = read_retained_state(config, timeout=args.timeout)
+    except QcloopError as exc:
+        return _fail(str(exc))
+    if state is None:
+        return _fail(
+            f"no retained state for device '{config.device_id}' on {config.mqtt.url} "
+            f"after {args.timeout} s: has the agent ever connected to this broker?"
+        )
+    if args.json:
+        print(state.model_dump_json())
+    else:
+        print_state(state)
+    return 0
+
+
+def print_state(state: DeviceState) -> None:
+    """The state as aligned ``key: value`` lines."""
+    model = f"{state.model.name} {state.model.version}" if state.model else "-"
+    rows = {
+        "device": f"{state.device_id} (fleet {state.fleet})",
+        "status": f"{state.status} since {state.since.isoformat(timespec='seconds')}",
+        "model": model,
+        "frames": str(state.frames),
+        "fps": f"{state.fps:.2f}",
+        "latency p50/p95": f"{_ms(state.latency_p50_ms)} / {_ms(state.latency_p95_ms)}",
+        "spool": f"{state.spool_depth} images, {state.spool_bytes} bytes",
+        "disk free": _size(state.disk_free_bytes),
+        "errors": str(state.errors),
+        "updated": state.updated_at.isoformat(timespec="seconds"),
+    }
+    for key, value in rows.items():
+        print(f"{key + ':':17} {value}")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _size(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**30:.2f} GiB"
+
+
 @contextmanager
 def _stop_on_signals(agent: Agent) -> Iterator[None]:
     """SIGINT/SIGTERM ask the agent to stop cleanly (main thread only)."""
@@ -155,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config, print it (secrets masked)")
     check.add_argument("--config", type=Path, required=True, help="edge TOML file")
     check.set_defaults(func=cmd_check_config)
+
+    status = sub.add_parser("status", help="print the device's retained state from the broker")
+    status.add_argument("--config", type=Path, required=True, help="edge TOML file")
+    status.add_argument("--json", action="store_true", help="the DeviceState JSON")
+    status.add_argument("--timeout", type=float, default=5.0, help="wait this long for it")
+    status.set_defaults(func=cmd_status)
     return parser
 
 

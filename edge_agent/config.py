@@ -55,13 +55,46 @@ class SourceConfig(_Section):
 
 
 class FeedbackConfig(_Section):
-    """Upload of low-confidence frames to the raw store."""
+    """Hard frames back to the raw store, through the on-disk spool (store and forward)."""
 
     enabled: bool = True
-    queue_size: int = Field(default=100, ge=1, description="images waiting; oldest dropped")
-    max_attempts: int = Field(default=3, ge=1, description="tries per image before it is dropped")
-    retry_delay_s: float = Field(default=2.0, ge=0.0)
-    drain_timeout_s: float = Field(default=10.0, ge=0.0, description="wait for uploads at stop")
+    sample_every: int = Field(
+        default=0, ge=0, description="also send every Nth frame (reason 'sampling'); 0: never"
+    )
+    spool_max_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1024, description="spool bound; lowest priority dropped"
+    )
+    backoff_initial_s: float = Field(default=1.0, gt=0.0, description="first retry delay")
+    backoff_max_s: float = Field(default=300.0, gt=0.0, description="longest retry delay")
+    store_timeout_s: float = Field(default=10.0, gt=0.0, description="per S3 request")
+    drain_timeout_s: float = Field(default=10.0, ge=0.0, description="upload time at stop")
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> FeedbackConfig:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("feedback.backoff_max_s must be >= feedback.backoff_initial_s")
+        return self
+
+
+class ReleaseConfig(_Section):
+    """How releases are trusted, kept and rolled back."""
+
+    public_key: Path | None = Field(
+        default=None, description="Ed25519 PEM; when set, unsigned or badly signed releases fail"
+    )
+    keep_models: int = Field(default=3, ge=2, le=50, description="verified models kept on disk")
+    max_payload_bytes: int = Field(default=65536, ge=512, description="larger payloads refused")
+    retry_s: float = Field(default=30.0, gt=0.0, description="retry a failed download after")
+    max_model_failures: int = Field(
+        default=3, ge=1, description="consecutive inference failures before rolling back"
+    )
+
+
+class LinkConfig(_Section):
+    """MQTT reconnection pacing (the broker itself is ``[mqtt]``)."""
+
+    reconnect_min_s: int = Field(default=1, ge=1)
+    reconnect_max_s: int = Field(default=30, ge=1)
 
 
 class EdgeConfig(_Section):
@@ -70,13 +103,26 @@ class EdgeConfig(_Section):
     device_id: str = Field(pattern=NAME_PATTERN)
     fleet: str = Field(default="default", pattern=NAME_PATTERN)
     model_dir: Path = Field(default=Path(".qcloop-edge/models"), description="downloaded models")
+    state_dir: Path = Field(
+        default=Path(".qcloop-edge/state"), description="spool; default: <model_dir>/../state"
+    )
     ort_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
-    state_interval_s: float = Field(default=10.0, gt=0.0, description="state republish period")
+    state_interval_s: float = Field(default=10.0, gt=0.0, description="heartbeat period")
     source: SourceConfig
     thresholds: Thresholds = Thresholds()
     feedback: FeedbackConfig = FeedbackConfig()
+    release: ReleaseConfig = ReleaseConfig()
+    link: LinkConfig = LinkConfig()
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _state_beside_models(cls, data: Any) -> Any:
+        """Without ``state_dir``, the spool lives beside ``model_dir`` (one state folder)."""
+        if isinstance(data, dict) and "state_dir" not in data and "model_dir" in data:
+            return {**data, "state_dir": Path(data["model_dir"]).parent / "state"}
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -1,10 +1,13 @@
-"""Send hard frames back to the raw store, in the background, never blocking inspection.
+"""Send hard frames back to the raw store through the on-disk spool, never blocking inspection.
 
-``build_sidecar`` describes a frame (content address, size, model, predictions);
-``FeedbackUploader`` uploads image + sidecar with ``qcloop.storage.put_raw_image``
-from one worker thread. Uploads are content-addressed, so a retry never makes a
-duplicate. A failed upload is logged, counted and retried a few times from an
-in-memory queue (bounded: the oldest image is dropped when it is full).
+``build_sidecar`` describes a frame (content address, size, model, predictions).
+``FeedbackUploader.submit`` writes image + sidecar into the ``Spool`` (local disk
+only, no network: a few ms; synchronous on purpose, so that a frame the hot folder
+has let go of is already durable) and returns; one worker thread uploads the spool, highest
+priority first, with ``qcloop.storage.put_raw_image``. Keys are content
+addresses, so an upload repeated after a failure or a crash never makes a
+duplicate. A failed upload waits with exponential backoff (reset by a success);
+what is left at stop stays on disk for the next start.
 """
 
 from __future__ import annotations
@@ -12,15 +15,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
 
+from edge_agent.spool import Spool, SpoolEntry, priority_of
 from edge_agent.stats import Counters
 from edge_agent.store import LazyStore
-from qcloop.contracts import Detection, ModelRef, RawImageSidecar
+from qcloop.contracts import CaptureReason, Detection, ModelRef, RawImageSidecar
+from qcloop.errors import QcloopError
 from qcloop.storage import put_raw_image, raw_key, sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -36,8 +39,9 @@ def build_sidecar(
     frame_name: str,
     model: ModelRef | None,
     predictions: list[Detection],
+    reason: CaptureReason = "low_confidence",
 ) -> RawImageSidecar:
-    """The sidecar of a low-confidence frame, keyed by the sha256 of its bytes."""
+    """The sidecar of a frame sent back, keyed by the sha256 of its bytes."""
     fmt = image.format or "JPEG"
     sha = sha256_bytes(data)
     return RawImageSidecar(
@@ -48,128 +52,146 @@ def build_sidecar(
         height=image.height,
         source=device_id,
         device_id=device_id,
-        reason="low_confidence",
+        reason=reason,
         original_name=Path(frame_name).name,
         model=model,
         predictions=predictions,
     )
 
 
-@dataclass(frozen=True)
-class _Item:
-    data: bytes
-    sidecar: RawImageSidecar
-    attempts: int = 0
-    not_before: float = 0.0
+class Backoff:
+    """Exponential delays: ``initial``, 2x, 4x ... up to ``maximum``; ``reset`` on success."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial, self.maximum = initial, maximum
+        self._failures = 0
+
+    def failed(self) -> float:
+        """Record a failure; the delay before the next try."""
+        self._failures += 1
+        return float(min(self.initial * 2 ** (self._failures - 1), self.maximum))
+
+    def reset(self) -> None:
+        """A success: the next failure starts from ``initial`` again."""
+        self._failures = 0
 
 
 class FeedbackUploader:
-    """One worker thread uploading queued images; ``submit`` never blocks nor raises."""
+    """Spool on ``submit`` (never raises), upload from one worker thread."""
 
     def __init__(
         self,
         store: LazyStore,
         counters: Counters,
+        spool: Spool,
         *,
-        queue_size: int = 100,
-        max_attempts: int = 3,
-        retry_delay_s: float = 2.0,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 300.0,
     ) -> None:
         self._store = store
         self._counters = counters
-        self._max_attempts = max_attempts
-        self._retry_delay_s = retry_delay_s
-        self._queue: deque[_Item] = deque()
-        self._queue_size = queue_size
-        self._cond = threading.Condition()
-        self._draining = False
+        self.spool = spool
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
+        self._wake = threading.Condition()
         self._stopped = False
-        self._busy = False
+        self._deadline: float | None = None  # set by close(): drain until then
         self._thread = threading.Thread(target=self._work, name="qcloop-feedback", daemon=True)
 
     def start(self) -> None:
-        """Start the worker."""
+        """Start the worker (it resumes what a previous run left in the spool)."""
         self._thread.start()
 
-    def submit(self, data: bytes, sidecar: RawImageSidecar) -> None:
-        """Queue an image for upload."""
-        with self._cond:
-            if len(self._queue) >= self._queue_size:
-                dropped = self._queue.popleft()
-                log.error("feedback queue full, image dropped", extra={"key": dropped.sidecar.key})
-                self._counters.add("errors")
-            self._queue.append(_Item(data, sidecar))
-            self._cond.notify()
+    def submit(self, data: bytes, sidecar: RawImageSidecar) -> bool:
+        """Spool an image for upload; False if it was dropped (spool full, disk error)."""
+        try:
+            dropped = self.spool.put(data, sidecar, priority_of(sidecar))
+        except OSError as exc:
+            log.error("cannot spool feedback image", extra={"key": sidecar.key, "error": str(exc)})
+            self._counters.add("errors")
+            return False
+        for entry in dropped:
+            log.warning("spool full, feedback image dropped", extra={"sha256": entry.sha256})
+        self._counters.add("feedback_dropped", len(dropped))
+        kept = all(e.sha256 != sidecar.sha256 for e in dropped)
+        if kept:
+            self._counters.add("feedback_spooled")
+            with self._wake:
+                self._wake.notify()
+        return kept
 
     def pending(self) -> int:
-        """Images queued or being uploaded."""
-        with self._cond:
-            return len(self._queue) + int(self._busy)
+        """Images in the spool."""
+        return self.spool.depth()
 
     def close(self, timeout: float) -> int:
-        """Retry what is queued for up to ``timeout`` s, then stop; returns images left."""
-        with self._cond:
-            self._draining = True
-            self._cond.notify()
+        """Upload for up to ``timeout`` s, then stop; returns images left in the spool."""
+        with self._wake:
+            self._deadline = time.monotonic() + timeout
+            self._wake.notify()
         if self._thread.is_alive():
-            self._thread.join(timeout)
-        with self._cond:
+            self._thread.join(timeout + 0.5)
+        with self._wake:
             self._stopped = True
-            left = len(self._queue) + int(self._busy)
-            self._queue.clear()
-            self._cond.notify()
-        if left:  # dropped: the spool that keeps them across restarts comes later
-            log.error("feedback images not uploaded at stop", extra={"count": left})
-            self._counters.add("errors", left)
+            self._wake.notify()
+        left = self.spool.depth()
+        if left:
+            log.warning(
+                "feedback images left in the spool for the next start", extra={"count": left}
+            )
         return left
 
-    def _next(self) -> _Item | None:
-        with self._cond:
-            while not self._stopped:
-                now = time.monotonic()
-                ready = [i for i in self._queue if self._draining or i.not_before <= now]
-                if ready:
-                    self._queue.remove(ready[0])
-                    self._busy = True
-                    return ready[0]
-                if self._draining and not self._queue:
-                    return None
-                waits = [i.not_before - now for i in self._queue]
-                self._cond.wait(timeout=min(waits, default=None))
-            return None
+    def _sleep(self, seconds: float) -> bool:
+        """Wait (woken early by submit/close); False once it is time to stop."""
+        with self._wake:
+            if self._over():
+                return False
+            limit = (
+                seconds
+                if self._deadline is None
+                else min(seconds, self._deadline - time.monotonic())
+            )
+            self._wake.wait(max(limit, 0.0))
+            return not self._over()
+
+    def _over(self) -> bool:
+        if self._stopped:
+            return True
+        if self._deadline is None:
+            return False
+        return time.monotonic() >= self._deadline or self.spool.depth() == 0
 
     def _work(self) -> None:
-        while (item := self._next()) is not None:
-            try:
-                self._upload(item)
-            finally:
-                with self._cond:
-                    self._busy = False
+        while not self._over():
+            entry = self.spool.next()
+            if entry is None:
+                if not self._sleep(1.0):
+                    return
+                continue
+            delay = self._upload(entry)
+            if delay and not self._sleep(delay):
+                return
 
-    def _upload(self, item: _Item) -> None:
+    def _upload(self, entry: SpoolEntry) -> float:
+        """Upload one entry; the backoff delay after a failure, else 0."""
         try:
-            put_raw_image(self._store.get(), item.data, item.sidecar)
-        except Exception as exc:  # any store failure: inspection goes on
-            if not self._stopped:  # after stop, close() has counted it already
-                self._failed(item, exc)
-            return
-        if not self._stopped:
-            self._counters.add("feedback_images")
-        log.info("feedback image uploaded", extra={"key": item.sidecar.key})
-
-    def _failed(self, item: _Item, exc: Exception) -> None:
-        self._counters.add("errors")
-        attempts = item.attempts + 1
-        log.error(
-            "feedback upload failed",
-            extra={"key": item.sidecar.key, "attempt": attempts, "error": str(exc)},
-        )
-        if attempts >= self._max_attempts:
-            log.error("feedback image dropped after retries", extra={"key": item.sidecar.key})
-            return
-        delay = self._retry_delay_s * 2 ** (attempts - 1)
-        with self._cond:
-            if not self._stopped:
-                self._queue.append(
-                    replace(item, attempts=attempts, not_before=time.monotonic() + delay)
-                )
+            data, sidecar = self.spool.read(entry)
+        except (QcloopError, OSError) as exc:
+            self._counters.add("errors")
+            self.spool.quarantine(entry, str(exc))
+            return 0.0
+        try:
+            put_raw_image(self._store.get(), data, sidecar)
+        except Exception as exc:  # any store failure: keep the entry, back off, inspection goes on
+            self._counters.add("errors")
+            self._store.reset()
+            delay = self._backoff.failed()
+            log.error(
+                "feedback upload failed, retrying",
+                extra={"key": sidecar.key, "retry_in_s": delay, "error": str(exc)},
+            )
+            return delay
+        self.spool.remove(entry)
+        self._backoff.reset()
+        self._counters.add("feedback_images")
+        log.info("feedback image uploaded", extra={"key": sidecar.key})
+        return 0.0

@@ -3,12 +3,15 @@
 paho's network thread runs in the background (``loop_start``) and reconnects by
 itself; the release subscription is renewed on every connect, so the retained
 release arrives again after a broker restart. If the broker is down at start the
-agent still starts (a ``--model`` keeps inspecting) and connects when it can.
+agent still starts (a ``--model`` or the last good model keeps inspecting) and
+connects when it can. Two release topics are followed: the fleet's and the
+device's own override; the loader decides which one applies.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +19,15 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.config import EdgeConfig
 from edge_agent.stats import DeviceState
-from qcloop.errors import BrokerUnavailable
-from qcloop.mqtt import connect, make_client, release_topic, results_topic, state_topic
+from qcloop.errors import BrokerUnavailable, ContractError
+from qcloop.mqtt import (
+    connect,
+    device_release_topic,
+    make_client,
+    release_topic,
+    results_topic,
+    state_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +37,20 @@ MAX_QUEUED = 1000  # results held while the broker is away; older ones are dropp
 class MqttLink:
     """Subscribes to the fleet's release topic and publishes this device's messages."""
 
-    def __init__(self, config: EdgeConfig, on_release: Callable[[bytes], None]) -> None:
+    def __init__(self, config: EdgeConfig, on_release: Callable[[bytes, str], None]) -> None:
         self._settings = config.mqtt
         self.device_id = config.device_id
         self.release_topic = release_topic(config.fleet)
+        self.device_release_topic = device_release_topic(config.device_id)
         self.results_topic = results_topic(config.device_id)
         self.state_topic = state_topic(config.device_id)
         self._on_release = on_release
         self._client = make_client(config.mqtt, client_id=f"qcloop-edge-{config.device_id}")
         offline = DeviceState(status="offline", device_id=config.device_id, fleet=config.fleet)
         self._client.will_set(self.state_topic, offline.model_dump_json(), qos=1, retain=True)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.reconnect_delay_set(
+            min_delay=config.link.reconnect_min_s, max_delay=config.link.reconnect_max_s
+        )
         self._client.max_queued_messages_set(MAX_QUEUED)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -59,7 +72,7 @@ class MqttLink:
         self._client.publish(self.results_topic, payload, qos=1)
 
     def publish_state(self, state: DeviceState) -> mqtt.MQTTMessageInfo:
-        """The retained device state."""
+        """The retained device state (the heartbeat)."""
         return self._client.publish(self.state_topic, state.model_dump_json(), qos=1, retain=True)
 
     def close(self, final_state: DeviceState, timeout: float = 3.0) -> None:
@@ -77,12 +90,12 @@ class MqttLink:
         if reason.is_failure:
             log.error("MQTT connection refused", extra={"reason": str(reason)})
             return
-        client.subscribe(self.release_topic, qos=1)
+        client.subscribe([(self.release_topic, 1), (self.device_release_topic, 1)])
         log.info(
             "MQTT connected",
             extra={
                 "broker": f"{self._settings.host}:{self._settings.port}",
-                "topic": self.release_topic,
+                "topics": [self.release_topic, self.device_release_topic],
             },
         )
 
@@ -92,4 +105,38 @@ class MqttLink:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self.release_topic:
-            self._on_release(bytes(message.payload))
+            self._on_release(bytes(message.payload), "fleet")
+        elif message.topic == self.device_release_topic:
+            self._on_release(bytes(message.payload), "device")
+
+
+def read_retained_state(config: EdgeConfig, timeout: float = 5.0) -> DeviceState | None:
+    """The device's retained state as the broker holds it (None if none within ``timeout``).
+
+    ``BrokerUnavailable`` if the broker cannot be reached; ``ContractError`` if the
+    retained payload is not a ``DeviceState``.
+    """
+    topic = state_topic(config.device_id)
+    got: list[bytes] = []
+    done = threading.Event()
+    client = make_client(config.mqtt, client_id=f"qcloop-edge-status-{config.device_id}")
+
+    def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        got.append(bytes(message.payload))
+        done.set()
+
+    client.on_message = on_message
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    connect(client, config.mqtt)
+    client.loop_start()
+    try:
+        done.wait(timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if not got or not got[0]:
+        return None
+    try:
+        return DeviceState.model_validate_json(got[0])
+    except ValueError as exc:
+        raise ContractError(f"{topic}: not a device state: {exc}") from None

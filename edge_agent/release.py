@@ -1,10 +1,14 @@
 """From a release message to a loaded, verified model, off the inspection thread.
 
-``ModelLoader`` takes raw release payloads (from MQTT), validates them, downloads
-the ONNX into ``model_dir``, checks size and sha256, loads a new ``Detector``
-and smoke-tests it. Only then is it offered to the loop (``take_ready``), which
-swaps between two frames. Anything wrong is logged and counted, and the model
-being served stays.
+``ModelLoader`` takes raw release payloads from two topics: the fleet's and this
+device's own (``qcloop/devices/<id>/release``), which wins while a message is
+retained there (an empty retained message removes it, and the fleet's release
+applies again). A payload is refused - logged, counted, the served model stays -
+when it is too large, not a valid ``ReleaseMessage``, for another fleet, unsigned
+or badly signed while ``release.public_key`` is set, or when its model does not
+download, verify (size, sha256), load or pass the smoke test. Only a model that
+passed all of this is offered to the loop (``take_ready``), which swaps it in
+between two frames.
 """
 
 from __future__ import annotations
@@ -16,30 +20,39 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edge_agent.config import EdgeConfig
+from edge_agent.history import read_history
 from edge_agent.inference import Detector
 from edge_agent.stats import Counters
 from edge_agent.store import LazyStore
 from qcloop.contracts import ModelRef, ReleaseMessage, Thresholds
 from qcloop.errors import ContractError, IntegrityError, QcloopError, StoreError
+from qcloop.signing import load_public_key, verify_release
 from qcloop.storage import download_url, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_RETRY_S = 30.0  # a release whose download failed is tried again after this
+Origin = Literal["fleet", "device"]
+_RECHECK = "recheck"
+
+__all__ = ["ModelLoader", "ServingModel", "load_last_good", "load_local", "load_release"]
 
 
 @dataclass(frozen=True)
 class ServingModel:
-    """A model ready to serve: its detector, name/version, thresholds and file."""
+    """A model ready to serve: its detector, name/version, thresholds, file and release."""
 
     detector: Detector
     ref: ModelRef
     thresholds: Thresholds
     sha256: str
     path: Path
+    release: ReleaseMessage | None = None
 
 
 def release_thresholds(defaults: Thresholds, release: ReleaseMessage) -> Thresholds:
@@ -88,9 +101,8 @@ def fetch_model(release: ReleaseMessage, model_dir: Path, store: LazyStore) -> P
     return final
 
 
-def load_release(release: ReleaseMessage, config: EdgeConfig, store: LazyStore) -> ServingModel:
-    """Fetch, verify, load and smoke-test the released model."""
-    path = fetch_model(release, config.model_dir, store)
+def open_model(release: ReleaseMessage, path: Path, config: EdgeConfig) -> ServingModel:
+    """Load the verified file of ``release`` and smoke-test it (``ModelError`` if it fails)."""
     thresholds = release_thresholds(config.thresholds, release)
     detector = Detector(
         path,
@@ -101,7 +113,17 @@ def load_release(release: ReleaseMessage, config: EdgeConfig, store: LazyStore) 
         threads=config.ort_threads,
     )
     detector.warmup()
-    return ServingModel(detector, release.model, thresholds, release.sha256, path)
+    return ServingModel(detector, release.model, thresholds, release.sha256, path, release)
+
+
+def load_release(release: ReleaseMessage, config: EdgeConfig, store: LazyStore) -> ServingModel:
+    """Fetch, verify, load and smoke-test the released model; a file that fails is deleted."""
+    path = fetch_model(release, config.model_dir, store)
+    try:
+        return open_model(release, path, config)
+    except QcloopError:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def load_local(path: Path, config: EdgeConfig) -> ServingModel:
@@ -117,40 +139,73 @@ def load_local(path: Path, config: EdgeConfig) -> ServingModel:
     return ServingModel(detector, ref, config.thresholds, sha256_file(path), path)
 
 
-def prune_models(model_dir: Path, keep: set[Path]) -> None:
-    """Delete downloaded models other than ``keep`` (the current and the previous one)."""
-    for path in model_dir.glob("*.onnx"):
-        if path.resolve() not in {k.resolve() for k in keep}:
-            path.unlink(missing_ok=True)
+def release_key(config: EdgeConfig) -> Ed25519PublicKey | None:
+    """The release verification key, if configured (``ConfigError`` naming the file)."""
+    path = config.release.public_key
+    return load_public_key(path) if path is not None else None
+
+
+def load_last_good(
+    config: EdgeConfig, key: Ed25519PublicKey | None, counters: Counters
+) -> ServingModel | None:
+    """The newest good model on disk that still verifies and loads, if any."""
+    for entry in read_history(config.model_dir):
+        path = config.model_dir / entry.file
+        try:
+            if key is not None:
+                verify_release(entry.release, key)
+            verify_file(path, entry.release.size, entry.release.sha256)
+            model = open_model(entry.release, path, config)
+        except (QcloopError, OSError) as exc:
+            log.error("last good model unusable, trying an older one", extra=_failed(entry, exc))
+            counters.add("errors")
+            continue
+        log.info("starting with the last good model", extra=_describe(entry.release))
+        return model
+    return None
 
 
 class ModelLoader:
     """Background thread turning release payloads into ``ServingModel``s."""
 
-    def __init__(self, config: EdgeConfig, store: LazyStore, counters: Counters) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        store: LazyStore,
+        counters: Counters,
+        key: Ed25519PublicKey | None = None,
+    ) -> None:
         self._config = config
         self._store = store
         self._counters = counters
-        self._inbox: queue.Queue[bytes | None] = queue.Queue()
+        self._key = key
+        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._ready: ServingModel | None = None
         self._ready_event = threading.Event()
         self._current: tuple[ModelRef, str] | None = None
+        self._latest: dict[str, bytes | None] = {"fleet": None, "device": None}
         self._refused: set[str] = set()  # sha256 of payloads refused for good
+        self._bad_models: set[str] = set()  # sha256 of models that failed while serving
         self._thread = threading.Thread(target=self._work, name="qcloop-loader", daemon=True)
 
     def start(self) -> None:
         """Start the worker."""
         self._thread.start()
 
-    def submit(self, payload: bytes) -> None:
+    def submit(self, payload: bytes, origin: Origin = "fleet") -> None:
         """A release payload arrived (called from the MQTT thread: returns at once)."""
-        self._inbox.put(payload)
+        self._inbox.put((origin, payload))
 
     def serving(self, model: ServingModel) -> None:
         """The loop now serves ``model``: the same release again is not reloaded."""
         with self._lock:
             self._current = (model.ref, model.sha256)
+
+    def reject_model(self, sha256: str) -> None:
+        """This model failed while serving: never install it again."""
+        with self._lock:
+            self._bad_models.add(sha256)
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until a model is ready to swap in."""
@@ -170,34 +225,63 @@ class ModelLoader:
             self._thread.join(timeout)
 
     def _work(self) -> None:
-        while (payload := self._inbox.get()) is not None:
+        while (item := self._inbox.get()) is not None:
+            origin, payload = item
             try:
-                self._handle(payload)
+                if origin != _RECHECK:
+                    self._latest[origin] = payload or None  # empty retained = removed
+                self._handle()
             except Exception:  # a bug must not kill the loader: log it and go on
                 log.exception("release handling failed")
                 self._counters.add("errors")
 
-    def _handle(self, payload: bytes) -> None:
+    def _effective(self) -> tuple[str, bytes] | None:
+        for origin in ("device", "fleet"):  # a device's own release wins while present
+            payload = self._latest[origin]
+            if payload is not None:
+                return origin, payload
+        return None
+
+    def _handle(self) -> None:
+        chosen = self._effective()
+        if chosen is None:
+            return None
+        origin, payload = chosen
         digest = sha256_bytes(payload)
         with self._lock:
             if digest in self._refused:  # the same payload again (a reconnect): no new download
                 return None
+        limit = self._config.release.max_payload_bytes
+        if len(payload) > limit:
+            error = ContractError(f"{origin} release payload of {len(payload)} bytes > {limit}")
+            return self._refuse(digest, "oversized release ignored", error)
         try:
-            release = ReleaseMessage.from_json(payload, source="release message")
+            release = ReleaseMessage.from_json(payload, source=f"{origin} release message")
         except QcloopError as exc:
             return self._refuse(digest, "invalid release ignored, keeping the current model", exc)
-        with self._lock:
-            if self._current == (release.model, release.sha256):
-                return None
         if release.fleet != self._config.fleet:
             error = ContractError(f"release is for fleet '{release.fleet}'")
             return self._refuse(digest, "release for another fleet ignored", error)
-        log.info("release received", extra=_describe(release))
+        if self._key is not None:
+            try:
+                verify_release(release, self._key)
+            except IntegrityError as exc:
+                return self._refuse(digest, "untrusted release refused, keeping the model", exc)
+        with self._lock:
+            if self._current == (release.model, release.sha256):
+                return None
+            if release.sha256 in self._bad_models:
+                error = IntegrityError(f"model {release.sha256[:12]} failed while serving")
+                return self._refuse(digest, "release of a rolled-back model ignored", error)
+        return self._install(release, payload, digest, origin)
+
+    def _install(self, release: ReleaseMessage, payload: bytes, digest: str, origin: str) -> None:
+        log.info("release received", extra={**_describe(release), "origin": origin})
         try:
             model = load_release(release, self._config, self._store)
         except StoreError as exc:  # maybe transient: try again later
             self._refuse(None, "release download failed, keeping the current model", exc)
-            self._retry_later(payload)
+            self._retry_later()
             return None
         except QcloopError as exc:
             return self._refuse(digest, "release refused, keeping the current model", exc)
@@ -210,15 +294,21 @@ class ModelLoader:
     def _refuse(self, digest: str | None, message: str, exc: Exception) -> None:
         log.error(message, extra={"error_type": type(exc).__name__, "error": str(exc)})
         self._counters.add("errors")
-        if digest is not None:
+        if digest is not None:  # refused for good (a failed download is retried instead)
+            self._counters.add("releases_refused")
             with self._lock:
                 self._refused.add(digest)
 
-    def _retry_later(self, payload: bytes) -> None:
-        timer = threading.Timer(DOWNLOAD_RETRY_S, self.submit, args=(payload,))
+    def _retry_later(self) -> None:
+        timer = threading.Timer(self._config.release.retry_s, self._inbox.put, ((_RECHECK, b""),))
         timer.daemon = True
         timer.start()
 
 
 def _describe(release: ReleaseMessage) -> dict[str, str]:
-    return {"model": release.model.name, "version": release.model.version, "url": release.url}
+    ref, variant = release.model, release.variant
+    return {"model": ref.name, "version": ref.version, "variant": variant, "url": release.url}
+
+
+def _failed(entry: object, exc: Exception) -> dict[str, str]:
+    return {"entry": str(getattr(entry, "file", entry)), "error": f"{type(exc).__name__}: {exc}"}

@@ -1,9 +1,13 @@
-"""What the agent reports: run statistics (``AgentStats``) and its retained state."""
+"""What the agent reports: run statistics (``AgentStats``) and its retained state (heartbeat)."""
 
 from __future__ import annotations
 
+import shutil
 import threading
+import time
+from collections import deque
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,6 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from qcloop.contracts import ModelRef, utcnow
 
 Status = Literal["starting", "waiting_for_model", "serving", "offline"]
+COUNTERS = (
+    "frames_inferred",
+    "feedback_images",
+    "feedback_spooled",
+    "feedback_dropped",
+    "swaps",
+    "rollbacks",
+    "releases_refused",
+    "errors",
+)
 
 
 class AgentStats(BaseModel):
@@ -20,13 +34,17 @@ class AgentStats(BaseModel):
 
     frames_inferred: int = 0
     feedback_images: int = Field(default=0, description="images uploaded to the raw store")
+    feedback_spooled: int = Field(default=0, description="images written to the spool")
+    feedback_dropped: int = Field(default=0, description="spool full: lowest priority dropped")
     serving_model: ModelRef | None = None
     swaps: int = Field(default=0, description="models switched to (the first release counts)")
+    rollbacks: int = Field(default=0, description="back to the previous model after failures")
+    releases_refused: int = Field(default=0, description="invalid, untrusted or broken releases")
     errors: int = Field(default=0, description="refused releases, bad files, failed uploads")
 
 
 class DeviceState(BaseModel):
-    """Retained on ``qcloop/devices/<id>/state``; ``offline`` also comes as the last will."""
+    """Retained on ``qcloop/devices/<id>/state`` every heartbeat; ``offline`` is the last will."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -36,6 +54,13 @@ class DeviceState(BaseModel):
     model: ModelRef | None = None
     since: datetime = Field(default_factory=utcnow, description="when this status began")
     frames: int = 0
+    fps: float = Field(default=0.0, description="frames per second over the last heartbeat")
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    spool_depth: int = Field(default=0, description="feedback images waiting for upload")
+    spool_bytes: int = 0
+    disk_free_bytes: int | None = Field(default=None, description="free space of the state dir")
+    errors: int = 0
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -44,7 +69,7 @@ class Counters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values = {"frames_inferred": 0, "feedback_images": 0, "swaps": 0, "errors": 0}
+        self._values = dict.fromkeys(COUNTERS, 0)
 
     def add(self, name: str, amount: int = 1) -> None:
         """Increase one counter."""
@@ -60,3 +85,42 @@ class Counters:
         """Frozen totals."""
         with self._lock:
             return AgentStats(serving_model=serving_model, **self._values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil without floats drifting
+    return ordered[int(rank) - 1]
+
+
+class Throughput:
+    """Latencies of the last ``size`` frames and frames per second between two reads."""
+
+    def __init__(self, size: int = 500) -> None:
+        self._latencies: deque[float] = deque(maxlen=size)
+        self._frames = 0
+        self._since = time.monotonic()
+
+    def add(self, latency_ms: float) -> None:
+        """One inferred frame (loop thread only)."""
+        self._latencies.append(latency_ms)
+        self._frames += 1
+
+    def read(self) -> tuple[float, float | None, float | None]:
+        """(fps since the previous read, p50, p95 in ms); resets the fps window."""
+        now = time.monotonic()
+        fps = self._frames / max(now - self._since, 1e-9)
+        self._frames, self._since = 0, now
+        values = list(self._latencies)
+        if not values:
+            return round(fps, 3), None, None
+        return round(fps, 3), round(percentile(values, 50), 3), round(percentile(values, 95), 3)
+
+
+def disk_free(path: Path) -> int | None:
+    """Free bytes on the file system of ``path`` (None if it cannot be read)."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None

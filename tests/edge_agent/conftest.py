@@ -1,15 +1,20 @@
-"""Fixtures of the edge agent tests: real ONNX models, real images, an MQTT listener."""
+"""Fixtures of the edge agent tests: real ONNX models, real images, an MQTT listener, and
+per-test mosquitto / moto processes that fault tests kill and restart."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from qcloop.settings import StoreSettings
+from tests.conftest import free_port, wait_port
 from tests.edge_agent.edge_helpers import Listener
 
 
@@ -60,3 +65,83 @@ def listen(mqtt_url: str) -> Iterator[Callable[[str], Listener]]:
     yield _listen
     for listener in listeners:
         listener.close()
+
+
+class Service:
+    """A real server process on a fixed loopback port that a test can kill -9 and restart."""
+
+    def __init__(self, name: str, command: list[str]) -> None:
+        self.name = name
+        self.command = command
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, port: int) -> None:
+        """Start it and wait until it listens."""
+        self.proc = subprocess.Popen(
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_port(port)
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye (a crash or a pulled cable)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+class MosquittoProcess(Service):
+    """Own mosquitto (not the session broker): ``url`` stays the same across restarts."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        conf = folder / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        )
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not os.path.exists(exe):
+            pytest.fail("mosquitto is not installed: apt-get install -y mosquitto")
+        super().__init__("mosquitto", [exe, "-c", str(conf)])
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        """Start (again) on the same port."""
+        self.start(self.port)
+
+
+class MotoProcess(Service):
+    """Own S3 endpoint (moto's server process); its objects are lost when it is killed."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        exe = Path(sys.executable).with_name("moto_server")
+        super().__init__("moto", [str(exe), "-H", "127.0.0.1", "-p", str(self.port)])
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        """Start (again) on the same port."""
+        self.start(self.port)
+
+    def settings(self, bucket: str) -> StoreSettings:
+        """Store settings of a bucket on this endpoint."""
+        return StoreSettings(
+            kind="s3", endpoint=self.endpoint, bucket=bucket, access_key="k", secret_key="s"
+        )
+
+
+@pytest.fixture()
+def own_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """A mosquitto of this test only, started; killed at the end."""
+    broker = MosquittoProcess(tmp_path)
+    broker.up()
+    yield broker
+    broker.kill()
+
+
+@pytest.fixture()
+def own_s3() -> Iterator[MotoProcess]:
+    """A moto S3 server of this test only, NOT started (the test decides); killed at the end."""
+    server = MotoProcess()
+    yield server
+    server.kill()

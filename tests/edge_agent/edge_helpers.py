@@ -84,9 +84,11 @@ def make_config(
         "device_id": device_id,
         "fleet": device_id + "-fleet",
         "model_dir": tmp_path / "models",
+        "state_dir": tmp_path / "state",
         "state_interval_s": 0.5,
         "source": {"kind": "folder", "path": tmp_path / "inbox", "poll_interval_s": 0.05},
-        "feedback": {"retry_delay_s": 0.1, "drain_timeout_s": 5.0},
+        "feedback": {"backoff_initial_s": 0.1, "backoff_max_s": 0.5, "drain_timeout_s": 5.0},
+        "link": {"reconnect_min_s": 1, "reconnect_max_s": 1},
         "mqtt": {"url": mqtt_url},
         "store": store,
     }
@@ -135,3 +137,73 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str =
             return
         time.sleep(0.02)
     pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
+
+
+def make_flaky_model(path: Path, imgsz: int = 320, classes: int = 80) -> Path:
+    """An ONNX that passes the smoke test (blank grey input) but fails on any real frame.
+
+    It gathers element ``round(1000 * (mean - 114/255))`` of a one-element vector: index 0
+    for the blank smoke-test input, out of bounds (an onnxruntime error) for a real frame.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    channels = 4 + classes
+    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, imgsz, imgsz])
+    out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, channels, 10])
+    inits = [
+        numpy_helper.from_array(np.zeros((1, channels, 10), np.float32), "const"),
+        numpy_helper.from_array(np.array(114 / 255, np.float32), "blank"),
+        numpy_helper.from_array(np.array(1000.0, np.float32), "scale"),
+        numpy_helper.from_array(np.array([0.0], np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
+        helper.make_node("Sub", ["mean", "blank"], ["delta"]),
+        helper.make_node("Mul", ["delta", "scale"], ["scaled"]),
+        helper.make_node("Round", ["scaled"], ["rounded"]),
+        helper.make_node("Cast", ["rounded"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["one", "index"], ["picked"], axis=0),
+        helper.make_node("Add", ["const", "picked"], ["output0"]),
+    ]
+    graph = helper.make_graph(nodes, "flaky", [image], [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    return path
+
+
+def signed(release: ReleaseMessage, key_file: Path) -> ReleaseMessage:
+    """``release`` signed with the private key in ``key_file``."""
+    from qcloop.signing import load_private_key, sign_release
+
+    return sign_release(release, load_private_key(key_file))
+
+
+def write_toml(
+    tmp_path: Path,
+    device: str,
+    mqtt_url: str = "mqtt://127.0.0.1:1883",
+    *,
+    source: str = 'kind = "simulated"',
+    store: StoreSettings | None = None,
+    top: str = "",
+    sections: str = "",
+) -> Path:
+    """``tmp_path/edge.toml`` for the CLI: fleet ``<device>-fleet``, state under ``tmp_path``.
+
+    ``top`` adds top-level lines, ``sections`` whole sections; the store is a local
+    folder unless an S3 ``store`` is given.
+    """
+    if store is not None and store.kind == "s3":
+        where = f'kind = "s3"\nendpoint = "{store.endpoint}"\nbucket = "{store.bucket}"\n'
+        where += 'access_key = "k"\nsecret_key = "s"'
+    else:
+        where = f'kind = "local"\npath = "{store.path if store else tmp_path / "store"}"'
+    path = tmp_path / "edge.toml"
+    path.write_text(
+        f'device_id = "{device}"\nfleet = "{device}-fleet"\n{top}\n'
+        f'model_dir = "{tmp_path / "models"}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[source]\n{source}\n[mqtt]\nurl = "{mqtt_url}"\n[store]\n{where}\n{sections}\n'
+    )
+    return path

@@ -28,6 +28,7 @@ from tests.edge_agent.edge_helpers import (
     publish,
     release_for,
     wait_until,
+    write_toml,
 )
 
 pytestmark = pytest.mark.integration
@@ -231,18 +232,6 @@ def test_without_a_model_frames_wait(mqtt_url: str, tag_images: list[Path], tmp_
     assert (tmp_path / "inbox" / tag_images[0].name).is_file()  # not consumed
 
 
-def write_config(tmp_path: Path, mqtt_url: str, device: str, source: str) -> Path:
-    path = tmp_path / "edge.toml"
-    path.write_text(
-        f'device_id = "{device}"\nfleet = "{device}-fleet"\n'
-        f'model_dir = "{tmp_path / "models"}"\n'
-        f"[source]\n{source}\n"
-        f'[mqtt]\nurl = "{mqtt_url}"\n'
-        f'[store]\nkind = "local"\npath = "{tmp_path / "store"}"\n'
-    )
-    return path
-
-
 def test_cli_run_prints_and_writes_the_stats(
     mqtt_url: str,
     yolo_onnx: Path,
@@ -252,7 +241,7 @@ def test_cli_run_prints_and_writes_the_stats(
 ) -> None:
     # given a config file, a retained release and two frames
     source = f'kind = "folder"\npath = "{tmp_path / "inbox"}"\npoll_interval_s = 0.05'
-    config = write_config(tmp_path, mqtt_url, "cam-cli", source)
+    config = write_toml(tmp_path, "cam-cli", mqtt_url, source=source)
     publish(mqtt_url, "cam-cli-fleet", release_for(yolo_onnx, "cam-cli-fleet").to_json())
     (tmp_path / "inbox").mkdir()
     for image in tag_images[:2]:
@@ -272,7 +261,8 @@ def test_sigterm_stops_the_agent_cleanly(
     mqtt_url: str, yolo_onnx: Path, tmp_path: Path, listen: Callable[[str], Listener]
 ) -> None:
     # given the agent as a process on the simulated camera with a local model
-    config = write_config(tmp_path, mqtt_url, "cam-term", 'kind = "simulated"\ninterval_s = 0.1')
+    source = 'kind = "simulated"\ninterval_s = 0.1'
+    config = write_toml(tmp_path, "cam-term", mqtt_url, source=source)
     listener = listen(results_topic("cam-term"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "edge_agent", "run", "--config", str(config)]

@@ -143,3 +143,9 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run"]) == 2
     assert main(["frobnicate"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_state_dir_defaults_beside_model_dir(tmp_path: Path) -> None:
+    text = MINIMAL.replace("[source]", f'model_dir = "{tmp_path}/edge/models"\n[source]')
+    assert load_config(write(tmp_path, text), environ={}).state_dir == tmp_path / "edge" / "state"
+    assert load_config(write(tmp_path, MINIMAL), environ={}).state_dir == Path(".qcloop-edge/state")

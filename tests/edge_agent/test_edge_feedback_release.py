@@ -11,15 +11,15 @@ import pytest
 from PIL import Image
 
 from edge_agent.config import EdgeConfig
-from edge_agent.feedback import FeedbackUploader, build_sidecar
+from edge_agent.feedback import Backoff, FeedbackUploader, build_sidecar
 from edge_agent.release import (
     ModelLoader,
     fetch_model,
     model_filename,
-    prune_models,
     release_thresholds,
     verify_file,
 )
+from edge_agent.spool import Spool
 from edge_agent.stats import Counters
 from edge_agent.store import LazyStore
 from qcloop.contracts import Detection, ModelRef, RawImageSidecar, ReleaseMessage, Thresholds
@@ -54,49 +54,50 @@ def test_sidecar_describes_the_frame() -> None:
     assert sidecar.predictions[0].score == 0.3
 
 
+def uploader_on(store: LazyStore, tmp_path: Path, **kwargs: float) -> FeedbackUploader:
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    return FeedbackUploader(store, Counters(), spool, **kwargs)
+
+
 def test_uploads_are_content_addressed_and_idempotent(tmp_path: Path) -> None:
     # given an uploader on a local store
-    counters = Counters()
     store = LazyStore(StoreSettings(kind="local", path=tmp_path / "store"))
-    uploader = FeedbackUploader(store, counters)
+    uploader = uploader_on(store, tmp_path)
+    counters = uploader._counters
     uploader.start()
     # when the same frame is sent twice and another once
     for data in (png_bytes(1), png_bytes(1), png_bytes(2)):
         uploader.submit(*sidecar_of(data))
     assert uploader.close(timeout=5) == 0
-    # then two images and their sidecars are there, valid
+    # then two images and their sidecars are there, valid; the spool is empty
     sidecars = list_raw_images(open_store(store.settings))
-    assert len(sidecars) == 2 and counters.get("feedback_images") == 3
-    assert counters.get("errors") == 0
+    assert len(sidecars) == 2 and counters.get("feedback_images") == 2
+    assert counters.get("errors") == 0 and uploader.spool.depth() == 0
 
 
 def test_an_unreachable_store_is_counted_and_retried_never_raised(tmp_path: Path) -> None:
     # given a store that cannot be opened (its folder would be under a file)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    counters = Counters()
     store = LazyStore(StoreSettings(kind="local", path=blocker / "store"))
-    uploader = FeedbackUploader(store, counters, max_attempts=2, retry_delay_s=0.01)
+    uploader = uploader_on(store, tmp_path, backoff_initial_s=0.01, backoff_max_s=0.02)
+    counters = uploader._counters
     uploader.start()
     # when a frame is submitted
     started = time.monotonic()
     uploader.submit(*sidecar_of(png_bytes()))
     assert time.monotonic() - started < 0.1  # submit never waits for the store
-    # then it is tried twice, each failure counted, then dropped
-    wait_until(lambda: counters.get("errors") == 2, what="two failed attempts")
-    wait_until(lambda: uploader.pending() == 0, what="the image dropped")
-    assert uploader.close(timeout=1) == 0
-    assert counters.get("feedback_images") == 0
+    # then it is tried again and again, each failure counted, and kept on disk
+    wait_until(lambda: counters.get("errors") >= 3, what="three failed attempts")
+    assert uploader.close(timeout=0.1) == 1
+    assert counters.get("feedback_images") == 0 and uploader.spool.depth() == 1
 
 
-def test_a_full_queue_drops_the_oldest(tmp_path: Path) -> None:
-    counters = Counters()
-    uploader = FeedbackUploader(LazyStore(StoreSettings(path=tmp_path)), counters, queue_size=1)
-    uploader.submit(*sidecar_of(png_bytes(1)))  # not started: stays queued
-    uploader.submit(*sidecar_of(png_bytes(2)))
-    assert counters.get("errors") == 1 and uploader.pending() == 1
-    assert uploader.close(timeout=0) == 1  # never started: counted as lost at stop
-    assert counters.get("errors") == 2
+def test_backoff_doubles_up_to_the_maximum_and_resets() -> None:
+    backoff = Backoff(0.5, 3.0)
+    assert [backoff.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    backoff.reset()
+    assert backoff.failed() == 0.5
 
 
 # ------------------------------------------------------------------ release
@@ -143,14 +144,6 @@ def test_a_sha256_mismatch_is_refused_and_nothing_kept(tmp_path: Path) -> None:
     assert list((tmp_path / "models").rglob("*.onnx")) == []
     with pytest.raises(IntegrityError, match="bytes"):
         verify_file(model, 1, "0" * 64)
-
-
-def test_prune_keeps_current_and_previous(tmp_path: Path) -> None:
-    names = ["a.onnx", "b.onnx", "c.onnx"]
-    for name in names:
-        (tmp_path / name).write_bytes(b"x")
-    prune_models(tmp_path, {tmp_path / "b.onnx", tmp_path / "c.onnx"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.onnx", "c.onnx"]
 
 
 def loader_for(tmp_path: Path) -> tuple[ModelLoader, Counters]:

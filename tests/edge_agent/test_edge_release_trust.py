@@ -1,0 +1,225 @@
+"""Release trust and recovery: signatures, the per-device override, last good models, rollback."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.config import EdgeConfig
+from edge_agent.history import HISTORY_FILE, read_history, record_good
+from edge_agent.release import ModelLoader, load_last_good, release_key
+from edge_agent.stats import AgentStats, Counters
+from edge_agent.store import LazyStore
+from qcloop.contracts import ModelRef, ReleaseMessage
+from qcloop.errors import ConfigError
+from qcloop.mqtt import device_release_topic, publish_retained
+from qcloop.settings import MqttSettings, StoreSettings
+from qcloop.signing import generate_keypair
+from tests.conftest import free_port
+from tests.edge_agent.edge_helpers import (
+    make_config,
+    make_constant_model,
+    make_flaky_model,
+    publish,
+    release_for,
+    signed,
+    wait_until,
+    write_toml,
+)
+
+
+def model(tmp_path: Path, n: int) -> Path:
+    """A distinct valid model per ``n`` (different bytes, different sha256)."""
+    output = np.full((1, 84, 10), n / 1000, np.float32)
+    return make_constant_model(tmp_path / f"model{n}.onnx", output)
+
+
+def config_for(tmp_path: Path, **release: object) -> EdgeConfig:
+    return EdgeConfig.model_validate(
+        {
+            "device_id": "cam1",
+            "fleet": "f",
+            "model_dir": tmp_path / "m",
+            "source": {"kind": "simulated"},
+            "release": release,
+        }
+    )
+
+
+def loader_with(config: EdgeConfig) -> tuple[ModelLoader, Counters]:
+    counters = Counters()
+    loader = ModelLoader(config, LazyStore(config.store), counters, release_key(config))
+    loader.start()
+    return loader, counters
+
+
+def ready_version(loader: ModelLoader) -> str:
+    assert loader.wait_ready(10), "no model became ready"
+    ready = loader.take_ready()
+    assert ready is not None
+    loader.serving(ready)
+    return ready.ref.version
+
+
+def payload(release: ReleaseMessage) -> bytes:
+    return release.to_json().encode()
+
+
+# ------------------------------------------------------------------ signatures
+
+
+def test_with_a_public_key_only_correctly_signed_releases_load(tmp_path: Path) -> None:
+    # given a device holding the fleet's public key, and a stranger's key
+    key, pub = generate_keypair(tmp_path / "keys")
+    stranger, _ = generate_keypair(tmp_path / "other")
+    loader, counters = loader_with(config_for(tmp_path, public_key=pub))
+    good = release_for(model(tmp_path, 1), "f", version="1")
+    # when it gets an unsigned release, one signed by a stranger, a tampered one, then a good one
+    loader.submit(payload(good))
+    loader.submit(payload(signed(good, stranger)))
+    tampered = signed(good, key).model_copy(update={"url": "file:///elsewhere.onnx"})
+    loader.submit(payload(tampered))
+    loader.submit(payload(signed(good, key)))
+    # then only the signed one is offered; three refusals counted
+    assert ready_version(loader) == "1"
+    assert counters.get("releases_refused") == 3 and counters.get("errors") == 3
+    loader.close()
+
+
+def test_an_unreadable_public_key_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.pub").write_text("not a key")
+    with pytest.raises(ConfigError, match="bad.pub"):
+        release_key(config_for(tmp_path, public_key=tmp_path / "bad.pub"))
+
+
+# ------------------------------------------------------------------ device override
+
+
+def test_the_device_release_wins_while_present(tmp_path: Path) -> None:
+    loader, counters = loader_with(config_for(tmp_path))
+    v1, v2, v3 = (release_for(model(tmp_path, n), "f", version=str(n)) for n in (1, 2, 3))
+    loader.submit(payload(v1))  # fleet
+    assert ready_version(loader) == "1"
+    loader.submit(payload(v2), "device")  # the override wins
+    assert ready_version(loader) == "2"
+    loader.submit(payload(v3))  # a new fleet release waits while the override is present
+    assert not loader.wait_ready(0.5)
+    loader.submit(b"", "device")  # the override is cleared: the fleet's release applies
+    assert ready_version(loader) == "3"
+    assert counters.get("errors") == 0
+    loader.close()
+
+
+def test_oversized_payloads_are_refused(tmp_path: Path) -> None:
+    loader, counters = loader_with(config_for(tmp_path, max_payload_bytes=4096))
+    good = release_for(model(tmp_path, 1), "f")
+    huge = good.model_copy(update={"released_by": "x" * 5000})
+    loader.submit(payload(huge))
+    wait_until(lambda: counters.get("releases_refused") == 1, what="the refusal")
+    loader.submit(payload(good))
+    assert ready_version(loader) == "1"
+    loader.close()
+
+
+# ------------------------------------------------------------------ last good models
+
+
+def test_history_keeps_the_last_n_models_on_disk(tmp_path: Path) -> None:
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    for n in range(1, 5):
+        path = shutil.copy(model(tmp_path, n), model_dir / f"v{n}.onnx")
+        record_good(model_dir, release_for(Path(path), "f", version=str(n)), Path(path), keep=2)
+    assert [m.release.model.version for m in read_history(model_dir)] == ["4", "3"]
+    assert sorted(p.name for p in model_dir.glob("*.onnx")) == ["v3.onnx", "v4.onnx"]
+    assert not list(model_dir.glob(".*tmp"))  # written atomically, nothing left behind
+    (model_dir / HISTORY_FILE).write_text("{broken")
+    assert read_history(model_dir) == []
+
+
+def test_start_falls_back_past_a_corrupted_last_good_model(tmp_path: Path) -> None:
+    # given two good models, the newest corrupted on disk
+    config = config_for(tmp_path)
+    config.model_dir.mkdir()
+    for n in (1, 2):
+        path = shutil.copy(model(tmp_path, n), config.model_dir / f"v{n}.onnx")
+        record_good(config.model_dir, release_for(Path(path), "f", version=str(n)), Path(path), 3)
+    (config.model_dir / "v2.onnx").write_bytes(b"garbage")
+    # when the agent looks for the last good model
+    counters = Counters()
+    serving = load_last_good(config, None, counters)
+    # then it takes the older one, counting the broken one
+    assert serving is not None and serving.ref.version == "1"
+    assert counters.get("errors") == 1
+
+
+@pytest.mark.integration
+def test_offline_start_serves_the_last_good_model(tmp_path: Path, tag_images: list[Path]) -> None:
+    # given a last good model on disk, and no broker at all
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    store = StoreSettings(kind="local", path=tmp_path / "store")
+    config = make_config(tmp_path, dead, store, "cam-offline", feedback={"enabled": False})
+    config.model_dir.mkdir()
+    path = Path(shutil.copy(model(tmp_path, 7), config.model_dir / "v7.onnx"))
+    record_good(config.model_dir, release_for(path, config.fleet, version="7"), path, 3)
+    (tmp_path / "inbox").mkdir()
+    for image in tag_images[:2]:
+        shutil.copy(image, tmp_path / "inbox")
+    # when it runs
+    stats = Agent(config).run(max_frames=2, timeout_s=20)
+    # then it inspected with v7 at once
+    assert stats.serving_model == ModelRef(name="scratch-detector", version="7")
+    assert (stats.frames_inferred, stats.swaps) == (2, 0)
+
+
+# ------------------------------------------------------------------ rollback
+
+
+@pytest.mark.integration
+def test_a_model_failing_on_real_frames_is_rolled_back(mqtt_url: str, tmp_path: Path) -> None:
+    # given an agent serving v1 on the simulated camera
+    store = StoreSettings(kind="local", path=tmp_path / "store")
+    source = {"kind": "simulated", "interval_s": 0.02}
+    config = make_config(
+        tmp_path, mqtt_url, store, "cam-rollback", source=source, feedback={"enabled": False}
+    )
+    publish(mqtt_url, config.fleet, release_for(model(tmp_path, 1), config.fleet).to_json())
+    agent = Agent(config)
+    out: list[AgentStats] = []
+    thread = threading.Thread(target=lambda: out.append(agent.run(timeout_s=30)), daemon=True)
+    thread.start()
+    wait_until(lambda: agent.stats().frames_inferred >= 2, what="v1 inferring")
+    # when v2 passes the smoke test but fails on every real frame (a device override)
+    flaky = make_flaky_model(tmp_path / "flaky.onnx")
+    v2 = release_for(flaky, config.fleet, version="2")
+    settings = MqttSettings(url=mqtt_url)
+    publish_retained(settings, device_release_topic(config.device_id), v2.to_json().encode())
+    wait_until(lambda: agent.stats().rollbacks == 1, what="the rollback")
+    frames = agent.stats().frames_inferred
+    wait_until(lambda: agent.stats().frames_inferred > frames + 2, what="v1 inferring again")
+    agent.stop()
+    thread.join(10)
+    publish_retained(settings, device_release_topic(config.device_id), b"")
+    # then v1 serves again (swaps: v1, v2, back to v1), v2 failed 3 frames and is forgotten
+    (stats,) = out
+    assert stats.serving_model == ModelRef(name="scratch-detector", version="1")
+    assert (stats.swaps, stats.rollbacks, stats.errors) == (3, 1, 3)
+    (good,) = read_history(config.model_dir)
+    assert good.release.model.version == "1"
+    assert [p.name for p in config.model_dir.glob("*.onnx")] == [good.file]  # v2 deleted
+
+
+def test_run_with_an_unreadable_public_key_exits_1_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.cli import main
+
+    missing = f'[release]\npublic_key = "{tmp_path / "missing.pub"}"'
+    config = write_toml(tmp_path, "cam1", sections=missing)
+    assert main(["run", "--config", str(config), "--timeout", "1"]) == 1
+    assert "missing.pub" in capsys.readouterr().err
