@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edge_agent.fsutil import atomic_write
 from qcloop.contracts import ReleaseMessage
+from qcloop.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.fsutil import atomic_write, fsync_dir
 from qcloop.contracts import CaptureReason, RawImageSidecar
 from qcloop.errors import IntegrityError
+from qcloop.fsutil import atomic_write, fsync_dir
 from qcloop.storage import sha256_bytes
 
 log = logging.getLogger(__name__)

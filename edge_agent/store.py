@@ -7,25 +7,11 @@ take seconds, and the spool already retries with backoff.
 
 from __future__ import annotations
 
-import os
 import threading
 
 from qcloop.errors import StoreUnavailable
 from qcloop.settings import StoreSettings
-from qcloop.storage import ObjectStore, S3Store, open_store
-
-
-def _edge_http(timeout_s: float):  # type: ignore[no-untyped-def]
-    import certifi
-    import urllib3
-
-    return urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-        maxsize=2,
-        cert_reqs="CERT_REQUIRED",
-        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
-        retries=urllib3.Retry(total=0),
-    )
+from qcloop.storage import ObjectStore, open_store
 
 
 class LazyStore:
@@ -45,12 +31,9 @@ class LazyStore:
         with self._lock:
             if self._store is None:
                 try:
-                    store = open_store(self.settings)
+                    self._store = open_store(self.settings, timeout_s=self.timeout_s, retries=0)
                 except OSError as exc:
                     raise StoreUnavailable(f"cannot open the object store: {exc}") from None
-                if isinstance(store, S3Store):
-                    store._client._http = _edge_http(self.timeout_s)  # noqa: SLF001
-                self._store = store
             return self._store
 
     def reset(self) -> None:

@@ -62,11 +62,10 @@ class Contract(BaseModel):
         return cls.from_json(text, source=str(path))
 
     def save(self, path: Path) -> None:
-        """Write as indented JSON, atomically (temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.model_dump_json(indent=2) + "\n")
-        tmp.replace(path)
+        """Write as indented JSON, atomically (temp file + fsync + rename)."""
+        from qcloop.fsutil import atomic_write
+
+        atomic_write(Path(path), (self.model_dump_json(indent=2) + "\n").encode())
 
 
 def _describe(model: str, source: str, exc: ValidationError) -> str:

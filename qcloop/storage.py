@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +18,7 @@ from urllib.parse import urlparse
 
 from qcloop.contracts import RawImageSidecar
 from qcloop.errors import ObjectNotFound, StoreError, StoreUnavailable
+from qcloop.fsutil import atomic_write
 from qcloop.settings import StoreSettings
 
 RAW_PREFIX = "raw/"
@@ -84,18 +84,7 @@ class LocalStore:
     def put_bytes(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self._path(key), data)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -122,7 +111,11 @@ class LocalStore:
 class S3Store:
     """An S3 bucket on MinIO (or any S3 endpoint), through the minio SDK."""
 
-    def __init__(self, settings: StoreSettings) -> None:
+    def __init__(
+        self, settings: StoreSettings, *, timeout_s: float | None = None, retries: int | None = None
+    ) -> None:
+        """``timeout_s``/``retries`` replace minio's defaults (5 retries, 5-minute timeouts),
+        for callers such as the edge agent that retry with their own backoff."""
         from minio import Minio  # imported here: the local default needs no SDK
 
         parsed = urlparse(settings.endpoint or "")
@@ -136,6 +129,9 @@ class S3Store:
             secret_key=secret,
             secure=parsed.scheme == "https",
             region=settings.region,
+            http_client=_http_client(timeout_s, retries)
+            if timeout_s or retries is not None
+            else None,
         )
         self._ensured = False
 
@@ -206,10 +202,26 @@ class S3Store:
         return f"s3://{self.bucket}/{_check_key(key)}"
 
 
-def open_store(settings: StoreSettings) -> LocalStore | S3Store:
-    """The backend the settings ask for."""
+def _http_client(timeout_s: float | None, retries: int | None):  # type: ignore[no-untyped-def]
+    import certifi
+    import urllib3
+
+    timeout = timeout_s or 300.0
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=timeout, read=timeout),
+        maxsize=4,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=retries if retries is not None else 5, backoff_factor=0.2),
+    )
+
+
+def open_store(
+    settings: StoreSettings, *, timeout_s: float | None = None, retries: int | None = None
+) -> LocalStore | S3Store:
+    """The backend the settings ask for (``timeout_s``/``retries``: S3 only)."""
     if settings.kind == "s3":
-        return S3Store(settings)
+        return S3Store(settings, timeout_s=timeout_s, retries=retries)
     return LocalStore(settings.path)
 
 
@@ -217,7 +229,8 @@ def put_raw_image(store: ObjectStore, data: bytes, sidecar: RawImageSidecar) -> 
     """Upload an image and its sidecar under its content address; idempotent.
 
     The image goes first and the sidecar last, so a sidecar always points at an
-    image that is there. Returns the image key.
+    image that is there. A later capture (edge feedback, operator verdict)
+    replaces the sidecar; an import keeps the one already there. Returns the key.
     """
     if sidecar.sha256 != sha256_bytes(data) or sidecar.key != raw_key(
         sidecar.sha256, _ext(sidecar)
@@ -225,6 +238,8 @@ def put_raw_image(store: ObjectStore, data: bytes, sidecar: RawImageSidecar) -> 
         raise StoreError(f"sidecar of {sidecar.key} does not match the image bytes")
     if not store.exists(sidecar.key):
         store.put_bytes(sidecar.key, data, sidecar.content_type)
+    elif sidecar.reason == "import" and store.exists(sidecar_key(sidecar.key)):
+        return sidecar.key  # an import never replaces how the image first came (edge, verdict)
     store.put_bytes(sidecar_key(sidecar.key), sidecar.to_json().encode(), "application/json")
     return sidecar.key
 

@@ -81,3 +81,25 @@ def test_download_file_url(tmp_path: Path) -> None:
     with pytest.raises(ObjectNotFound):
         download_url((tmp_path / "nope").as_uri(), tmp_path / "y.bin")
     assert not (tmp_path / "y.bin").exists()
+
+
+def test_an_import_keeps_the_sidecar_of_an_earlier_capture(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    data = b"\xff\xd8edge-frame"
+    digest = sha256_bytes(data)
+
+    def sidecar(reason: str) -> RawImageSidecar:
+        return RawImageSidecar(
+            key=raw_key(digest),
+            sha256=digest,
+            width=4,
+            height=3,
+            source="t",
+            reason=reason,  # type: ignore[arg-type]
+        )
+
+    put_raw_image(store, data, sidecar("low_confidence"))  # the edge sent it back first
+    put_raw_image(store, data, sidecar("import"))  # then a labelling round imports it
+    assert [s.reason for s in list_raw_images(store)] == ["low_confidence"]
+    put_raw_image(store, data, sidecar("operator_verdict"))  # a later capture does replace it
+    assert [s.reason for s in list_raw_images(store)] == ["operator_verdict"]
