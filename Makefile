@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge demo test test-unit lint compile schemas check-edge clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-labelling clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ setup: $(PY) ## create .venv and install everything (platform + tests), ~5 min
 	$(PIP) install -q -c constraints.txt -e '.[platform,test]'
 	@$(PY) -c "import qcloop, ultralytics, mlflow, kfp, onnxruntime; print('setup ok:', qcloop.__version__)"
 
+setup-label-studio: ## install the Label Studio server into its own venv (.qcloop/ls-venv), ~1 GB
+	bash scripts/install-label-studio.sh
+
 setup-edge: $(PY) ## install only what an edge box needs (no torch/ultralytics/mlflow/kfp)
 	$(PIP) install -q -c constraints.txt -e '.[edge]'
 
@@ -32,11 +35,14 @@ demo: ## run the whole loop on one machine (DATA=<yolo folder> for real data)
 test: ## run the whole test suite (unit + integration against real services)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-faults: ## the edge fault tests: kill/restart broker, store and agent
+	$(PY) -m pytest -m faults tests/edge_agent $(PYTEST_ARGS)
+
 test-unit: ## run only the tests that need no service
 	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 lint: ## ruff
-	$(VENV)/bin/ruff check qcloop components edge_agent pipelines tests
+	$(VENV)/bin/ruff check qcloop components edge_agent pipelines label_studio scripts tests
 
 compile: ## compile the Kubeflow pipelines to IR YAML (pipelines/compiled/)
 	$(VENV)/bin/qcloop pipeline compile --out pipelines/compiled
@@ -46,6 +52,12 @@ schemas: ## write the JSON Schemas of the contracts (docs/schemas/)
 
 check-edge: ## install only the edge extra in a fresh venv and run qcloop-edge infer (after make demo)
 	bash scripts/check-edge-install.sh
+
+bench-edge: ## edge agent path vs bare session.run vs ultralytics, RSS, swap time (after make demo)
+	$(PY) scripts/bench_edge.py --frames 100
+
+bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after setup-label-studio)
+	$(PY) scripts/bench_labelling.py
 
 clean: ## remove local state of the embedded default (.qcloop/, outputs)
 	rm -rf .qcloop local_outputs demo-summary.json

@@ -383,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--kind", choices=["auto", "mosquitto", "amqtt"], default="auto")
     add("raw", _cmd_raw, "list images in the raw store (with reason and best score)")
+    from qcloop_labelling.cli import register as register_labelling
+
+    register_labelling(sub)
     p = add("demo", _cmd_demo, "run the whole loop on one machine (the quickstart)")
     p.add_argument("--data", help="YOLO folder to use instead of synthetic images")
     p.add_argument("--home", default=".qcloop/demo", help="state folder (reset each run)")

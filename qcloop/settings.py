@@ -111,6 +111,31 @@ class ReleaseSettings(_Section):
     )
 
 
+class LabelStudioSettings(_Section):
+    """Where Label Studio runs and which project holds the tasks (``qcloop labelling``)."""
+
+    url: str = Field(default="http://127.0.0.1:8081", description="base URL of Label Studio")
+    token: SecretStr | None = Field(
+        default=None, description="API token (legacy token of the sync user)"
+    )
+    project_title: str = Field(default="qcloop defects", min_length=3, max_length=50)
+    batch_size: int = Field(default=100, gt=0, le=1000, description="tasks per import request")
+    timeout_s: float = Field(default=60.0, gt=0)
+    images: Literal["inline", "s3"] = Field(
+        default="inline",
+        description="inline: images inside the tasks as data: URLs (any store, no set-up); "
+        "s3: tasks point at s3://bucket/raw/..., resolved by an S3 storage of the project",
+    )
+    s3_endpoint: str | None = Field(
+        default=None, description="images = s3: the store's endpoint as Label Studio sees it"
+    )
+    presign: bool = Field(
+        default=False,
+        description="images = s3: send browsers presigned URLs (they must reach MinIO) "
+        "instead of streaming images through Label Studio",
+    )
+
+
 class Settings(_Section):
     """All settings of the platform side."""
 
@@ -122,6 +147,7 @@ class Settings(_Section):
     mlflow: MlflowSettings = MlflowSettings()
     dvc: DvcSettings = DvcSettings()
     release: ReleaseSettings = ReleaseSettings()
+    label_studio: LabelStudioSettings = LabelStudioSettings()
 
 
 def env_overrides(

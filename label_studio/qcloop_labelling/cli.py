@@ -1,0 +1,175 @@
+"""``qcloop labelling ...``: Label Studio tasks in, verified labels out.
+
+``register(subparsers)`` adds the group to the ``qcloop`` parser. Settings come
+from the ``[label_studio]`` section (``QCLOOP_LABEL_STUDIO__URL``, ``__TOKEN``, ...).
+``python -m qcloop_labelling.cli`` runs the group on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from qcloop.errors import QcloopError
+from qcloop.settings import Settings
+from qcloop_labelling.client import LabelStudioClient, connect
+from qcloop_labelling.project import ensure_project, find_project
+from qcloop_labelling.settings import LabelStudioSettings, load_all
+
+
+def _label_studio(args: argparse.Namespace, settings: Settings) -> LabelStudioSettings:
+    return settings.label_studio
+
+
+def _open(args: argparse.Namespace, settings: Settings) -> tuple[LabelStudioClient, int]:
+    ls = _label_studio(args, settings)
+    client = connect(ls)
+    return client, find_project(client, ls.project_title)
+
+
+def _print(payload: dict[str, Any]) -> None:
+    print(json.dumps(payload, default=str))
+
+
+def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    """Create or update the project (idempotent)."""
+    ls = _label_studio(args, settings)
+    client = connect(ls)
+    storage: dict[str, object] = {}
+    try:
+        state = ensure_project(client, ls.project_title, list(settings.class_names))
+        if ls.images == "s3":
+            from qcloop_labelling.storage import ensure_s3_storage
+
+            sid, action = ensure_s3_storage(client, state.id, settings.store, ls)
+            storage = {"s3_storage": {"id": sid, "action": action}}
+    finally:
+        client.close()
+    _print(asdict(state) | {"url": f"{ls.url}/projects/{state.id}/"} | storage)
+    return 0
+
+
+def cmd_sync_in(args: argparse.Namespace, settings: Settings) -> int:
+    """Raw store -> tasks with pre-annotations."""
+    from qcloop_labelling.sync_in import sync_in
+
+    ls = _label_studio(args, settings)
+    if ls.images == "s3":
+        from qcloop_labelling.storage import s3_fields
+
+        s3_fields(0, settings.store, ls)  # fails early, clearly, without an S3 store
+    client, project = _open(args, settings)
+    try:
+        report = sync_in(
+            settings,
+            client,
+            project,
+            batch_size=args.batch_size or ls.batch_size,
+            include_labelled=args.include_labelled,
+            s3_bucket=settings.store.bucket if ls.images == "s3" else None,
+        )
+    finally:
+        client.close()
+    _print({k: v for k, v in asdict(report).items() if k != "task_ids"})
+    return 0
+
+
+def cmd_sync_out(args: argparse.Namespace, settings: Settings) -> int:
+    """Export -> YOLO folder."""
+    from qcloop_labelling.sync_out import sync_out
+
+    client, project = _open(args, settings)
+    try:
+        report = sync_out(settings, client, project, Path(args.out))
+    finally:
+        client.close()
+    _print({"out": str(report.out), "counts": report.counts, "boxes": report.boxes})
+    return 0
+
+
+def cmd_round(args: argparse.Namespace, settings: Settings) -> int:
+    """Export -> YOLO folder -> new dataset version if anything is new."""
+    from qcloop_labelling.round import run_round
+
+    client, project = _open(args, settings)
+    try:
+        result = run_round(settings, client, project)
+    finally:
+        client.close()
+    version = result.manifest.version if result.manifest else None
+    _print({"version": version, "created": result.created, "counts": result.export.counts})
+    return 0
+
+
+def cmd_import_labels(args: argparse.Namespace, settings: Settings) -> int:
+    """Existing labels (YOLO folder or Label Studio JSON) -> annotated tasks."""
+    from qcloop_labelling.import_labels import import_coco, import_label_studio_json, import_yolo
+
+    if args.format != "yolo" and not args.images:
+        raise QcloopError(f"--format {args.format} needs --images DIR (where the images are)")
+    client, project = _open(args, settings)
+    try:
+        if args.format == "yolo":
+            report = import_yolo(settings, client, project, Path(args.source))
+        elif args.format == "coco":
+            report = import_coco(settings, client, project, Path(args.source), Path(args.images))
+        else:
+            report = import_label_studio_json(
+                settings, client, project, Path(args.source), Path(args.images)
+            )
+    finally:
+        client.close()
+    _print(asdict(report))
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``labelling`` command group to a ``qcloop`` sub-parsers object."""
+    group = subparsers.add_parser(
+        "labelling", help="Label Studio: tasks in, verified labels out", description=__doc__
+    )
+    actions = group.add_subparsers(dest="labelling_command", required=True, metavar="ACTION")
+
+    def add(name: str, handler: Any, help_: str) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("bootstrap", cmd_bootstrap, "create or update the Label Studio project (idempotent)")
+    p = add("sync-in", cmd_sync_in, "raw images -> tasks with pre-annotations, least sure first")
+    p.add_argument("--batch-size", type=int, help="tasks per request (default: settings)")
+    p.add_argument(
+        "--include-labelled", action="store_true", help="also images in the current dataset"
+    )
+    add("sync-out", cmd_sync_out, "export verified labels as a YOLO folder").add_argument(
+        "--out", required=True, help="new folder for images/, labels/, classes.txt"
+    )
+    add("round", cmd_round, "sync-out + new dataset version when anything is new")
+    p = add("import-labels", cmd_import_labels, "existing labels -> annotated tasks")
+    p.add_argument("source", help="YOLO folder, Label Studio JSON export or COCO JSON file")
+    p.add_argument("--format", choices=["yolo", "ls-json", "coco"], default="yolo")
+    p.add_argument("--images", help="ls-json, coco: folder holding the images (found by name)")
+    return group
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``labelling`` group on its own (before it is hooked into ``qcloop``)."""
+    parser = argparse.ArgumentParser(prog="qcloop-labelling")
+    parser.add_argument("--config", type=Path, help="settings TOML (default ./qcloop.toml)")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    try:
+        settings, _ = load_all(args.config)
+        return int(args.handler(args, settings))
+    except QcloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Label Studio -> YOLO folder: export JSON, convert it ourselves, count every task.
+
+Label Studio's own YOLO export drops images without boxes (our negatives), drops
+``s3://`` tasks and renames files by hash, so the JSON export is converted here.
+
+Which annotation counts (``ANNOTATION_RULE``, also written to the output):
+only submitted (not cancelled) annotations count; with several, the one updated
+last wins (ties: the higher annotation id). A task whose annotations were all
+cancelled is *skipped*; one with none is *pending*; a counted annotation without
+boxes is a *negative*; with boxes it is *labelled*.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from qcloop.contracts import utcnow
+from qcloop.errors import ObjectNotFound
+from qcloop.settings import Settings
+from qcloop.storage import ObjectStore, open_store
+from qcloop.yolo import YoloBox
+from qcloop_labelling.boxes import result_to_yolo
+from qcloop_labelling.client import LabelStudioClient
+from qcloop_labelling.errors import AnnotationError, LabellingError
+
+Status = Literal["labelled", "negative", "skipped", "pending"]
+STATUSES: tuple[Status, ...] = ("labelled", "negative", "skipped", "pending")
+REPORT_FILE = "labelling-export.json"
+ANNOTATION_RULE = (
+    "only submitted, not cancelled annotations count; with several on one task, the one "
+    "updated last wins (ties: higher annotation id); all cancelled = skipped; none = pending; "
+    "a counted annotation without boxes = negative"
+)
+MAX_REPORTED = 20
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What one task becomes in the YOLO folder."""
+
+    task_id: int
+    status: Status
+    annotation_id: int | None = None
+    raw_key: str | None = None
+    name: str | None = None
+    boxes: tuple[YoloBox, ...] = ()
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class SyncOutReport:
+    """Counts of one export and where the YOLO folder is."""
+
+    project_id: int
+    out: Path
+    counts: dict[str, int]
+    boxes: int
+    outcomes: tuple[TaskOutcome, ...] = field(repr=False)
+
+    def summary(self) -> str:
+        """One line for people: the counts of every status."""
+        parts = ", ".join(f"{s} {self.counts.get(s, 0)}" for s in STATUSES)
+        return f"project {self.project_id}: {parts} ({self.boxes} boxes) -> {self.out}"
+
+
+def chosen_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
+    """The annotation that counts for a task, by ``ANNOTATION_RULE``."""
+    submitted = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    if not submitted:
+        return None
+    return max(submitted, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)))
+
+
+def classify(task: dict[str, Any], names: list[str]) -> tuple[TaskOutcome, list[str]]:
+    """A task's outcome and the problems of its counted annotation (each naming the task)."""
+    tid, data = int(task["id"]), task.get("data") or {}
+    base = {"task_id": tid, "raw_key": data.get("raw_key"), "name": data.get("name")}
+    chosen = chosen_annotation(task)
+    if chosen is None:
+        status: Status = "skipped" if task.get("annotations") else "pending"
+        return TaskOutcome(status=status, **base), []
+    boxes, problems = [], []
+    for n, result in enumerate(chosen.get("result") or [], start=1):
+        try:
+            boxes.append(result_to_yolo(result, names))
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"task {tid} (annotation {chosen.get('id')}, box {n}): {exc}")
+    status = "labelled" if boxes else "negative"
+    return TaskOutcome(
+        status=status, annotation_id=chosen.get("id"), boxes=tuple(boxes), **base
+    ), problems
+
+
+def convert(tasks: list[dict[str, Any]], names: list[str]) -> list[TaskOutcome]:
+    """Outcomes of all tasks; one ``AnnotationError`` naming every bad task if any."""
+    outcomes, problems = [], []
+    for task in sorted(tasks, key=lambda t: int(t["id"])):
+        outcome, bad = classify(task, names)
+        outcomes.append(outcome)
+        problems += bad
+    if problems:
+        shown = "\n  ".join(problems[:MAX_REPORTED])
+        more = (
+            f"\n  ... and {len(problems) - MAX_REPORTED} more"
+            if len(problems) > MAX_REPORTED
+            else ""
+        )
+        bad_ids = sorted({int(p.split()[1]) for p in problems})
+        raise AnnotationError(
+            f"{len(problems)} invalid box(es) in task(s) {bad_ids}; fix them in Label Studio "
+            f"and export again:\n  {shown}{more}"
+        )
+    return outcomes
+
+
+def _stems(outcomes: list[TaskOutcome]) -> dict[int, str]:
+    """File stem per exported task: the original name; a clash gets the task id appended.
+
+    Tasks are taken in id order, so the first task keeps the bare name in every round.
+    """
+    stems: dict[int, str] = {}
+    used: set[str] = set()
+    for o in outcomes:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(o.name or f"task-{o.task_id}").stem) or "image"
+        stem = base if base not in used else f"{base}-task{o.task_id}"
+        used.add(stem)
+        stems[o.task_id] = stem
+    return stems
+
+
+def _image_bytes(task: dict[str, Any], store: ObjectStore) -> tuple[bytes, str]:
+    data = task.get("data") or {}
+    key = data.get("raw_key")
+    if key:
+        try:
+            return store.get_bytes(key), key.rsplit(".", 1)[-1].lower()
+        except ObjectNotFound:
+            pass
+    image = str(data.get("image") or "")
+    match = re.match(r"^data:image/(\w+);base64,", image)
+    if match:
+        ext = "jpg" if match.group(1) == "jpeg" else match.group(1)
+        return base64.b64decode(image[match.end() :]), ext
+    raise LabellingError(
+        f"task {task['id']}: image {key or image[:80]!r} is neither in the raw store nor "
+        "inside the task; run `qcloop labelling sync-in` against the right store"
+    )
+
+
+def write_yolo_folder(
+    out: Path,
+    tasks: list[dict[str, Any]],
+    outcomes: list[TaskOutcome],
+    names: list[str],
+    store: ObjectStore,
+    project_id: int,
+) -> list[TaskOutcome]:
+    """Write images/, labels/, classes.txt and the export report; return outcomes with files."""
+    by_id = {int(t["id"]): t for t in tasks}
+    exported = [o for o in outcomes if o.status in ("labelled", "negative")]
+    stems = _stems(exported)
+    (out / "images").mkdir(parents=True)
+    (out / "labels").mkdir()
+    done: dict[int, TaskOutcome] = {}
+    for o in exported:
+        data, ext = _image_bytes(by_id[o.task_id], store)
+        file = f"images/{stems[o.task_id]}.{ext}"
+        (out / file).write_bytes(data)
+        (out / "labels" / f"{stems[o.task_id]}.txt").write_text(
+            "".join(b.line() + "\n" for b in o.boxes)
+        )
+        done[o.task_id] = replace(o, file=file)
+    (out / "classes.txt").write_text("\n".join(names) + "\n")
+    final = [done.get(o.task_id, o) for o in outcomes]
+    report = {
+        "project_id": project_id,
+        "exported_at": utcnow().isoformat(),
+        "annotation_rule": ANNOTATION_RULE,
+        "counts": dict(Counter(o.status for o in final)),
+        "tasks": [
+            {k: v for k, v in asdict(o).items() if k != "boxes"} | {"boxes": len(o.boxes)}
+            for o in final
+        ],
+    }
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return final
+
+
+def sync_out(
+    settings: Settings,
+    client: LabelStudioClient,
+    project_id: int,
+    out: Path,
+    *,
+    progress: Progress = print,
+) -> SyncOutReport:
+    """Export the project and write its verified labels as a YOLO folder at ``out``."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise LabellingError(f"{out}: not empty; give a new folder for the YOLO export")
+    tasks = client.export_json(project_id)
+    progress(f"exported {len(tasks)} tasks from project {project_id}")
+    names = list(settings.class_names)
+    outcomes = convert(tasks, names)
+    outcomes = write_yolo_folder(
+        out, tasks, outcomes, names, open_store(settings.store), project_id
+    )
+    counts = Counter(o.status for o in outcomes)
+    report = SyncOutReport(
+        project_id=project_id,
+        out=out,
+        counts={s: counts.get(s, 0) for s in STATUSES},
+        boxes=sum(len(o.boxes) for o in outcomes),
+        outcomes=tuple(outcomes),
+    )
+    progress(report.summary())
+    return report

@@ -1,0 +1,89 @@
+"""Pure parts, no server: box conversions, the annotation rule, the sync-in order."""
+
+from __future__ import annotations
+
+import pytest
+
+from qcloop.contracts import Detection
+from qcloop.yolo import YoloBox
+from qcloop_labelling.boxes import detection_to_result, result_to_yolo, yolo_to_result
+from qcloop_labelling.project import label_config
+from qcloop_labelling.sync_out import chosen_annotation, classify
+from tests.labelling.helpers import rect
+
+
+def test_detection_becomes_percent_rectangle_with_score() -> None:
+    result = detection_to_result(
+        Detection(label="scratch", score=0.4, box=(45, 30, 90, 150)), 450, 300
+    )
+    value = result["value"]
+    assert value.pop("rectanglelabels") == ["scratch"]
+    assert value == pytest.approx(
+        {"x": 10.0, "y": 10.0, "width": 10.0, "height": 40.0, "rotation": 0}
+    )
+    assert result["score"] == 0.4
+
+
+def test_yolo_round_trips_through_label_studio() -> None:
+    box = YoloBox(1, 0.512345, 0.25, 0.1, 0.2)
+    back = result_to_yolo(yolo_to_result(box, ["scratch", "dent"], 450, 300), ["scratch", "dent"])
+    assert back.class_id == 1
+    assert (back.cx, back.cy, back.w, back.h) == pytest.approx((box.cx, box.cy, box.w, box.h))
+
+
+@pytest.mark.parametrize(
+    ("result", "problem"),
+    [
+        (rect(90, 10, 30, 20), "outside the image"),
+        (rect(10, 10, 0, 5), "no area"),
+        (rect(10, 10, 5, 5, "dent"), "not one of the known classes"),
+    ],
+)
+def test_bad_rectangles_are_refused(result: dict, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        result_to_yolo(result, ["scratch"])
+
+
+def test_box_dragged_a_hair_past_the_border_is_clipped() -> None:
+    box = result_to_yolo(rect(90, 0, 10.01, 50), ["scratch"])
+    assert box.cx + box.w / 2 == pytest.approx(1.0)
+
+
+def test_latest_submitted_annotation_wins_and_statuses() -> None:
+    old = {"id": 1, "updated_at": "2026-01-01", "result": [rect(1, 1, 5, 5)]}
+    new = {"id": 2, "updated_at": "2026-02-01", "result": []}
+    skip = {"id": 3, "updated_at": "2026-03-01", "was_cancelled": True, "result": []}
+    assert chosen_annotation({"annotations": [old, new, skip]}) is new
+    assert classify({"id": 7, "annotations": [old, new, skip]}, ["scratch"])[0].status == "negative"
+    assert classify({"id": 7, "annotations": [skip]}, ["scratch"])[0].status == "skipped"
+    assert classify({"id": 7, "annotations": []}, ["scratch"])[0].status == "pending"
+    outcome, problems = classify({"id": 7, "annotations": [old]}, ["scratch"])
+    assert (outcome.status, problems) == ("labelled", [])
+
+
+def test_label_config_lists_the_classes() -> None:
+    config = label_config(["scratch", "dent"])
+    assert config.count("<Label ") == 2 and 'value="dent"' in config
+
+
+def test_pending_images_skip_known_and_labelled_and_put_least_sure_first() -> None:
+    from qcloop.contracts import RawImageSidecar
+    from qcloop_labelling.sync_in import pending_images
+
+    def sidecar(sha: str, scores: list[float]) -> RawImageSidecar:
+        dets = [Detection(label="scratch", score=s, box=(1, 1, 2, 2)) for s in scores]
+        key = f"raw/{sha[:2]}/{sha}.jpg"
+        return RawImageSidecar(
+            key=key,
+            sha256=sha,
+            width=4,
+            height=4,
+            source="t",
+            reason="low_confidence",
+            predictions=dets,
+        )
+
+    scores = [[0.4], [], [0.9, 0.1], [0.2]]
+    a, b, c, d = (sidecar(ch * 64, s) for ch, s in zip("abcd", scores, strict=True))
+    todo = pending_images([a, b, c, d], in_project={"a" * 64}, in_dataset={"d" * 64})
+    assert [s.sha256[0] for s in todo] == ["b", "c"]  # b: no box = 0, c: best 0.9
