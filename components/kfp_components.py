@@ -22,7 +22,7 @@ def load_dataset(version: str, settings_json: str, dataset: Output[Dataset]):
     """Materialise dataset ``version`` (DVC) into the ``dataset`` artifact folder.
 
     ``settings_json`` is ``Settings.model_dump_json()`` of the caller; secrets come
-    from the step's environment (see ``components.train.settings_from_json``).
+    from the step's environment (see ``qcloop.settings.settings_from_json``).
     """
     from pathlib import Path
 

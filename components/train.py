@@ -9,7 +9,6 @@ per-split image lists that ultralytics reads.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 from pathlib import Path
@@ -20,28 +19,9 @@ import yaml
 from components.yolo_env import configure_offline
 from qcloop.contracts import DatasetManifest
 from qcloop.errors import DatasetError, PipelineError
-from qcloop.settings import Settings, load_settings
+from qcloop.settings import settings_from_json
 
 MANIFEST = "manifest.json"
-MASKED = "**********"  # how Settings serialise a SecretStr
-
-
-def settings_from_json(settings_json: str) -> Settings:
-    """Settings in a pipeline step: its own (defaults, TOML, ``QCLOOP_*`` env), then the JSON.
-
-    ``settings_json`` is the caller's ``Settings.model_dump_json()``. Its masked
-    secrets are dropped, so secrets reach a step only through its environment
-    (a Kubernetes secret on a cluster; ``pipelines.training.run_local`` here).
-    """
-    return load_settings(**_drop_masked(json.loads(settings_json or "{}")))
-
-
-def _drop_masked(tree: dict[str, Any]) -> dict[str, Any]:
-    return {
-        key: _drop_masked(value) if isinstance(value, dict) else value
-        for key, value in tree.items()
-        if value != MASKED
-    }
 
 
 def materialize_version(settings_json: str, version: str, dest: Path) -> DatasetManifest:

@@ -82,9 +82,25 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.training import compile_pipeline
+    from pipelines import labelling, training
 
-    print(compile_pipeline(Path(args.out) / "training.yaml"))
+    print(training.compile_pipeline(Path(args.out) / "training.yaml"))
+    print(labelling.compile_pipeline(Path(args.out) / "labelling.yaml"))
+    return 0
+
+
+def _cmd_labelling_pipeline(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.labelling import run_local
+
+    result = run_local(
+        pipeline_root=settings.home.resolve() / "kfp-labelling",
+        settings=settings,
+        train=not args.no_train,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        min_map50_95=args.min_map,
+    )
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -326,6 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("compile", _cmd_compile, "compile pipelines to KFP IR YAML", pl).add_argument(
         "--out", default="pipelines/compiled"
     )
+    p = add(
+        "labelling",
+        _cmd_labelling_pipeline,
+        "run the labelling pipeline locally, then training on a new dataset version",
+        pl,
+    )
+    p.add_argument("--no-train", action="store_true", help="stop after the dataset version")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--imgsz", type=int, default=480)
+    p.add_argument("--min-map", type=float, default=0.3, help="gate: minimum mAP50-95")
     p = add("submit", _cmd_submit, "upload + start the training pipeline on Kubeflow", pl)
     p.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
     p.add_argument("--dataset-version", help="dataset version to train on")

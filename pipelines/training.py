@@ -5,20 +5,14 @@
 (one subprocess per step, this interpreter, no containers, no network).
 """
 
-import contextlib
-import os
-import re
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
-from pydantic import BaseModel, SecretStr
 
 from components import kfp_components as steps
+from pipelines.local import run_locally
 from qcloop.contracts import EvalMetrics, ModelRecord
-from qcloop.errors import PipelineError
 from qcloop.settings import Settings
 
 PIPELINE_NAME = "qcloop-training"
@@ -41,6 +35,7 @@ SECRET_ENV = {
     "store-secret-key": "QCLOOP_STORE__SECRET_KEY",
     "mlflow-username": "MLFLOW_TRACKING_USERNAME",
     "mlflow-password": "MLFLOW_TRACKING_PASSWORD",
+    "label-studio-token": "QCLOOP_LABEL_STUDIO__TOKEN",
 }
 
 
@@ -166,33 +161,16 @@ def run_local(
     ``registered``, ``gate_passed``, ``gate_reason``, ``metrics`` (``EvalMetrics``)
     and ``model_record`` (``ModelRecord``, or ``None`` when the gate said no).
     """
-    from kfp import local
-
     from components.registry import code_version
-    from components.yolo_env import configure_offline
 
-    configure_offline()  # sets YOLO_*/MLFLOW_* variables that the step subprocesses inherit
     params.setdefault("code_version", code_version())
-    if settings is not None:
-        params["settings_json"] = settings.model_dump_json()
-    root = Path(pipeline_root or LOCAL_ROOT).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(root),
-        workspace_root=str(root / "workspace"),
+    outputs = run_locally(
+        training_pipeline,
+        PIPELINE_NAME,
+        pipeline_root=pipeline_root or LOCAL_ROOT,
+        settings=settings,
+        params=params,
     )
-    print(f"[pipeline] {PIPELINE_NAME} locally, outputs under {root}")
-    with _step_environment(secret_variables(settings)), warnings.catch_warnings():
-        # the steps declare the project image; locally they run in this venv instead
-        warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
-        try:
-            outputs = training_pipeline(**params).outputs
-        except RuntimeError as exc:
-            plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp colours its messages
-            raise PipelineError(
-                f"{PIPELINE_NAME} failed locally: {plain} The step's own error is in the log above."
-            ) from None
     return _result(outputs)
 
 
@@ -208,32 +186,6 @@ def _result(outputs: dict[str, Any]) -> dict[str, Any]:
         "metrics": metrics.model_dump(mode="json"),
         "model_record": record.model_dump(mode="json") if record else None,
     }
-
-
-def secret_variables(settings: Settings | None) -> dict[str, str]:
-    """``QCLOOP_<SECTION>__<FIELD>`` for every secret set in ``settings``."""
-    found: dict[str, str] = {}
-    for section, value in settings or ():
-        for field, secret in value if isinstance(value, BaseModel) else ():
-            if isinstance(secret, SecretStr):
-                found[f"QCLOOP_{section.upper()}__{field.upper()}"] = secret.get_secret_value()
-    return found
-
-
-@contextlib.contextmanager
-def _step_environment(extra: dict[str, str]) -> Iterator[None]:
-    """Environment of the step subprocesses: this checkout importable, plus ``extra``."""
-    saved = {k: os.environ.get(k) for k in (*extra, "PYTHONPATH")}
-    os.environ.update(extra)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), saved["PYTHONPATH"]) if p)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Secrets are ``SecretStr``: their repr and logs show ``**********``.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -214,3 +215,24 @@ def load_settings(
     except ValidationError as exc:
         source = f"{path} + environment" if path else "environment"
         raise ConfigError(validation_message(source, exc)) from None
+
+
+MASKED = "**********"  # how pydantic dumps a SecretStr
+
+
+def settings_from_json(settings_json: str) -> Settings:
+    """Settings in a pipeline step: its own (defaults, TOML, ``QCLOOP_*`` env), then the JSON.
+
+    ``settings_json`` is the caller's ``Settings.model_dump_json()``. Its masked
+    secrets are dropped, so secrets reach a step only through its environment
+    (a Kubernetes secret on a cluster; ``pipelines.training.run_local`` here).
+    """
+    return load_settings(**_drop_masked(json.loads(settings_json or "{}")))
+
+
+def _drop_masked(tree: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: _drop_masked(value) if isinstance(value, dict) else value
+        for key, value in tree.items()
+        if value != MASKED
+    }

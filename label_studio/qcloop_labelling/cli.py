@@ -56,25 +56,11 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_sync_in(args: argparse.Namespace, settings: Settings) -> int:
     """Raw store -> tasks with pre-annotations."""
-    from qcloop_labelling.sync_in import sync_in
+    from qcloop_labelling.jobs import sync_in_job
 
-    ls = _label_studio(args, settings)
-    if ls.images == "s3":
-        from qcloop_labelling.storage import s3_fields
-
-        s3_fields(0, settings.store, ls)  # fails early, clearly, without an S3 store
-    client, project = _open(args, settings)
-    try:
-        report = sync_in(
-            settings,
-            client,
-            project,
-            batch_size=args.batch_size or ls.batch_size,
-            include_labelled=args.include_labelled,
-            s3_bucket=settings.store.bucket if ls.images == "s3" else None,
-        )
-    finally:
-        client.close()
+    report = sync_in_job(
+        settings, batch_size=args.batch_size, include_labelled=args.include_labelled
+    )
     _print({k: v for k, v in asdict(report).items() if k != "task_ids"})
     return 0
 
@@ -94,13 +80,9 @@ def cmd_sync_out(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_round(args: argparse.Namespace, settings: Settings) -> int:
     """Export -> YOLO folder -> new dataset version if anything is new."""
-    from qcloop_labelling.round import run_round
+    from qcloop_labelling.jobs import round_job
 
-    client, project = _open(args, settings)
-    try:
-        result = run_round(settings, client, project)
-    finally:
-        client.close()
+    result = round_job(settings)
     version = result.manifest.version if result.manifest else None
     _print({"version": version, "created": result.created, "counts": result.export.counts})
     return 0

@@ -158,8 +158,8 @@ def test_run_local_with_an_unknown_version_names_the_failed_step(
 def test_secrets_reach_the_steps_through_the_environment_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from components.train import settings_from_json
-    from pipelines.training import secret_variables
+    from pipelines.local import secret_variables
+    from qcloop.settings import settings_from_json
 
     settings = Settings(
         store=StoreSettings(

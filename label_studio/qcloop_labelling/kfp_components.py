@@ -1,0 +1,40 @@
+"""Kubeflow Pipelines components of the labelling room: thin adapters over ``jobs``.
+
+As in the training room, every import sits inside the body (KFP ships only the
+function's source) and the project image carries the code.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+QCLOOP_IMAGE = "ghcr.io/qcloop/qcloop:0.1.0"
+_OPTIONS = {"base_image": QCLOOP_IMAGE, "install_kfp_package": False}
+
+
+@dsl.component(**_OPTIONS)
+def sync_in_step(settings_json: str) -> int:
+    """New raw images -> Label Studio tasks with pre-annotations; return how many."""
+    from qcloop.settings import settings_from_json
+    from qcloop_labelling.jobs import sync_in_job
+
+    report = sync_in_job(settings_from_json(settings_json))
+    print(f"[labelling] {report.created} new tasks ({report.with_predictions} pre-annotated)")
+    return report.created
+
+
+@dsl.component(**_OPTIONS)
+def round_step(settings_json: str) -> NamedTuple("RoundOutputs", created=bool, version=str):
+    """Verified labels -> next dataset version if anything is new."""
+    from collections import namedtuple
+
+    from qcloop.settings import settings_from_json
+    from qcloop_labelling.jobs import round_job
+
+    result = round_job(settings_from_json(settings_json))
+    version = result.manifest.version if result.manifest else ""
+    print(
+        f"[labelling] counts {result.export.counts}; version {version or '-'}, "
+        f"new: {result.created}"
+    )
+    return namedtuple("RoundOutputs", ["created", "version"])(result.created, version)
