@@ -15,9 +15,9 @@ version appears, training runs on it:
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kfp import compiler, dsl
+from kfp import dsl
 
-from pipelines.local import run_locally
+from pipelines.local import compile_to, run_locally
 from pipelines.training import credentials, training_pipeline
 from qcloop.settings import Settings
 from qcloop_labelling import kfp_components as steps
@@ -78,12 +78,8 @@ def labelling_and_training(
 
 
 def compile_pipeline(out: Path) -> Path:
-    """Compile to KFP IR YAML at ``out``."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(labelling_and_training, str(out))
-    print(f"[compile] {PIPELINE_NAME} -> {out}")
-    return out
+    """Compile the pipeline to KFP IR YAML at ``out`` (for the Kubeflow UI or API)."""
+    return compile_to(labelling_and_training, PIPELINE_NAME, out)
 
 
 def run_local(

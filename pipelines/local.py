@@ -58,6 +58,17 @@ def run_locally(
             ) from None
 
 
+def compile_to(pipeline: Callable[..., Any], name: str, out: Path) -> Path:
+    """Compile ``pipeline`` to KFP IR YAML at ``out`` (for the Kubeflow UI or API)."""
+    from kfp import compiler
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline, str(out))
+    print(f"[compile] {name} -> {out}")
+    return out
+
+
 def secret_variables(settings: Settings | None) -> dict[str, str]:
     """``QCLOOP_<SECTION>__<FIELD>`` for every secret set in ``settings``."""
     found: dict[str, str] = {}

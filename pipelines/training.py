@@ -8,10 +8,10 @@
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kfp import compiler, dsl, kubernetes
+from kfp import dsl, kubernetes
 
 from components import kfp_components as steps
-from pipelines.local import run_locally
+from pipelines.local import compile_to, run_locally
 from qcloop.contracts import EvalMetrics, ModelRecord
 from qcloop.settings import Settings
 
@@ -143,11 +143,7 @@ def training_pipeline(
 
 def compile_pipeline(out: Path) -> Path:
     """Compile the pipeline to KFP IR YAML at ``out`` (for the Kubeflow UI or API)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(training_pipeline, str(out))
-    print(f"[compile] {PIPELINE_NAME} -> {out}")
-    return out
+    return compile_to(training_pipeline, PIPELINE_NAME, out)
 
 
 def run_local(
