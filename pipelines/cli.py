@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-map", type=float, default=0.3, help="gate: minimum mAP50-95")
     p = add("submit", _cmd_submit, "upload + start the training pipeline on Kubeflow", pl)
     p.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
-    p.add_argument("--dataset-version", help="dataset version to train on")
+    p.add_argument("--dataset-version", help="dataset version to train on (default: newest)")
     p.add_argument("--param", action="append", default=[], help="name=value (repeatable)")
     p.add_argument("--experiment", default="qcloop")
     p.add_argument("--schedule", help="cron (6 fields, KFP) for a recurring run instead")

@@ -58,6 +58,13 @@ def submit(
 
     from pipelines.training import PIPELINE_NAME, compile_pipeline
 
+    if "dataset_version" not in params:  # a schedule trains on the newest version
+        from qcloop.dataset import known_versions
+
+        versions = known_versions(settings)
+        if not versions:
+            raise PipelineError("no dataset version in the object store; import data first")
+        params = {**params, "dataset_version": versions[-1]}
     arguments = {
         "settings_json": cluster_settings_json(settings),
         "tracking_uri": settings.mlflow.tracking_uri,

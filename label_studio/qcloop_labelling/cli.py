@@ -80,8 +80,11 @@ def cmd_sync_out(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_round(args: argparse.Namespace, settings: Settings) -> int:
     """Export -> YOLO folder -> new dataset version if anything is new."""
-    from qcloop_labelling.jobs import round_job
+    from qcloop_labelling.jobs import round_job, sync_in_job
 
+    if args.sync_in:  # one scheduled job: new images in, verified labels out
+        report = sync_in_job(settings)
+        _print({"sync_in": {k: v for k, v in asdict(report).items() if k != "task_ids"}})
     result = round_job(settings)
     version = result.manifest.version if result.manifest else None
     _print({"version": version, "created": result.created, "counts": result.export.counts})
@@ -131,7 +134,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add("sync-out", cmd_sync_out, "export verified labels as a YOLO folder").add_argument(
         "--out", required=True, help="new folder for images/, labels/, classes.txt"
     )
-    add("round", cmd_round, "sync-out + new dataset version when anything is new")
+    add("round", cmd_round, "sync-out + new dataset version when anything is new").add_argument(
+        "--sync-in", action="store_true", help="first send new raw images in (for schedules)"
+    )
     p = add("import-labels", cmd_import_labels, "existing labels -> annotated tasks")
     p.add_argument("source", help="YOLO folder, Label Studio JSON export or COCO JSON file")
     p.add_argument("--format", choices=["yolo", "ls-json", "coco"], default="yolo")

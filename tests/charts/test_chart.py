@@ -280,7 +280,7 @@ def test_schedules_run_the_loop_commands(helm: Helm) -> None:
     assert labelling["spec"]["concurrencyPolicy"] == "Forbid"
     specs = pod_specs(objects)
     label_box = specs[f"{RELEASE}-qcloop-labelling"]["containers"][0]
-    assert label_box["command"] == ["qcloop", "labelling", "round"]
+    assert label_box["command"] == ["qcloop", "labelling", "round", "--sync-in"]
     assert (
         env_of(label_box)["QCLOOP_LABEL_STUDIO__URL"]
         == f"http://{RELEASE}-qcloop-label-studio.{NAMESPACE}.svc:8080"

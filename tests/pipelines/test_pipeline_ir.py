@@ -91,3 +91,11 @@ def test_unreachable_cluster_is_named(capsys: pytest.CaptureFixture[str], tmp_pa
     )
     err = capsys.readouterr().err
     assert "Kubeflow Pipelines at http://127.0.0.1:9" in err and "port-forward" in err
+
+
+def test_scheduled_submit_needs_a_dataset_version(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QCLOOP_STORE__PATH", str(tmp_path / "empty-store"))
+    assert main(["pipeline", "submit", "--host", "http://127.0.0.1:9"]) == 1
+    assert "no dataset version in the object store" in capsys.readouterr().err
