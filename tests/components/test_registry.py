@@ -106,7 +106,12 @@ def _check_mlflow_side(uri: str, record: ModelRecord) -> None:
     assert json.loads(version.tags["class_names"]) == ["scratch"]
     assert version.tags["input_size"] == "160" and version.tags["approved"] == "true"
     run = client.get_run(record.run_id)
-    assert run.data.params == {"epochs": "1", "imgsz": "160"}
+    params = run.data.params
+    assert {k: v for k, v in params.items() if not k.startswith("env.")} == {
+        "epochs": "1",
+        "imgsz": "160",
+    }
+    assert params["env.ultralytics"] and params["env.onnxruntime"]  # the environment, for lineage
     assert run.data.tags["dataset_version"] == "v1" and run.data.tags["code_version"] == "abc1234"
     assert [a.path for a in client.list_artifacts(record.run_id, "model")] == ["model/model.onnx"]
 
