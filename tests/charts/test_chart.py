@@ -49,6 +49,14 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[Path, ...]]] = {
         ),
         (),
     ),
+    "mlflow-postgresql": (
+        (
+            "mlflow.database.type=postgresql",
+            "mlflow.database.host=pg.db.svc",
+            "mlflow.database.existingSecret=mlflow-pg",
+        ),
+        (),
+    ),
     "nothing-but-servers": (
         (
             "releaseBridge.enabled=false",
@@ -338,6 +346,38 @@ def test_mlflow_stores_artifacts_on_minio_with_its_credentials(helm: Helm) -> No
     assert env_of(job["spec"]["template"]["spec"]["containers"][0])["BUCKETS"] == "qcloop"
 
 
+def test_mlflow_on_postgresql_takes_the_password_from_its_secret(helm: Helm) -> None:
+    # Given MLflow switched to an external PostgreSQL (everything else: the external file)
+    sets = (
+        "mlflow.enabled=true",
+        "mlflow.database.port=5433",
+        "mlflow.database.name=tracking",
+        "mlflow.database.user=tracker",
+    )
+    manifest, objects = render(helm, *sets, values=(EXTERNAL_VALUES,))
+    # Then the kubernetes 1.30 schemas accept it
+    proc = kubernetes_validate(manifest)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # And the backend URI is built from env vars, the password one read from the Secret
+    spec = pod_specs(objects)[f"{RELEASE}-qcloop-mlflow"]
+    container = spec["containers"][0]
+    assert (
+        "--backend-store-uri=postgresql://$(MLFLOW_DB_USER):$(MLFLOW_DB_PASSWORD)"
+        "@postgres.db.svc:5433/tracking"
+    ) in container["command"]
+    env = env_of(container)
+    assert env["MLFLOW_DB_USER"] == "tracker"
+    assert env["MLFLOW_DB_PASSWORD"] == {
+        "secretKeyRef": {"name": "mlflow-postgres", "key": "password"}
+    }
+    # And no password in plain text, no sqlite, no volume for it and no PVC
+    assert not any("sqlite" in arg for arg in container["command"])
+    assert [v["name"] for v in spec["volumes"]] == ["tmp"]
+    assert [m["name"] for m in container["volumeMounts"]] == ["tmp"]
+    assert by_kind(objects, "PersistentVolumeClaim") == {}
+    assert by_kind(objects, "Secret") == {}
+
+
 def test_mosquitto_listens_with_password_auth(helm: Helm) -> None:
     _, objects = render(helm)
     config = by_kind(objects, "ConfigMap")[f"{RELEASE}-qcloop-mosquitto"]["data"]
@@ -411,6 +451,14 @@ GUARDS = {
     "postgresql-host": (
         ("labelStudio.database.type=postgresql",),
         "labelStudio.database.host is required",
+    ),
+    "mlflow-postgresql-host": (
+        ("mlflow.database.type=postgresql", "mlflow.database.existingSecret=mlflow-pg"),
+        "mlflow.database.host is required",
+    ),
+    "mlflow-postgresql-secret": (
+        ("mlflow.database.type=postgresql", "mlflow.database.host=pg.db.svc"),
+        "mlflow.database.existingSecret is required",
     ),
     "device-password": (
         ("mosquitto.fleets.line-1={cam-1}",),

@@ -388,6 +388,14 @@ round trip per value. The templates keep their own `required` guards as well.
 {{- if and .Values.mlflow.enabled .Values.mlflow.artifacts.s3Endpoint (not .Values.mlflow.artifacts.existingSecret) -}}
 {{- $errors = append $errors "mlflow.artifacts.existingSecret is required when mlflow.artifacts.s3Endpoint is set" -}}
 {{- end -}}
+{{- if and .Values.mlflow.enabled (eq .Values.mlflow.database.type "postgresql") -}}
+{{- if not .Values.mlflow.database.host -}}
+{{- $errors = append $errors "mlflow.database.host is required when mlflow.database.type is postgresql" -}}
+{{- end -}}
+{{- if not .Values.mlflow.database.existingSecret -}}
+{{- $errors = append $errors "mlflow.database.existingSecret is required when mlflow.database.type is postgresql" -}}
+{{- end -}}
+{{- end -}}
 {{- if and (not .Values.mlflow.enabled) $usesMlflow (not .Values.externalMlflow.trackingUri) -}}
 {{- $errors = append $errors "externalMlflow.trackingUri is required when mlflow.enabled is false (the release bridge and the schedules use it)" -}}
 {{- end -}}
