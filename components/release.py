@@ -19,7 +19,7 @@ from qcloop.errors import QcloopError, RegistryError
 from qcloop.mqtt import publish_retained, release_topic
 from qcloop.settings import Settings
 from qcloop.signing import load_private_key, sign_release
-from qcloop.storage import open_store
+from qcloop.storage import open_store, released_key
 
 
 def model_key(name: str, version: str, variant: str = "fp32") -> str:
@@ -70,9 +70,17 @@ def build_release(
 
 
 def publish_release(settings: Settings, message: ReleaseMessage) -> str:
-    """Publish ``message`` retained on its fleet's release topic; return the topic."""
+    """Publish ``message`` retained on its fleet's release topic; return the topic.
+
+    The message is also kept in the object store (``released_key``), where the
+    platform side finds the model in production (model-assisted labelling).
+    """
     topic = release_topic(message.fleet)
     publish_retained(settings.mqtt, topic, message.to_json().encode())
+    store = open_store(settings.store)
+    store.put_bytes(
+        released_key(message.model.name), message.to_json().encode(), "application/json"
+    )
     return topic
 
 

@@ -130,6 +130,11 @@ class LabelStudioSettings(_Section):
     s3_endpoint: str | None = Field(
         default=None, description="images = s3: the store's endpoint as Label Studio sees it"
     )
+    assist: bool = Field(
+        default=True,
+        description="pre-annotate images no model has seen with the released production model",
+    )
+    assist_conf: float = Field(default=0.1, ge=0.0, le=1.0, description="its confidence floor")
     presign: bool = Field(
         default=False,
         description="images = s3: send browsers presigned URLs (they must reach MinIO) "

@@ -24,6 +24,11 @@ from qcloop.settings import StoreSettings
 RAW_PREFIX = "raw/"
 
 
+def released_key(model_name: str) -> str:
+    """Where the release bridge keeps the last published release of a model (its JSON)."""
+    return f"models/{model_name}/released.json"
+
+
 class ObjectStore(Protocol):
     """What every backend offers."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qcloop.settings import Settings
+from qcloop_labelling.assist import production_assistant
 from qcloop_labelling.client import connect
 from qcloop_labelling.project import find_project
 from qcloop_labelling.round import RoundResult, run_round
@@ -19,6 +20,7 @@ def sync_in_job(
 
         s3_fields(0, settings.store, ls)  # fails early, clearly, without an S3 store
     client = connect(ls)
+    assistant = production_assistant(settings) if ls.assist else None
     try:
         return sync_in(
             settings,
@@ -27,9 +29,12 @@ def sync_in_job(
             batch_size=batch_size or ls.batch_size,
             include_labelled=include_labelled,
             s3_bucket=settings.store.bucket if ls.images == "s3" else None,
+            assist=assistant[0] if assistant else None,
         )
     finally:
         client.close()
+        if assistant:
+            assistant[1]()
 
 
 def round_job(settings: Settings) -> RoundResult:

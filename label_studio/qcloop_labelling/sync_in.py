@@ -9,6 +9,7 @@ from qcloop.contracts import RawImageSidecar
 from qcloop.dataset import current_manifest
 from qcloop.settings import Settings
 from qcloop.storage import list_raw_images, open_store
+from qcloop_labelling.assist import Assistant
 from qcloop_labelling.client import LabelStudioClient
 from qcloop_labelling.tasks import batches, confidence, image_task, known_images
 
@@ -48,6 +49,7 @@ def sync_in(
     batch_size: int = 100,
     include_labelled: bool = False,
     s3_bucket: str | None = None,
+    assist: Assistant | None = None,
     progress: Progress = print,
 ) -> SyncInReport:
     """Create a task for every raw image that has none yet (and is not labelled already).
@@ -55,7 +57,8 @@ def sync_in(
     Images already in the checked-out dataset version are left out unless
     ``include_labelled``: they were labelled before. With ``s3_bucket`` the tasks
     point at ``s3://<bucket>/<key>`` (the project needs an S3 storage of that bucket)
-    instead of carrying the image.
+    instead of carrying the image. ``assist`` predicts for images that no model
+    has seen yet (model-assisted labelling), before the least-confident ordering.
     """
     store = open_store(settings.store)
     sidecars = list_raw_images(store)
@@ -63,6 +66,11 @@ def sync_in(
     manifest = None if include_labelled else current_manifest(settings.workspace.resolve())
     in_dataset = {img.sha256 for img in manifest.images} if manifest else set()
     todo = pending_images(sidecars, in_project, in_dataset)
+    if assist is not None:
+        unseen = sum(1 for s in todo if s.model is None)
+        progress(f"  pre-annotating {unseen} images that no model has seen")
+        todo = [assist(s, store.get_bytes(s.key)) if s.model is None else s for s in todo]
+        todo = pending_images(todo, in_project, in_dataset)  # order again, with the new scores
     progress(f"{len(sidecars)} raw images, {len(todo)} new for project {project_id}")
     ids: list[int] = []
     for batch in batches(todo, batch_size):
