@@ -130,6 +130,10 @@ class LabelStudioSettings(_Section):
     s3_endpoint: str | None = Field(
         default=None, description="images = s3: the store's endpoint as Label Studio sees it"
     )
+    review: bool = Field(
+        default=False,
+        description="only reviewer-accepted (or ground-truth starred) annotations count",
+    )
     assist: bool = Field(
         default=True,
         description="pre-annotate images no model has seen with the released production model",

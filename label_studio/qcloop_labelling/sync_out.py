@@ -8,6 +8,11 @@ only submitted (not cancelled) annotations count; with several, the one updated
 last wins (ties: the higher annotation id). A task whose annotations were all
 cancelled is *skipped*; one with none is *pending*; a counted annotation without
 boxes is a *negative*; with boxes it is *labelled*.
+
+With review on (``label_studio.review``), only accepted annotations count: one a
+reviewer accepted (Label Studio Enterprise: a review with ``accepted``) or marked
+as ground truth (the star, in Label Studio Community, which has no review
+workflow). Submitted but not yet accepted work stays *pending* for the next round.
 """
 
 from __future__ import annotations
@@ -71,21 +76,37 @@ class SyncOutReport:
         return f"project {self.project_id}: {parts} ({self.boxes} boxes) -> {self.out}"
 
 
-def chosen_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
-    """The annotation that counts for a task, by ``ANNOTATION_RULE``."""
+def accepted(annotation: dict[str, Any]) -> bool:
+    """Whether a reviewer accepted it (Enterprise review) or starred it as ground truth."""
+    reviews = annotation.get("reviews") or annotation.get("review_result") or []
+    reviews = reviews if isinstance(reviews, list) else [reviews]
+    return bool(annotation.get("ground_truth")) or any(
+        isinstance(r, dict) and r.get("accepted") for r in reviews
+    )
+
+
+def chosen_annotation(task: dict[str, Any], review: bool = False) -> dict[str, Any] | None:
+    """The annotation that counts for a task, by ``ANNOTATION_RULE`` (``review``: accepted only)."""
     submitted = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    if review:
+        submitted = [a for a in submitted if accepted(a)]
     if not submitted:
         return None
     return max(submitted, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)))
 
 
-def classify(task: dict[str, Any], names: list[str]) -> tuple[TaskOutcome, list[str]]:
+def classify(
+    task: dict[str, Any], names: list[str], review: bool = False
+) -> tuple[TaskOutcome, list[str]]:
     """A task's outcome and the problems of its counted annotation (each naming the task)."""
     tid, data = int(task["id"]), task.get("data") or {}
     base = {"task_id": tid, "raw_key": data.get("raw_key"), "name": data.get("name")}
-    chosen = chosen_annotation(task)
+    chosen = chosen_annotation(task, review)
     if chosen is None:
-        status: Status = "skipped" if task.get("annotations") else "pending"
+        cancelled_only = task.get("annotations") and all(
+            a.get("was_cancelled") for a in task["annotations"]
+        )
+        status: Status = "skipped" if cancelled_only else "pending"
         return TaskOutcome(status=status, **base), []
     boxes, problems = [], []
     for n, result in enumerate(chosen.get("result") or [], start=1):
@@ -99,11 +120,13 @@ def classify(task: dict[str, Any], names: list[str]) -> tuple[TaskOutcome, list[
     ), problems
 
 
-def convert(tasks: list[dict[str, Any]], names: list[str]) -> list[TaskOutcome]:
+def convert(
+    tasks: list[dict[str, Any]], names: list[str], review: bool = False
+) -> list[TaskOutcome]:
     """Outcomes of all tasks; one ``AnnotationError`` naming every bad task if any."""
     outcomes, problems = [], []
     for task in sorted(tasks, key=lambda t: int(t["id"])):
-        outcome, bad = classify(task, names)
+        outcome, bad = classify(task, names, review)
         outcomes.append(outcome)
         problems += bad
     if problems:
@@ -209,7 +232,7 @@ def sync_out(
     tasks = client.export_json(project_id)
     progress(f"exported {len(tasks)} tasks from project {project_id}")
     names = list(settings.class_names)
-    outcomes = convert(tasks, names)
+    outcomes = convert(tasks, names, settings.label_studio.review)
     outcomes = write_yolo_folder(
         out, tasks, outcomes, names, open_store(settings.store), project_id
     )

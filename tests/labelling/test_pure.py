@@ -87,3 +87,27 @@ def test_pending_images_skip_known_and_labelled_and_put_least_sure_first() -> No
     a, b, c, d = (sidecar(ch * 64, s) for ch, s in zip("abcd", scores, strict=True))
     todo = pending_images([a, b, c, d], in_project={"a" * 64}, in_dataset={"d" * 64})
     assert [s.sha256[0] for s in todo] == ["b", "c"]  # b: no box = 0, c: best 0.9
+
+
+def test_with_review_on_only_accepted_annotations_count() -> None:
+    box = {
+        "type": "rectanglelabels",
+        "from_name": "label",
+        "to_name": "image",
+        "original_width": 100,
+        "original_height": 100,
+        "value": {"x": 10, "y": 10, "width": 20, "height": 20, "rectanglelabels": ["scratch"]},
+    }
+    submitted = {"id": 1, "updated_at": "2026-01-02", "result": [box]}
+    starred = {"id": 2, "updated_at": "2026-01-01", "result": [], "ground_truth": True}
+    reviewed = {
+        "id": 3,
+        "updated_at": "2026-01-01",
+        "result": [box],
+        "reviews": [{"accepted": True}],
+    }
+    task = {"id": 9, "annotations": [submitted]}
+    assert classify(task, ["scratch"])[0].status == "labelled"  # review off: submitted counts
+    assert classify(task, ["scratch"], review=True)[0].status == "pending"  # awaits a reviewer
+    assert chosen_annotation({"annotations": [submitted, starred]}, review=True) is starred
+    assert chosen_annotation({"annotations": [submitted, reviewed]}, review=True) is reviewed
