@@ -276,6 +276,18 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_fleet(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.fleet import fleet_states, fleet_table
+
+    states = fleet_states(settings.mqtt, fleet=args.fleet, wait_s=args.wait)
+    if args.json:
+        for state in states:
+            print(json.dumps(state))
+    else:
+        print(fleet_table(states) if states else "no device has reported yet")
+    return 0
+
+
 def _cmd_raw(args: argparse.Namespace, settings: Settings) -> int:
     from qcloop.storage import list_raw_images, open_store
 
@@ -408,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("broker", _cmd_broker, "run the embedded MQTT broker in the foreground")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--kind", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    p = add("fleet", _cmd_fleet, "list the devices: which model each runs, since when, health")
+    p.add_argument("--fleet", help="only this fleet")
+    p.add_argument("--json", action="store_true", help="one JSON line per device")
+    p.add_argument("--wait", type=float, default=2.0, help="seconds to collect retained states")
     add("raw", _cmd_raw, "list images in the raw store (with reason and best score)")
     from qcloop_labelling.cli import register as register_labelling
 
