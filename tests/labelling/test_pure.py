@@ -111,3 +111,15 @@ def test_with_review_on_only_accepted_annotations_count() -> None:
     assert classify(task, ["scratch"], review=True)[0].status == "pending"  # awaits a reviewer
     assert chosen_annotation({"annotations": [submitted, starred]}, review=True) is starred
     assert chosen_annotation({"annotations": [submitted, reviewed]}, review=True) is reviewed
+
+
+def test_a_task_whose_image_is_gone_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from qcloop.storage import LocalStore
+    from qcloop_labelling.errors import LabellingError
+    from qcloop_labelling.sync_out import _image_bytes
+
+    task = {"id": 5, "data": {"raw_key": "raw/aa/gone.jpg", "image": "s3://bucket/raw/aa/gone.jpg"}}
+    with pytest.raises(LabellingError, match="task 5: image 'raw/aa/gone.jpg' is neither"):
+        _image_bytes(task, LocalStore(tmp_path))
