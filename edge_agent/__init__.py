@@ -4,11 +4,13 @@ It imports the core (``qcloop``) and small libraries only - onnxruntime, numpy,
 Pillow, paho-mqtt, minio, pydantic - never torch, ultralytics, mlflow, kfp, dvc,
 nor another room. Layers:
 
-- pure: ``inference`` (letterbox, decode, NMS, ``Detector``), ``config``, ``stats``
+- pure: ``inference`` (letterbox, decode, NMS, ``Detector``), ``config``, ``stats``,
+  ``policies`` (which frames go back: band, defects, count, random; limits, dedup)
 - I/O: ``sources`` (hot folder, simulated camera), ``link`` (MQTT),
   ``release`` (download, verify signature and sha256, load, smoke-test),
   ``history`` (last good models), ``spool`` (on-disk store and forward),
-  ``feedback`` (spool -> raw store, with backoff), ``sdnotify`` (systemd), ``fsutil``
+  ``feedback`` (spool -> raw store, with backoff), ``verdicts`` (operator verdicts on
+  recent frames), ``sdnotify`` (systemd), ``fsutil``
 - job: ``agent`` (the loop), ``cli`` (``qcloop-edge``)
 
 ``qcloop-edge.service`` is the systemd unit (docs/edge.md).

@@ -1,7 +1,8 @@
 """The inspection loop: frames in, detections out, hard frames back to the raw store.
 
     source --frame--> Detector --InferenceResult--> MQTT results
-                          \\--best score < feedback_below--> spool (disk) --> raw store
+                          \\--feedback policy (policies)--> spool (disk) --> raw store
+    MQTT verdict --> VerdictInbox (last frames) --operator_verdict--> spool
     MQTT release (fleet or device) --> ModelLoader (verify, load, smoke-test) --ready--> swap
 
 The loop itself never waits on the network: releases are loaded and the spool is
@@ -29,13 +30,16 @@ from edge_agent.feedback import FeedbackUploader, build_sidecar
 from edge_agent.history import forget, record_good
 from edge_agent.inference import load_image
 from edge_agent.link import MqttLink
+from edge_agent.policies import FeedbackPolicies
 from edge_agent.release import ModelLoader, ServingModel, load_last_good, load_local, release_key
 from edge_agent.sdnotify import Watchdog, notify
 from edge_agent.sources import FolderSource, Frame, FrameSource, SimulatedCameraSource
 from edge_agent.spool import Spool
 from edge_agent.stats import AgentStats, Counters, DeviceState, Status, Throughput, disk_free
 from edge_agent.store import LazyStore
-from qcloop.contracts import CaptureReason, Detection, InferenceResult, ModelRef, utcnow
+from edge_agent.verdicts import VerdictInbox
+from qcloop.contracts import Detection, InferenceResult, ModelRef, utcnow
+from qcloop.storage import sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,8 @@ class Agent:
         self._initial_model = Path(initial_model) if initial_model else None
         self._throughput = Throughput()
         self._spool: Spool | None = None
+        self.policies = FeedbackPolicies(config.feedback)
+        self.verdicts = VerdictInbox(config.verdicts, self._counters, config.device_id)
 
     def __repr__(self) -> str:
         return f"Agent(device_id={self.config.device_id!r}, source={self.source!r})"
@@ -91,7 +97,7 @@ class Agent:
 
     def stats(self) -> AgentStats:
         """Totals so far (safe to call from another thread)."""
-        return self._counters.snapshot(self.serving_model)
+        return self._counters.snapshot(self.serving_model, self.policies.counts())
 
     def stop(self) -> None:
         """Ask ``run`` to return after the current frame (signal-handler safe)."""
@@ -110,7 +116,8 @@ class Agent:
             initial = load_last_good(self.config, key, self._counters)
         self._spool = Spool(self.config.state_dir / "spool", self.config.feedback.spool_max_bytes)
         loader = ModelLoader(self.config, self._store, self._counters, key)
-        link = MqttLink(self.config, on_release=loader.submit)
+        on_verdict = self.verdicts.receive if self.config.verdicts.enabled else None
+        link = MqttLink(self.config, on_release=loader.submit, on_verdict=on_verdict)
         feedback = self._make_uploader(self._spool)
         link.start()
         self._publish_state(link, "starting")
@@ -166,6 +173,7 @@ class Agent:
             ready = loader.take_ready()
             if ready is not None:
                 self._install(ready, loader, link, counted=True)
+            self.verdicts.drain(feedback)
             if self._serving is None:
                 loader.wait_ready(tick)  # frames stay where they are until a model arrives
                 continue
@@ -247,6 +255,8 @@ class Agent:
         latency_ms = (time.perf_counter() - started) * 1000.0
         self._throughput.add(latency_ms)
         self._counters.add("frames_inferred")
+        if self.config.verdicts.enabled:
+            self.verdicts.remember(frame.name, frame.data, detections, serving.ref)
         feedback_key = self._feedback(frame, image, serving, detections, feedback)
         result = InferenceResult(
             device_id=self.config.device_id,
@@ -267,20 +277,16 @@ class Agent:
         detections: list[Detection],
         feedback: FeedbackUploader,
     ) -> str | None:
-        """Spool the frame if it is hard (or sampled); its raw-store key, known before upload."""
-        settings = self.config.feedback
-        if not settings.enabled:
+        """Spool the frame if a policy wants it; its raw-store key, known before upload."""
+        if not self.config.feedback.enabled:
             return None
-        best = max((d.score for d in detections), default=0.0)
-        reason: CaptureReason | None = None
-        if best < serving.thresholds.feedback_below:
-            reason = "low_confidence"
-        elif (
-            settings.sample_every
-            and self._counters.get("frames_inferred") % settings.sample_every == 0
-        ):
-            reason = "sampling"
-        if reason is None:
+        decision = self.policies.decide(
+            sha256_bytes(frame.data),
+            detections,
+            serving.thresholds,
+            self._counters.get("frames_inferred"),
+        )
+        if decision is None:
             return None
         sidecar = build_sidecar(
             frame.data,
@@ -289,7 +295,7 @@ class Agent:
             frame_name=frame.name,
             model=serving.ref,
             predictions=detections,
-            reason=reason,
+            reason=decision.reason,
         )
         return sidecar.key if feedback.submit(frame.data, sidecar) else None
 
@@ -312,6 +318,7 @@ class Agent:
             spool_bytes=spool.size() if spool else 0,
             disk_free_bytes=disk_free(self.config.state_dir),
             errors=self._counters.get("errors"),
+            feedback_policies=self.policies.counts(),
         )
 
     def _publish_state(self, link: MqttLink, status: Status) -> None:

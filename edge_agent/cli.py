@@ -5,6 +5,8 @@
                     [--stats-out FILE.json]
     qcloop-edge check-config --config FILE
     qcloop-edge status --config FILE [--json] [--timeout S]
+    qcloop-edge verdict --config FILE --frame NAME|SHA256 --verdict missed_defect|false_alarm
+                        [--by NAME] [--note TEXT]
 
 Exit codes: 0 ok, 1 a bad config, model or image, no state, broker down (named on
 stderr), 2 bad usage.
@@ -27,9 +29,10 @@ from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig, load_config
 from edge_agent.errors import ImageError
 from edge_agent.inference import Detector
-from edge_agent.link import read_retained_state
+from edge_agent.link import publish_verdict, read_retained_state
 from edge_agent.logs import json_logging
 from edge_agent.stats import DeviceState
+from edge_agent.verdicts import Verdict
 from qcloop.contracts import Detection
 from qcloop.errors import QcloopError
 
@@ -181,6 +184,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verdict(args: argparse.Namespace) -> int:
+    """Publish an operator verdict on a recent frame to the device."""
+    config = _load(args.config)
+    if isinstance(config, int):
+        return config
+    try:
+        verdict = Verdict(frame=args.frame, verdict=args.verdict, by=args.by, note=args.note)
+    except ValueError as exc:
+        return _fail(f"bad verdict: {exc}")
+    try:
+        publish_verdict(config, verdict.model_dump_json())
+    except QcloopError as exc:
+        return _fail(str(exc))
+    print(f"verdict {verdict.verdict} on {verdict.frame} sent to {config.device_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``qcloop-edge``."""
     parser = argparse.ArgumentParser(prog=PROG, description="qcloop shop-floor edge agent")
@@ -213,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the DeviceState JSON")
     status.add_argument("--timeout", type=float, default=5.0, help="wait this long for it")
     status.set_defaults(func=cmd_status)
+
+    verdict = sub.add_parser("verdict", help="send a recent frame back with an operator verdict")
+    verdict.add_argument("--config", type=Path, required=True, help="edge TOML file")
+    verdict.add_argument("--frame", required=True, help="image name or sha256 of the frame")
+    verdict.add_argument("--verdict", required=True, choices=["missed_defect", "false_alarm"])
+    verdict.add_argument("--by", default="operator", help="who says so (no ':' or spaces)")
+    verdict.add_argument("--note", default="", help="free text (logged by the agent)")
+    verdict.set_defaults(func=cmd_verdict)
     return parser
 
 

@@ -54,10 +54,80 @@ class SourceConfig(_Section):
         return self
 
 
+class RateLimits(_Section):
+    """How many frames one policy may send per minute / hour / day (unset: no limit)."""
+
+    per_minute: int | None = Field(default=None, ge=0)
+    per_hour: int | None = Field(default=None, ge=0)
+    per_day: int | None = Field(default=None, ge=0)
+
+
+class BandPolicy(RateLimits):
+    """Best score within [low, high] (reason 'low_confidence').
+
+    Without ``high`` it is the classic rule: best score < ``thresholds.feedback_below``.
+    """
+
+    enabled: bool = True
+    low: float = Field(default=0.0, ge=0.0, le=1.0)
+    high: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BandPolicy:
+        if self.high is not None and self.high < self.low:
+            raise ValueError("feedback.policies.band.high must be >= low")
+        return self
+
+
+class RandomPolicy(RateLimits):
+    """A random share of all frames (reason 'sampling')."""
+
+    share: float = Field(default=0.0, ge=0.0, le=1.0, description="probability; 0: off")
+    seed: int | None = Field(default=None, description="fixed seed (tests); default: random")
+
+
+class CountPolicy(RateLimits):
+    """Frames with at least ``min_detections`` boxes (reason 'sampling')."""
+
+    min_detections: int = Field(default=0, ge=0, description="0: off")
+
+
+class DefectsPolicy(RateLimits):
+    """Every frame with a box scoring >= ``min_score`` (default: thresholds.confidence)."""
+
+    enabled: bool = False
+    min_score: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class PoliciesConfig(_Section):
+    """Which frames go back; the first policy that matches, is within its limits, wins."""
+
+    band: BandPolicy = BandPolicy()
+    defects: DefectsPolicy = DefectsPolicy()
+    count: CountPolicy = CountPolicy()
+    random: RandomPolicy = RandomPolicy()
+    dedup_window_s: float = Field(
+        default=3600.0, ge=0.0, description="same image sha256 not sent twice within; 0: off"
+    )
+    dedup_max_entries: int = Field(default=100_000, ge=1, description="hashes remembered")
+
+
+class VerdictConfig(_Section):
+    """Operator verdicts on ``qcloop/devices/<id>/verdict`` send a recent frame back."""
+
+    enabled: bool = True
+    buffer_frames: int = Field(default=50, ge=1, le=10_000, description="last frames kept")
+    buffer_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="bytes bound of those frames"
+    )
+    max_payload_bytes: int = Field(default=4096, ge=256, description="larger verdicts ignored")
+
+
 class FeedbackConfig(_Section):
     """Hard frames back to the raw store, through the on-disk spool (store and forward)."""
 
     enabled: bool = True
+    policies: PoliciesConfig = PoliciesConfig()
     sample_every: int = Field(
         default=0, ge=0, description="also send every Nth frame (reason 'sampling'); 0: never"
     )
@@ -112,6 +182,7 @@ class EdgeConfig(_Section):
     thresholds: Thresholds = Thresholds()
     feedback: FeedbackConfig = FeedbackConfig()
     release: ReleaseConfig = ReleaseConfig()
+    verdicts: VerdictConfig = VerdictConfig()
     link: LinkConfig = LinkConfig()
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()

@@ -40,8 +40,12 @@ def build_sidecar(
     model: ModelRef | None,
     predictions: list[Detection],
     reason: CaptureReason = "low_confidence",
+    source: str | None = None,
 ) -> RawImageSidecar:
-    """The sidecar of a frame sent back, keyed by the sha256 of its bytes."""
+    """The sidecar of a frame sent back, keyed by the sha256 of its bytes.
+
+    ``source`` defaults to the device id (an operator verdict puts itself there).
+    """
     fmt = image.format or "JPEG"
     sha = sha256_bytes(data)
     return RawImageSidecar(
@@ -50,7 +54,7 @@ def build_sidecar(
         content_type=Image.MIME.get(fmt, "application/octet-stream"),
         width=image.width,
         height=image.height,
-        source=device_id,
+        source=source or device_id,
         device_id=device_id,
         reason=reason,
         original_name=Path(frame_name).name,

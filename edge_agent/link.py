@@ -5,7 +5,8 @@ itself; the release subscription is renewed on every connect, so the retained
 release arrives again after a broker restart. If the broker is down at start the
 agent still starts (a ``--model`` or the last good model keeps inspecting) and
 connects when it can. Two release topics are followed: the fleet's and the
-device's own override; the loader decides which one applies.
+device's own override; the loader decides which one applies. Operator verdicts
+(``qcloop/devices/<id>/verdict``) are handed to the agent as raw bytes.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from qcloop.mqtt import (
     connect,
     device_release_topic,
     make_client,
+    publish_once,
     release_topic,
     results_topic,
     state_topic,
+    verdict_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -37,14 +40,21 @@ MAX_QUEUED = 1000  # results held while the broker is away; older ones are dropp
 class MqttLink:
     """Subscribes to the fleet's release topic and publishes this device's messages."""
 
-    def __init__(self, config: EdgeConfig, on_release: Callable[[bytes, str], None]) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        on_release: Callable[[bytes, str], None],
+        on_verdict: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._settings = config.mqtt
         self.device_id = config.device_id
         self.release_topic = release_topic(config.fleet)
         self.device_release_topic = device_release_topic(config.device_id)
         self.results_topic = results_topic(config.device_id)
         self.state_topic = state_topic(config.device_id)
+        self.verdict_topic = verdict_topic(config.device_id)
         self._on_release = on_release
+        self._on_verdict = on_verdict
         self._client = make_client(config.mqtt, client_id=f"qcloop-edge-{config.device_id}")
         offline = DeviceState(status="offline", device_id=config.device_id, fleet=config.fleet)
         self._client.will_set(self.state_topic, offline.model_dump_json(), qos=1, retain=True)
@@ -90,13 +100,13 @@ class MqttLink:
         if reason.is_failure:
             log.error("MQTT connection refused", extra={"reason": str(reason)})
             return
-        client.subscribe([(self.release_topic, 1), (self.device_release_topic, 1)])
+        topics = [self.release_topic, self.device_release_topic]
+        if self._on_verdict is not None:
+            topics.append(self.verdict_topic)
+        client.subscribe([(topic, 1) for topic in topics])
         log.info(
             "MQTT connected",
-            extra={
-                "broker": f"{self._settings.host}:{self._settings.port}",
-                "topics": [self.release_topic, self.device_release_topic],
-            },
+            extra={"broker": f"{self._settings.host}:{self._settings.port}", "topics": topics},
         )
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
@@ -108,6 +118,15 @@ class MqttLink:
             self._on_release(bytes(message.payload), "fleet")
         elif message.topic == self.device_release_topic:
             self._on_release(bytes(message.payload), "device")
+        elif message.topic == self.verdict_topic and self._on_verdict is not None:
+            self._on_verdict(bytes(message.payload))
+
+
+def publish_verdict(config: EdgeConfig, payload: str, timeout: float = 10.0) -> None:
+    """Publish one operator verdict (QoS 1, not retained) to the device; wait for the broker."""
+    publish_once(
+        config.mqtt, verdict_topic(config.device_id), payload, retain=False, timeout=timeout
+    )
 
 
 def read_retained_state(config: EdgeConfig, timeout: float = 5.0) -> DeviceState | None:

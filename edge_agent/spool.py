@@ -7,7 +7,8 @@ The name carries the priority and the order, so a restart rebuilds the index
 from a directory listing. The spool is bounded in bytes: when a new entry does
 not fit, the lowest-priority (then oldest) entries are dropped first; a new entry
 less important than everything spooled is itself dropped. Entries are keyed by
-the image's sha256: the same image twice is spooled once.
+the image's sha256: the same image twice is spooled once (a higher priority
+replaces the entry, so an operator verdict wins over an earlier low-confidence one).
 """
 
 from __future__ import annotations
@@ -117,8 +118,12 @@ class Spool:
         """Spool an image; returns what was dropped to make room (the new entry itself too)."""
         blob = encode(data, sidecar)
         with self._lock:
-            if sidecar.sha256 in self._index:
+            existing = self._index.get(sidecar.sha256)
+            if existing is not None and existing.priority >= priority:
                 return []
+            if existing is not None:  # e.g. an operator verdict on a spooled low-confidence frame
+                del self._index[existing.sha256]
+                existing.path.unlink(missing_ok=True)
             self._seq += 1
             name = f"p{priority}-{self._seq:020d}-{sidecar.sha256}.entry"
             entry = SpoolEntry(

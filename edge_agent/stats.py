@@ -24,6 +24,9 @@ COUNTERS = (
     "rollbacks",
     "releases_refused",
     "errors",
+    "verdicts_sent",
+    "verdicts_unknown_frame",
+    "verdicts_ignored",
 )
 
 
@@ -41,6 +44,12 @@ class AgentStats(BaseModel):
     rollbacks: int = Field(default=0, description="back to the previous model after failures")
     releases_refused: int = Field(default=0, description="invalid, untrusted or broken releases")
     errors: int = Field(default=0, description="refused releases, bad files, failed uploads")
+    verdicts_sent: int = Field(default=0, description="frames spooled for an operator verdict")
+    verdicts_unknown_frame: int = Field(default=0, description="verdicts on a frame not kept")
+    verdicts_ignored: int = Field(default=0, description="malformed or oversized verdicts")
+    feedback_policies: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="per policy: sent, limited, deduplicated"
+    )
 
 
 class DeviceState(BaseModel):
@@ -61,6 +70,9 @@ class DeviceState(BaseModel):
     spool_bytes: int = 0
     disk_free_bytes: int | None = Field(default=None, description="free space of the state dir")
     errors: int = 0
+    feedback_policies: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="per policy: sent, limited, deduplicated"
+    )
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -81,10 +93,18 @@ class Counters:
         with self._lock:
             return self._values[name]
 
-    def snapshot(self, serving_model: ModelRef | None) -> AgentStats:
+    def snapshot(
+        self,
+        serving_model: ModelRef | None,
+        feedback_policies: dict[str, dict[str, int]] | None = None,
+    ) -> AgentStats:
         """Frozen totals."""
         with self._lock:
-            return AgentStats(serving_model=serving_model, **self._values)
+            return AgentStats(
+                serving_model=serving_model,
+                feedback_policies=feedback_policies or {},
+                **self._values,
+            )
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -6,6 +6,8 @@ Topics (``<fleet>`` and ``<device>`` match ``[A-Za-z0-9_.-]+``):
   qcloop/devices/<device>/state     retained device state (serving model, status)
   qcloop/devices/<device>/release   retained ReleaseMessage for one device; wins over the
                                     fleet's while present (an empty retained message clears it)
+  qcloop/devices/<device>/verdict   operator verdict on a recent frame: JSON {frame, verdict,
+                                    by, note}; the device sends that frame back
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def device_release_topic(device_id: str) -> str:
     return f"{ROOT}/devices/{device_id}/release"
 
 
+def verdict_topic(device_id: str) -> str:
+    """Operator verdicts on a device's recent frames (not retained)."""
+    return f"{ROOT}/devices/{device_id}/verdict"
+
+
 def make_client(settings: MqttSettings, client_id: str | None = None) -> mqtt.Client:
     """A paho client (callback API v2) configured from settings; not yet connected."""
     client = mqtt.Client(
@@ -66,18 +73,25 @@ def connect(client: mqtt.Client, settings: MqttSettings, keepalive: int = 30) ->
         ) from None
 
 
-def publish_retained(
-    settings: MqttSettings, topic: str, payload: bytes, timeout: float = 10.0
+def publish_once(
+    settings: MqttSettings, topic: str, payload: bytes | str, *, retain: bool, timeout: float = 10.0
 ) -> None:
-    """Publish one retained QoS-1 message and wait until the broker has it."""
+    """Connect, publish one QoS-1 message, wait until the broker has it, disconnect."""
     client = make_client(settings)
     connect(client, settings)
     client.loop_start()
     try:
-        info = client.publish(topic, payload, qos=1, retain=True)
+        info = client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(timeout=timeout)
         if not info.is_published():
             raise BrokerUnavailable(f"MQTT broker {settings.url} did not acknowledge {topic}")
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def publish_retained(
+    settings: MqttSettings, topic: str, payload: bytes, timeout: float = 10.0
+) -> None:
+    """Publish one retained QoS-1 message and wait until the broker has it."""
+    publish_once(settings, topic, payload, retain=True, timeout=timeout)

@@ -139,3 +139,17 @@ def test_sampling_sends_every_nth_confident_frame_at_low_priority(
     assert priority_of(sidecars[0]) < priority_of(
         sidecars[0].model_copy(update={"reason": "low_confidence"})
     )
+
+
+def test_a_higher_priority_replaces_the_spooled_entry_of_the_same_image(tmp_path: Path) -> None:
+    # given a low-confidence frame waiting in the spool
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    put(spool, 7)
+    # when an operator verdict on the same image comes, then a sampling one
+    put(spool, 7, "operator_verdict")
+    put(spool, 7, "sampling")
+    # then one entry is left, the verdict's, also after a restart
+    again = Spool(tmp_path, max_bytes=1 << 20)
+    entry = again.next()
+    assert again.depth() == 1 and entry is not None
+    assert again.read(entry)[1].reason == "operator_verdict"
