@@ -50,6 +50,11 @@ def make_source(config: SourceConfig) -> FrameSource:
     """The frame source the config asks for."""
     if config.kind == "simulated":
         return SimulatedCameraSource(seed=config.seed, interval_s=config.interval_s)
+    if config.kind == "camera":
+        from edge_agent.camera import CameraSource  # OpenCV only where a camera is used
+
+        assert config.url is not None  # guaranteed by SourceConfig
+        return CameraSource(config.url.get_secret_value(), max_fps=config.max_fps)
     assert config.path is not None  # guaranteed by SourceConfig
     return FolderSource(
         config.path,

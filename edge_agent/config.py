@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from qcloop.contracts import Thresholds
 from qcloop.errors import ConfigError
@@ -36,9 +36,9 @@ class _Section(BaseModel):
 
 
 class SourceConfig(_Section):
-    """Where frames come from: a hot folder or the simulated camera."""
+    """Where frames come from: a hot folder, a camera/stream (OpenCV) or the simulated camera."""
 
-    kind: Literal["folder", "simulated"] = "folder"
+    kind: Literal["folder", "camera", "simulated"] = "folder"
     path: Path | None = Field(default=None, description="hot folder (kind = 'folder')")
     processed: Literal["keep", "move", "delete"] = "move"
     processed_dir: Path | None = Field(default=None, description="default: <path>/processed")
@@ -46,11 +46,17 @@ class SourceConfig(_Section):
     poll_interval_s: float = Field(default=0.5, gt=0.0, le=60.0)
     seed: int = Field(default=0, description="simulated camera seed")
     interval_s: float = Field(default=1.0, ge=0.0, description="simulated frame period")
+    url: SecretStr | None = Field(
+        default=None, description="camera: device index, rtsp:// or http:// stream, video file"
+    )
+    max_fps: float = Field(default=0.0, ge=0.0, description="camera: frame rate cap (0: none)")
 
     @model_validator(mode="after")
     def _folder_has_path(self) -> SourceConfig:
         if self.kind == "folder" and self.path is None:
             raise ValueError("source.kind = 'folder' needs source.path")
+        if self.kind == "camera" and self.url is None:
+            raise ValueError("source.kind = 'camera' needs source.url (index, rtsp://, file)")
         return self
 
 
