@@ -44,7 +44,7 @@ def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from qcloop.dataset import import_yolo_folder
 
-    manifest, created = import_yolo_folder(settings, Path(args.folder))
+    manifest, created = import_yolo_folder(settings, Path(args.folder), commit=args.commit)
     counts = {split: c.model_dump() for split, c in manifest.counts.items()}
     print(json.dumps({"version": manifest.version, "created": created, "counts": counts}))
     return 0
@@ -334,9 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--shots", type=int, default=12, help="camera shots (4 crops each)")
     p.add_argument("--seed", type=int, default=0)
-    add("import", _cmd_import, "import a YOLO folder as a new dataset version", ds).add_argument(
-        "folder"
-    )
+    p = add("import", _cmd_import, "import a YOLO folder as a new dataset version", ds)
+    p.add_argument("folder")
+    p.add_argument("--commit", action="store_true", help="git commit data.dvc, naming the change")
     add("list", _cmd_versions, "list dataset versions", ds)
     p = add("pull", _cmd_pull, "materialise a dataset version into a folder", ds)
     p.add_argument("version")

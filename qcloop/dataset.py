@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -145,12 +146,14 @@ def _stage(
 
 
 def import_yolo_folder(
-    settings: Settings, source: Path, *, progress: Progress = print
+    settings: Settings, source: Path, *, progress: Progress = print, commit: bool = False
 ) -> tuple[DatasetManifest, bool]:
     """Import a YOLO folder into the raw store and a new dataset version.
 
     Returns the manifest of the (new or unchanged) current version and whether a
-    new version was created; a folder that adds nothing creates no version.
+    new version was created; a folder that adds nothing creates no version. With
+    ``commit`` (and a git workspace) ``data.dvc`` is committed with a message that
+    says what changed.
     """
     workspace = settings.workspace.resolve()
     progress(f"validating YOLO folder {source}")
@@ -184,6 +187,8 @@ def import_yolo_folder(
         (staging / "classes.txt").write_text("\n".join(names) + "\n")
         manifest.save(staging / MANIFEST)
         _swap_in(workspace, staging, settings, manifest, store, progress)
+        if commit:
+            commit_pointer(workspace, change_summary(parent, manifest), progress)
         return manifest, True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -225,6 +230,46 @@ def _swap_in(
             pointer.write_text(old_pointer)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def change_summary(parent: DatasetManifest | None, new: DatasetManifest) -> str:
+    """One line naming what a version changed against its parent."""
+    old = {i.file: i for i in parent.images} if parent else {}
+    added = sum(1 for i in new.images if i.file not in old)
+    replaced = sum(1 for i in new.images if i.file in old and old[i.file].sha256 != i.sha256)
+    relabelled = sum(
+        1
+        for i in new.images
+        if i.file in old and old[i.file].sha256 == i.sha256 and old[i.file].boxes != i.boxes
+    )
+    boxes = sum(i.boxes for i in new.images) - sum(i.boxes for i in old.values())
+    return (
+        f"dataset {new.version}: +{added} images, {replaced} replaced, {relabelled} relabelled, "
+        f"{boxes:+d} boxes ({len(new.images)} images in all) from {new.source}"
+    )
+
+
+def commit_pointer(workspace: Path, message: str, progress: Progress = print) -> bool:
+    """``git commit`` of ``data.dvc`` (and .gitignore) in a git workspace; False if not one."""
+    if not (workspace / ".git").exists():
+        progress("workspace is not a git repository: data.dvc not committed")
+        return False
+    paths = [p for p in (f"{DATA_DIR}.dvc", ".gitignore") if (workspace / p).exists()]
+    known = subprocess.run(["git", "config", "user.email"], cwd=workspace, capture_output=True)
+    who = (
+        []
+        if known.returncode == 0
+        else ["-c", "user.name=qcloop", "-c", "user.email=qcloop@localhost"]
+    )
+    for args in (["add", *paths], [*who, "commit", "-m", message, "--", *paths]):
+        done = subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DatasetError(
+                f"{workspace}: the version is pushed but `git {' '.join(args[:1])}` of data.dvc "
+                f"failed: {(done.stderr or done.stdout).strip()[-300:]}; commit data.dvc by hand"
+            )
+    progress(f"committed data.dvc: {message}")
+    return True
 
 
 def known_versions(settings: Settings) -> list[str]:

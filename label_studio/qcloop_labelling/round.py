@@ -45,5 +45,5 @@ def run_round(
             where = manifest.version if manifest else "no version yet"
             progress(f"nothing labelled in project {project_id}: dataset stays at {where}")
             return RoundResult(export, manifest, False)
-        manifest, created = import_yolo_folder(settings, folder, progress=progress)
+        manifest, created = import_yolo_folder(settings, folder, progress=progress, commit=True)
     return RoundResult(export, manifest, created)

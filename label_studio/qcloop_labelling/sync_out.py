@@ -18,6 +18,7 @@ workflow). Submitted but not yet accepted work stays *pending* for the next roun
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 from collections import Counter
@@ -25,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from PIL import Image
 
 from qcloop.contracts import utcnow
 from qcloop.errors import ObjectNotFound
@@ -178,6 +181,26 @@ def _image_bytes(task: dict[str, Any], store: ObjectStore) -> tuple[bytes, str]:
     )
 
 
+def _size_problem(task: dict[str, Any], data: bytes) -> str | None:
+    """Why the image of ``task`` cannot be used (unreadable, other size than recorded), or None."""
+    meta = task.get("data") or {}
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            width, height = img.size
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means the same to the user
+        return (
+            f"task {task['id']}: image unreadable ({type(exc).__name__}); replace it in the store"
+        )
+    recorded = (meta.get("width"), meta.get("height"))
+    if None not in recorded and (int(recorded[0]), int(recorded[1])) != (width, height):
+        return (
+            f"task {task['id']}: image is {width}x{height}, the task recorded "
+            f"{recorded[0]}x{recorded[1]}; the boxes were drawn on another image: relabel it"
+        )
+    return None
+
+
 def write_yolo_folder(
     out: Path,
     tasks: list[dict[str, Any]],
@@ -190,11 +213,18 @@ def write_yolo_folder(
     by_id = {int(t["id"]): t for t in tasks}
     exported = [o for o in outcomes if o.status in ("labelled", "negative")]
     stems = _stems(exported)
+    images = {o.task_id: _image_bytes(by_id[o.task_id], store) for o in exported}
+    problems = [p for o in exported if (p := _size_problem(by_id[o.task_id], images[o.task_id][0]))]
+    if problems:  # checked before anything is written: no half-built folder
+        raise AnnotationError(
+            f"{len(problems)} task(s) with unusable images:\n  "
+            + "\n  ".join(problems[:MAX_REPORTED])
+        )
     (out / "images").mkdir(parents=True)
     (out / "labels").mkdir()
     done: dict[int, TaskOutcome] = {}
     for o in exported:
-        data, ext = _image_bytes(by_id[o.task_id], store)
+        data, ext = images[o.task_id]
         file = f"images/{stems[o.task_id]}.{ext}"
         (out / file).write_bytes(data)
         (out / "labels" / f"{stems[o.task_id]}.txt").write_text(

@@ -123,3 +123,21 @@ def test_a_task_whose_image_is_gone_is_named(tmp_path) -> None:  # type: ignore[
     task = {"id": 5, "data": {"raw_key": "raw/aa/gone.jpg", "image": "s3://bucket/raw/aa/gone.jpg"}}
     with pytest.raises(LabellingError, match="task 5: image 'raw/aa/gone.jpg' is neither"):
         _image_bytes(task, LocalStore(tmp_path))
+
+
+def test_image_of_another_size_or_unreadable_is_named() -> None:
+    import io
+
+    from PIL import Image
+
+    from qcloop_labelling.sync_out import _size_problem
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(buf, format="JPEG")
+    task = {"id": 8, "data": {"width": 40, "height": 30}}
+    assert _size_problem(task, buf.getvalue()) is None
+    other = {"id": 8, "data": {"width": 450, "height": 300}}
+    assert "task 8: image is 40x30, the task recorded 450x300" in str(
+        _size_problem(other, buf.getvalue())
+    )
+    assert "task 8: image unreadable" in str(_size_problem(task, b"not an image"))

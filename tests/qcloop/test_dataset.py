@@ -139,3 +139,25 @@ def test_real_data_on_s3(
     shutil.rmtree(settings.workspace / "data")
     again = materialize(settings, "v1", tmp_path / "pulled")
     assert again == manifest
+
+
+def test_commit_names_what_changed(tmp_path: Path) -> None:
+    import subprocess
+
+    settings = _settings(tmp_path)
+    settings.workspace.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=settings.workspace, check=True)
+    folder = generate_yolo_dataset(tmp_path / "a", shots=2, seed=1)
+    import_yolo_folder(settings, folder, progress=print, commit=True)
+    label = next((folder / "labels").glob("*.txt"))
+    label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")  # one more box on one image
+    import_yolo_folder(settings, folder, progress=print, commit=True)
+    log = subprocess.run(
+        ["git", "log", "--format=%s"], cwd=settings.workspace, capture_output=True, text=True
+    ).stdout.splitlines()
+    assert log[0].startswith("dataset v2: +0 images, 0 replaced, 1 relabelled, +1 boxes")
+    assert log[1].startswith("dataset v1: +8 images")
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=settings.workspace, capture_output=True, text=True
+    ).stdout.split()
+    assert "data.dvc" in tracked and not any(t.startswith("data/") for t in tracked)
