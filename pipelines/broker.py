@@ -30,6 +30,13 @@ def _wait_port(port: int, timeout: float) -> bool:
     return False
 
 
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def port_in_use(port: int) -> bool:
     """Whether something already listens on 127.0.0.1:port."""
     with socket.socket() as sock:

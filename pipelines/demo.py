@@ -120,14 +120,6 @@ def demo_settings(home: Path, mqtt_url: str) -> Settings:
     )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _edge_config(settings: Settings, home: Path, inbox: Path | None) -> Path:
     source = (
         f'kind = "folder"\npath = "{inbox}"\nprocessed = "move"\npoll_interval_s = 0.2\n'
@@ -180,7 +172,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Run the loop end to end; print progress and a summary; return the summary."""
     from components.registry import approve
     from components.release import build_release, publish_release
-    from pipelines.broker import EmbeddedBroker
+    from pipelines.broker import EmbeddedBroker, free_port
     from pipelines.runs import run_training
     from qcloop.dataset import import_yolo_folder
     from qcloop.synthetic import generate_yolo_dataset
@@ -188,7 +180,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     clock, home = _Clock(), options.home.resolve()
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    port = options.mqtt_port or _free_port()
+    port = options.mqtt_port or free_port()
     with EmbeddedBroker(port) as broker:
         settings = demo_settings(home, broker.url)
         print(f"qcloop demo: state in {home}, {broker.kind} broker on {broker.url}")

@@ -7,5 +7,7 @@ data generator and MQTT topic names. It imports no other folder of the project.
 
 from qcloop.errors import QcloopError
 
-__all__ = ["QcloopError", "__version__"]
+__all__ = ["QCLOOP_IMAGE", "QcloopError", "__version__"]
 __version__ = "0.1.0"
+# The platform image (docker/platform.Dockerfile) every KFP component of every room runs in.
+QCLOOP_IMAGE = "ghcr.io/qcloop/qcloop:0.1.0"

@@ -8,7 +8,8 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-QCLOOP_IMAGE = "ghcr.io/qcloop/qcloop:0.1.0"
+from qcloop import QCLOOP_IMAGE
+
 _OPTIONS = {"base_image": QCLOOP_IMAGE, "install_kfp_package": False}
 
 

@@ -80,7 +80,7 @@ def test_platform_image_installs_the_platform_extra_with_cpu_torch() -> None:
     args = dict(a.split("=", 1) for stage in stages for a in stage.all("ARG") if "=" in a)
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     # the image the KFP components name is the one this file builds
-    components = (ROOT / "components" / "kfp_components.py").read_text()
+    components = (ROOT / "qcloop" / "__init__.py").read_text()
     assert 'QCLOOP_IMAGE = "ghcr.io/qcloop/qcloop:' in components
 
 
