@@ -25,12 +25,12 @@ from pathlib import Path
 from PIL import Image
 
 from edge_agent.config import EdgeConfig, SourceConfig
-from edge_agent.errors import ImageError, ModelError
+from edge_agent.errors import ModelError
 from edge_agent.feedback import FeedbackUploader, build_sidecar
 from edge_agent.history import forget, record_good
-from edge_agent.inference import load_image
 from edge_agent.link import MqttLink
-from edge_agent.policies import FeedbackPolicies
+from edge_agent.policies import FeedbackPolicies, dhash
+from edge_agent.prefetch import Prefetched, Prefetcher
 from edge_agent.release import ModelLoader, ServingModel, load_last_good, load_local, release_key
 from edge_agent.sdnotify import Watchdog, notify
 from edge_agent.sources import FolderSource, Frame, FrameSource, SimulatedCameraSource
@@ -124,6 +124,7 @@ class Agent:
         on_verdict = self.verdicts.receive if self.config.verdicts.enabled else None
         link = MqttLink(self.config, on_release=loader.submit, on_verdict=on_verdict)
         feedback = self._make_uploader(self._spool)
+        frames = Prefetcher(self.source, self._input_size, self.config.prefetch_frames, TICK_S)
         link.start()
         self._publish_state(link, "starting")
         loader.start()
@@ -134,9 +135,11 @@ class Agent:
             else:
                 self._publish_state(link, "waiting_for_model")
             notify("READY=1")
-            self._loop(loader, link, feedback, max_frames, deadline)
+            frames.start()
+            self._loop(frames, loader, link, feedback, max_frames, deadline)
         finally:
             notify("STOPPING=1")
+            frames.close()
             feedback.close(self.config.feedback.drain_timeout_s)
             loader.close()
             link.close(self._state("offline"))
@@ -154,8 +157,14 @@ class Agent:
             backoff_max_s=settings.backoff_max_s,
         )
 
+    def _input_size(self) -> tuple[int, int] | None:
+        """Input size of the serving model (read by the prefetch thread)."""
+        serving = self._serving
+        return serving.detector.imgsz if serving else None
+
     def _loop(
         self,
+        frames: Prefetcher,
         loader: ModelLoader,
         link: MqttLink,
         feedback: FeedbackUploader,
@@ -182,9 +191,9 @@ class Agent:
             if self._serving is None:
                 loader.wait_ready(tick)  # frames stay where they are until a model arrives
                 continue
-            frame = self.source.next_frame(tick)
-            if frame is not None:
-                self._process(frame, loader, link, feedback)
+            item = frames.next(tick)
+            if item is not None:
+                self._process(item, loader, link, feedback)
 
     def _install(
         self, model: ServingModel, loader: ModelLoader, link: MqttLink, *, counted: bool
@@ -236,19 +245,18 @@ class Agent:
         self._install(previous, loader, link, counted=True)
 
     def _process(
-        self, frame: Frame, loader: ModelLoader, link: MqttLink, feedback: FeedbackUploader
+        self, item: Prefetched, loader: ModelLoader, link: MqttLink, feedback: FeedbackUploader
     ) -> None:
         serving = self._serving
         assert serving is not None
-        try:
-            image = load_image(frame.data)
-        except ImageError as exc:
+        frame, image = item.frame, item.image
+        if image is None:  # not an image: set aside, in order, by this thread
             self._counters.add("errors")
-            self.source.reject(frame, str(exc))
+            self.source.reject(frame, item.error or "not decoded")
             return
         started = time.perf_counter()
         try:
-            detections = serving.detector.detect(image)
+            detections = serving.detector.infer(item.for_model(serving.detector.imgsz))
         except ModelError as exc:  # the file stays where it is, the loop goes on
             self._counters.add("errors")
             log.error("inference failed", extra={"frame": frame.name, "error": str(exc)})
@@ -290,6 +298,7 @@ class Agent:
             detections,
             serving.thresholds,
             self._counters.get("frames_inferred"),
+            lambda: dhash(image),
         )
         if decision is None:
             return None

@@ -116,6 +116,16 @@ class PoliciesConfig(_Section):
         default=3600.0, ge=0.0, description="same image sha256 not sent twice within; 0: off"
     )
     dedup_max_entries: int = Field(default=100_000, ge=1, description="hashes remembered")
+    near_duplicate_bits: int = Field(
+        default=0,
+        ge=0,
+        le=32,
+        description="also skip frames whose 64-bit dHash is within this many bits of one "
+        "sent within dedup_window_s (a part standing still); 0: exact copies only",
+    )
+    near_duplicate_recent: int = Field(
+        default=1000, ge=1, le=100_000, description="dHashes of the last sent frames compared"
+    )
 
 
 class VerdictConfig(_Section):
@@ -183,6 +193,13 @@ class EdgeConfig(_Section):
         default=Path(".qcloop-edge/state"), description="spool; default: <model_dir>/../state"
     )
     ort_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
+    prefetch_frames: int = Field(
+        default=2,
+        ge=0,
+        le=16,
+        description="frames decoded ahead on a second thread while the model runs; "
+        "0: decode on the inspection thread",
+    )
     state_interval_s: float = Field(default=10.0, gt=0.0, description="heartbeat period")
     source: SourceConfig
     thresholds: Thresholds = Thresholds()

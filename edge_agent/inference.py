@@ -79,19 +79,42 @@ def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, Le
 
 
 def to_input(canvas: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 -> 1x3xHxW float32 in [0, 1]."""
-    return np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+    """HxWx3 uint8 -> 1x3xHxW float32 in [0, 1] (one pass: transpose, cast, divide)."""
+    height, width = canvas.shape[:2]
+    out = np.empty((1, 3, height, width), dtype=np.float32)
+    np.divide(canvas.transpose(2, 0, 1), np.float32(255.0), out=out[0], dtype=np.float32)
+    return out
+
+
+class ModelInput(NamedTuple):
+    """A frame ready for a model of input size ``imgsz``: tensor, placement, source size."""
+
+    tensor: np.ndarray
+    placement: Letterbox
+    width: int
+    height: int
+    imgsz: tuple[int, int]
+
+
+def prepare_input(image: ImageInput, imgsz: tuple[int, int]) -> ModelInput:
+    """Decode (if bytes/path), letterbox and normalise: all the work before ``session.run``.
+
+    Pure and thread-safe, so the agent runs it for the next frame on a second
+    thread while the model runs on this one.
+    """
+    picture = load_image(image)
+    canvas, placement = letterbox(picture, imgsz)
+    return ModelInput(to_input(canvas), placement, picture.width, picture.height, imgsz)
 
 
 def decode(output: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``[1, 4+nc, anchors]`` -> (xyxy boxes, best-class scores, class ids) above ``confidence``."""
-    pred = output[0] if output.ndim == 3 else output
-    pred = pred.T  # anchors x (4 + nc)
-    class_scores = pred[:, 4:]
-    class_ids = class_scores.argmax(axis=1)
-    scores = class_scores[np.arange(len(pred)), class_ids]
-    keep = scores > confidence
-    cx, cy, w, h = pred[keep, :4].T
+    pred = output[0] if output.ndim == 3 else output  # (4 + nc) x anchors
+    class_scores = pred[4:]
+    class_ids = class_scores.argmax(axis=0)
+    scores = np.take_along_axis(class_scores, class_ids[None], axis=0)[0]
+    keep = scores > confidence  # filter first: only the few kept anchors are converted
+    cx, cy, w, h = pred[:4, keep]
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     return boxes.astype(np.float32), scores[keep].astype(np.float32), class_ids[keep]
 
@@ -236,14 +259,20 @@ class Detector:
         self, image: ImageInput, *, confidence: float | None = None, iou: float | None = None
     ) -> list[Detection]:
         """Detections in the pixels of ``image``, best score first."""
-        picture = load_image(image)
-        canvas, placement = letterbox(picture, self.imgsz)
-        output = self.raw_output(to_input(canvas))
+        return self.infer(prepare_input(image, self.imgsz), confidence=confidence, iou=iou)
+
+    def infer(
+        self, prepared: ModelInput, *, confidence: float | None = None, iou: float | None = None
+    ) -> list[Detection]:
+        """Detections for a frame ``prepare_input`` made ready (for this model's size)."""
+        if prepared.imgsz != self.imgsz:
+            raise ValueError(f"input prepared for {prepared.imgsz}, model takes {self.imgsz}")
+        output = self.raw_output(prepared.tensor)
         conf = self.confidence if confidence is None else confidence
         boxes, scores, class_ids = decode(output, conf)
         keep = batched_nms(boxes, scores, class_ids, self.iou if iou is None else iou)
         keep = keep[: self.max_detections]
-        mapped = unletterbox(boxes[keep], placement, picture.width, picture.height)
+        mapped = unletterbox(boxes[keep], prepared.placement, prepared.width, prepared.height)
         return [
             Detection(
                 label=self.names[int(c)],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ class FolderSource:
     A file is complete when its size and mtime did not change between two scans
     and its name is not a temporary one. After inference it is kept, moved to
     ``processed_dir`` or deleted (``policy``); a non-image goes to ``rejected_dir``.
+    ``next_frame`` may run on the prefetch thread while ``done``/``reject`` run on
+    the inspection thread: the bookkeeping of handled files is under a lock.
     """
 
     path: Path
@@ -77,6 +80,7 @@ class FolderSource:
     _handled: set[tuple[Path, int, int]] = field(default_factory=set, repr=False)
     _ready: list[Path] = field(default_factory=list, repr=False)
     _last_scan: float = field(default=0.0, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -117,7 +121,8 @@ class FolderSource:
             current[path] = (stat.st_size, stat.st_mtime_ns)
         stable = [p for p, sig in current.items() if self._seen.get(p) == sig and sig[0] > 0]
         self._seen = current
-        fresh = [p for p in stable if (p, *current[p]) not in self._handled]
+        with self._lock:
+            fresh = [p for p in stable if (p, *current[p]) not in self._handled]
         self._ready = sorted(fresh, key=lambda p: (current[p][1], p.name))
 
     def _read(self, path: Path) -> Frame | None:
@@ -127,7 +132,8 @@ class FolderSource:
         except OSError as exc:  # vanished or unreadable: not ours to crash on
             log.warning("cannot read file", extra={"path": str(path), "error": str(exc)})
             return None
-        self._handled.add((path, stat.st_size, stat.st_mtime_ns))
+        with self._lock:
+            self._handled.add((path, stat.st_size, stat.st_mtime_ns))
         return Frame(name=str(path), data=data, path=path)
 
     def done(self, frame: Frame) -> None:
@@ -161,7 +167,8 @@ class FolderSource:
 
     def _forget(self, path: Path) -> None:
         """The file left the folder: a new file of that name is new work."""
-        self._handled = {h for h in self._handled if h[0] != path}
+        with self._lock:
+            self._handled = {h for h in self._handled if h[0] != path}
 
 
 class SimulatedCameraSource:

@@ -1,0 +1,183 @@
+"""Decoding on a second thread: order kept, errors kept with their frame, sizes followed."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_agent.agent import Agent
+from edge_agent.inference import Detector, prepare_input
+from edge_agent.prefetch import Prefetched, Prefetcher, prefetch
+from edge_agent.sources import FolderSource, Frame
+from qcloop.contracts import InferenceResult
+from qcloop.mqtt import results_topic
+from qcloop.settings import StoreSettings
+from tests.edge_agent.edge_helpers import Listener, make_config, make_constant_model, wait_until
+
+
+def jpeg(width: int = 64, height: int = 48, value: int = 10) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (value, value, value)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+class ListSource:
+    """Hands out the given frames once each, recording on which thread it was asked."""
+
+    def __init__(self, frames: list[Frame], fail_first: int = 0) -> None:
+        self.frames = list(frames)
+        self.threads: set[str] = set()
+        self.fail_first = fail_first
+
+    def next_frame(self, timeout: float) -> Frame | None:
+        self.threads.add(threading.current_thread().name)
+        if self.fail_first:
+            self.fail_first -= 1
+            raise OSError("camera unplugged")
+        if not self.frames:
+            time.sleep(timeout)
+            return None
+        return self.frames.pop(0)
+
+    def done(self, frame: Frame) -> None:
+        pass
+
+    def reject(self, frame: Frame, reason: str) -> None:
+        pass
+
+
+def drain(prefetcher: Prefetcher, count: int, timeout_s: float = 10.0) -> list[Prefetched]:
+    got: list[Prefetched] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count and time.monotonic() < deadline:
+        item = prefetcher.next(0.05)
+        if item is not None:
+            got.append(item)
+    return got
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_frames_come_in_order_with_errors_kept_on_their_frame(depth: int) -> None:
+    frames = [
+        Frame("a.jpg", jpeg(value=1)),
+        Frame("b.txt", b"not an image"),
+        Frame("c.jpg", jpeg(value=3)),
+    ]
+    source = ListSource(frames)
+    prefetcher = Prefetcher(source, lambda: (32, 32), depth=depth, tick_s=0.02)
+    prefetcher.start()
+    try:
+        got = drain(prefetcher, 3)
+    finally:
+        prefetcher.close()
+    assert [g.frame.name for g in got] == ["a.jpg", "b.txt", "c.jpg"]
+    assert got[1].image is None
+    assert "not a readable image" in (got[1].error or "")
+    assert got[0].prepared is not None and got[0].prepared.tensor.shape == (1, 3, 32, 32)
+    on_main = source.threads == {threading.current_thread().name}
+    assert on_main is (depth == 0)  # depth > 0: the source is read on the prefetch thread
+
+
+def test_prefetch_reads_at_most_depth_frames_ahead() -> None:
+    source = ListSource([Frame(f"{i}.jpg", jpeg(value=i)) for i in range(10)])
+    prefetcher = Prefetcher(source, lambda: (32, 32), depth=2, tick_s=0.02)
+    prefetcher.start()
+    try:
+        time.sleep(0.5)
+        # two in the queue and one read, waiting to be queued
+        assert len(source.frames) == 10 - 3
+    finally:
+        prefetcher.close()
+
+
+def test_a_failing_source_does_not_stop_the_prefetch_thread() -> None:
+    source = ListSource([Frame("a.jpg", jpeg())], fail_first=2)
+    prefetcher = Prefetcher(source, lambda: (32, 32), depth=1, tick_s=0.02)
+    prefetcher.start()
+    try:
+        got = drain(prefetcher, 1)
+    finally:
+        prefetcher.close()
+    assert [g.frame.name for g in got] == ["a.jpg"] and prefetcher.errors == 2
+
+
+def test_without_a_model_size_the_frame_is_only_decoded_and_prepared_later() -> None:
+    item = prefetch(Frame("a.jpg", jpeg(80, 40)), None)
+    assert item.prepared is None and item.image is not None
+    ready = item.for_model((64, 64))
+    expected = prepare_input(jpeg(80, 40), (64, 64))
+    assert ready.imgsz == (64, 64) and ready.placement == expected.placement
+    np.testing.assert_array_equal(ready.tensor, expected.tensor)
+
+
+def test_a_frame_prepared_for_another_size_is_prepared_again() -> None:
+    item = prefetch(Frame("a.jpg", jpeg(80, 40)), (32, 32))
+    assert item.for_model((32, 32)) is item.prepared
+    assert item.for_model((64, 64)).tensor.shape == (1, 3, 64, 64)
+
+
+def test_detect_equals_prepare_then_infer(yolo_onnx: Path, tag_images: list[Path]) -> None:
+    detector = Detector(yolo_onnx, confidence=0.01)
+    for image in tag_images:
+        prepared = prefetch(Frame(image.name, image.read_bytes()), detector.imgsz).prepared
+        assert prepared is not None
+        assert detector.infer(prepared) == detector.detect(image.read_bytes())
+    with pytest.raises(ValueError, match="prepared for"):
+        detector.infer(prepare_input(tag_images[0], (64, 64)))
+
+
+def test_hot_folder_read_on_one_thread_and_done_on_another_hands_each_file_out_once(
+    tmp_path: Path,
+) -> None:
+    inbox = tmp_path / "inbox"
+    source = FolderSource(inbox, policy="move", poll_interval_s=0.01)
+    for i in range(40):
+        (inbox / f"{i:03d}.jpg").write_bytes(jpeg(value=i))
+    prefetcher = Prefetcher(source, lambda: (32, 32), depth=2, tick_s=0.02)
+    prefetcher.start()
+    names: list[str] = []
+    try:
+        for item in drain(prefetcher, 40):
+            names.append(Path(item.frame.name).name)
+            source.done(item.frame)  # moves the file while the thread scans and reads
+        time.sleep(0.3)
+        assert prefetcher.next(0.1) is None  # nothing handed out twice
+    finally:
+        prefetcher.close()
+    assert names == [f"{i:03d}.jpg" for i in range(40)]
+    assert sorted(p.name for p in (inbox / "processed").iterdir()) == names
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("depth", [0, 2])
+def test_the_agent_reads_frames_on_the_prefetch_thread_and_infers_each_in_order(
+    depth: int, mqtt_url: str, tmp_path: Path, listen: Callable[[str], Listener]
+) -> None:
+    # given a model with one box on every frame and six frames, one of them not an image
+    output = np.zeros((1, 5, 4), np.float32)
+    output[0, :, 0] = [160, 160, 40, 40, 0.9]
+    model = make_constant_model(tmp_path / "m.onnx", output, names="{0: 'scratch'}")
+    frames = [Frame(f"{i}.jpg", jpeg(value=i)) for i in range(6)]
+    frames[3] = Frame("3.txt", b"not an image")
+    source = ListSource(frames)
+    store = StoreSettings(kind="local", path=tmp_path / "store")
+    config = make_config(tmp_path, mqtt_url, store, f"cam-prefetch-{depth}", prefetch_frames=depth)
+    listener = listen(results_topic(config.device_id))
+    # when the agent inspects them
+    stats = Agent(config, source=source, initial_model=model).run(max_frames=5, timeout_s=30)
+    # then five results come, in order, each with the box; the text file was rejected
+    assert stats.frames_inferred == 5 and stats.errors == 1
+    wait_until(lambda: len(listener.on(results_topic(config.device_id))) == 5)
+    got = [InferenceResult.from_json(p) for p in listener.on(results_topic(config.device_id))]
+    assert [r.image for r in got] == ["0.jpg", "1.jpg", "2.jpg", "4.jpg", "5.jpg"]
+    assert all(len(r.detections) == 1 and r.detections[0].label == "scratch" for r in got)
+    main_thread = threading.current_thread().name
+    assert (source.threads == {"qcloop-prefetch"}) is (depth > 0)
+    assert (source.threads == {main_thread}) is (depth == 0)
