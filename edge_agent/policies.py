@@ -10,8 +10,14 @@ matches the frame and is within its own limits sends it:
     random   with probability ``share``          reason 'sampling'
     every    every ``sample_every``-th frame     reason 'sampling' (no limits)
 
-A frame whose sha256 was sent within ``dedup_window_s`` is not sent again. Limits
-are sliding windows on a monotonic clock that tests inject.
+A frame whose sha256 was sent within ``dedup_window_s`` is not sent again. With
+``near_duplicate_bits`` > 0 a frame whose 64-bit difference hash (``dhash``) is
+within that many bits of a recently sent one is not sent either: for a camera
+that sees the same part standing still. It is off by default because on thin,
+low-contrast defects it is wrong: pairs of metal tags with different scratches
+(or none) are 0-4 bits apart, while the same frame with sensor noise and another
+JPEG encoding moves up to 8 (docs/edge.md). Limits are sliding windows on a
+monotonic clock that tests inject.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
 
 from edge_agent.config import FeedbackConfig, RateLimits
 from qcloop.contracts import CaptureReason, Detection, Thresholds
@@ -59,31 +68,67 @@ class RateLimiter:
         return True
 
 
-class Deduplicator:
-    """Remembers the sha256 of frames sent within ``window_s`` (at most ``max_entries``)."""
+def dhash(image: Image.Image) -> int:
+    """64-bit difference hash: is each of 8x8 grey cells brighter than its left neighbour."""
+    small = image.convert("L").resize((9, 8), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    cells = np.asarray(small, dtype=np.int16)
+    return int.from_bytes(np.packbits(cells[:, 1:] > cells[:, :-1]).tobytes(), "big")
 
-    def __init__(self, window_s: float, max_entries: int, clock: Clock) -> None:
+
+Fingerprint = Callable[[], int]
+
+
+class Deduplicator:
+    """Remembers frames sent within ``window_s``: sha256 (at most ``max_entries``) and,
+    with ``near_bits`` > 0, the dHash of the last ``near_recent`` of them."""
+
+    def __init__(
+        self,
+        window_s: float,
+        max_entries: int,
+        clock: Clock,
+        *,
+        near_bits: int = 0,
+        near_recent: int = 1000,
+    ) -> None:
         self.window_s, self.max_entries = window_s, max_entries
+        self.near_bits = near_bits
         self._clock = clock
         self._seen: OrderedDict[str, float] = OrderedDict()
+        self._hashes: deque[tuple[float, int]] = deque(maxlen=near_recent)
 
-    def seen(self, sha256: str) -> bool:
-        """True if ``sha256`` was sent within the window."""
+    def _expire(self) -> None:
+        oldest = self._clock() - self.window_s
+        while self._seen and next(iter(self._seen.values())) <= oldest:
+            self._seen.popitem(last=False)
+        while self._hashes and self._hashes[0][0] <= oldest:
+            self._hashes.popleft()
+
+    def seen(self, sha256: str, fingerprint: int | None = None) -> bool:
+        """True if ``sha256`` - or a frame within ``near_bits`` of ``fingerprint`` - was
+        sent within the window."""
         if self.window_s <= 0:
             return False
-        now = self._clock()
-        while self._seen and next(iter(self._seen.values())) <= now - self.window_s:
-            self._seen.popitem(last=False)
-        return sha256 in self._seen
+        self._expire()
+        if sha256 in self._seen:
+            return True
+        if fingerprint is None or not self.near_bits or not self._hashes:
+            return False
+        sent = np.fromiter((h for _, h in self._hashes), np.uint64, len(self._hashes))
+        distance = np.bitwise_count(sent ^ np.uint64(fingerprint))
+        return bool(distance.min() <= self.near_bits)
 
-    def remember(self, sha256: str) -> None:
-        """``sha256`` was just sent."""
+    def remember(self, sha256: str, fingerprint: int | None = None) -> None:
+        """``sha256`` (with its ``fingerprint``) was just sent."""
         if self.window_s <= 0:
             return
-        self._seen[sha256] = self._clock()
+        now = self._clock()
+        self._seen[sha256] = now
         self._seen.move_to_end(sha256)
         while len(self._seen) > self.max_entries:
             self._seen.popitem(last=False)
+        if fingerprint is not None and self.near_bits:
+            self._hashes.append((now, fingerprint))
 
 
 @dataclass(frozen=True)
@@ -111,7 +156,13 @@ class FeedbackPolicies:
             name: RateLimiter(getattr(policies, name), clock)
             for name in ("defects", "band", "count", "random")
         }
-        self._dedup = Deduplicator(policies.dedup_window_s, policies.dedup_max_entries, clock)
+        self._dedup = Deduplicator(
+            policies.dedup_window_s,
+            policies.dedup_max_entries,
+            clock,
+            near_bits=policies.near_duplicate_bits,
+            near_recent=policies.near_duplicate_recent,
+        )
         self._lock = threading.Lock()  # counts are read by the heartbeat
         self._counts = {name: dict.fromkeys(OUTCOMES, 0) for name in [*self._limiters, "every"]}
 
@@ -121,17 +172,25 @@ class FeedbackPolicies:
         detections: list[Detection],
         thresholds: Thresholds,
         frame_number: int,
+        fingerprint: Fingerprint | None = None,
     ) -> Decision | None:
-        """The policy that sends this frame, or None (counted either way)."""
+        """The policy that sends this frame, or None (counted either way).
+
+        ``fingerprint`` gives the frame's ``dhash``; it is called only for a frame
+        some policy would send, and only when near-duplicates are looked for.
+        """
+        near = None
         for decision in self._matching(detections, thresholds, frame_number):
-            if self._dedup.seen(sha256):
+            if near is None and fingerprint is not None and self._dedup.near_bits:
+                near = fingerprint()
+            if self._dedup.seen(sha256, near):
                 self._count(decision.policy, "deduplicated")
                 return None
             limiter = self._limiters.get(decision.policy)
             if limiter is not None and not limiter.allow():
                 self._count(decision.policy, "limited")
                 continue
-            self._dedup.remember(sha256)
+            self._dedup.remember(sha256, near)
             self._count(decision.policy, "sent")
             return decision
         return None

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from edge_agent.agent import Agent
 from edge_agent.config import FeedbackConfig, RateLimits
-from edge_agent.policies import Deduplicator, FeedbackPolicies, RateLimiter
+from edge_agent.policies import Deduplicator, FeedbackPolicies, RateLimiter, dhash
 from qcloop.contracts import Detection, Thresholds
 from qcloop.settings import StoreSettings
 from qcloop.storage import list_raw_images, open_store
@@ -170,3 +172,45 @@ def test_the_agent_applies_a_policy_limit_and_counts_it(
     assert stats.frames_inferred == 3 and stats.feedback_images == 1
     assert len(list_raw_images(open_store(store))) == 1
     assert stats.feedback_policies["band"] == {"sent": 1, "limited": 2, "deduplicated": 0}
+
+
+def test_near_duplicates_are_off_by_default_and_caught_when_asked_for(metal_tags: Path) -> None:
+    image = Image.open(next((metal_tags / "images").glob("*.jpg")))
+    noisy = np.asarray(image.convert("RGB")).astype(np.int16) + 3  # the same part, brighter
+    same_part = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    calls: list[int] = []
+
+    def fingerprint(picture: Image.Image) -> Callable[[], int]:
+        return lambda: calls.append(1) or dhash(picture)
+
+    # off (default): a different sha256 is a different frame, and no dHash is computed
+    chooser = policies()
+    assert chooser.decide(sha(1), [], THRESHOLDS, 1, fingerprint(image)) is not None
+    assert chooser.decide(sha(2), [], THRESHOLDS, 2, fingerprint(same_part)) is not None
+    assert calls == []
+    # on: the brighter copy is a near-duplicate of the frame sent, a blank frame is not
+    chooser = policies(near_duplicate_bits=4)
+    assert chooser.decide(sha(1), [], THRESHOLDS, 1, fingerprint(image)) is not None
+    assert chooser.decide(sha(2), [], THRESHOLDS, 2, fingerprint(same_part)) is None
+    assert chooser.counts()["band"]["deduplicated"] == 1
+    gradient = Image.fromarray(np.tile(np.arange(0, 255, 2, dtype=np.uint8), (64, 1)))
+    assert chooser.decide(sha(3), [], THRESHOLDS, 3, fingerprint(gradient)) is not None
+    # a frame no policy sends costs no dHash
+    before = len(calls)
+    assert chooser.decide(sha(4), boxes(0.9), THRESHOLDS, 4, fingerprint(image)) is None
+    assert len(calls) == before
+
+
+def test_near_duplicates_expire_with_the_window() -> None:
+    clock = FakeClock()
+    dedup = Deduplicator(window_s=60, max_entries=10, clock=clock, near_bits=2)
+    dedup.remember(sha(1), 0b1111)
+    assert dedup.seen(sha(2), 0b1100) and not dedup.seen(sha(2), 0b0000)
+    clock.now += 61
+    assert not dedup.seen(sha(2), 0b1111)
+
+
+def test_dhash_of_a_picture_and_its_mirror() -> None:
+    ramp = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (32, 1)))
+    assert dhash(ramp) == (1 << 64) - 1  # brighter to the right everywhere: all 64 bits set
+    assert dhash(ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT)) == 0
