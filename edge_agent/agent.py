@@ -1,14 +1,18 @@
 """The inspection loop: frames in, detections out, hard frames back to the raw store.
 
-    source --frame--> Detector --InferenceResult--> MQTT results
+    source --frame--> prefetch thread (decode, letterbox) --> inference workers (model, NMS)
+           --in frame order--> InferenceResult --> MQTT results
                           \\--feedback policy (policies)--> spool (disk) --> raw store
     MQTT verdict --> VerdictInbox (last frames) --operator_verdict--> spool
     MQTT release (fleet or device) --> ModelLoader (verify, load, smoke-test) --ready--> swap
 
 The loop itself never waits on the network: releases are loaded and the spool is
 uploaded by their own threads, and a new model is swapped in between two frames
-only once it is fully loaded. A model that fails ``release.max_model_failures``
-frames in a row is rolled back to the previous one and never installed again.
+only once it is fully loaded (frames already in flight finish on the model they
+started on). With ``inference_workers`` > 1 several frames are inferred at once;
+their results, feedback and ``done`` still go out in frame order. A model that
+fails ``release.max_model_failures`` frames in a row is rolled back to the previous
+one and never installed again.
 At start the agent serves the newest good model on disk (``last-good.json``),
 so it inspects before - or without - the broker. Under systemd it reports
 READY/WATCHDOG/STOPPING (``sdnotify``); every ``state_interval_s`` it publishes
@@ -20,6 +24,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -44,6 +51,36 @@ from qcloop.storage import sha256_bytes
 log = logging.getLogger(__name__)
 
 TICK_S = 0.2  # longest the loop waits before it looks at stop/deadline/swap again
+POLL_S = 0.002  # with frames in flight: how long to wait for a new frame before a result
+
+
+Outcome = tuple[list[Detection], float]  # detections, milliseconds the model's part took
+
+
+@dataclass
+class InFlight:
+    """A frame handed to the model: with which model, and its outcome."""
+
+    item: Prefetched
+    serving: ServingModel
+    outcome: Future[Outcome]
+
+
+def _infer(item: Prefetched, serving: ServingModel) -> Outcome:
+    """The model's part of a frame (on an inference worker or inline), timed."""
+    started = time.perf_counter()
+    detections = serving.detector.infer(item.for_model(serving.detector.imgsz))
+    return detections, (time.perf_counter() - started) * 1000.0
+
+
+def _now_or_error(item: Prefetched, serving: ServingModel) -> Future[Outcome]:
+    """``_infer`` on this thread, as an already-finished future."""
+    outcome: Future[Outcome] = Future()
+    try:
+        outcome.set_result(_infer(item, serving))
+    except Exception as exc:  # re-raised by ``result()`` as if raised here
+        outcome.set_exception(exc)
+    return outcome
 
 
 def make_source(config: SourceConfig) -> FrameSource:
@@ -171,29 +208,65 @@ class Agent:
         max_frames: int | None,
         deadline: float | None,
     ) -> None:
+        workers = self.config.inference_workers
+        pool = ThreadPoolExecutor(workers, "qcloop-infer") if workers > 1 else None
+        inflight: deque[InFlight] = deque()  # oldest first: results go out in frame order
+
+        def finish(block: float) -> None:
+            """Finish the frames whose model is done, oldest first (wait ``block`` s for one)."""
+            if inflight and block > 0:
+                wait([inflight[0].outcome], timeout=block)
+            while inflight and inflight[0].outcome.done():
+                self._process(inflight.popleft(), loader, link, feedback)
+
         watchdog = Watchdog()
         next_state = time.monotonic() + self.config.state_interval_s
-        while not self._stop.is_set():
-            watchdog.tick()
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if max_frames is not None and self._counters.get("frames_inferred") >= max_frames:
-                break
-            if now >= next_state:
-                self._publish_state(link, self._status)
-                next_state = now + self.config.state_interval_s
-            tick = TICK_S if deadline is None else max(0.0, min(TICK_S, deadline - now))
-            ready = loader.take_ready()
-            if ready is not None:
-                self._install(ready, loader, link, counted=True)
-            self.verdicts.drain(feedback)
-            if self._serving is None:
-                loader.wait_ready(tick)  # frames stay where they are until a model arrives
-                continue
-            item = frames.next(tick)
-            if item is not None:
-                self._process(item, loader, link, feedback)
+        try:
+            while not self._stop.is_set():
+                watchdog.tick()
+                now = time.monotonic()
+                finish(0.0)
+                if deadline is not None and now >= deadline:
+                    break
+                inferred = self._counters.get("frames_inferred")
+                if max_frames is not None and inferred >= max_frames:
+                    break
+                if now >= next_state:
+                    self._publish_state(link, self._status)
+                    next_state = now + self.config.state_interval_s
+                tick = TICK_S if deadline is None else max(0.0, min(TICK_S, deadline - now))
+                ready = loader.take_ready()
+                if ready is not None:  # frames in flight finish on the model they started on
+                    self._install(ready, loader, link, counted=True)
+                self.verdicts.drain(feedback)
+                serving = self._serving
+                if serving is None:
+                    loader.wait_ready(tick)  # frames stay where they are until a model arrives
+                    continue
+                full = len(inflight) >= workers
+                if full or (max_frames is not None and inferred + len(inflight) >= max_frames):
+                    finish(tick)
+                    continue
+                item = frames.next(POLL_S if inflight else tick)
+                if item is None:
+                    finish(POLL_S)
+                    continue
+                if item.image is None:  # not an image: set aside, in frame order
+                    while inflight:
+                        finish(TICK_S)
+                    self._counters.add("errors")
+                    self.source.reject(item.frame, item.error or "not decoded")
+                    continue
+                if pool is not None:
+                    outcome = pool.submit(_infer, item, serving)
+                else:
+                    outcome = _now_or_error(item, serving)
+                inflight.append(InFlight(item, serving, outcome))
+        finally:
+            while inflight:  # every frame handed to a model gets its result out
+                finish(TICK_S * 50)
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def _install(
         self, model: ServingModel, loader: ModelLoader, link: MqttLink, *, counted: bool
@@ -245,27 +318,23 @@ class Agent:
         self._install(previous, loader, link, counted=True)
 
     def _process(
-        self, item: Prefetched, loader: ModelLoader, link: MqttLink, feedback: FeedbackUploader
+        self, flight: InFlight, loader: ModelLoader, link: MqttLink, feedback: FeedbackUploader
     ) -> None:
-        serving = self._serving
-        assert serving is not None
-        frame, image = item.frame, item.image
-        if image is None:  # not an image: set aside, in order, by this thread
-            self._counters.add("errors")
-            self.source.reject(frame, item.error or "not decoded")
-            return
-        started = time.perf_counter()
+        """A frame whose model run is over: failures and rollback, feedback, result, done."""
+        serving, frame, image = flight.serving, flight.item.frame, flight.item.image
+        assert image is not None
         try:
-            detections = serving.detector.infer(item.for_model(serving.detector.imgsz))
+            detections, latency_ms = flight.outcome.result()
         except ModelError as exc:  # the file stays where it is, the loop goes on
             self._counters.add("errors")
             log.error("inference failed", extra={"frame": frame.name, "error": str(exc)})
-            self._failures += 1
-            if self._failures >= self.config.release.max_model_failures:
-                self._rollback(loader, link)
+            if serving is self._serving:  # not a frame still in flight on a replaced model
+                self._failures += 1
+                if self._failures >= self.config.release.max_model_failures:
+                    self._rollback(loader, link)
             return
-        self._failures = 0
-        latency_ms = (time.perf_counter() - started) * 1000.0
+        if serving is self._serving:
+            self._failures = 0
         self._throughput.add(latency_ms)
         self._counters.add("frames_inferred")
         if self.config.verdicts.enabled:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from edge_agent.inference import image_size
 from edge_agent.spool import Spool, SpoolEntry, priority_of
 from edge_agent.stats import Counters
 from edge_agent.store import LazyStore
@@ -52,8 +53,8 @@ def build_sidecar(
         key=raw_key(sha, EXTENSIONS.get(fmt, fmt.lower())),
         sha256=sha,
         content_type=Image.MIME.get(fmt, "application/octet-stream"),
-        width=image.width,
-        height=image.height,
+        width=image_size(image)[0],
+        height=image_size(image)[1],
         source=source or device_id,
         device_id=device_id,
         reason=reason,

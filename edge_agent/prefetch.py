@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from edge_agent.errors import ImageError
-from edge_agent.inference import ModelInput, load_image, prepare_input
+from edge_agent.inference import FULL_SIZE, ModelInput, load_image, prepare_input
 from edge_agent.sources import Frame, FrameSource
 
 log = logging.getLogger(__name__)
@@ -45,17 +45,22 @@ class Prefetched:
     error: str | None = None
 
     def for_model(self, imgsz: Size) -> ModelInput:
-        """The model input for ``imgsz``: the one prepared ahead, or made now."""
+        """The model input for ``imgsz``: the one prepared ahead, or made now.
+
+        Made now from the frame's bytes when the image was decoded at a reduced
+        scale for another size (after a swap to a model of another input size).
+        """
         assert self.image is not None, "a frame that failed to decode has no input"
         if self.prepared is not None and self.prepared.imgsz == imgsz:
             return self.prepared
-        return prepare_input(self.image, imgsz)
+        reduced = FULL_SIZE in self.image.info
+        return prepare_input(self.frame.data if reduced else self.image, imgsz)
 
 
 def prefetch(frame: Frame, imgsz: Size | None) -> Prefetched:
     """Decode ``frame`` and, if ``imgsz`` is known, prepare the model input."""
     try:
-        image = load_image(frame.data)
+        image = load_image(frame.data, fit=imgsz)
     except ImageError as exc:
         return Prefetched(frame, error=str(exc))
     prepared = prepare_input(image, imgsz) if imgsz is not None else None

@@ -14,7 +14,7 @@ from edge_agent.cli import main
 from tests.edge_agent.edge_helpers import make_constant_model
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "ultralytics", "mlflow", "kfp", "dvc", "cv2", "components", "pipelines")
+HEAVY = ("torch", "ultralytics", "mlflow", "kfp", "dvc", "components", "pipelines")
 
 
 def test_infer_json_prints_one_line_per_image(
@@ -89,6 +89,23 @@ def test_the_agent_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_without_opencv_the_agent_resizes_with_pillow(
+    yolo_onnx: Path, tag_images: list[Path]
+) -> None:
+    # OpenCV (the camera extra) is optional: an edge-only box lacks it
+    code = (
+        "import sys; sys.modules['cv2'] = None\n"
+        "from edge_agent import inference\n"
+        f"found = inference.Detector({str(yolo_onnx)!r}, confidence=0.01).detect("
+        f"{str(tag_images[0])!r})\n"
+        "print(inference.RESIZE, type(found).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["pillow", "list"]
 
 
 def test_python_dash_m_works() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,14 @@ from edge_agent.inference import (
     Letterbox,
     batched_nms,
     decode,
+    image_size,
     iou_one_to_many,
     letterbox,
     load_image,
     nms,
     parse_imgsz,
     parse_names,
+    prepare_input,
     to_input,
     unletterbox,
 )
@@ -258,3 +261,79 @@ def test_detector_on_the_exported_yolov8n(yolo_onnx: Path, metal_tags: Path) -> 
         assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
     scores = [d.score for d in detections]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_pillow_and_opencv_resizing_agree_on_a_real_frame(
+    metal_tags: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a real 450x300 tag frame (OpenCV is installed here; edge-only boxes lack it)
+    import edge_agent.inference as inference
+
+    image = load_image(next((metal_tags / "images").glob("*.jpg")))
+    assert inference.RESIZE == "opencv"
+    # when it is letterboxed to 480 by each backend
+    by_opencv, placement = letterbox(image, (480, 480))
+    monkeypatch.setattr(inference, "RESIZE", "pillow")
+    by_pillow, same_placement = letterbox(image, (480, 480))
+    # then they place it alike and differ by about a grey level
+    assert placement == same_placement
+    diff = np.abs(by_opencv.astype(np.int16) - by_pillow.astype(np.int16))
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
+    assert (diff[: placement.pad_y] == 0).all()  # the grey padding is the same
+
+
+def test_the_resize_backend_can_be_forced_to_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent.inference import resize_backend
+
+    monkeypatch.setenv("QCLOOP_EDGE_RESIZE", "pillow")
+    assert resize_backend() == "pillow"
+    monkeypatch.setenv("QCLOOP_EDGE_RESIZE", "auto")
+    assert resize_backend() == "opencv"
+
+
+def big_jpeg(metal_tags: Path, width: int = 1920, orientation: int = 1) -> bytes:
+    """A real tag frame scaled to camera size, optionally with an EXIF orientation."""
+    image = Image.open(next((metal_tags / "images").glob("*.jpg"))).convert("RGB")
+    scaled = image.resize((width, round(image.height * width / image.width)))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    scaled.save(out, "JPEG", quality=90, exif=exif.tobytes())
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_large_jpeg_is_decoded_at_reduced_scale_with_the_same_placement(
+    metal_tags: Path, orientation: int
+) -> None:
+    # given a 1920x1280 camera frame (6: stored turned, shown 1280x1920)
+    data = big_jpeg(metal_tags, orientation=orientation)
+    full = load_image(data)
+    # when it is decoded for a 480 model
+    reduced = load_image(data, fit=(480, 480))
+    # then the decoder skipped detail (1/2 scale or less) but the frame keeps its own size
+    assert reduced.width <= full.width // 2 and image_size(reduced) == full.size
+    assert full.size == ((1920, 1280) if orientation == 1 else (1280, 1920))
+    # and the model input is placed as from the full decode, with nearly the same pixels
+    fast, slow = prepare_input(data, (480, 480)), prepare_input(full, (480, 480))
+    assert fast.placement == slow.placement and (fast.width, fast.height) == full.size
+    assert np.abs(fast.tensor - slow.tensor).mean() < 1.5 / 255
+
+
+def test_a_small_or_non_jpeg_frame_is_decoded_whole(metal_tags: Path) -> None:
+    small = (next((metal_tags / "images").glob("*.jpg"))).read_bytes()  # 450x300 for 480
+    assert load_image(small, fit=(480, 480)).size == (450, 300)
+    png = io.BytesIO()
+    Image.open(io.BytesIO(big_jpeg(metal_tags))).save(png, "PNG")
+    assert load_image(png.getvalue(), fit=(480, 480)).size == (1920, 1280)
+
+
+def test_the_sidecar_of_a_reduced_frame_names_its_own_size(metal_tags: Path) -> None:
+    from edge_agent.feedback import build_sidecar
+
+    data = big_jpeg(metal_tags)
+    reduced = load_image(data, fit=(320, 320))
+    sidecar = build_sidecar(
+        data, reduced, device_id="cam", frame_name="f.jpg", model=None, predictions=[]
+    )
+    assert (sidecar.width, sidecar.height) == (1920, 1280)

@@ -156,9 +156,9 @@ def test_hot_folder_read_on_one_thread_and_done_on_another_hands_each_file_out_o
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("depth", [0, 2])
+@pytest.mark.parametrize(("depth", "workers"), [(0, 1), (2, 1), (2, 2), (1, 3)])
 def test_the_agent_reads_frames_on_the_prefetch_thread_and_infers_each_in_order(
-    depth: int, mqtt_url: str, tmp_path: Path, listen: Callable[[str], Listener]
+    depth: int, workers: int, mqtt_url: str, tmp_path: Path, listen: Callable[[str], Listener]
 ) -> None:
     # given a model with one box on every frame and six frames, one of them not an image
     output = np.zeros((1, 5, 4), np.float32)
@@ -168,11 +168,18 @@ def test_the_agent_reads_frames_on_the_prefetch_thread_and_infers_each_in_order(
     frames[3] = Frame("3.txt", b"not an image")
     source = ListSource(frames)
     store = StoreSettings(kind="local", path=tmp_path / "store")
-    config = make_config(tmp_path, mqtt_url, store, f"cam-prefetch-{depth}", prefetch_frames=depth)
+    config = make_config(
+        tmp_path,
+        mqtt_url,
+        store,
+        f"cam-prefetch-{depth}-{workers}",
+        prefetch_frames=depth,
+        inference_workers=workers,
+    )
     listener = listen(results_topic(config.device_id))
     # when the agent inspects them
     stats = Agent(config, source=source, initial_model=model).run(max_frames=5, timeout_s=30)
-    # then five results come, in order, each with the box; the text file was rejected
+    # then five results come, in frame order, each with the box; the text file was rejected
     assert stats.frames_inferred == 5 and stats.errors == 1
     wait_until(lambda: len(listener.on(results_topic(config.device_id))) == 5)
     got = [InferenceResult.from_json(p) for p in listener.on(results_topic(config.device_id))]
@@ -181,3 +188,18 @@ def test_the_agent_reads_frames_on_the_prefetch_thread_and_infers_each_in_order(
     main_thread = threading.current_thread().name
     assert (source.threads == {"qcloop-prefetch"}) is (depth > 0)
     assert (source.threads == {main_thread}) is (depth == 0)
+
+
+def test_after_a_swap_to_a_larger_input_a_reduced_frame_is_decoded_again(
+    metal_tags: Path,
+) -> None:
+    # given a 1920-wide frame prefetched for a 320 model (decoded at 1/4 scale)
+    image = Image.open(next((metal_tags / "images").glob("*.jpg"))).convert("RGB")
+    out = io.BytesIO()
+    image.resize((1920, 1280)).save(out, "JPEG", quality=90)
+    item = prefetch(Frame("big.jpg", out.getvalue()), (320, 320))
+    assert item.image is not None and item.image.width < 1920 // 2
+    # when the next model takes 1280
+    ready = item.for_model((1280, 1280))
+    # then the input is made from the bytes again, not upscaled from the small decode
+    np.testing.assert_array_equal(ready.tensor, prepare_input(out.getvalue(), (1280, 1280)).tensor)

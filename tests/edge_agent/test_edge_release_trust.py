@@ -181,12 +181,21 @@ def test_offline_start_serves_the_last_good_model(tmp_path: Path, tag_images: li
 
 
 @pytest.mark.integration
-def test_a_model_failing_on_real_frames_is_rolled_back(mqtt_url: str, tmp_path: Path) -> None:
-    # given an agent serving v1 on the simulated camera
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_model_failing_on_real_frames_is_rolled_back(
+    workers: int, mqtt_url: str, tmp_path: Path
+) -> None:
+    # given an agent serving v1 on the simulated camera (one or two frames in flight)
     store = StoreSettings(kind="local", path=tmp_path / "store")
     source = {"kind": "simulated", "interval_s": 0.02}
     config = make_config(
-        tmp_path, mqtt_url, store, "cam-rollback", source=source, feedback={"enabled": False}
+        tmp_path,
+        mqtt_url,
+        store,
+        f"cam-rollback-{workers}",
+        source=source,
+        feedback={"enabled": False},
+        inference_workers=workers,
     )
     publish(mqtt_url, config.fleet, release_for(model(tmp_path, 1), config.fleet).to_json())
     agent = Agent(config)
@@ -208,7 +217,9 @@ def test_a_model_failing_on_real_frames_is_rolled_back(mqtt_url: str, tmp_path: 
     # then v1 serves again (swaps: v1, v2, back to v1), v2 failed 3 frames and is forgotten
     (stats,) = out
     assert stats.serving_model == ModelRef(name="scratch-detector", version="1")
-    assert (stats.swaps, stats.rollbacks, stats.errors) == (3, 1, 3)
+    assert (stats.swaps, stats.rollbacks) == (3, 1)
+    # a second frame in flight on v2 may fail too, but does not count towards v1's failures
+    assert stats.errors == 3 if workers == 1 else stats.errors in (3, 4)
     (good,) = read_history(config.model_dir)
     assert good.release.model.version == "1"
     assert [p.name for p in config.model_dir.glob("*.onnx")] == [good.file]  # v2 deleted
