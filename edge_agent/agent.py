@@ -36,9 +36,17 @@ from edge_agent.errors import ModelError
 from edge_agent.feedback import FeedbackUploader, build_sidecar
 from edge_agent.history import forget, record_good
 from edge_agent.link import MqttLink
+from edge_agent.memory import trim_heap
 from edge_agent.policies import FeedbackPolicies, dhash
 from edge_agent.prefetch import Prefetched, Prefetcher
-from edge_agent.release import ModelLoader, ServingModel, load_last_good, load_local, release_key
+from edge_agent.release import (
+    ModelLoader,
+    ModelOnDisk,
+    ServingModel,
+    load_last_good,
+    load_local,
+    release_key,
+)
 from edge_agent.sdnotify import Watchdog, notify
 from edge_agent.sources import FolderSource, Frame, FrameSource, SimulatedCameraSource
 from edge_agent.spool import Spool
@@ -46,6 +54,7 @@ from edge_agent.stats import AgentStats, Counters, DeviceState, Status, Throughp
 from edge_agent.store import LazyStore
 from edge_agent.verdicts import VerdictInbox
 from qcloop.contracts import Detection, InferenceResult, ModelRef, utcnow
+from qcloop.errors import QcloopError
 from qcloop.storage import sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -118,7 +127,8 @@ class Agent:
         self._store = LazyStore(config.store, timeout_s=config.feedback.store_timeout_s)
         self._stop = threading.Event()
         self._serving: ServingModel | None = None
-        self._previous: ServingModel | None = None
+        self._previous: ModelOnDisk | None = None  # on disk only: reloaded to roll back
+        self._trim = False  # a replaced model's memory is to be given back
         self._failures = 0  # consecutive inference failures of the serving model
         self._status: Status = "starting"
         self._since = utcnow()
@@ -226,6 +236,9 @@ class Agent:
                 watchdog.tick()
                 now = time.monotonic()
                 finish(0.0)
+                if self._trim and not inflight:  # no frame holds the replaced model any more
+                    trim_heap()
+                    self._trim = False
                 if deadline is not None and now >= deadline:
                     break
                 inferred = self._counters.get("frames_inferred")
@@ -273,7 +286,8 @@ class Agent:
     ) -> None:
         """Swap ``model`` in (between two frames: the loop is not inside ``_process``)."""
         if self._serving is not None and self._serving.path != model.path:
-            self._previous = self._serving
+            self._previous = ModelOnDisk.of(self._serving)
+            self._trim = True
         self._serving, self._since, self._failures = model, utcnow(), 0
         loader.serving(model)
         if counted:
@@ -312,10 +326,23 @@ class Agent:
         )
         self._counters.add("rollbacks")
         self._serving = None  # so that the failing model does not become the fallback
-        if previous is None:
+        reopened = self._reopen(previous) if previous is not None else None
+        if reopened is None:
             self._publish_state(link, "waiting_for_model")
             return
-        self._install(previous, loader, link, counted=True)
+        self._install(reopened, loader, link, counted=True)
+
+    def _reopen(self, previous: ModelOnDisk) -> ServingModel | None:
+        """Load the model to roll back to from its (verified) file; None if it cannot be."""
+        try:
+            return previous.reopen(self.config)
+        except (QcloopError, OSError) as exc:  # ModelError, IntegrityError, file gone
+            self._counters.add("errors")
+            log.error(
+                "cannot reload the previous model",
+                extra={"version": previous.ref.version, "error": str(exc)},
+            )
+            return None
 
     def _process(
         self, flight: InFlight, loader: ModelLoader, link: MqttLink, feedback: FeedbackUploader

@@ -40,7 +40,14 @@ log = logging.getLogger(__name__)
 Origin = Literal["fleet", "device"]
 _RECHECK = "recheck"
 
-__all__ = ["ModelLoader", "ServingModel", "load_last_good", "load_local", "load_release"]
+__all__ = [
+    "ModelLoader",
+    "ModelOnDisk",
+    "ServingModel",
+    "load_last_good",
+    "load_local",
+    "load_release",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,29 @@ class ServingModel:
     sha256: str
     path: Path
     release: ReleaseMessage | None = None
+
+
+@dataclass(frozen=True)
+class ModelOnDisk:
+    """A model kept to roll back to: its verified file, not its loaded session (~65 MB)."""
+
+    ref: ModelRef
+    sha256: str
+    path: Path
+    release: ReleaseMessage | None = None
+
+    @classmethod
+    def of(cls, model: ServingModel) -> ModelOnDisk:
+        return cls(model.ref, model.sha256, model.path, model.release)
+
+    def reopen(self, config: EdgeConfig) -> ServingModel:
+        """Verify the file again, load and smoke-test it (``QcloopError`` if any fails)."""
+        if self.release is not None:
+            verify_file(self.path, self.release.size, self.release.sha256)
+            return open_model(self.release, self.path, config)
+        if not self.path.is_file() or sha256_file(self.path) != self.sha256:
+            raise IntegrityError(f"{self.path}: gone or changed since it was served")
+        return load_local(self.path, config)
 
 
 def release_thresholds(defaults: Thresholds, release: ReleaseMessage) -> Thresholds:

@@ -12,11 +12,18 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig
 from edge_agent.history import HISTORY_FILE, read_history, record_good
-from edge_agent.release import ModelLoader, load_last_good, release_key
+from edge_agent.release import (
+    ModelLoader,
+    ModelOnDisk,
+    load_last_good,
+    load_local,
+    open_model,
+    release_key,
+)
 from edge_agent.stats import AgentStats, Counters
 from edge_agent.store import LazyStore
 from qcloop.contracts import ModelRef, ReleaseMessage
-from qcloop.errors import ConfigError
+from qcloop.errors import ConfigError, IntegrityError
 from qcloop.mqtt import device_release_topic, publish_retained
 from qcloop.settings import MqttSettings, StoreSettings
 from qcloop.signing import generate_keypair
@@ -234,3 +241,27 @@ def test_run_with_an_unreadable_public_key_exits_1_naming_it(
     config = write_toml(tmp_path, "cam1", sections=missing)
     assert main(["run", "--config", str(config), "--timeout", "1"]) == 1
     assert "missing.pub" in capsys.readouterr().err
+
+
+def test_the_model_to_roll_back_to_is_kept_on_disk_and_verified_when_reloaded(
+    tmp_path: Path,
+) -> None:
+    # given a served release, remembered without its session
+    store = StoreSettings(kind="local", path=tmp_path / "store")
+    config = make_config(tmp_path, "mqtt://127.0.0.1:1", store, "cam-keep")
+    path = model(tmp_path, 1)
+    serving = open_model(release_for(path, config.fleet), path, config)
+    kept = ModelOnDisk.of(serving)
+    # when it is reloaded, it serves again as the same model, in a new session
+    again = kept.reopen(config)
+    assert (again.ref, again.sha256) == (serving.ref, serving.sha256)
+    assert again.detector is not serving.detector
+    # and a file changed on disk since is refused
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(IntegrityError, match="sha256"):
+        kept.reopen(config)
+    # a --model file too
+    local = ModelOnDisk.of(load_local(model(tmp_path, 2), config))
+    local.path.unlink()
+    with pytest.raises(IntegrityError, match="gone or changed"):
+        local.reopen(config)
