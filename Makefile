@@ -53,8 +53,15 @@ schemas: ## write the JSON Schemas of the contracts (docs/schemas/)
 check-edge: ## install only the edge extra in a fresh venv and run qcloop-edge infer (after make demo)
 	bash scripts/check-edge-install.sh
 
-bench-edge: ## edge agent path vs bare session.run vs ultralytics, RSS, swap time (after make demo)
-	$(PY) scripts/bench_edge.py --frames 100
+BENCH_MODEL := .qcloop/bench/yolov8n-480.onnx
+
+$(BENCH_MODEL):
+	$(PY) scripts/make_bench_model.py --imgsz 480 --epochs 12 --out $@
+
+bench-edge: $(BENCH_MODEL) ## edge agent path vs bare session.run vs ultralytics at 480, RSS, swap time
+	$(PY) scripts/bench_edge.py --model $(BENCH_MODEL) --frames 150 --rounds 3
+	$(PY) scripts/bench_edge.py --model $(BENCH_MODEL) --frames 150 --rounds 3 --width 1920 \
+		--paths session@w1t1,session@w1t2,agent@w1t1,agent@w2t1,agent@w1t2,ultralytics@w1t2
 
 bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after setup-label-studio)
 	$(PY) scripts/bench_labelling.py

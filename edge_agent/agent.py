@@ -179,6 +179,7 @@ class Agent:
         try:
             if initial is not None:
                 self._install(initial, loader, link, counted=False)
+                initial = None  # this frame lives as long as the agent: hold no model here
             else:
                 self._publish_state(link, "waiting_for_model")
             notify("READY=1")

@@ -26,11 +26,6 @@ from PIL import Image, ImageOps
 from edge_agent.errors import ImageError, ModelError
 from qcloop.contracts import Detection
 
-try:  # optional (the ``camera`` extra): its bilinear resize is ~10x Pillow's, and the one
-    import cv2  # ultralytics uses, so boxes match it more closely
-except ImportError:  # pragma: no cover - exercised by the edge-only install check
-    cv2 = None
-
 PAD_VALUE = 114  # the grey ultralytics pads with
 MAX_WH = 7680.0  # per-class offset for class-wise NMS: larger than any input side
 MAX_NMS = 30000  # candidates kept (highest scores) before NMS, as ultralytics
@@ -41,9 +36,19 @@ ImageInput = Image.Image | bytes | str | Path
 
 
 def resize_backend() -> str:
-    """``opencv`` where cv2 imports (unless ``QCLOOP_EDGE_RESIZE=pillow``), else ``pillow``."""
-    wanted = os.environ.get("QCLOOP_EDGE_RESIZE", "auto")
-    return "opencv" if cv2 is not None and wanted != "pillow" else "pillow"
+    """``opencv`` where cv2 imports (unless ``QCLOOP_EDGE_RESIZE=pillow``), else ``pillow``.
+
+    OpenCV is optional (the ``camera`` extra): its bilinear resize is ~10x Pillow's
+    and the one ultralytics uses; it costs ~25 MB of RSS, which
+    ``QCLOOP_EDGE_RESIZE=pillow`` saves (cv2 is then not even imported).
+    """
+    if os.environ.get("QCLOOP_EDGE_RESIZE", "auto") == "pillow":
+        return "pillow"
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return "pillow"
+    return "opencv"
 
 
 RESIZE = resize_backend()
@@ -113,6 +118,8 @@ def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, Le
     if rgb.size == (new_w, new_h):
         pixels = np.asarray(rgb)
     elif RESIZE == "opencv":
+        import cv2  # imported once by resize_backend: a dict lookup here
+
         pixels = cv2.resize(np.asarray(rgb), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     else:
         pixels = np.asarray(rgb.resize((new_w, new_h), Image.Resampling.BILINEAR))

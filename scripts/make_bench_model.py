@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Train a small YOLOv8n on the metal tags and export it to ONNX, for the edge benchmark.
+
+    .venv/bin/python scripts/make_bench_model.py [--imgsz 480] [--epochs 3] [--out PATH]
+
+The edge benchmark times a model, not its accuracy; what matters is that it is a real
+YOLOv8n detect graph (12 MB) at the issue's input size (1x3x480x480). Trained from
+``yolov8n.yaml`` (nothing downloaded) on all of ../shared/datasets/metal-tags, on
+the CPU (~1 min an epoch on 2 cores). 12 epochs from scratch teach it little: few of
+its boxes pass 0.25, so decode and NMS are light; with a trained model they cost
+tens of microseconds more a frame. Writes ``.qcloop/bench/yolov8n-<imgsz>.onnx``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from components.export import export_onnx  # noqa: E402
+from components.yolo_env import configure_offline  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--imgsz", type=int, default=480)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "metal-tags"
+    )
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    out = args.out or ROOT / ".qcloop" / "bench" / f"yolov8n-{args.imgsz}.onnx"
+    names = (args.data / "classes.txt").read_text().split()
+    if not (args.data / "images").is_dir() or not names:
+        print(f"make_bench_model: {args.data} has no images/ or classes.txt", file=sys.stderr)
+        return 2
+    configure_offline()
+    from ultralytics import YOLO
+
+    with tempfile.TemporaryDirectory(prefix="qcloop-bench-model-") as tmp:
+        data = Path(tmp) / "data.yaml"
+        images = str((args.data / "images").resolve())
+        data.write_text(
+            yaml.safe_dump(
+                {"train": images, "val": images, "names": dict(enumerate(names))}, sort_keys=False
+            )
+        )
+        print(f"[bench-model] yolov8n.yaml, {args.epochs} epochs at {args.imgsz} on {images}")
+        model = YOLO("yolov8n.yaml")
+        model.train(
+            data=str(data),
+            epochs=args.epochs,
+            imgsz=args.imgsz,
+            batch=16,
+            device="cpu",
+            workers=0,
+            project=tmp,
+            name="run",
+            plots=False,
+            val=False,
+        )
+        export_onnx(Path(tmp) / "run" / "weights" / "last.pt", out, imgsz=args.imgsz)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
