@@ -36,7 +36,7 @@ from edge_agent.errors import ModelError
 from edge_agent.feedback import FeedbackUploader, build_sidecar
 from edge_agent.history import forget, record_good
 from edge_agent.link import MqttLink
-from edge_agent.memory import trim_heap
+from edge_agent.memory import limit_arenas, trim_heap
 from edge_agent.policies import FeedbackPolicies, dhash
 from edge_agent.prefetch import Prefetched, Prefetcher
 from edge_agent.release import (
@@ -161,6 +161,7 @@ class Agent:
         A bad ``release.public_key`` or ``--model`` raises before anything starts.
         """
         deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+        limit_arenas()  # before the agent's threads start: they would each get one
         key = release_key(self.config)
         initial = load_local(self._initial_model, self.config) if self._initial_model else None
         self.config.model_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +238,9 @@ class Agent:
                 watchdog.tick()
                 now = time.monotonic()
                 finish(0.0)
-                if self._trim and not inflight:  # no frame holds the replaced model any more
+                if self._trim and all(f.serving is self._serving for f in inflight):
+                    # no frame in flight holds a replaced model any more (a busy camera
+                    # with two workers may never leave the queue empty)
                     trim_heap()
                     self._trim = False
                 if deadline is not None and now >= deadline:

@@ -49,12 +49,13 @@ def build_sidecar(
     """
     fmt = image.format or "JPEG"
     sha = sha256_bytes(data)
+    width, height = image_size(image)  # the frame's own, also when decoded at reduced scale
     return RawImageSidecar(
         key=raw_key(sha, EXTENSIONS.get(fmt, fmt.lower())),
         sha256=sha,
         content_type=Image.MIME.get(fmt, "application/octet-stream"),
-        width=image_size(image)[0],
-        height=image_size(image)[1],
+        width=width,
+        height=height,
         source=source or device_id,
         device_id=device_id,
         reason=reason,

@@ -36,13 +36,14 @@ ImageInput = Image.Image | bytes | str | Path
 
 
 def resize_backend() -> str:
-    """``opencv`` where cv2 imports (unless ``QCLOOP_EDGE_RESIZE=pillow``), else ``pillow``.
+    """``pillow`` unless ``QCLOOP_EDGE_RESIZE=opencv`` and cv2 imports.
 
-    OpenCV is optional (the ``camera`` extra): its bilinear resize is ~10x Pillow's
-    and the one ultralytics uses; it costs ~25 MB of RSS, which
-    ``QCLOOP_EDGE_RESIZE=pillow`` saves (cv2 is then not even imported).
+    OpenCV's bilinear resize (the ``camera`` extra installs it) is ~10x Pillow's and
+    the one ultralytics uses, but importing cv2 costs ~25 MB of RSS; with the
+    prefetch thread the resize is off the inference path, and the default agent
+    measured no faster with it (docs/benchmarks.md), so Pillow is the default.
     """
-    if os.environ.get("QCLOOP_EDGE_RESIZE", "auto") == "pillow":
+    if os.environ.get("QCLOOP_EDGE_RESIZE", "pillow") != "opencv":
         return "pillow"
     try:
         import cv2  # noqa: F401
@@ -105,7 +106,7 @@ def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, Le
 
     Returns the HxWx3 uint8 RGB canvas and the placement, computed like
     ultralytics' ``LetterBox`` (centred, scale-up allowed). Resized bilinear by
-    OpenCV where it is installed (``RESIZE``), else by Pillow.
+    Pillow, or by OpenCV where asked for and installed (``RESIZE``).
     """
     height, width = size
     source_w, source_h = image_size(image)  # placement is computed on the frame's own size

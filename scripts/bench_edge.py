@@ -49,6 +49,7 @@ PATHS = (
     "agent@w2t1",
     "detect@w1t1",
     "ultralytics@w1t2",
+    "release@w1t1",
     "release@w2t1",
 )
 

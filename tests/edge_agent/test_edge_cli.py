@@ -14,7 +14,7 @@ from edge_agent.cli import main
 from tests.edge_agent.edge_helpers import make_constant_model
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "ultralytics", "mlflow", "kfp", "dvc", "components", "pipelines")
+HEAVY = ("torch", "ultralytics", "mlflow", "kfp", "dvc", "cv2", "components", "pipelines")
 
 
 def test_infer_json_prints_one_line_per_image(
@@ -80,7 +80,8 @@ def test_infer_with_a_bad_model_exits_1(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_the_agent_imports_nothing_heavy() -> None:
-    # the edge box has no torch/ultralytics/mlflow/kfp/dvc, nor the other rooms
+    # the edge box has no torch/ultralytics/mlflow/kfp/dvc, nor the other rooms;
+    # cv2 only where QCLOOP_EDGE_RESIZE=opencv asks for it
     code = (
         "import sys, edge_agent, edge_agent.cli, edge_agent.agent\n"
         f"print([m for m in sys.modules if m.split('.')[0] in {HEAVY}])\n"
@@ -94,9 +95,9 @@ def test_the_agent_imports_nothing_heavy() -> None:
 def test_without_opencv_the_agent_resizes_with_pillow(
     yolo_onnx: Path, tag_images: list[Path]
 ) -> None:
-    # OpenCV (the camera extra) is optional: an edge-only box lacks it
+    # OpenCV (the camera extra) is optional: an edge-only box lacks it, even if asked for
     code = (
-        "import sys; sys.modules['cv2'] = None\n"
+        "import os, sys; sys.modules['cv2'] = None; os.environ['QCLOOP_EDGE_RESIZE'] = 'opencv'\n"
         "from edge_agent import inference\n"
         f"found = inference.Detector({str(yolo_onnx)!r}, confidence=0.01).detect("
         f"{str(tag_images[0])!r})\n"

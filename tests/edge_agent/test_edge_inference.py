@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -270,11 +271,11 @@ def test_pillow_and_opencv_resizing_agree_on_a_real_frame(
     import edge_agent.inference as inference
 
     image = load_image(next((metal_tags / "images").glob("*.jpg")))
-    assert inference.RESIZE == "opencv"
+    assert inference.RESIZE == "pillow"  # the default
     # when it is letterboxed to 480 by each backend
-    by_opencv, placement = letterbox(image, (480, 480))
-    monkeypatch.setattr(inference, "RESIZE", "pillow")
-    by_pillow, same_placement = letterbox(image, (480, 480))
+    by_pillow, placement = letterbox(image, (480, 480))
+    monkeypatch.setattr(inference, "RESIZE", "opencv")
+    by_opencv, same_placement = letterbox(image, (480, 480))
     # then they place it alike and differ by about a grey level
     assert placement == same_placement
     diff = np.abs(by_opencv.astype(np.int16) - by_pillow.astype(np.int16))
@@ -282,13 +283,17 @@ def test_pillow_and_opencv_resizing_agree_on_a_real_frame(
     assert (diff[: placement.pad_y] == 0).all()  # the grey padding is the same
 
 
-def test_the_resize_backend_can_be_forced_to_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_opencv_resizes_only_when_asked_for_and_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from edge_agent.inference import resize_backend
 
-    monkeypatch.setenv("QCLOOP_EDGE_RESIZE", "pillow")
+    monkeypatch.delenv("QCLOOP_EDGE_RESIZE", raising=False)
     assert resize_backend() == "pillow"
-    monkeypatch.setenv("QCLOOP_EDGE_RESIZE", "auto")
+    monkeypatch.setenv("QCLOOP_EDGE_RESIZE", "opencv")
     assert resize_backend() == "opencv"
+    monkeypatch.setitem(sys.modules, "cv2", None)  # not installed: Pillow after all
+    assert resize_backend() == "pillow"
 
 
 def big_jpeg(metal_tags: Path, width: int = 1920, orientation: int = 1) -> bytes:
