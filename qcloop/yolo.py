@@ -23,6 +23,13 @@ _CAPTURE_RE = re.compile(r"^(?P<group>.+)-cropped-[a-z]+(?:-[a-z]+)?$")
 MAX_REPORTED = 20
 
 
+def listed(problems: list[str]) -> str:
+    """The first ``MAX_REPORTED`` problems, one per indented line, and how many more."""
+    more = len(problems) - MAX_REPORTED
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    return "".join(f"\n  {p}" for p in problems[:MAX_REPORTED]) + tail
+
+
 @dataclass(frozen=True)
 class YoloBox:
     """A normalised YOLO box."""
@@ -146,14 +153,8 @@ def scan_yolo_folder(
             continue
         items.append(YoloItem(images[stem], labels[stem], width, height, boxes))
     if problems:
-        shown = "\n  ".join(problems[:MAX_REPORTED])
-        more = (
-            f"\n  ... and {len(problems) - MAX_REPORTED} more"
-            if len(problems) > MAX_REPORTED
-            else ""
-        )
         raise DatasetError(
-            f"{folder}: {len(problems)} problem(s) in the YOLO folder:\n  {shown}{more}"
+            f"{folder}: {len(problems)} problem(s) in the YOLO folder:{listed(problems)}"
         )
     if not items:
         raise DatasetError(f"{folder}: no labelled images found under images/")

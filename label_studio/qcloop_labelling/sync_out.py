@@ -33,7 +33,7 @@ from qcloop.contracts import utcnow
 from qcloop.errors import ObjectNotFound
 from qcloop.settings import Settings
 from qcloop.storage import ObjectStore, open_store
-from qcloop.yolo import YoloBox
+from qcloop.yolo import YoloBox, listed
 from qcloop_labelling.boxes import result_to_yolo
 from qcloop_labelling.client import LabelStudioClient
 from qcloop_labelling.errors import AnnotationError, LabellingError
@@ -46,7 +46,6 @@ ANNOTATION_RULE = (
     "updated last wins (ties: higher annotation id); all cancelled = skipped; none = pending; "
     "a counted annotation without boxes = negative"
 )
-MAX_REPORTED = 20
 Progress = Callable[[str], None]
 
 
@@ -133,16 +132,10 @@ def convert(
         outcomes.append(outcome)
         problems += bad
     if problems:
-        shown = "\n  ".join(problems[:MAX_REPORTED])
-        more = (
-            f"\n  ... and {len(problems) - MAX_REPORTED} more"
-            if len(problems) > MAX_REPORTED
-            else ""
-        )
         bad_ids = sorted({int(p.split()[1]) for p in problems})
         raise AnnotationError(
             f"{len(problems)} invalid box(es) in task(s) {bad_ids}; fix them in Label Studio "
-            f"and export again:\n  {shown}{more}"
+            f"and export again:{listed(problems)}"
         )
     return outcomes
 
@@ -216,10 +209,7 @@ def write_yolo_folder(
     images = {o.task_id: _image_bytes(by_id[o.task_id], store) for o in exported}
     problems = [p for o in exported if (p := _size_problem(by_id[o.task_id], images[o.task_id][0]))]
     if problems:  # checked before anything is written: no half-built folder
-        raise AnnotationError(
-            f"{len(problems)} task(s) with unusable images:\n  "
-            + "\n  ".join(problems[:MAX_REPORTED])
-        )
+        raise AnnotationError(f"{len(problems)} task(s) with unusable images:{listed(problems)}")
     (out / "images").mkdir(parents=True)
     (out / "labels").mkdir()
     done: dict[int, TaskOutcome] = {}
