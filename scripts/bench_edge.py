@@ -32,12 +32,13 @@ import os
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -136,31 +137,16 @@ def bench_ultralytics(
     return _stats(_timed(predict, images))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@contextmanager
+def _broker() -> Iterator[tuple[str, Path]]:
+    """A real mosquitto on a free loopback port (the demo's broker) and a scratch folder."""
+    from pipelines.broker import EmbeddedBroker, free_port
 
-
-class _Broker:
-    """A real mosquitto on a free loopback port, in a scratch folder."""
-
-    def __enter__(self) -> _Broker:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
-        port = _free_port()
-        (self.work / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        self.process = subprocess.Popen(
-            [exe, "-c", str(self.work / "m.conf")], stderr=subprocess.DEVNULL
-        )
-        self.url = f"mqtt://127.0.0.1:{port}"
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        shutil.rmtree(self.work, ignore_errors=True)
+    with (
+        EmbeddedBroker(port=free_port(), prefer="mosquitto") as broker,
+        tempfile.TemporaryDirectory(prefix="bench-edge-") as work,
+    ):
+        yield broker.url, Path(work)
 
 
 def _agent_config(work: Path, url: str, threads: int, **extra: Any) -> Any:
@@ -215,13 +201,11 @@ def bench_agent(
 
     blobs = [p.read_bytes() for p in images[:warmup] + images]
     source = _TimedSource(blobs)
-    with _Broker() as broker:
+    with _broker() as (url, work):
         # the default feedback policy (band) with a limit: the decisions run on every
         # frame, a few frames are spooled (fsync) as in production
         feedback = {"policies": {"band": {"per_minute": 6}}, "drain_timeout_s": 0.0}
-        config = _agent_config(
-            broker.work, broker.url, threads, feedback=feedback, inference_workers=workers
-        )
+        config = _agent_config(work, url, threads, feedback=feedback, inference_workers=workers)
         agent = Agent(config, source=source, initial_model=model)
         stats = agent.run(max_frames=len(blobs), timeout_s=600)
     if stats.frames_inferred != len(blobs):
@@ -248,16 +232,12 @@ def bench_release(
     """
     from edge_agent.agent import Agent
 
-    with _Broker() as broker:
+    with _broker() as (url, work):
         config = _agent_config(
-            broker.work,
-            broker.url,
-            threads,
-            feedback={"enabled": False},
-            inference_workers=workers,
+            work, url, threads, feedback={"enabled": False}, inference_workers=workers
         )
         agent = Agent(config, initial_model=model)
-        return _release_rounds(agent, model, broker.work, broker.url, rounds)
+        return _release_rounds(agent, model, work, url, rounds)
 
 
 def _release_rounds(agent: Any, model: Path, work: Path, url: str, rounds: int) -> dict[str, Any]:
