@@ -35,6 +35,7 @@ from edge_agent.config import EdgeConfig, SourceConfig
 from edge_agent.errors import ModelError
 from edge_agent.feedback import FeedbackUploader, build_sidecar
 from edge_agent.history import forget, record_good
+from edge_agent.inference import InputPlan
 from edge_agent.link import MqttLink
 from edge_agent.memory import limit_arenas, trim_heap
 from edge_agent.policies import FeedbackPolicies, dhash
@@ -78,7 +79,7 @@ class InFlight:
 def _infer(item: Prefetched, serving: ServingModel) -> Outcome:
     """The model's part of a frame (on an inference worker or inline), timed."""
     started = time.perf_counter()
-    detections = serving.detector.infer(item.for_model(serving.detector.imgsz))
+    detections = serving.detector.infer(item.for_model(serving.detector.plan))
     return detections, (time.perf_counter() - started) * 1000.0
 
 
@@ -172,7 +173,7 @@ class Agent:
         on_verdict = self.verdicts.receive if self.config.verdicts.enabled else None
         link = MqttLink(self.config, on_release=loader.submit, on_verdict=on_verdict)
         feedback = self._make_uploader(self._spool)
-        frames = Prefetcher(self.source, self._input_size, self.config.prefetch_frames, TICK_S)
+        frames = Prefetcher(self.source, self._input_plan, self.config.prefetch_frames, TICK_S)
         link.start()
         self._publish_state(link, "starting")
         loader.start()
@@ -206,10 +207,10 @@ class Agent:
             backoff_max_s=settings.backoff_max_s,
         )
 
-    def _input_size(self) -> tuple[int, int] | None:
-        """Input size of the serving model (read by the prefetch thread)."""
+    def _input_plan(self) -> InputPlan | None:
+        """Input plan of the serving model (read by the prefetch thread)."""
         serving = self._serving
-        return serving.detector.imgsz if serving else None
+        return serving.detector.plan if serving else None
 
     def _loop(
         self,

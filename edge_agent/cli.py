@@ -56,7 +56,13 @@ def _fail(message: str) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     """Detect on each image; one JSON line (``--json``) or table rows per image."""
     try:
-        detector = Detector(args.model, confidence=args.conf, iou=args.iou, threads=args.threads)
+        detector = Detector(
+            args.model,
+            confidence=args.conf,
+            iou=args.iou,
+            threads=args.threads,
+            rect=not args.square,
+        )
     except QcloopError as exc:
         return _fail(str(exc))
     rc = 0
@@ -212,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
     infer.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     infer.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
+    infer.add_argument(
+        "--square",
+        action="store_true",
+        help="dynamic-input models: pad every frame to the square input size "
+        "(default: the smallest canvas of stride multiples, like ultralytics' rect)",
+    )
     infer.add_argument("images", nargs="+", metavar="IMAGE")
     infer.set_defaults(func=cmd_infer)
 

@@ -201,6 +201,12 @@ class EdgeConfig(_Section):
         "frame order); 2 with ort_threads = 1: the most frames a second on 2 cores; "
         "1 with ort_threads = 2: the shortest time per frame",
     )
+    rect_input: bool = Field(
+        default=True,
+        description="models with free input height/width (dynamic exports): fit each frame "
+        "onto the smallest canvas of stride multiples (a 3:2 frame for 480 runs at 480x320); "
+        "false: pad to the square input size. Static models always get their fixed size",
+    )
     prefetch_frames: int = Field(
         default=2,
         ge=0,

@@ -10,9 +10,9 @@ model's own time. The queue is bounded: the thread never reads more than
 ``depth`` frames ahead, and a frame read ahead but not inferred when the agent
 stops is not marked done, so a hot-folder file stays for the next start.
 
-The thread prepares for the input size of the model serving when it reads the
-frame; after a swap to a model of another size the inspection thread prepares
-the few frames already queued again (``Prefetched.for_model``). Errors stay with
+The thread prepares for the input plan (size, stride) of the model serving when
+it reads the frame; after a swap to a model with another plan the inspection
+thread prepares the few frames already queued again (``Prefetched.for_model``). Errors stay with
 their frame (``error``): the inspection thread rejects it, in order.
 """
 
@@ -27,43 +27,41 @@ from dataclasses import dataclass
 from PIL import Image
 
 from edge_agent.errors import ImageError
-from edge_agent.inference import FULL_SIZE, ModelInput, load_image, prepare_input
+from edge_agent.inference import FULL_SIZE, InputPlan, ModelInput, load_image, prepare_input
 from edge_agent.sources import Frame, FrameSource
 
 log = logging.getLogger(__name__)
 
-Size = tuple[int, int]
-
 
 @dataclass(frozen=True)
 class Prefetched:
-    """A frame, decoded (or why not), with its model input if a model size was known."""
+    """A frame, decoded (or why not), with its model input if a model's plan was known."""
 
     frame: Frame
     image: Image.Image | None = None
     prepared: ModelInput | None = None
     error: str | None = None
 
-    def for_model(self, imgsz: Size) -> ModelInput:
-        """The model input for ``imgsz``: the one prepared ahead, or made now.
+    def for_model(self, plan: InputPlan) -> ModelInput:
+        """The model input for ``plan``: the one prepared ahead, or made now.
 
         Made now from the frame's bytes when the image was decoded at a reduced
         scale for another size (after a swap to a model of another input size).
         """
         assert self.image is not None, "a frame that failed to decode has no input"
-        if self.prepared is not None and self.prepared.imgsz == imgsz:
+        if self.prepared is not None and self.prepared.plan == plan:
             return self.prepared
         reduced = FULL_SIZE in self.image.info
-        return prepare_input(self.frame.data if reduced else self.image, imgsz)
+        return prepare_input(self.frame.data if reduced else self.image, plan)
 
 
-def prefetch(frame: Frame, imgsz: Size | None) -> Prefetched:
-    """Decode ``frame`` and, if ``imgsz`` is known, prepare the model input."""
+def prefetch(frame: Frame, plan: InputPlan | None) -> Prefetched:
+    """Decode ``frame`` and, if the model's ``plan`` is known, prepare the model input."""
     try:
-        image = load_image(frame.data, fit=imgsz)
+        image = load_image(frame.data, fit=plan.imgsz if plan else None)
     except ImageError as exc:
         return Prefetched(frame, error=str(exc))
-    prepared = prepare_input(image, imgsz) if imgsz is not None else None
+    prepared = prepare_input(image, plan) if plan is not None else None
     return Prefetched(frame, image=image, prepared=prepared)
 
 
@@ -71,16 +69,20 @@ class Prefetcher:
     """Reads and prepares up to ``depth`` frames ahead of the inspection thread.
 
     ``depth`` 0 keeps everything on the caller's thread (``next`` reads and
-    prepares the frame itself). ``imgsz`` is asked for the current model's input
-    size each time a frame is prepared.
+    prepares the frame itself). ``plan`` is asked for the current model's input
+    plan each time a frame is prepared.
     """
 
     def __init__(
-        self, source: FrameSource, imgsz: Callable[[], Size | None], depth: int, tick_s: float
+        self,
+        source: FrameSource,
+        plan: Callable[[], InputPlan | None],
+        depth: int,
+        tick_s: float,
     ) -> None:
         self.source = source
         self.depth = depth
-        self._imgsz = imgsz
+        self._plan = plan
         self._tick = tick_s
         self._queue: queue.Queue[Prefetched] = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
@@ -97,7 +99,7 @@ class Prefetcher:
         """The next frame, ready for the model, or None if none within ``timeout`` s."""
         if self._thread is None:
             frame = self._read(timeout)
-            return prefetch(frame, self._imgsz()) if frame is not None else None
+            return prefetch(frame, self._plan()) if frame is not None else None
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -124,7 +126,7 @@ class Prefetcher:
             if frame is None:
                 continue
             try:
-                item = prefetch(frame, self._imgsz())
+                item = prefetch(frame, self._plan())
             except Exception as exc:  # a bug in preparing must not kill the thread
                 item = Prefetched(frame, error=f"cannot prepare: {type(exc).__name__}: {exc}")
             while not self._stop.is_set():

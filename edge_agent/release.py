@@ -141,6 +141,7 @@ def open_model(release: ReleaseMessage, path: Path, config: EdgeConfig) -> Servi
         confidence=thresholds.confidence,
         iou=thresholds.iou,
         threads=config.ort_threads,
+        rect=config.rect_input,
     )
     detector.warmup()
     return ServingModel(detector, release.model, thresholds, release.sha256, path, release)
@@ -163,6 +164,7 @@ def load_local(path: Path, config: EdgeConfig) -> ServingModel:
         confidence=config.thresholds.confidence,
         iou=config.thresholds.iou,
         threads=config.ort_threads,
+        rect=config.rect_input,
     )
     detector.warmup()
     ref = ModelRef(name=path.stem, version="local")

@@ -21,13 +21,20 @@ YOLO_CLASSES = [f"class{i}" for i in range(80)]  # yolov8n.yaml: 80 classes
 
 
 def make_constant_model(
-    path: Path, output: np.ndarray, imgsz: int = 320, names: str | None = None
+    path: Path,
+    output: np.ndarray,
+    imgsz: int = 320,
+    names: str | None = None,
+    dynamic: bool = False,
 ) -> Path:
-    """An ONNX whose ``output0`` is ``output`` whatever the image: exact numbers end to end."""
+    """An ONNX whose ``output0`` is ``output`` whatever the image: exact numbers end to end.
+
+    ``dynamic``: input height and width left free, as a ``dynamic=True`` export."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, imgsz, imgsz])
+    side: list[int | str] = ["height", "width"] if dynamic else [imgsz, imgsz]
+    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, *side])
     out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))
     const = numpy_helper.from_array(output.astype(np.float32), name="const")
     # output0 = const + 0 * mean(images): the input is used, the output is exact

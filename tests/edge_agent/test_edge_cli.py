@@ -55,6 +55,26 @@ def test_infer_exact_box_in_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     }
 
 
+def test_infer_on_a_dynamic_model_rect_by_default_square_if_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given the same constant output from a model with free height and width
+    output = np.array([[[160], [159.5], [64], [71], [0.875]]], np.float32)
+    model = make_constant_model(tmp_path / "d.onnx", output, names="{0: 'scratch'}", dynamic=True)
+    frame = tmp_path / "frame.jpg"
+    from PIL import Image
+
+    Image.new("L", (450, 300)).save(frame)
+    # when inferred by default: on a 320x224 canvas (5 rows of padding above, not 53)
+    assert main(["infer", "--model", str(model), "--json", str(frame)]) == 0
+    rect = json.loads(capsys.readouterr().out)["detections"][0]["box"]
+    # and with --square: on 320x320, as the static model
+    assert main(["infer", "--model", str(model), "--json", "--square", str(frame)]) == 0
+    square = json.loads(capsys.readouterr().out)["detections"][0]["box"]
+    assert rect == [180.0, 167.61, 270.0, 267.61]
+    assert square == [180.0, 100.0, 270.0, 200.0]
+
+
 def test_infer_table_and_an_unreadable_image(
     yolo_onnx: Path, tag_images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

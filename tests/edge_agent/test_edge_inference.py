@@ -14,6 +14,7 @@ from edge_agent.errors import ImageError, ModelError
 from edge_agent.inference import (
     PAD_VALUE,
     Detector,
+    InputPlan,
     Letterbox,
     batched_nms,
     decode,
@@ -56,23 +57,39 @@ def test_letterbox_of_a_metal_tag_frame() -> None:
     assert (canvas[53:266] == 7).all()
 
 
-@pytest.mark.parametrize("shape", [(300, 450), (450, 300), (17, 33), (640, 640), (100, 1000)])
+@pytest.mark.parametrize("stride", [0, 32])
+@pytest.mark.parametrize(
+    "shape", [(300, 450), (450, 300), (17, 33), (640, 640), (100, 1000), (333, 640)]
+)
 def test_letterbox_places_images_like_ultralytics(
-    shape: tuple[int, int], offline_ultralytics: Path
+    shape: tuple[int, int], stride: int, offline_ultralytics: Path
 ) -> None:
     from ultralytics.data.augment import LetterBox
 
     # given an image of this (height, width)
     height, width = shape
-    # when both letterbox it to 320
-    _, placement = letterbox(Image.new("RGB", (width, height)), (320, 320))
-    params = LetterBox(new_shape=(320, 320), auto=False).get_params(
+    # when both letterbox it to 320 (square, or on the smallest canvas of 32-multiples)
+    canvas, placement = letterbox(Image.new("RGB", (width, height)), (320, 320), stride)
+    params = LetterBox(new_shape=(320, 320), auto=stride > 0, stride=stride or 32).get_params(
         {"img": np.zeros((height, width, 3), np.uint8)}
     )
-    # then size and offsets agree
+    # then size, offsets and canvas agree
     new_w, new_h = params["new_unpad"]
     assert (placement.pad_x, placement.pad_y) == (params["left"], params["top"])
     assert (round(placement.scale_x * width), round(placement.scale_y * height)) == (new_w, new_h)
+    expected = (new_h + params["top"] + params["bottom"], new_w + params["left"] + params["right"])
+    assert canvas.shape[:2] == expected
+
+
+def test_rect_letterbox_of_a_metal_tag_frame() -> None:
+    # a 450x300 frame for 480: scaled to 480x320, already 32-multiples, so no padding
+    canvas, placement = letterbox(Image.new("RGB", (450, 300), (7, 7, 7)), (480, 480), 32)
+    assert canvas.shape == (320, 480, 3) and (canvas == 7).all()
+    assert (placement.pad_x, placement.pad_y) == (0, 0)
+    # a 640x333 one: 480x250, padded to 480x256 (3 rows above, 3 below)
+    canvas, placement = letterbox(Image.new("RGB", (640, 333), (7, 7, 7)), (480, 480), 32)
+    assert canvas.shape == (256, 480, 3) and placement.pad_y == 3
+    assert (canvas[:3] == PAD_VALUE).all() and (canvas[253:] == PAD_VALUE).all()
 
 
 def test_to_input_is_nchw_float_in_unit_range() -> None:
@@ -211,6 +228,39 @@ def test_detector_returns_boxes_in_the_image_pixels(constant_model: Path, tmp_pa
         assert detections[0].label == "scratch"
         assert detections[0].score == pytest.approx(0.9)
         assert detections[0].box == pytest.approx((180, 100, 270, 200), abs=1e-3)
+
+
+def test_a_dynamic_model_gets_the_smallest_canvas_and_boxes_map_back(tmp_path: Path) -> None:
+    # given the same constant output from a model with free height and width
+    path = make_constant_model(tmp_path / "d.onnx", _one_box_output(), dynamic=True)
+    frame = Image.new("L", (450, 300), 90)
+    # when a 450x300 frame is detected with the default (rect) plan
+    detector = Detector(path)
+    assert detector.dynamic and detector.plan == InputPlan((320, 320), 32)
+    prepared = prepare_input(frame, detector.plan)
+    # then it ran on a 320x224 canvas (213 rows + 11 of padding), 5 rows above
+    assert prepared.tensor.shape == (1, 3, 224, 320) and prepared.placement.pad_y == 5
+    # and the box maps back through that placement, not the square one
+    box = detector.infer(prepared)[0].box
+    assert box == pytest.approx((180, 119 / 0.71, 270, 190 / 0.71), abs=1e-3)  # 213/300 = 0.71
+    # while the square plan (rect off) gives the static model's numbers
+    square = Detector(path, rect=False)
+    assert square.plan == InputPlan((320, 320), 0)
+    assert square.detect(frame)[0].box == pytest.approx((180, 100, 270, 200), abs=1e-3)
+    with pytest.raises(ValueError, match="prepared for"):
+        square.infer(prepared)
+
+
+def test_a_dynamic_model_without_a_known_size_is_refused(tmp_path: Path) -> None:
+    path = make_constant_model(tmp_path / "d.onnx", _one_box_output(), dynamic=True)
+    import onnx
+
+    model = onnx.load(path)
+    del model.metadata_props[:]  # no imgsz in the metadata
+    onnx.save(model, path)
+    with pytest.raises(ModelError, match="input size unknown"):
+        Detector(path, class_names=["scratch"])
+    assert Detector(path, class_names=["scratch"], imgsz=256).plan == InputPlan((256, 256), 32)
 
 
 def test_detector_thresholds_and_names_from_arguments(constant_model: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from edge_agent.agent import Agent
-from edge_agent.inference import Detector, prepare_input
+from edge_agent.inference import Detector, InputPlan, prepare_input
 from edge_agent.prefetch import Prefetched, Prefetcher, prefetch
 from edge_agent.sources import FolderSource, Frame
 from qcloop.contracts import InferenceResult
@@ -71,7 +71,7 @@ def test_frames_come_in_order_with_errors_kept_on_their_frame(depth: int) -> Non
         Frame("c.jpg", jpeg(value=3)),
     ]
     source = ListSource(frames)
-    prefetcher = Prefetcher(source, lambda: (32, 32), depth=depth, tick_s=0.02)
+    prefetcher = Prefetcher(source, lambda: InputPlan((32, 32)), depth=depth, tick_s=0.02)
     prefetcher.start()
     try:
         got = drain(prefetcher, 3)
@@ -87,7 +87,7 @@ def test_frames_come_in_order_with_errors_kept_on_their_frame(depth: int) -> Non
 
 def test_prefetch_reads_at_most_depth_frames_ahead() -> None:
     source = ListSource([Frame(f"{i}.jpg", jpeg(value=i)) for i in range(10)])
-    prefetcher = Prefetcher(source, lambda: (32, 32), depth=2, tick_s=0.02)
+    prefetcher = Prefetcher(source, lambda: InputPlan((32, 32)), depth=2, tick_s=0.02)
     prefetcher.start()
     try:
         time.sleep(0.5)
@@ -99,7 +99,7 @@ def test_prefetch_reads_at_most_depth_frames_ahead() -> None:
 
 def test_a_failing_source_does_not_stop_the_prefetch_thread() -> None:
     source = ListSource([Frame("a.jpg", jpeg())], fail_first=2)
-    prefetcher = Prefetcher(source, lambda: (32, 32), depth=1, tick_s=0.02)
+    prefetcher = Prefetcher(source, lambda: InputPlan((32, 32)), depth=1, tick_s=0.02)
     prefetcher.start()
     try:
         got = drain(prefetcher, 1)
@@ -111,22 +111,24 @@ def test_a_failing_source_does_not_stop_the_prefetch_thread() -> None:
 def test_without_a_model_size_the_frame_is_only_decoded_and_prepared_later() -> None:
     item = prefetch(Frame("a.jpg", jpeg(80, 40)), None)
     assert item.prepared is None and item.image is not None
-    ready = item.for_model((64, 64))
+    ready = item.for_model(InputPlan((64, 64)))
     expected = prepare_input(jpeg(80, 40), (64, 64))
-    assert ready.imgsz == (64, 64) and ready.placement == expected.placement
+    assert ready.plan == InputPlan((64, 64)) and ready.placement == expected.placement
     np.testing.assert_array_equal(ready.tensor, expected.tensor)
 
 
-def test_a_frame_prepared_for_another_size_is_prepared_again() -> None:
-    item = prefetch(Frame("a.jpg", jpeg(80, 40)), (32, 32))
-    assert item.for_model((32, 32)) is item.prepared
-    assert item.for_model((64, 64)).tensor.shape == (1, 3, 64, 64)
+def test_a_frame_prepared_for_another_plan_is_prepared_again() -> None:
+    item = prefetch(Frame("a.jpg", jpeg(80, 40)), InputPlan((32, 32)))
+    assert item.for_model(InputPlan((32, 32))) is item.prepared
+    assert item.for_model(InputPlan((64, 64))).tensor.shape == (1, 3, 64, 64)
+    # same size, but a dynamic model's rect plan: an 80x40 frame on a 64x32 canvas
+    assert item.for_model(InputPlan((64, 64), 32)).tensor.shape == (1, 3, 32, 64)
 
 
 def test_detect_equals_prepare_then_infer(yolo_onnx: Path, tag_images: list[Path]) -> None:
     detector = Detector(yolo_onnx, confidence=0.01)
     for image in tag_images:
-        prepared = prefetch(Frame(image.name, image.read_bytes()), detector.imgsz).prepared
+        prepared = prefetch(Frame(image.name, image.read_bytes()), detector.plan).prepared
         assert prepared is not None
         assert detector.infer(prepared) == detector.detect(image.read_bytes())
     with pytest.raises(ValueError, match="prepared for"):
@@ -140,7 +142,7 @@ def test_hot_folder_read_on_one_thread_and_done_on_another_hands_each_file_out_o
     source = FolderSource(inbox, policy="move", poll_interval_s=0.01)
     for i in range(40):
         (inbox / f"{i:03d}.jpg").write_bytes(jpeg(value=i))
-    prefetcher = Prefetcher(source, lambda: (32, 32), depth=2, tick_s=0.02)
+    prefetcher = Prefetcher(source, lambda: InputPlan((32, 32)), depth=2, tick_s=0.02)
     prefetcher.start()
     names: list[str] = []
     try:
@@ -197,9 +199,9 @@ def test_after_a_swap_to_a_larger_input_a_reduced_frame_is_decoded_again(
     image = Image.open(next((metal_tags / "images").glob("*.jpg"))).convert("RGB")
     out = io.BytesIO()
     image.resize((1920, 1280)).save(out, "JPEG", quality=90)
-    item = prefetch(Frame("big.jpg", out.getvalue()), (320, 320))
+    item = prefetch(Frame("big.jpg", out.getvalue()), InputPlan((320, 320)))
     assert item.image is not None and item.image.width < 1920 // 2
     # when the next model takes 1280
-    ready = item.for_model((1280, 1280))
+    ready = item.for_model(InputPlan((1280, 1280)))
     # then the input is made from the bytes again, not upscaled from the small decode
     np.testing.assert_array_equal(ready.tensor, prepare_input(out.getvalue(), (1280, 1280)).tensor)

@@ -265,3 +265,18 @@ def test_the_model_to_roll_back_to_is_kept_on_disk_and_verified_when_reloaded(
     local.path.unlink()
     with pytest.raises(IntegrityError, match="gone or changed"):
         local.reopen(config)
+
+
+def test_rect_input_from_the_config_reaches_released_and_local_models(tmp_path: Path) -> None:
+    # given a dynamic-input model, released and given with --model
+    output = np.full((1, 84, 10), 0.001, np.float32)
+    path = make_constant_model(tmp_path / "dynamic.onnx", output, dynamic=True)
+    store = StoreSettings(kind="local", path=tmp_path / "store")
+    config = make_config(tmp_path, "mqtt://127.0.0.1:1", store, "cam-rect")
+    # then by default frames go on the smallest canvas of stride multiples
+    assert open_model(release_for(path, config.fleet), path, config).detector.plan.stride == 32
+    assert load_local(path, config).detector.plan.stride == 32
+    # and with rect_input = false on the square input
+    square = config.model_copy(update={"rect_input": False})
+    assert open_model(release_for(path, config.fleet), path, square).detector.plan.stride == 0
+    assert load_local(path, square).detector.plan.stride == 0
