@@ -1,4 +1,4 @@
-"""Export trained YOLO weights to ONNX: static 1x3xNxN input, metadata kept."""
+"""Export trained YOLO weights to ONNX: 1x3xNxN input (or dynamic height/width), metadata kept."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ from components.yolo_env import configure_offline
 from qcloop.errors import PipelineError
 
 
-def export_onnx(weights: Path, out_path: Path, *, imgsz: int) -> Path:
+def export_onnx(weights: Path, out_path: Path, *, imgsz: int, dynamic: bool = False) -> Path:
     """Export ``weights`` (a ``.pt``) to ``out_path`` with a static ``1x3ximgszximgsz`` input.
 
-    The graph is simplified when onnxslim is installed; the opset is ultralytics'
-    default. The ONNX metadata keeps ``names``, ``imgsz`` and ``stride``.
+    With ``dynamic`` the batch, height and width are left free: the edge agent then
+    letterboxes each frame to the smallest canvas of stride multiples (a 3:2 frame
+    runs at 480x320 instead of 480x480). The graph is simplified when onnxslim is
+    installed; the opset is ultralytics' default. The ONNX metadata keeps ``names``,
+    ``imgsz`` and ``stride``.
     """
     weights = Path(weights)
     if not weights.is_file():
@@ -26,7 +29,8 @@ def export_onnx(weights: Path, out_path: Path, *, imgsz: int) -> Path:
     from ultralytics import YOLO
 
     simplify = importlib.util.find_spec("onnxslim") is not None
-    print(f"[export] {weights} -> {out_path} (imgsz {imgsz}, simplify={simplify})")
+    shape = "dynamic" if dynamic else "static"
+    print(f"[export] {weights} -> {out_path} (imgsz {imgsz}, {shape}, simplify={simplify})")
     with tempfile.TemporaryDirectory(prefix="qcloop-export-") as tmp:
         # ultralytics writes the .onnx beside the weights: work on a copy named *.pt
         local = Path(tmp) / "model.pt"
@@ -37,14 +41,19 @@ def export_onnx(weights: Path, out_path: Path, *, imgsz: int) -> Path:
             # tracing the detect head always warns (shape-dependent Python branches)
             warnings.simplefilter("ignore", TracerWarning)
             written = YOLO(str(local)).export(
-                format="onnx", imgsz=imgsz, batch=1, dynamic=False, simplify=simplify, device="cpu"
+                format="onnx",
+                imgsz=imgsz,
+                batch=1,
+                dynamic=dynamic,
+                simplify=simplify,
+                device="cpu",
             )
         if not written or not Path(written).is_file():
             raise PipelineError(f"ONNX export of {weights} wrote no file; read the log above")
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(written), out_path)
-    check_onnx(out_path, imgsz=imgsz)
+    check_onnx(out_path, imgsz=imgsz, dynamic=dynamic)
     return out_path
 
 
@@ -62,13 +71,17 @@ def onnx_metadata(onnx_path: Path) -> dict[str, object]:
     return meta
 
 
-def check_onnx(onnx_path: Path, *, imgsz: int) -> None:
-    """Raise ``PipelineError`` unless the ONNX has a static 1x3ximgszximgsz input and metadata."""
+def check_onnx(onnx_path: Path, *, imgsz: int, dynamic: bool = False) -> None:
+    """Raise ``PipelineError`` unless the ONNX has a 1x3ximgszximgsz input (or, with
+    ``dynamic``, named batch/height/width dimensions) and ultralytics' metadata."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
-    if dims != [1, 3, imgsz, imgsz]:
+    if dynamic:
+        if len(dims) != 4 or dims[1] != 3 or not all(isinstance(d, str) for d in dims[2:]):
+            raise PipelineError(f"{onnx_path}: input shape {dims}, expected [N, 3, height, width]")
+    elif dims != [1, 3, imgsz, imgsz]:
         raise PipelineError(f"{onnx_path}: input shape {dims}, expected [1, 3, {imgsz}, {imgsz}]")
     missing = {"names", "imgsz", "stride"} - onnx_metadata(onnx_path).keys()
     if missing:

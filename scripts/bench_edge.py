@@ -5,7 +5,8 @@
 
 Each path runs in its own child process (so its peak RSS is its own), on the same
 JPEG files. A path is ``name@wNtM``: N inference workers, M onnxruntime (torch) threads.
-  session      ``session.run`` alone on a prepared input tensor: the baseline
+  session      ``session.run`` alone on a prepared input tensor (the agent's input plan:
+               for a dynamic-input model the smallest canvas of stride multiples): the baseline
   agent        the running ``Agent``: JPEG bytes from a source -> prefetch thread (decode,
                letterbox, normalise) -> N workers: session.run, decode, NMS -> in frame
                order: feedback policy, MQTT publish to a real mosquitto. Per frame = wall
@@ -14,8 +15,11 @@ JPEG files. A path is ``name@wNtM``: N inference workers, M onnxruntime (torch) 
                frames out as fast as the agent takes them, so a few wait in the queue)
   detect       ``Detector.detect(jpeg bytes)`` on one thread: the agent's per-frame work
                without the prefetch thread (``prefetch_frames = 0``)
-  ultralytics  ``YOLO(model.onnx).predict(jpeg path)`` (platform side only; torch); its
-               onnxruntime session uses every core whatever M is
+  ultralytics  ``YOLO(model.onnx).predict(jpeg path, imgsz=the model's)`` (platform side
+               only; torch); its onnxruntime session uses every core whatever M is. On a
+               dynamic-input model it pads to the square size (its default, ``rect=False``)
+  ultralytics-rect  the same with ``rect=True``: on a dynamic-input model the smallest
+               canvas, as the agent does (no difference on a static model)
   release      release -> serving: a retained release published on a real mosquitto,
                until the running agent serves it (download, sha256, load, smoke test, swap)
 Prints one JSON line per path, a Markdown table, then the targets as ratios against the
@@ -50,6 +54,7 @@ PATHS = (
     "agent@w2t1",
     "detect@w1t1",
     "ultralytics@w1t2",
+    "ultralytics-rect@w1t2",
     "release@w1t1",
     "release@w2t1",
 )
@@ -116,13 +121,13 @@ def bench_session(model: Path, images: list[Path], threads: int, workers: int) -
 
     detector = Detector(model, threads=threads)
     session = detector._session  # noqa: SLF001 - the bare session is what is measured
-    prepared = [prepare_input(p, detector.imgsz).tensor for p in images[:5]]
+    prepared = [prepare_input(p, detector.plan).tensor for p in images[:5]]
     tensors = [prepared[i % len(prepared)] for i in range(len(images))]  # RSS: 5 inputs held
     return _stats(_timed(lambda t: session.run(None, {detector.input_name: t}), tensors))
 
 
 def bench_ultralytics(
-    model: Path, images: list[Path], threads: int, workers: int
+    model: Path, images: list[Path], threads: int, workers: int, rect: bool = False
 ) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from components.yolo_env import configure_offline
@@ -131,10 +136,22 @@ def bench_ultralytics(
     import torch
     from ultralytics import YOLO
 
+    from edge_agent.inference import Detector
+
+    imgsz = Detector(model).imgsz  # a dynamic model would otherwise run at 640
     torch.set_num_threads(threads)
     yolo = YOLO(str(model), task="detect")
-    predict = lambda p: yolo.predict(str(p), verbose=False, device="cpu")  # noqa: E731
+
+    def predict(path: Path) -> Any:
+        return yolo.predict(str(path), imgsz=imgsz, rect=rect, verbose=False, device="cpu")
+
     return _stats(_timed(predict, images))
+
+
+def bench_ultralytics_rect(
+    model: Path, images: list[Path], threads: int, workers: int
+) -> dict[str, Any]:
+    return bench_ultralytics(model, images, threads, workers, rect=True)
 
 
 @contextmanager
@@ -286,13 +303,14 @@ RUNS = {
     "agent": bench_agent,
     "detect": bench_detect,
     "ultralytics": bench_ultralytics,
+    "ultralytics-rect": bench_ultralytics_rect,
     "release": bench_release,
 }
 
 
 def parse_path(spec: str) -> tuple[str, int, int]:
     """``agent@w2t1`` -> ("agent", 2 workers, 1 thread)."""
-    match = re.fullmatch(r"([a-z]+)@w(\d+)t(\d+)", spec)
+    match = re.fullmatch(r"([a-z-]+)@w(\d+)t(\d+)", spec)
     if not match or match.group(1) not in RUNS:
         raise SystemExit(f"bench_edge: bad path {spec!r}: NAME@wNtM, NAME one of {list(RUNS)}")
     return match.group(1), int(match.group(2)), int(match.group(3))
@@ -339,7 +357,7 @@ def report(rows: list[dict[str, Any]]) -> None:
         kinds.setdefault(r["mode"], []).append(r)
     print()
     for agent in kinds.get("agent", []):
-        for other, target in (("session", 1.10), ("ultralytics", 0.90)):
+        for other, target in (("session", 1.10), ("ultralytics", 0.90), ("ultralytics-rect", 0.90)):
             for base in kinds.get(other, []):
                 ratio = per_frame(agent) / per_frame(base)
                 worst = per_frame(agent) / base["best_per_frame_ms"]

@@ -48,3 +48,12 @@ def exported_onnx(trained_weights: Path, tmp_path_factory: pytest.TempPathFactor
     from components.export import export_onnx
 
     return export_onnx(trained_weights, tmp_path_factory.mktemp("onnx") / "model.onnx", imgsz=IMGSZ)
+
+
+@pytest.fixture(scope="session")
+def exported_dynamic_onnx(trained_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONNX export of ``trained_weights`` with free batch, height and width."""
+    from components.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx-dynamic") / "model.onnx"
+    return export_onnx(trained_weights, out, imgsz=IMGSZ, dynamic=True)

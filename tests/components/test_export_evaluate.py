@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from components.evaluate import evaluate_onnx
-from components.export import export_onnx, onnx_metadata
+from components.export import check_onnx, export_onnx, onnx_metadata
 from qcloop.contracts import EvalMetrics
 from qcloop.errors import DatasetError, PipelineError
 from tests.components.conftest import IMGSZ
@@ -33,6 +33,21 @@ def test_onnx_has_static_input_and_metadata(exported_onnx: Path) -> None:
     assert meta["names"] == {0: "scratch"}
     assert meta["imgsz"] == [IMGSZ, IMGSZ]
     assert meta["stride"] == 32
+
+
+@pytest.mark.integration
+def test_dynamic_export_has_free_height_and_width(
+    exported_onnx: Path, exported_dynamic_onnx: Path
+) -> None:
+    model = onnx.load(str(exported_dynamic_onnx))
+    dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1] == 3 and all(isinstance(d, str) for d in dims[2:])
+    assert onnx_metadata(exported_dynamic_onnx)["imgsz"] == [IMGSZ, IMGSZ]
+    # each check refuses the other kind
+    with pytest.raises(PipelineError, match="expected \\[1, 3, 160, 160\\]"):
+        check_onnx(exported_dynamic_onnx, imgsz=IMGSZ)
+    with pytest.raises(PipelineError, match="expected \\[N, 3, height, width\\]"):
+        check_onnx(exported_onnx, imgsz=IMGSZ, dynamic=True)
 
 
 @pytest.mark.integration

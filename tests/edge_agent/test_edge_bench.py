@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_bench_edge_prints_each_path_and_the_targets(
     yolo_onnx: Path, metal_tags: Path, tmp_path: Path
 ) -> None:
-    paths = "session@w1t1,agent@w2t1,detect@w1t1,release@w1t1"
+    paths = "session@w1t1,agent@w2t1,detect@w1t1,ultralytics-rect@w1t1,release@w1t1"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_edge.py"), "--model", str(yolo_onnx)]
     cmd += ["--images", str(metal_tags / "images"), "--frames", "6", "--rounds", "1"]
     out = subprocess.run(
@@ -29,6 +29,7 @@ def test_bench_edge_prints_each_path_and_the_targets(
     agent = rows[1]
     assert agent["per_frame_ms"] > 0 and agent["peak_rss_mb"] > 0
     assert "agent@w2t1     / session@w1t1" in out.stdout and "(target <= 1.10x" in out.stdout
+    assert "agent@w2t1     / ultralytics-rect@w1t1" in out.stdout
     assert "release -> serving p50" in out.stdout
 
 
