@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Benchmark the labelling sync against a real, local Label Studio.
 
-1. sync-in N raw images, each with 1-3 predicted boxes (pre-annotations);
+1. sync-in N raw images, each with 1-3 predicted boxes (pre-annotations), in
+   batches of ``--batch-size`` tasks a request; the baseline, in the same run: the
+   same N images synced into another project with one task a request (the way a
+   script that calls the import API per image does it);
 2. export + convert + version N annotated tasks (import them as labelled tasks
    first, then one round: export JSON -> YOLO folder -> DVC dataset version).
 
@@ -9,7 +12,8 @@ Images are real metal tags, re-encoded with a stamp so that all N are distinct.
 Everything lives in a temp folder; the server is started and stopped here.
 
 Usage: .venv/bin/python scripts/bench_labelling.py [--images 1000] [--batch-size 100]
-Prints one JSON object with the figures (docs/benchmarks.md, labelling section).
+Prints one JSON object with the figures (docs/benchmarks.md, labelling section), then
+the batched sync-in against its one-task-a-request baseline.
 """
 
 from __future__ import annotations
@@ -134,9 +138,13 @@ def main() -> int:
             ls_out = LabelStudioSettings(**base, project_title="bench round")
             client = connect(ls_in)
             p_in = ensure_project(client, ls_in.project_title, ["scratch"]).id
+            p_base = ensure_project(client, "bench sync-in, one task a request", ["scratch"]).id
             p_out = ensure_project(client, ls_out.project_title, ["scratch"]).id
             report, t_sync_in = _timed(
                 lambda: sync_in(settings, client, p_in, batch_size=args.batch_size, **quiet)
+            )
+            baseline, t_baseline = _timed(
+                lambda: sync_in(settings, client, p_base, batch_size=1, **quiet)
             )
             again, t_sync_in_again = _timed(lambda: sync_in(settings, client, p_in, **quiet))
             imported, t_import = _timed(
@@ -156,6 +164,8 @@ def main() -> int:
             "sync_in_s": t_sync_in,
             "sync_in_tasks_per_s": round(report.created / t_sync_in, 1),
             "sync_in_created": report.created,
+            "sync_in_one_per_request_s": t_baseline,
+            "sync_in_one_per_request_created": baseline.created,
             "sync_in_repeat_s": t_sync_in_again,
             "sync_in_repeat_created": again.created,
             "import_annotated_s": t_import,
@@ -168,6 +178,11 @@ def main() -> int:
             "label_studio_db_mb": round(db.stat().st_size / 1e6, 1) if db.exists() else None,
         }
         print(json.dumps(figures, indent=2))
+        speedup = t_baseline / t_sync_in if t_sync_in else float("inf")
+        print(
+            f"sync-in of {report.created} tasks: {t_sync_in} s in batches of {args.batch_size}, "
+            f"{t_baseline} s one task a request (same run): {speedup:.1f}x faster"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
