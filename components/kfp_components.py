@@ -68,15 +68,22 @@ def train(
 
 
 @dsl.component(**_OPTIONS)
-def export(model: Input[Model], dataset: Input[Dataset], imgsz: int, onnx_model: Output[Model]):
-    """Export the trained weights to ONNX (static 1x3ximgszximgsz) and check it against them."""
+def export(
+    model: Input[Model],
+    dataset: Input[Dataset],
+    imgsz: int,
+    onnx_model: Output[Model],
+    dynamic: bool = False,
+):
+    """Export the trained weights to ONNX (1x3ximgszximgsz, or free height/width with
+    ``dynamic``: the edge agent then runs 3:2 frames at 480x320) and check it against them."""
     from pathlib import Path
 
     from components.export import export_onnx
     from components.parity import check_parity
     from components.train import load_manifest
 
-    export_onnx(Path(model.path), Path(onnx_model.path), imgsz=imgsz)
+    export_onnx(Path(model.path), Path(onnx_model.path), imgsz=imgsz, dynamic=dynamic)
     root = Path(dataset.path)
     images = [root / i.file for i in load_manifest(root).images if i.split == "test"][:10]
     parity = check_parity(Path(model.path), Path(onnx_model.path), images, imgsz=imgsz)
@@ -84,6 +91,7 @@ def export(model: Input[Model], dataset: Input[Dataset], imgsz: int, onnx_model:
         {
             "format": "onnx",
             "imgsz": imgsz,
+            "dynamic": dynamic,
             "parity_boxes": parity.boxes,
             "parity_matched": parity.matched,
             "parity_iou_min": parity.iou_min,

@@ -76,6 +76,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         imgsz=args.imgsz,
         batch=args.batch,
         min_map50_95=args.min_map,
+        dynamic_onnx=args.dynamic_onnx,
     )
     print(json.dumps(result, indent=2, default=str))
     return 0 if result.get("registered") else 2
@@ -348,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=480)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--min-map", type=float, default=0.3, help="gate: minimum mAP50-95")
+    p.add_argument(
+        "--dynamic-onnx",
+        action="store_true",
+        help="export with free height/width: edge agents run 3:2 frames at 480x320",
+    )
     pl = add("pipeline", None, "Kubeflow pipeline definitions").add_subparsers(  # type: ignore[arg-type]
         dest="pipeline_command", required=True, metavar="ACTION"
     )

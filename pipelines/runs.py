@@ -16,6 +16,7 @@ def run_training(
     batch: int = 16,
     min_map50_95: float = 0.3,
     seed: int = 0,
+    dynamic_onnx: bool = False,
 ) -> dict[str, Any]:
     """Run the training pipeline locally against ``settings``; see ``run_local`` for the result."""
     from pipelines.training import run_local
@@ -30,6 +31,7 @@ def run_training(
         batch=batch,
         seed=seed,
         min_map50_95=min_map50_95,
+        dynamic_onnx=dynamic_onnx,
         tracking_uri=mlflow.tracking_uri,
         experiment=mlflow.experiment,
         model_name=mlflow.model_name,

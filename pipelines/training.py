@@ -77,6 +77,7 @@ def training_pipeline(
     tolerations: list = [],  # noqa: B006
     secret_name: str = "qcloop-platform",
     int8: bool = False,
+    dynamic_onnx: bool = False,
 ) -> TrainingOutputs:
     """load -> train -> export -> evaluate (+ production on the same split) -> gate -> register."""
     data = steps.load_dataset(version=dataset_version, settings_json=settings_json)
@@ -88,7 +89,9 @@ def training_pipeline(
         dataset=dataset, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed, device=device
     )
     placement(trained, gpu_limit, node_selector, tolerations)
-    onnx = steps.export(model=trained.outputs["model"], dataset=dataset, imgsz=imgsz)
+    onnx = steps.export(
+        model=trained.outputs["model"], dataset=dataset, imgsz=imgsz, dynamic=dynamic_onnx
+    )
     onnx_model = onnx.outputs["onnx_model"]
     scored = steps.evaluate(onnx_model=onnx_model, dataset=dataset, imgsz=imgsz)
     production = steps.champion(

@@ -59,6 +59,8 @@ def test_caching_and_defaults(ir: tuple[dict, dict]) -> None:
         "node_selector",
         "tolerations",
         "secret_name",
+        "int8",
+        "dynamic_onnx",
     ):
         assert "defaultValue" in params[name], name
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}

@@ -97,7 +97,14 @@ def test_run_local_registers_a_model_that_passes_the_gate(
     yolo_env: None, dataset_v1: tuple[Settings, str], tmp_path: Path
 ) -> None:
     settings, version = dataset_v1
-    result = _run(settings, tmp_path, dataset_version=version, min_map50_95=0.0, int8=True)
+    result = _run(
+        settings,
+        tmp_path,
+        dataset_version=version,
+        min_map50_95=0.0,
+        int8=True,
+        dynamic_onnx=True,
+    )
     assert result["registered"] is True and result["gate_passed"] is True
     record = ModelRecord.model_validate(result["model_record"])
     assert record.metrics == EvalMetrics.model_validate(result["metrics"])
@@ -113,6 +120,16 @@ def test_run_local_registers_a_model_that_passes_the_gate(
     assert {"model", "report.html"} <= logged  # the ONNX and the visual report
     int8 = get_model_record(f"sqlite:///{tmp_path}/mlflow.db", "detector", "1").int8
     assert int8 is not None and int8.size < record.onnx_size  # int8=True added the variant
+    # dynamic_onnx=True: both registered ONNX files have a free height and width
+    from components.registry import download_onnx
+    from edge_agent.inference import Detector
+
+    stored = get_model_record(f"sqlite:///{tmp_path}/mlflow.db", "detector", "1")
+    for variant in ("fp32", "int8"):
+        onnx_file = download_onnx(
+            f"sqlite:///{tmp_path}/mlflow.db", stored, tmp_path / variant, variant
+        )
+        assert Detector(onnx_file).dynamic, variant
     # once approved, the next run has a champion to beat, scored on the same test split
     from components.registry import approve
 
