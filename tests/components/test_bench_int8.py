@@ -1,0 +1,49 @@
+"""The INT8 benchmark quantises a real export, times both models and scores both."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.integration
+def test_bench_int8_prints_speed_and_accuracy_against_fp32(
+    exported_onnx: Path, metal_tags: Path, tmp_path: Path
+) -> None:
+    # given a trained model's export and a small YOLO folder of real images
+    model = Path(shutil.copyfile(exported_onnx, tmp_path / "m.onnx"))
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    shutil.copyfile(metal_tags / "classes.txt", data / "classes.txt")
+    for image in sorted((metal_tags / "images").glob("*.jpg"))[:6]:
+        shutil.copyfile(image, data / "images" / image.name)
+        label = metal_tags / "labels" / f"{image.stem}.txt"
+        shutil.copyfile(label, data / "labels" / label.name)
+    # when benchmarked briefly
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_int8.py"), "--model", str(model)]
+    cmd += ["--data", str(data), "--calibration", "4", "--rounds", "1", "--runs", "2"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # then the INT8 file sits beside the model, both were timed and scored
+    assert (tmp_path / "m-int8.onnx").is_file()
+    figures = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("{")))
+    assert set(figures["session_ms_t1"]) == {"fp32", "int8"}
+    assert figures["metrics"]["int8"]["images"] == 6
+    assert "1 thread(s): FP32" in out.stdout and "(target >= 1.3x" in out.stdout
+    assert "mAP50-95 on 6 images" in out.stdout and "(target <= 0.02" in out.stdout
+
+
+def test_bench_int8_names_a_missing_model(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_int8.py")]
+    out = subprocess.run(
+        [*cmd, "--model", str(tmp_path / "none.onnx")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "none.onnx: no such model" in out.stderr
