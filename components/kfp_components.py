@@ -45,13 +45,15 @@ def train(
     seed: int,
     model: Output[Model],
     device: str = "cpu",
+    model_size: str = "n",
+    patience: int = 50,
 ):
-    """Train YOLOv8n on the dataset; ``model`` is the best ``.pt``."""
+    """Train YOLOv8n or s (``model_size``) on the dataset; ``model`` is the best ``.pt``."""
     import shutil
     import tempfile
     from pathlib import Path
 
-    from components.train import train_yolo
+    from components.train import model_config, train_yolo
 
     with tempfile.TemporaryDirectory(prefix="qcloop-train-") as tmp:
         best = train_yolo(
@@ -62,9 +64,13 @@ def train(
             batch=batch,
             seed=seed,
             device=device,
+            model_cfg=model_config(model_size),
+            patience=patience,
         )
         shutil.copyfile(best, model.path)
-    model.metadata.update({"format": "pt", "imgsz": imgsz, "epochs": epochs})
+    model.metadata.update(
+        {"format": "pt", "imgsz": imgsz, "epochs": epochs, "model_size": model_size}
+    )
 
 
 @dsl.component(**_OPTIONS)
@@ -170,6 +176,8 @@ def register(
     batch: int,
     seed: int,
     pipeline_run: str = "",
+    model_size: str = "n",
+    patience: int = 50,
 ) -> str:
     """Register the ONNX in MLflow; return the ``ModelRecord`` JSON."""
     import shutil
@@ -189,7 +197,14 @@ def register(
         model_name=model_name,
         onnx_path=Path(onnx_model.path),
         metrics=EvalMetrics.from_json(metrics_json),
-        params={"epochs": epochs, "imgsz": imgsz, "batch": batch, "seed": seed},
+        params={
+            "epochs": epochs,
+            "imgsz": imgsz,
+            "batch": batch,
+            "seed": seed,
+            "model_size": model_size,
+            "patience": patience,
+        },
         dataset_version=dataset_version,
         code_version=code_version,
         class_names=manifest.class_names,
@@ -227,6 +242,25 @@ def quantize(
     int8_model.metadata.update({"format": "onnx", "variant": "int8", "imgsz": imgsz})
     return attach_int8(
         tracking_uri, record.name, record.version, Path(int8_model.path), metrics
+    ).to_json()
+
+
+@dsl.component(**_OPTIONS)
+def approve_step(
+    record_json: str, tracking_uri: str, alias: str, gate_reason: str, pipeline_run: str = ""
+) -> str:
+    """Approval mode ``auto``: point ``alias`` at the registered version, audited."""
+    from components.registry import approve
+    from qcloop.contracts import ModelRecord
+
+    record = ModelRecord.from_json(record_json)
+    return approve(
+        tracking_uri=tracking_uri,
+        model_name=record.name,
+        version=record.version,
+        alias=alias,
+        approved_by=f"pipeline:{pipeline_run or 'local'}",
+        reason=f"auto approval: {gate_reason}",
     ).to_json()
 
 

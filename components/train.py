@@ -121,6 +121,19 @@ def write_data_yaml(root: Path, manifest: DatasetManifest, *, for_training: bool
     return out
 
 
+MODEL_SIZES = ("n", "s")  # YOLOv8n / YOLOv8s, from their yaml (no pretrained weights)
+
+
+def model_config(size: str) -> str:
+    """``yolov8<size>.yaml`` for a model size, or ``PipelineError`` naming the choices."""
+    if size not in MODEL_SIZES:
+        raise PipelineError(
+            f"model_size {size!r}: use one of {', '.join(MODEL_SIZES)} "
+            "(YOLOv8n or YOLOv8s, trained from their yaml)"
+        )
+    return f"yolov8{size}.yaml"
+
+
 def train_yolo(
     dataset_dir: Path,
     out_dir: Path,

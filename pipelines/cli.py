@@ -77,6 +77,12 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         batch=args.batch,
         min_map50_95=args.min_map,
         dynamic_onnx=args.dynamic_onnx,
+        model_size=args.model_size,
+        patience=args.patience,
+        device=args.device,
+        int8=args.int8,
+        approval=args.approval,
+        production_alias=settings.mlflow.production_alias,
     )
     print(json.dumps(result, indent=2, default=str))
     return 0 if result.get("registered") else 2
@@ -349,6 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=480)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--min-map", type=float, default=0.3, help="gate: minimum mAP50-95")
+    p.add_argument("--model-size", choices=["n", "s"], default="n", help="YOLOv8n or YOLOv8s")
+    p.add_argument("--patience", type=int, default=50, help="epochs without gain before stopping")
+    p.add_argument("--device", default="cpu", help="cpu, 0 (first GPU), 0,1, ...")
+    p.add_argument("--int8", action="store_true", help="also register a static INT8 variant")
+    p.add_argument(
+        "--approval",
+        choices=["auto", "manual"],
+        default="manual",
+        help="auto: move the production alias when the gate passes (audited); "
+        "manual: `qcloop model approve` does",
+    )
     p.add_argument(
         "--dynamic-onnx",
         action="store_true",

@@ -17,8 +17,12 @@ def run_training(
     min_map50_95: float = 0.3,
     seed: int = 0,
     dynamic_onnx: bool = False,
+    **params: Any,
 ) -> dict[str, Any]:
-    """Run the training pipeline locally against ``settings``; see ``run_local`` for the result."""
+    """Run the training pipeline locally against ``settings``; see ``run_local`` for the result.
+
+    ``params``: further pipeline parameters (model_size, patience, device, int8, approval, ...).
+    """
     from pipelines.training import run_local
 
     mlflow = settings.mlflow
@@ -32,6 +36,7 @@ def run_training(
         seed=seed,
         min_map50_95=min_map50_95,
         dynamic_onnx=dynamic_onnx,
+        **params,
         tracking_uri=mlflow.tracking_uri,
         experiment=mlflow.experiment,
         model_name=mlflow.model_name,

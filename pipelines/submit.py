@@ -56,7 +56,9 @@ def submit(
     """Upload and start (or schedule) the training pipeline; return the run or job id."""
     from kfp import Client
 
-    from pipelines.training import PIPELINE_NAME, compile_pipeline
+    from pipelines.training import PIPELINE_NAME, check_params, compile_pipeline
+
+    check_params(params)
 
     if "dataset_version" not in params:  # a schedule trains on the newest version
         from qcloop.dataset import known_versions

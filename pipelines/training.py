@@ -13,6 +13,7 @@ from kfp import dsl, kubernetes
 from components import kfp_components as steps
 from pipelines.local import compile_to, run_locally
 from qcloop.contracts import EvalMetrics, ModelRecord
+from qcloop.errors import PipelineError
 from qcloop.settings import Settings
 
 PIPELINE_NAME = "qcloop-training"
@@ -78,6 +79,9 @@ def training_pipeline(
     secret_name: str = "qcloop-platform",
     int8: bool = False,
     dynamic_onnx: bool = False,
+    model_size: str = "n",
+    patience: int = 50,
+    approval: str = "manual",
 ) -> TrainingOutputs:
     """load -> train -> export -> evaluate (+ production on the same split) -> gate -> register."""
     data = steps.load_dataset(version=dataset_version, settings_json=settings_json)
@@ -86,7 +90,14 @@ def training_pipeline(
     credentials(data, secret_name)
     dataset = data.outputs["dataset"]
     trained = steps.train(
-        dataset=dataset, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed, device=device
+        dataset=dataset,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        seed=seed,
+        device=device,
+        model_size=model_size,
+        patience=patience,
     )
     placement(trained, gpu_limit, node_selector, tolerations)
     onnx = steps.export(
@@ -121,9 +132,21 @@ def training_pipeline(
             batch=batch,
             seed=seed,
             pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            model_size=model_size,
+            patience=patience,
         )
         registered.set_caching_options(False)  # a side effect: never skip it
         credentials(registered, secret_name)
+        with dsl.If(approval == "auto", name="auto-approval"):
+            approved = steps.approve_step(
+                record_json=registered.output,
+                tracking_uri=tracking_uri,
+                alias=production_alias,
+                gate_reason=decided.outputs["reason"],
+                pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            )
+            approved.set_caching_options(False)
+            credentials(approved, secret_name)
         with dsl.If(int8 == True, name="int8"):  # noqa: E712
             quantized = steps.quantize(
                 onnx_model=onnx_model,
@@ -149,6 +172,27 @@ def compile_pipeline(out: Path) -> Path:
     return compile_to(training_pipeline, PIPELINE_NAME, out)
 
 
+APPROVAL_MODES = ("auto", "manual")
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """``PipelineError`` for a parameter value the pipeline cannot use (before any step runs).
+
+    A run started from the Kubeflow UI comes through no client: there the train step
+    refuses an unknown model size, and an approval other than ``auto`` moves no alias.
+    """
+    from components.train import model_config
+
+    if "model_size" in params:
+        model_config(str(params["model_size"]))
+    approval = params.get("approval", "manual")
+    if approval not in APPROVAL_MODES:
+        raise PipelineError(
+            f"approval {approval!r}: use auto (the pipeline moves the production alias when "
+            "the gate passes) or manual (`qcloop model approve` does)"
+        )
+
+
 def run_local(
     *, pipeline_root: Path | None = None, settings: Settings | None = None, **params: Any
 ) -> dict[str, Any]:
@@ -162,6 +206,7 @@ def run_local(
     """
     from components.registry import code_version
 
+    check_params(params)
     params.setdefault("code_version", code_version())
     outputs = run_locally(
         training_pipeline,

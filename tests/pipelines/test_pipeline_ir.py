@@ -61,8 +61,12 @@ def test_caching_and_defaults(ir: tuple[dict, dict]) -> None:
         "secret_name",
         "int8",
         "dynamic_onnx",
+        "model_size",
+        "patience",
+        "approval",
     ):
         assert "defaultValue" in params[name], name
+    assert params["approval"]["defaultValue"] == "manual"  # a person approves unless asked
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"ghcr.io/qcloop/qcloop:0.1.0"}  # heavy deps live in the image
 
@@ -101,3 +105,31 @@ def test_scheduled_submit_needs_a_dataset_version(
     monkeypatch.setenv("QCLOOP_STORE__PATH", str(tmp_path / "empty-store"))
     assert main(["pipeline", "submit", "--host", "http://127.0.0.1:9"]) == 1
     assert "no dataset version in the object store" in capsys.readouterr().err
+
+
+def test_auto_approval_is_a_branch_inside_the_passed_gate(ir: tuple[dict, dict]) -> None:
+    spec, executors = ir
+    branches = json.dumps(spec["components"])
+    assert "inputs.parameter_values['pipelinechannel--approval'] == 'auto'" in branches
+    assert "comp-approve-step" in spec["components"]
+    (secret,) = executors["exec-approve-step"]["secretAsEnv"]  # it writes to MLflow
+    assert "secret_name" in json.dumps(secret["secretNameParameter"])
+
+
+def test_bad_model_size_or_approval_is_refused_before_any_step(tmp_path: Path) -> None:
+    from components.train import model_config
+    from pipelines.submit import submit
+    from pipelines.training import check_params
+
+    assert model_config("s") == "yolov8s.yaml"
+    with pytest.raises(PipelineError, match="model_size 'm': use one of n, s"):
+        check_params({"model_size": "m"})
+    with pytest.raises(PipelineError, match="approval 'yes': use auto"):
+        check_params({"approval": "yes"})
+    settings = Settings(home=tmp_path, store=StoreSettings(path=tmp_path / "store"))
+    with pytest.raises(PipelineError, match="approval 'sometimes'"):
+        submit(
+            settings,
+            host="http://127.0.0.1:9",
+            params={"dataset_version": "v1", "approval": "sometimes"},
+        )

@@ -139,9 +139,31 @@ def test_run_local_registers_a_model_that_passes_the_gate(
         version="1",
         approved_by="test",
     )
-    again = _run(settings, tmp_path, dataset_version=version, min_map50_95=0.0, tolerance=0.0)
+    # the next run: YOLOv8n with patience 3, approved by the pipeline itself
+    again = _run(
+        settings,
+        tmp_path,
+        dataset_version=version,
+        min_map50_95=0.0,
+        tolerance=0.0,
+        model_size="n",
+        patience=3,
+        approval="auto",
+    )
     assert "and >= production" in str(again["gate_reason"]), again["gate_reason"]
     assert again["model_record"]["version"] == "2"
+    from components.registry import alias_history, lineage
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    moves = alias_history(uri, "detector")
+    assert [(m["from"], m["to"], m["by"]) for m in moves] == [
+        (None, "1", "test"),
+        ("1", "2", moves[1]["by"]),
+    ]
+    assert moves[1]["by"].startswith("pipeline:") and moves[1]["why"].startswith("auto approval: ")
+    assert get_model_record(uri, "detector", "production").version == "2"
+    params = lineage(uri, "detector", "2")["params"]
+    assert (params["model_size"], params["patience"]) == ("n", "3")
 
 
 @pytest.mark.integration
