@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-labelling clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ bench-edge: $(BENCH_MODEL) $(BENCH_DYNAMIC) ## edge agent vs bare session.run vs
 		--paths session@w1t1,session@w1t2,agent@w2t1,ultralytics@w1t2,ultralytics-rect@w1t2,release@w2t1
 	$(PY) scripts/bench_edge.py --model $(BENCH_MODEL) --frames 150 --rounds 3 --width 1920 \
 		--paths session@w1t1,session@w1t2,agent@w1t1,agent@w2t1,agent@w1t2,ultralytics@w1t2
+
+bench-int8: $(BENCH_MODEL) ## INT8 (head kept float) vs FP32 of the bench model: speed and mAP, one run
+	$(PY) scripts/bench_int8.py --model $(BENCH_MODEL)
 
 bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after setup-label-studio)
 	$(PY) scripts/bench_labelling.py
