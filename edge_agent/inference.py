@@ -286,9 +286,11 @@ class Detector:
         if meta.get("end2end") == "True":
             raise ModelError(f"{self.path}: end-to-end (NMS inside) exports are not supported")
         self.input_name = self._session.get_inputs()[0].name
-        self.imgsz = self._resolve_imgsz(imgsz, meta.get("imgsz"))
+        fixed = self._session.get_inputs()[0].shape[2:]
+        self.dynamic = not all(isinstance(d, int) for d in fixed)
+        static = None if self.dynamic else (int(fixed[0]), int(fixed[1]))
+        self.imgsz = self._resolve_imgsz(imgsz, meta.get("imgsz"), static)
         self.names = self._resolve_names(class_names, meta.get("names"))
-        self.dynamic = not all(isinstance(d, int) for d in self._input_shape()[2:])
         stride = _stride(meta.get("stride")) if rect and self.dynamic else 0
         self.plan = InputPlan(self.imgsz, stride)
 
@@ -298,12 +300,9 @@ class Detector:
             f"classes={len(self.names)})"
         )
 
-    def _input_shape(self) -> list[int | str | None]:
-        return list(self._session.get_inputs()[0].shape)
-
-    def _resolve_imgsz(self, imgsz: int | None, meta_value: str | None) -> tuple[int, int]:
-        fixed = self._input_shape()[2:]
-        static = tuple(fixed) if all(isinstance(d, int) for d in fixed) else None
+    def _resolve_imgsz(
+        self, imgsz: int | None, meta_value: str | None, static: tuple[int, int] | None
+    ) -> tuple[int, int]:
         wanted = (imgsz, imgsz) if imgsz else parse_imgsz(meta_value) or static
         if wanted is None:
             raise ModelError(f"{self.path}: input size unknown: give imgsz (release input_size)")

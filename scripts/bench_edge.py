@@ -136,9 +136,9 @@ def bench_ultralytics(
     import torch
     from ultralytics import YOLO
 
-    from edge_agent.inference import Detector
+    from components.export import onnx_metadata
 
-    imgsz = Detector(model).imgsz  # a dynamic model would otherwise run at 640
+    imgsz = onnx_metadata(model)["imgsz"]  # a dynamic model would otherwise run at 640
     torch.set_num_threads(threads)
     yolo = YOLO(str(model), task="detect")
 
