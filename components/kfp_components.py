@@ -47,8 +47,15 @@ def train(
     device: str = "cpu",
     model_size: str = "n",
     patience: int = 50,
+    recipe: str = "reference",
+    average_last: int = 0,
 ):
-    """Train YOLOv8n or s (``model_size``) on the dataset; ``model`` is the best ``.pt``."""
+    """Train YOLOv8n or s (``model_size``) on the dataset; ``model`` is the chosen ``.pt``.
+
+    ``recipe`` names the hyperparameters (``components.train.RECIPES``); with
+    ``average_last`` > 1 the EMA weights of the last epochs are averaged and kept
+    when they do at least as well on the val split.
+    """
     import shutil
     import tempfile
     from pathlib import Path
@@ -66,10 +73,19 @@ def train(
             device=device,
             model_cfg=model_config(model_size),
             patience=patience,
+            recipe=recipe,
+            average_last=average_last,
         )
         shutil.copyfile(best, model.path)
     model.metadata.update(
-        {"format": "pt", "imgsz": imgsz, "epochs": epochs, "model_size": model_size}
+        {
+            "format": "pt",
+            "imgsz": imgsz,
+            "epochs": epochs,
+            "model_size": model_size,
+            "recipe": recipe,
+            "weights": best.name,
+        }
     )
 
 
@@ -178,6 +194,8 @@ def register(
     pipeline_run: str = "",
     model_size: str = "n",
     patience: int = 50,
+    recipe: str = "reference",
+    average_last: int = 0,
 ) -> str:
     """Register the ONNX in MLflow; return the ``ModelRecord`` JSON."""
     import shutil
@@ -204,6 +222,8 @@ def register(
             "seed": seed,
             "model_size": model_size,
             "patience": patience,
+            "recipe": recipe,
+            "average_last": average_last,
         },
         dataset_version=dataset_version,
         code_version=code_version,

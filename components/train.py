@@ -121,6 +121,135 @@ def write_data_yaml(root: Path, manifest: DatasetManifest, *, for_training: bool
     return out
 
 
+# Training hyperparameters (ultralytics ``train`` arguments) by name. "reference" is
+# ultralytics' defaults, the plain recipe of issue #4. "scratch" is tuned to the metal
+# tags: grayscale photos (hue/saturation jitter only adds noise), scratches that have
+# no up or down (vertical flips double the poses), a cosine schedule that ends at a
+# low rate, and the last 20 epochs without mosaic so the model settles on whole,
+# unscaled tags as the camera sees them.
+RECIPES: dict[str, dict[str, Any]] = {
+    "reference": {},
+    "scratch": {
+        "hsv_h": 0.0,
+        "hsv_s": 0.0,
+        "hsv_v": 0.5,
+        "flipud": 0.5,
+        "fliplr": 0.5,
+        "cos_lr": True,
+        "close_mosaic": 20,
+    },
+}
+
+
+def recipe_overrides(recipe: str) -> dict[str, Any]:
+    """The ultralytics arguments of a named recipe, or ``PipelineError`` naming the choices."""
+    if recipe not in RECIPES:
+        raise PipelineError(
+            f"recipe {recipe!r}: use one of {', '.join(RECIPES)} "
+            "(components/train.py RECIPES lists their hyperparameters)"
+        )
+    return dict(RECIPES[recipe])
+
+
+class EmaWindow:
+    """Keep the EMA weights of the last ``size`` epochs on disk (a training callback).
+
+    Files are float32 state dicts ``epoch-NNNN.pt`` in ``folder``; older ones are
+    deleted as new ones come, so at most ``size`` exist. Early stopping ends the
+    window wherever training ends.
+    """
+
+    def __init__(self, folder: Path, size: int) -> None:
+        self.folder = Path(folder)
+        self.size = size
+        self.files: list[Path] = []
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def on_fit_epoch_end(self, trainer: Any) -> None:
+        if trainer.epoch + 1 > trainer.epochs or trainer.ema is None:  # final validation
+            return
+        import torch
+
+        ema = trainer.ema.ema.state_dict()
+        state = {k: v.detach().cpu().clone() for k, v in ema.items()}
+        path = self.folder / f"epoch-{trainer.epoch + 1:04d}.pt"
+        torch.save(state, path)
+        self.files.append(path)
+        while len(self.files) > self.size:
+            self.files.pop(0).unlink(missing_ok=True)
+
+
+def average_checkpoints(template: Path, states: list[Path], out: Path) -> Path:
+    """Write ``out``: checkpoint ``template`` with its model's weights the mean of ``states``.
+
+    Float tensors (weights, BatchNorm statistics) are averaged; integer ones
+    (``num_batches_tracked``) come from the last state. ``PipelineError`` if the
+    states do not fit the template's model.
+    """
+    import torch
+
+    if not states:
+        raise PipelineError("average_checkpoints: no states to average")
+    mean: dict[str, Any] = {}
+    for path in states:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key, value in state.items():
+            if value.is_floating_point():
+                mean[key] = mean.get(key, 0) + value.double() / len(states)
+            else:
+                mean[key] = value
+    ckpt = torch.load(template, map_location="cpu", weights_only=False)
+    model = ckpt["model"].float()
+    own = model.state_dict()
+    if set(own) != set(mean):
+        raise PipelineError(
+            f"average_checkpoints: the states in {states[0].parent} do not fit the model of "
+            f"{template} ({len(set(own) ^ set(mean))} keys differ)"
+        )
+    model.load_state_dict({k: mean[k].to(own[k].dtype) for k in own})
+    ckpt["model"] = model.half()
+    ckpt["averaged_epochs"] = [p.stem for p in states]
+    torch.save(ckpt, out)
+    print(f"[train] averaged the EMA weights of {len(states)} epochs -> {out}")
+    return out
+
+
+def val_map50_95(weights: Path, data_yaml: Path, *, imgsz: int, batch: int, device: str) -> float:
+    """mAP50-95 of ``weights`` on the val split of ``data_yaml`` (ultralytics ``val``)."""
+    from ultralytics import YOLO
+
+    metrics = YOLO(str(weights)).val(
+        data=str(data_yaml),
+        split="val",
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        plots=False,
+        verbose=False,
+        workers=0,
+    )
+    return float(metrics.box.map)
+
+
+def pick_on_val(
+    best: Path, averaged: Path, data_yaml: Path, *, imgsz: int, batch: int, device: str
+) -> Path:
+    """The averaged weights if they score at least as well as ``best`` on val, else ``best``.
+
+    The val split decides (never test), so the test score stays unseen by training.
+    """
+    scores = {
+        path: val_map50_95(path, data_yaml, imgsz=imgsz, batch=batch, device=device)
+        for path in (best, averaged)
+    }
+    chosen = averaged if scores[averaged] >= scores[best] else best
+    print(
+        f"[train] val mAP50-95: best.pt {scores[best]:.4f}, averaged {scores[averaged]:.4f} "
+        f"-> {chosen.name}"
+    )
+    return chosen
+
+
 MODEL_SIZES = ("n", "s")  # YOLOv8n / YOLOv8s, from their yaml (no pretrained weights)
 
 
@@ -146,11 +275,20 @@ def train_yolo(
     seed: int = 0,
     workers: int = 0,
     patience: int = 50,
+    recipe: str = "reference",
+    average_last: int = 0,
 ) -> Path:
-    """Train a detector from ``model_cfg`` (no pretrained weights) and return ``best.pt``.
+    """Train a detector from ``model_cfg`` (no pretrained weights) and return the weights.
 
+    ``recipe`` names the training hyperparameters (``RECIPES``). With
+    ``average_last`` K > 1 the EMA weights of the last K epochs are averaged
+    (``average_checkpoints``); the averaged model is returned when it scores at
+    least as well as ``best.pt`` on the val split, else ``best.pt``.
     Raises ``PipelineError`` if a loss turned NaN or no weights were written.
     """
+    overrides = recipe_overrides(recipe)
+    if average_last < 0:
+        raise PipelineError(f"average_last {average_last}: use 0 (off) or the number of epochs")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     configure_offline()
@@ -159,10 +297,18 @@ def train_yolo(
     data_yaml = write_data_yaml(out_dir / "data", manifest)
     from ultralytics import YOLO
 
-    print(f"[train] {model_cfg}: {epochs} epochs, imgsz {imgsz}, batch {batch}, {device}")
+    print(
+        f"[train] {model_cfg}: {epochs} epochs, imgsz {imgsz}, batch {batch}, {device}, "
+        f"recipe {recipe}"
+        + (f", averaging the last {average_last} epochs" if average_last > 1 else "")
+    )
     model = YOLO(model_cfg)
     model.add_callback("on_fit_epoch_end", _report_epoch)
+    window = EmaWindow(out_dir / "ema-window", average_last) if average_last > 1 else None
+    if window is not None:
+        model.add_callback("on_fit_epoch_end", window.on_fit_epoch_end)
     model.train(
+        **overrides,
         data=str(data_yaml),
         epochs=epochs,
         imgsz=imgsz,
@@ -183,7 +329,10 @@ def train_yolo(
     if not best.is_file():
         raise PipelineError(f"training wrote no {best}; read the training log above")
     print(f"[train] best weights: {best}")
-    return best
+    if window is None or len(window.files) < 2:
+        return best
+    averaged = average_checkpoints(best, window.files, run_dir / "weights" / "averaged.pt")
+    return pick_on_val(best, averaged, data_yaml, imgsz=imgsz, batch=batch, device=device)
 
 
 def _report_epoch(trainer: Any) -> None:

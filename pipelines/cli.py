@@ -79,6 +79,8 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         dynamic_onnx=args.dynamic_onnx,
         model_size=args.model_size,
         patience=args.patience,
+        recipe=args.recipe,
+        average_last=args.average_last,
         device=args.device,
         int8=args.int8,
         approval=args.approval,
@@ -357,6 +359,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-map", type=float, default=0.3, help="gate: minimum mAP50-95")
     p.add_argument("--model-size", choices=["n", "s"], default="n", help="YOLOv8n or YOLOv8s")
     p.add_argument("--patience", type=int, default=50, help="epochs without gain before stopping")
+    p.add_argument(
+        "--recipe",
+        choices=["reference", "scratch"],  # components.train.RECIPES (kept light to import)
+        default="reference",
+        help="training hyperparameters: reference (ultralytics defaults) or scratch "
+        "(tuned to thin scratches on grayscale tags; see docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--average-last",
+        type=int,
+        default=0,
+        metavar="N",
+        help="average the EMA weights of the last N epochs; kept if as good on val",
+    )
     p.add_argument("--device", default="cpu", help="cpu, 0 (first GPU), 0,1, ...")
     p.add_argument("--int8", action="store_true", help="also register a static INT8 variant")
     p.add_argument(

@@ -82,6 +82,8 @@ def training_pipeline(
     model_size: str = "n",
     patience: int = 50,
     approval: str = "manual",
+    recipe: str = "reference",
+    average_last: int = 0,
 ) -> TrainingOutputs:
     """load -> train -> export -> evaluate (+ production on the same split) -> gate -> register."""
     data = steps.load_dataset(version=dataset_version, settings_json=settings_json)
@@ -98,6 +100,8 @@ def training_pipeline(
         device=device,
         model_size=model_size,
         patience=patience,
+        recipe=recipe,
+        average_last=average_last,
     )
     placement(trained, gpu_limit, node_selector, tolerations)
     onnx = steps.export(
@@ -134,6 +138,8 @@ def training_pipeline(
             pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             model_size=model_size,
             patience=patience,
+            recipe=recipe,
+            average_last=average_last,
         )
         registered.set_caching_options(False)  # a side effect: never skip it
         credentials(registered, secret_name)
@@ -181,10 +187,17 @@ def check_params(params: dict[str, Any]) -> None:
     A run started from the Kubeflow UI comes through no client: there the train step
     refuses an unknown model size, and an approval other than ``auto`` moves no alias.
     """
-    from components.train import model_config
+    from components.train import model_config, recipe_overrides
 
     if "model_size" in params:
         model_config(str(params["model_size"]))
+    if "recipe" in params:
+        recipe_overrides(str(params["recipe"]))
+    if int(params.get("average_last", 0)) < 0:
+        raise PipelineError(
+            f"average_last {params['average_last']}: use 0 (off) or the number of last "
+            "epochs whose weights are averaged"
+        )
     approval = params.get("approval", "manual")
     if approval not in APPROVAL_MODES:
         raise PipelineError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -93,3 +94,167 @@ def test_one_epoch_gives_weights_and_leaves_the_dataset_clean(
     assert trained_weights.name == "best.pt" and trained_weights.stat().st_size > 1_000_000
     assert not list(tiny_dataset.rglob("*.cache")), "training must run on a copy"
     assert (trained_weights.parents[1] / "results.csv").is_file()
+
+
+def test_unknown_recipe_names_the_choices() -> None:
+    from components.train import recipe_overrides
+
+    with pytest.raises(PipelineError, match="recipe 'fancy': use one of reference, scratch"):
+        recipe_overrides("fancy")
+    assert recipe_overrides("reference") == {}
+    scratch = recipe_overrides("scratch")
+    assert scratch["flipud"] == 0.5 and scratch["hsv_s"] == 0.0
+    scratch["flipud"] = 0.0
+    assert recipe_overrides("scratch")["flipud"] == 0.5, "callers get a copy"
+
+
+def test_cli_offers_every_recipe() -> None:
+    from components.train import RECIPES
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--dataset-version", "v1", "--recipe", "scratch", "--average-last", "10"]
+    )
+    assert (args.recipe, args.average_last) == ("scratch", 10)
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    (recipe,) = [a for a in train._actions if a.dest == "recipe"]
+    assert list(recipe.choices) == list(RECIPES)
+
+
+class _Ema:
+    def __init__(self, module: object) -> None:
+        self.ema = module
+
+
+class _Trainer:
+    """What ``EmaWindow`` reads of an ultralytics trainer."""
+
+    def __init__(self, module: object, epochs: int) -> None:
+        self.ema = _Ema(module)
+        self.epochs = epochs
+        self.epoch = 0
+
+
+def test_ema_window_keeps_the_last_epochs_only(tmp_path: Path) -> None:
+    import torch
+
+    from components.train import EmaWindow
+
+    layer = torch.nn.Linear(2, 1)
+    trainer = _Trainer(layer, epochs=5)
+    window = EmaWindow(tmp_path / "window", 3)
+    for epoch in range(5):
+        trainer.epoch = epoch
+        with torch.no_grad():
+            layer.bias.fill_(float(epoch))
+        window.on_fit_epoch_end(trainer)
+    trainer.epoch = 5  # ultralytics' final validation of best.pt fires the callback again
+    window.on_fit_epoch_end(trainer)
+    names = sorted(p.name for p in (tmp_path / "window").iterdir())
+    assert names == ["epoch-0003.pt", "epoch-0004.pt", "epoch-0005.pt"]
+    assert [p.name for p in window.files] == names
+    saved = torch.load(window.files[0], weights_only=True)
+    assert float(saved["bias"]) == 2.0, "a copy of that epoch's weights, not a live reference"
+
+
+def test_average_checkpoints_is_the_mean_of_the_states(
+    trained_weights: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from components.train import average_checkpoints
+
+    model = torch.load(trained_weights, map_location="cpu", weights_only=False)["model"].float()
+    base = model.state_dict()
+    states = []
+    for i, shift in enumerate((0.0, 0.5, 1.0)):
+        state = {k: (v + shift if v.is_floating_point() else v + i) for k, v in base.items()}
+        states.append(tmp_path / f"epoch-{i:04d}.pt")
+        torch.save(state, states[-1])
+    out = average_checkpoints(trained_weights, states, tmp_path / "averaged.pt")
+    ckpt = torch.load(out, map_location="cpu", weights_only=False)
+    averaged = ckpt["model"].float().state_dict()
+    assert ckpt["averaged_epochs"] == ["epoch-0000", "epoch-0001", "epoch-0002"]
+    for key, value in base.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(averaged[key], value + 0.5, atol=2e-2, rtol=2e-3)
+        else:
+            assert torch.equal(averaged[key], value + 2), "counters come from the last state"
+    # and the averaged checkpoint is a model ultralytics can load and run
+    from ultralytics import YOLO
+
+    YOLO(str(out)).predict(np.zeros((160, 160, 3), dtype=np.uint8), imgsz=160, verbose=False)
+
+
+def test_states_of_another_model_are_refused(trained_weights: Path, tmp_path: Path) -> None:
+    import torch
+
+    from components.train import average_checkpoints
+
+    torch.save(torch.nn.Linear(2, 1).state_dict(), tmp_path / "epoch-0001.pt")
+    with pytest.raises(PipelineError, match="do not fit the model of"):
+        average_checkpoints(trained_weights, [tmp_path / "epoch-0001.pt"], tmp_path / "avg.pt")
+    assert not (tmp_path / "avg.pt").exists()
+
+
+@pytest.mark.integration
+def test_pick_on_val_scores_both_on_val_and_a_tie_keeps_the_average(
+    tiny_dataset: Path, trained_weights: Path, tmp_path: Path
+) -> None:
+    from components.train import pick_on_val
+
+    data_yaml = write_data_yaml(tmp_path / "data", copy_dataset(tiny_dataset, tmp_path / "data"))
+    same = tmp_path / "same.pt"
+    shutil.copyfile(trained_weights, same)
+    assert pick_on_val(trained_weights, same, data_yaml, imgsz=160, batch=4, device="cpu") == same
+
+
+@pytest.mark.parametrize(
+    ("best", "averaged", "chosen"), [(0.40, 0.42, "avg"), (0.40, 0.39, "best")]
+)
+def test_pick_on_val_keeps_the_average_only_when_not_worse(
+    monkeypatch: pytest.MonkeyPatch, best: float, averaged: float, chosen: str
+) -> None:
+    import components.train as train
+
+    scores = {Path("best.pt"): best, Path("avg.pt"): averaged}
+    seen: list[tuple[Path, str]] = []
+
+    def fake_val(weights: Path, data_yaml: Path, **kw: object) -> float:
+        seen.append((weights, str(data_yaml)))
+        return scores[weights]
+
+    monkeypatch.setattr(train, "val_map50_95", fake_val)
+    picked = train.pick_on_val(
+        Path("best.pt"), Path("avg.pt"), Path("d.yaml"), imgsz=160, batch=4, device="cpu"
+    )
+    assert picked == Path(f"{chosen}.pt")
+    assert sorted(seen) == [(Path("avg.pt"), "d.yaml"), (Path("best.pt"), "d.yaml")]
+
+
+@pytest.mark.integration
+def test_scratch_recipe_with_averaging_trains_and_records_its_hyperparameters(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from components.train import train_yolo
+
+    weights = train_yolo(
+        tiny_dataset, tmp_path, epochs=2, imgsz=160, batch=4, recipe="scratch", average_last=2
+    )
+    args = yaml.safe_load((tmp_path / "run" / "args.yaml").read_text())
+    assert (args["flipud"], args["hsv_s"], args["cos_lr"], args["close_mosaic"]) == (
+        0.5,
+        0.0,
+        True,
+        20,
+    )
+    assert weights.name in {"best.pt", "averaged.pt"}
+    averaged = tmp_path / "run" / "weights" / "averaged.pt"
+    assert averaged.is_file()
+    assert sorted(p.name for p in (tmp_path / "ema-window").iterdir()) == [
+        "epoch-0001.pt",
+        "epoch-0002.pt",
+    ]
+    out = capsys.readouterr().out
+    assert "recipe scratch, averaging the last 2 epochs" in out
+    assert f"-> {weights.name}" in out

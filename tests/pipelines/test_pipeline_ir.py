@@ -64,9 +64,18 @@ def test_caching_and_defaults(ir: tuple[dict, dict]) -> None:
         "model_size",
         "patience",
         "approval",
+        "recipe",
+        "average_last",
     ):
         assert "defaultValue" in params[name], name
     assert params["approval"]["defaultValue"] == "manual"  # a person approves unless asked
+    # the recipe and the averaging reach the train step and the lineage of the register step
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    tasks = {name: task for dag in dags for name, task in dag["tasks"].items()}
+    for task in ("train", "register"):
+        inputs = tasks[task]["inputs"]["parameters"]
+        for name in ("recipe", "average_last"):
+            assert inputs[name]["componentInputParameter"].endswith(name), (task, name)
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"ghcr.io/qcloop/qcloop:0.1.0"}  # heavy deps live in the image
 
@@ -126,6 +135,11 @@ def test_bad_model_size_or_approval_is_refused_before_any_step(tmp_path: Path) -
         check_params({"model_size": "m"})
     with pytest.raises(PipelineError, match="approval 'yes': use auto"):
         check_params({"approval": "yes"})
+    with pytest.raises(PipelineError, match="recipe 'fancy': use one of reference, scratch"):
+        check_params({"recipe": "fancy"})
+    with pytest.raises(PipelineError, match="average_last -1: use 0"):
+        check_params({"average_last": -1})
+    check_params({"recipe": "scratch", "average_last": 10, "model_size": "s"})
     settings = Settings(home=tmp_path, store=StoreSettings(path=tmp_path / "store"))
     with pytest.raises(PipelineError, match="approval 'sometimes'"):
         submit(

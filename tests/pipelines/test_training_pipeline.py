@@ -139,7 +139,8 @@ def test_run_local_registers_a_model_that_passes_the_gate(
         version="1",
         approved_by="test",
     )
-    # the next run: YOLOv8n with patience 3, approved by the pipeline itself
+    # the next run: YOLOv8n with patience 3 and the scratch recipe (weights of the last 2
+    # epochs averaged), approved by the pipeline itself
     again = _run(
         settings,
         tmp_path,
@@ -149,6 +150,8 @@ def test_run_local_registers_a_model_that_passes_the_gate(
         model_size="n",
         patience=3,
         approval="auto",
+        recipe="scratch",
+        average_last=2,
     )
     assert "and >= production" in str(again["gate_reason"]), again["gate_reason"]
     assert again["model_record"]["version"] == "2"
@@ -164,6 +167,7 @@ def test_run_local_registers_a_model_that_passes_the_gate(
     assert get_model_record(uri, "detector", "production").version == "2"
     params = lineage(uri, "detector", "2")["params"]
     assert (params["model_size"], params["patience"]) == ("n", "3")
+    assert (params["recipe"], params["average_last"]) == ("scratch", "2")
 
 
 @pytest.mark.integration
