@@ -59,8 +59,12 @@ def _cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
-    from qcloop.dataset import materialize
+    from qcloop.dataset import materialize, materialize_split
 
+    if args.split:
+        count = materialize_split(settings, args.version, args.split, Path(args.out))
+        print(f"{args.version} {args.split}: {count} images in {args.out} (a YOLO folder)")
+        return 0
     manifest = materialize(settings, args.version, Path(args.out))
     print(f"{manifest.version}: {len(manifest.images)} images in {args.out}")
     return 0
@@ -350,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pull", _cmd_pull, "materialise a dataset version into a folder", ds)
     p.add_argument("version")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        help="only this split, as a plain YOLO folder (e.g. for `qcloop eval`)",
+    )
 
     p = add("train", _cmd_train, "run the training pipeline locally (kfp.local)")
     p.add_argument("--dataset-version", required=True)

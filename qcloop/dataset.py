@@ -308,3 +308,38 @@ def materialize(settings: Settings, version: str, dest: Path) -> DatasetManifest
     if manifest.version != version:
         raise DatasetError(f"{dest}: holds {manifest.version}, expected {version}")
     return manifest
+
+
+def materialize_split(settings: Settings, version: str, split: str, dest: Path) -> int:
+    """Write one split of ``version`` into ``dest`` as a plain YOLO folder; return its images.
+
+    ``dest`` gets ``images/``, ``labels/`` and ``classes.txt`` of that split only (no
+    manifest: it is not a dataset version), e.g. to score any model on the test
+    split with ``qcloop eval``. The folder appears whole or not at all.
+    """
+    if split not in SPLITS:
+        raise DatasetError(f"split {split!r}: use one of {', '.join(SPLITS)}")
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise DatasetError(f"{dest}: not empty; give a new folder for the {split} split")
+    staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        manifest = materialize(settings, version, staging / "all")
+        chosen = [i for i in manifest.images if i.split == split]
+        if not chosen:
+            raise DatasetError(f"dataset {version}: the {split} split is empty")
+        out = staging / "split"
+        (out / "images").mkdir(parents=True)
+        (out / "labels").mkdir(parents=True)
+        for img in chosen:
+            for rel in (img.file, img.label_file):
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(staging / "all" / rel, out / rel)
+        (out / "classes.txt").write_text("".join(n + "\n" for n in manifest.class_names))
+        if dest.exists():
+            dest.rmdir()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        out.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return len(chosen)

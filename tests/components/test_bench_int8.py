@@ -23,17 +23,24 @@ def test_bench_int8_prints_speed_and_accuracy_against_fp32(
     (data / "images").mkdir(parents=True)
     (data / "labels").mkdir()
     shutil.copyfile(metal_tags / "classes.txt", data / "classes.txt")
-    for image in sorted((metal_tags / "images").glob("*.jpg"))[:6]:
+    calibration = tmp_path / "calibration" / "images"
+    calibration.mkdir(parents=True)
+    images = sorted((metal_tags / "images").glob("*.jpg"))
+    for image in images[:6]:
         shutil.copyfile(image, data / "images" / image.name)
         label = metal_tags / "labels" / f"{image.stem}.txt"
         shutil.copyfile(label, data / "labels" / label.name)
+    for image in images[-3:]:  # calibrate on other images than those scored
+        shutil.copyfile(image, calibration / image.name)
     # when benchmarked briefly
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_int8.py"), "--model", str(model)]
     cmd += ["--data", str(data), "--calibration", "4", "--rounds", "1", "--runs", "2"]
+    cmd += ["--calibration-data", str(calibration.parent)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     # then the INT8 file sits beside the model, both were timed and scored
     assert (tmp_path / "m-int8.onnx").is_file()
+    assert f"calibrated on 3 images of {calibration.parent}" in out.stdout
     figures = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("{")))
     assert set(figures["session_ms_t1"]) == {"fp32", "int8"}
     assert figures["metrics"]["int8"]["images"] == 6

@@ -24,7 +24,7 @@ def test_synth_import_list_pull(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QCLOOP_WORKSPACE", str(tmp_path / "ws"))
-    assert main(["dataset", "synth", "--out", "yolo", "--shots", "2"]) == 0
+    assert main(["dataset", "synth", "--out", "yolo", "--shots", "3"]) == 0
     assert main(["dataset", "import", "yolo"]) == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(out)["version"] == "v1"
@@ -32,6 +32,23 @@ def test_synth_import_list_pull(
     assert capsys.readouterr().out.split() == ["v1"]
     assert main(["dataset", "pull", "v1", "--out", "pulled"]) == 0
     assert (tmp_path / "pulled" / "manifest.json").is_file()
+    # one split as a plain YOLO folder: just that split's images and labels
+    manifest = json.loads((tmp_path / "pulled" / "manifest.json").read_text())
+    by_split: dict[str, set[str]] = {}
+    for img in manifest["images"]:
+        by_split.setdefault(img["split"], set()).add(Path(img["file"]).stem)
+    assert set(by_split) == {"train", "test"}  # 3 shots: nothing left for val
+    capsys.readouterr()
+    assert main(["dataset", "pull", "v1", "--split", "test", "--out", "test-split"]) == 0
+    assert capsys.readouterr().out.startswith(f"v1 test: {len(by_split['test'])} images in")
+    split = tmp_path / "test-split"
+    assert {p.stem for p in (split / "images").iterdir()} == by_split["test"]
+    assert {p.stem for p in (split / "labels").iterdir()} == by_split["test"]
+    assert (split / "classes.txt").read_text() == "scratch\n"
+    assert not (split / "manifest.json").exists(), "a split is not a dataset version"
+    assert main(["dataset", "pull", "v1", "--split", "val", "--out", "val-split"]) == 1
+    assert "the val split is empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir() if "split" in p.name) == ["test-split"]
 
 
 def test_errors_are_one_line_and_exit_1(
