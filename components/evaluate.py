@@ -85,19 +85,24 @@ def cpu_latency_ms(
     """p50 and p95 of onnxruntime ``session.run`` on the CPU, batch 1, over real images.
 
     Only the network is timed (decoding and resizing are not), so the figure
-    compares models, not pre-processing code.
+    compares models, not pre-processing code. A model with free height/width runs
+    at each image's rect canvas (``latency_canvas``), as the edge agent runs it.
     """
     import numpy as np
     import onnxruntime as ort
     from PIL import Image
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    first = session.get_inputs()[0]
+    dynamic = not all(isinstance(d, int) for d in first.shape[2:])
+    stride = int(onnx_metadata(Path(onnx_path)).get("stride") or 32)  # type: ignore[call-overload]
     tensors = []
     for path in images:
         with Image.open(path) as img:
-            pixels = np.asarray(img.convert("RGB").resize((imgsz, imgsz)), dtype=np.float32)
+            size = latency_canvas(img.size, imgsz, stride) if dynamic else (imgsz, imgsz)
+            pixels = np.asarray(img.convert("RGB").resize(size), dtype=np.float32)
         tensors.append(np.ascontiguousarray(pixels.transpose(2, 0, 1)[None] / 255.0))
+    name = first.name
     for tensor in tensors[:warmup]:
         session.run(None, {name: tensor})
     times = []
@@ -106,6 +111,18 @@ def cpu_latency_ms(
         session.run(None, {name: tensor})
         times.append((time.perf_counter() - started) * 1000.0)
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+
+def latency_canvas(image_size: tuple[int, int], imgsz: int, stride: int) -> tuple[int, int]:
+    """(width, height) a dynamic-input model runs a ``image_size`` frame at (rect letterbox).
+
+    The longer side scales to ``imgsz``, the shorter one is padded up to a multiple
+    of ``stride``, as ultralytics' ``LetterBox(auto=True)`` and the edge agent do.
+    """
+    width, height = image_size
+    ratio = imgsz / max(width, height)
+    new_w, new_h = round(width * ratio), round(height * ratio)
+    return new_w + (imgsz - new_w) % stride, new_h + (imgsz - new_h) % stride
 
 
 def _unit(value: float) -> float:

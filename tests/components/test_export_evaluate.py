@@ -75,3 +75,47 @@ def test_evaluate_at_another_size_than_exported_is_refused(
 def test_evaluate_an_empty_split_fails_clearly(exported_onnx: Path, tiny_dataset: Path) -> None:
     with pytest.raises(DatasetError, match="the val split is empty; nothing to evaluate"):
         evaluate_onnx(exported_onnx, tiny_dataset, imgsz=IMGSZ, split="val")
+
+
+@pytest.mark.parametrize(
+    "shape", [(300, 450), (450, 300), (17, 33), (640, 640), (100, 1000), (333, 640)]
+)
+def test_latency_canvas_is_ultralytics_rect_canvas(shape: tuple[int, int]) -> None:
+    import numpy as np
+    from ultralytics.data.augment import LetterBox
+
+    from components.evaluate import latency_canvas
+
+    height, width = shape
+    params = LetterBox(new_shape=(480, 480), auto=True, stride=32).get_params(
+        {"img": np.zeros((height, width, 3), np.uint8)}
+    )
+    new_w, new_h = params["new_unpad"]
+    expected = (
+        new_w + params["left"] + params["right"],
+        new_h + params["top"] + params["bottom"],
+    )
+    assert latency_canvas((width, height), 480, 32) == expected
+
+
+@pytest.mark.integration
+def test_latency_of_a_dynamic_export_is_timed_at_the_rect_canvas(
+    exported_dynamic_onnx: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime as ort
+
+    from components.evaluate import cpu_latency_ms
+
+    shapes: list[tuple[int, ...]] = []
+    real_run = ort.InferenceSession.run
+
+    def run(self: ort.InferenceSession, outputs: object, feeds: dict, *a: object) -> object:
+        shapes.append(next(iter(feeds.values())).shape)
+        return real_run(self, outputs, feeds, *a)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", run)
+    images = sorted((tiny_dataset / "images").glob("*.jpg"))[:3]
+    p50, p95 = cpu_latency_ms(exported_dynamic_onnx, images, IMGSZ)
+    assert 0.0 < p50 <= p95
+    # the 450x300 tags run at 160x107 -> 160x128 (32-multiples), not 160x160
+    assert set(shapes) == {(1, 3, 128, 160)}
