@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,17 @@ def pick_on_val(
     return chosen
 
 
+def loader_workers(device: str) -> int:
+    """Data-loading processes for a training device: none on the CPU, up to 8 on GPUs.
+
+    On the CPU the augmentation would take cores from the training itself; on a GPU
+    the main process alone cannot feed it mosaics fast enough.
+    """
+    if str(device).strip().lower() in ("cpu", ""):
+        return 0
+    return min(8, os.cpu_count() or 1)
+
+
 MODEL_SIZES = ("n", "s")  # YOLOv8n / YOLOv8s, from their yaml (no pretrained weights)
 
 
@@ -273,14 +285,15 @@ def train_yolo(
     model_cfg: str = "yolov8n.yaml",
     device: str = "cpu",
     seed: int = 0,
-    workers: int = 0,
+    workers: int | None = None,
     patience: int = 50,
     recipe: str = "reference",
     average_last: int = 0,
 ) -> Path:
     """Train a detector from ``model_cfg`` (no pretrained weights) and return the weights.
 
-    ``recipe`` names the training hyperparameters (``RECIPES``). With
+    ``recipe`` names the training hyperparameters (``RECIPES``). ``workers``
+    (data-loading processes) defaults to ``loader_workers(device)``. With
     ``average_last`` K > 1 the EMA weights of the last K epochs are averaged
     (``average_checkpoints``); the averaged model is returned when it scores at
     least as well as ``best.pt`` on the val split, else ``best.pt``.
@@ -316,7 +329,7 @@ def train_yolo(
         device=device,
         seed=seed,
         deterministic=True,
-        workers=workers,
+        workers=loader_workers(device) if workers is None else workers,
         patience=patience,
         project=str(out_dir),
         name="run",

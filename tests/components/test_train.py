@@ -258,3 +258,13 @@ def test_scratch_recipe_with_averaging_trains_and_records_its_hyperparameters(
     out = capsys.readouterr().out
     assert "recipe scratch, averaging the last 2 epochs" in out
     assert f"-> {weights.name}" in out
+
+
+def test_loader_workers_only_on_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.train import loader_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert (loader_workers("cpu"), loader_workers("CPU"), loader_workers("")) == (0, 0, 0)
+    assert loader_workers("0") == loader_workers("cuda:0") == loader_workers("0,1") == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert loader_workers("0") == 2
