@@ -217,18 +217,23 @@ def average_checkpoints(template: Path, states: list[Path], out: Path) -> Path:
 
 def val_map50_95(weights: Path, data_yaml: Path, *, imgsz: int, batch: int, device: str) -> float:
     """mAP50-95 of ``weights`` on the val split of ``data_yaml`` (ultralytics ``val``)."""
+    import tempfile
+
     from ultralytics import YOLO
 
-    metrics = YOLO(str(weights)).val(
-        data=str(data_yaml),
-        split="val",
-        imgsz=imgsz,
-        batch=batch,
-        device=device,
-        plots=False,
-        verbose=False,
-        workers=0,
-    )
+    with tempfile.TemporaryDirectory(prefix="qcloop-val-") as tmp:  # not ./runs
+        metrics = YOLO(str(weights)).val(
+            data=str(data_yaml),
+            split="val",
+            imgsz=imgsz,
+            batch=batch,
+            device=device,
+            plots=False,
+            verbose=False,
+            workers=0,
+            project=tmp,
+            name="val",
+        )
     return float(metrics.box.map)
 
 
@@ -237,7 +242,8 @@ def pick_on_val(
 ) -> Path:
     """The averaged weights if they score at least as well as ``best`` on val, else ``best``.
 
-    The val split decides (never test), so the test score stays unseen by training.
+    The val split decides, as it chose ``best.pt`` (the test split only where val is
+    empty and borrows it, see ``write_data_yaml``), so the test score stays unseen.
     """
     scores = {
         path: val_map50_95(path, data_yaml, imgsz=imgsz, batch=batch, device=device)

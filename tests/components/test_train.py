@@ -199,14 +199,17 @@ def test_states_of_another_model_are_refused(trained_weights: Path, tmp_path: Pa
 
 @pytest.mark.integration
 def test_pick_on_val_scores_both_on_val_and_a_tie_keeps_the_average(
-    tiny_dataset: Path, trained_weights: Path, tmp_path: Path
+    tiny_dataset: Path, trained_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from components.train import pick_on_val
+
+    monkeypatch.chdir(tmp_path)
 
     data_yaml = write_data_yaml(tmp_path / "data", copy_dataset(tiny_dataset, tmp_path / "data"))
     same = tmp_path / "same.pt"
     shutil.copyfile(trained_weights, same)
     assert pick_on_val(trained_weights, same, data_yaml, imgsz=160, batch=4, device="cpu") == same
+    assert not (tmp_path / "runs").exists(), "ultralytics' val must not write into the cwd"
 
 
 @pytest.mark.parametrize(
