@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -71,6 +71,11 @@ bench-edge: $(BENCH_MODEL) $(BENCH_DYNAMIC) ## edge agent vs bare session.run vs
 
 bench-int8: $(BENCH_MODEL) ## INT8 (head kept float) vs FP32 of the bench model: speed and mAP, one run
 	$(PY) scripts/bench_int8.py --model $(BENCH_MODEL)
+
+DEVICE ?= cpu
+bench-recipes: ## training recipes vs the reference on one test split (GPU: make bench-recipes DEVICE=0)
+	$(PY) scripts/bench_recipes.py --variants reference,scratch+avg10 --epochs 150 \
+		--device $(DEVICE) --jobs $(if $(filter cpu,$(DEVICE)),1,2)
 
 bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after setup-label-studio)
 	$(PY) scripts/bench_labelling.py

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Training recipes against each other: train, export and score each on the same test split.
+
+    .venv/bin/python scripts/bench_recipes.py [--data DIR] [--variants reference,scratch+avg10]
+        [--epochs 150] [--imgsz 480] [--batch 16] [--patience 50] [--device cpu|0]
+        [--seeds 0] [--jobs 1] [--out .qcloop/bench/recipes]
+
+Each variant is ``RECIPE`` or ``RECIPE+avgK`` (the EMA weights of the last K epochs
+averaged, kept when as good on val): the same ``components.train.train_yolo``,
+``export_onnx`` and ``evaluate_onnx`` the training pipeline runs, so a figure here
+is what ``qcloop train --recipe R --average-last K`` would register. ``--data`` is a
+dataset version folder (``qcloop dataset pull v1 --out DIR``: its capture-grouped
+splits are used as they are) or a plain YOLO folder, imported here into a throw-away
+workspace the way ``qcloop dataset import`` splits it (default
+../shared/datasets/metal-tags). Every variant is trained once per seed; ``--jobs``
+trains that many at once (on one GPU several small runs share it well). The first
+variant is the baseline: the table gives each one's test mAP50-95 (mean over seeds)
+and its difference to the baseline, measured in this run. Results go to
+``<out>/results.json``; each run's weights and ONNX stay under ``<out>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_variant(text: str) -> tuple[str, int]:
+    """``"scratch+avg10"`` -> ``("scratch", 10)``; ``"reference"`` -> ``("reference", 0)``."""
+    from components.train import recipe_overrides
+
+    recipe, sep, avg = text.partition("+avg")
+    recipe_overrides(recipe)  # a PipelineError naming the recipes
+    if sep and not (avg.isdigit() and int(avg) > 1):
+        raise ValueError(f"variant {text!r}: write RECIPE+avgK with K > 1, e.g. scratch+avg10")
+    return recipe, int(avg or 0)
+
+
+def dataset_folder(data: Path, work: Path) -> Path:
+    """``data`` if it is a dataset version folder, else ``data`` imported as v1 under ``work``."""
+    if (data / "manifest.json").is_file():
+        return data
+    from qcloop.dataset import import_yolo_folder, materialize
+    from qcloop.settings import Settings, StoreSettings
+
+    settings = Settings(
+        home=work / "home",
+        workspace=work / "workspace",
+        store=StoreSettings(path=work / "store"),
+        dvc={"remote": str(work / "dvc-remote")},
+    )
+    manifest, _ = import_yolo_folder(settings, data, progress=lambda _: None)
+    materialize(settings, manifest.version, work / "dataset")
+    return work / "dataset"
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """Train, export and score one (variant, seed); the figures as a dict."""
+    from components.evaluate import evaluate_onnx
+    from components.export import export_onnx
+    from components.train import train_yolo
+
+    out = Path(job["out"])
+    started = time.perf_counter()
+    weights = train_yolo(
+        Path(job["dataset"]),
+        out,
+        epochs=job["epochs"],
+        imgsz=job["imgsz"],
+        batch=job["batch"],
+        device=job["device"],
+        seed=job["seed"],
+        patience=job["patience"],
+        recipe=job["recipe"],
+        average_last=job["average_last"],
+    )
+    train_s = time.perf_counter() - started
+    onnx = export_onnx(weights, out / "model.onnx", imgsz=job["imgsz"])
+    metrics = evaluate_onnx(onnx, Path(job["dataset"]), imgsz=job["imgsz"], split="test")
+    return {
+        "variant": job["variant"],
+        "seed": job["seed"],
+        "weights": weights.name,
+        "train_s": round(train_s, 1),
+        **metrics.model_dump(),
+    }
+
+
+def summarise(results: list[dict[str, Any]], variants: list[str]) -> list[str]:
+    """One table row per variant: mean test figures over seeds and the gap to the first."""
+    means: dict[str, dict[str, float]] = {}
+    for variant in variants:
+        rows = [r for r in results if r["variant"] == variant]
+        means[variant] = {
+            key: statistics.mean(float(r[key]) for r in rows)
+            for key in ("map50_95", "map50", "precision", "recall", "train_s")
+        }
+        means[variant]["seeds"] = len(rows)
+    base = means[variants[0]]["map50_95"]
+    lines = [
+        "| variant | seeds | test mAP50-95 | vs baseline | mAP50 | P | R | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for variant, m in means.items():
+        delta = "baseline" if variant == variants[0] else f"{m['map50_95'] - base:+.4f}"
+        lines.append(
+            f"| {variant} | {m['seeds']:.0f} | {m['map50_95']:.4f} | {delta} | {m['map50']:.4f} "
+            f"| {m['precision']:.3f} | {m['recall']:.3f} | {m['train_s']:.0f} |"
+        )
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "metal-tags"
+    )
+    parser.add_argument("--variants", default="reference,scratch+avg10")
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--imgsz", type=int, default=480)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--patience", type=int, default=50)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    parser.add_argument("--out", type=Path, default=ROOT / ".qcloop" / "bench" / "recipes")
+    args = parser.parse_args()
+    try:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        parsed = {v: parse_variant(v) for v in variants}
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except Exception as exc:  # noqa: BLE001 - one clear line for any bad option
+        print(f"bench_recipes: {exc}", file=sys.stderr)
+        return 2
+    if not args.data.is_dir():
+        print(f"bench_recipes: {args.data}: no such folder", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="qcloop-recipes-") as tmp:
+        dataset = dataset_folder(args.data.resolve(), Path(tmp))
+        jobs = [
+            {
+                "variant": variant,
+                "recipe": recipe,
+                "average_last": avg,
+                "seed": seed,
+                "dataset": str(dataset),
+                "out": str(args.out.resolve() / f"{variant}-seed{seed}"),
+                "epochs": args.epochs,
+                "imgsz": args.imgsz,
+                "batch": args.batch,
+                "patience": args.patience,
+                "device": args.device,
+            }
+            for variant, (recipe, avg) in parsed.items()
+            for seed in seeds
+        ]
+        print(f"bench_recipes: {len(jobs)} runs ({args.jobs} at once) on {dataset}", flush=True)
+        if args.jobs > 1:
+            with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+                results = list(pool.map(run_one, jobs))
+        else:
+            results = [run_one(job) for job in jobs]
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results))
+    print(
+        f"{args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch}, device {args.device}, "
+        f"seeds {args.seeds}; test split of {args.data}"
+    )
+    print("\n".join(summarise(results, variants)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
