@@ -116,7 +116,8 @@ def export(
             "dynamic": dynamic,
             "parity_boxes": parity.boxes,
             "parity_matched": parity.matched,
-            "parity_iou_min": parity.iou_min,
+            "parity_worst_box_px": parity.worst_box_px,
+            "parity_worst_score": parity.worst_score,
         }
     )
 
