@@ -119,10 +119,9 @@ def latency_canvas(image_size: tuple[int, int], imgsz: int, stride: int) -> tupl
     The longer side scales to ``imgsz``, the shorter one is padded up to a multiple
     of ``stride``, as ultralytics' ``LetterBox(auto=True)`` and the edge agent do.
     """
-    width, height = image_size
-    ratio = imgsz / max(width, height)
-    new_w, new_h = round(width * ratio), round(height * ratio)
-    return new_w + (imgsz - new_w) % stride, new_h + (imgsz - new_h) % stride
+    from qcloop.yolo import letterbox_shape
+
+    return letterbox_shape(image_size, (imgsz, imgsz), stride)[1]
 
 
 def _unit(value: float) -> float:

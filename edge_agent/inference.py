@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 
 from edge_agent.errors import ImageError, ModelError
 from qcloop.contracts import Detection
+from qcloop.yolo import letterbox_shape
 
 PAD_VALUE = 114  # the grey ultralytics pads with
 MAX_WH = 7680.0  # per-class offset for class-wise NMS: larger than any input side
@@ -125,14 +126,8 @@ def letterbox(
     ``LetterBox`` (centred, scale-up allowed). Resized bilinear by Pillow, or by
     OpenCV where asked for and installed (``RESIZE``).
     """
-    height, width = size
     source_w, source_h = image_size(image)  # placement is computed on the frame's own size
-    ratio = min(height / source_h, width / source_w)
-    new_w = max(round(source_w * ratio), 1)
-    new_h = max(round(source_h * ratio), 1)
-    if stride > 0:
-        width = new_w + (width - new_w) % stride
-        height = new_h + (height - new_h) % stride
+    (new_w, new_h), (width, height) = letterbox_shape((source_w, source_h), size, stride)
     left = round((width - new_w) / 2 - 0.1)
     top = round((height - new_h) / 2 - 0.1)
     rgb = image.convert("RGB")

@@ -159,3 +159,24 @@ def scan_yolo_folder(
     if not items:
         raise DatasetError(f"{folder}: no labelled images found under images/")
     return names, items
+
+
+def letterbox_shape(
+    source: tuple[int, int], size: tuple[int, int], stride: int = 0
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(scaled width, height) and (canvas width, height) of a ``source`` frame letterboxed.
+
+    ``size`` is (height, width). The frame is scaled to fit keeping its aspect ratio;
+    the canvas is ``size``, or with ``stride`` the smallest multiple of it around the
+    scaled frame in each direction (ultralytics' ``LetterBox(auto=True)``, the edge
+    agent's rect input, the pipeline's latency figure of a dynamic-input model).
+    """
+    height, width = size
+    source_w, source_h = source
+    ratio = min(height / source_h, width / source_w)
+    new_w = max(round(source_w * ratio), 1)
+    new_h = max(round(source_h * ratio), 1)
+    if stride > 0:
+        width = new_w + (width - new_w) % stride
+        height = new_h + (height - new_h) % stride
+    return (new_w, new_h), (width, height)
