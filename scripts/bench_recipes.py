@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench_recipes.py [--data DIR] [--variants reference,scratch+avg10]
         [--epochs 150] [--imgsz 480] [--batch 16] [--patience 50] [--device cpu|0]
-        [--seeds 0] [--jobs 1] [--out .qcloop/bench/recipes]
+        [--seeds 0] [--jobs 1] [--workers N] [--out .qcloop/bench/recipes]
 
 Each variant is ``RECIPE`` or ``RECIPE+avgK`` (the EMA weights of the last K epochs
 averaged, kept when as good on val): the same ``components.train.train_yolo``,
@@ -15,19 +15,23 @@ workspace the way ``qcloop dataset import`` splits it (default
 ../shared/datasets/metal-tags). Every variant is trained once per seed; ``--jobs``
 trains that many at once (on one GPU several small runs share it well). The first
 variant is the baseline: the table gives each one's test mAP50-95 (mean over seeds)
-and its difference to the baseline, measured in this run. Results go to
-``<out>/results.json``; each run's weights and ONNX stay under ``<out>``.
+and its difference to the baseline, measured in this run. A run with averaging
+also scores its ``best.pt`` on the test split (``best_pt_map50_95``: the same
+training without the average). Results go to ``<out>/results.json``, rewritten as
+each run finishes (a run that fails is recorded with its error, the others go on);
+each run's weights and ONNX stay under ``<out>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -84,40 +88,110 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         patience=job["patience"],
         recipe=job["recipe"],
         average_last=job["average_last"],
+        workers=job.get("workers"),
     )
     train_s = time.perf_counter() - started
     onnx = export_onnx(weights, out / "model.onnx", imgsz=job["imgsz"])
     metrics = evaluate_onnx(onnx, Path(job["dataset"]), imgsz=job["imgsz"], split="test")
-    return {
+    result = {
         "variant": job["variant"],
         "seed": job["seed"],
         "weights": weights.name,
         "train_s": round(train_s, 1),
         **metrics.model_dump(),
     }
+    best = out / "run" / "weights" / "best.pt"
+    if job["average_last"] > 1:  # the same training without the average, for the ablation
+        if weights == best:
+            result["best_pt_map50_95"] = result["map50_95"]
+        else:
+            best_onnx = export_onnx(best, out / "best.onnx", imgsz=job["imgsz"])
+            best_metrics = evaluate_onnx(
+                best_onnx, Path(job["dataset"]), imgsz=job["imgsz"], split="test"
+            )
+            result["best_pt_map50_95"] = best_metrics.map50_95
+    return result
+
+
+def run_all(jobs: list[dict[str, Any]], parallel: int, results_path: Path) -> list[dict[str, Any]]:
+    """Every job's result (or its error), in job order; ``results_path`` rewritten as each ends."""
+    done: dict[int, dict[str, Any]] = {}
+
+    def record(index: int, result: dict[str, Any]) -> None:
+        done[index] = result
+        results_path.write_text(json.dumps([done[i] for i in sorted(done)], indent=2))
+        print(f"bench_recipes: {len(done)}/{len(jobs)} done: {json.dumps(result)}", flush=True)
+
+    def failed(job: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+        return {
+            "variant": job["variant"],
+            "seed": job["seed"],
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+
+    if parallel > 1:
+        with ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
+            futures: dict[Future[dict[str, Any]], int] = {
+                pool.submit(run_one, job): i for i, job in enumerate(jobs)
+            }
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    record(index, future.result())
+                except Exception as exc:  # noqa: BLE001 - keep the other runs' figures
+                    record(index, failed(jobs[index], exc))
+    else:
+        for index, job in enumerate(jobs):
+            try:
+                record(index, run_one(job))
+            except Exception as exc:  # noqa: BLE001 - keep the other runs' figures
+                record(index, failed(job, exc))
+    return [done[i] for i in sorted(done)]
+
+
+def default_workers(device: str, parallel: int) -> int | None:
+    """Loader processes per run: the pipeline's default alone, the cores shared when parallel."""
+    if parallel <= 1 or str(device).strip().lower() in ("cpu", ""):
+        return None
+    return max(1, min(8, (os.cpu_count() or 1) // parallel))
 
 
 def summarise(results: list[dict[str, Any]], variants: list[str]) -> list[str]:
     """One table row per variant: mean test figures over seeds and the gap to the first."""
     means: dict[str, dict[str, float]] = {}
     for variant in variants:
-        rows = [r for r in results if r["variant"] == variant]
+        rows = [r for r in results if r["variant"] == variant and "error" not in r]
+        if not rows:
+            continue
         means[variant] = {
             key: statistics.mean(float(r[key]) for r in rows)
             for key in ("map50_95", "map50", "precision", "recall", "train_s")
         }
         means[variant]["seeds"] = len(rows)
-    base = means[variants[0]]["map50_95"]
+        if len(rows) > 1:  # the seed-to-seed spread: a gap inside it is no gain
+            means[variant]["sd"] = statistics.stdev(float(r["map50_95"]) for r in rows)
+        if all("best_pt_map50_95" in r for r in rows):
+            means[variant]["best_pt"] = statistics.mean(float(r["best_pt_map50_95"]) for r in rows)
+    base = means[variants[0]]["map50_95"] if variants[0] in means else None
     lines = [
-        "| variant | seeds | test mAP50-95 | vs baseline | mAP50 | P | R | train s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | seeds | test mAP50-95 | sd | vs baseline | mAP50 | P | R | train s "
+        "| best.pt alone |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for variant, m in means.items():
-        delta = "baseline" if variant == variants[0] else f"{m['map50_95'] - base:+.4f}"
+        if variant == variants[0]:
+            delta = "baseline"
+        else:
+            delta = "no baseline" if base is None else f"{m['map50_95'] - base:+.4f}"
+        alone = f"{m['best_pt']:.4f}" if "best_pt" in m else "-"
+        sd = f"{m['sd']:.4f}" if "sd" in m else "-"
         lines.append(
-            f"| {variant} | {m['seeds']:.0f} | {m['map50_95']:.4f} | {delta} | {m['map50']:.4f} "
-            f"| {m['precision']:.3f} | {m['recall']:.3f} | {m['train_s']:.0f} |"
+            f"| {variant} | {m['seeds']:.0f} | {m['map50_95']:.4f} | {sd} | {delta} "
+            f"| {m['map50']:.4f} "
+            f"| {m['precision']:.3f} | {m['recall']:.3f} | {m['train_s']:.0f} | {alone} |"
         )
+    failures = [r for r in results if "error" in r]
+    lines += [f"FAILED {r['variant']} seed {r['seed']}: {r['error']}" for r in failures]
     return lines
 
 
@@ -134,6 +208,12 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data-loading processes per run (default: the pipeline's; cores/jobs on a GPU)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / ".qcloop" / "bench" / "recipes")
     args = parser.parse_args()
     try:
@@ -162,24 +242,23 @@ def main() -> int:
                 "batch": args.batch,
                 "patience": args.patience,
                 "device": args.device,
+                "workers": (
+                    args.workers
+                    if args.workers is not None
+                    else default_workers(args.device, args.jobs)
+                ),
             }
             for variant, (recipe, avg) in parsed.items()
             for seed in seeds
         ]
         print(f"bench_recipes: {len(jobs)} runs ({args.jobs} at once) on {dataset}", flush=True)
-        if args.jobs > 1:
-            with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-                results = list(pool.map(run_one, jobs))
-        else:
-            results = [run_one(job) for job in jobs]
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results))
+        results = run_all(jobs, args.jobs, args.out / "results.json")
     print(
         f"{args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch}, device {args.device}, "
         f"seeds {args.seeds}; test split of {args.data}"
     )
     print("\n".join(summarise(results, variants)))
-    return 0
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -42,10 +42,47 @@ def test_table_means_seeds_and_compares_with_the_first_variant() -> None:
             "train_s": 10.0,
         }
 
-    results = [row("reference", 0, 0.50), row("reference", 1, 0.52), row("scratch+avg10", 0, 0.55)]
+    averaged = {**row("scratch+avg10", 0, 0.55), "best_pt_map50_95": 0.53}
+    failed = {"variant": "scratch+avg10", "seed": 1, "error": "PipelineError: NaN loss"}
+    results = [row("reference", 0, 0.50), row("reference", 1, 0.52), averaged, failed]
     table = bench_recipes.summarise(results, ["reference", "scratch+avg10"])
-    assert table[2] == "| reference | 2 | 0.5100 | baseline | 1.0200 | 0.500 | 0.250 | 10 |"
-    assert table[3].startswith("| scratch+avg10 | 1 | 0.5500 | +0.0400 | 1.1000 |")
+    assert table[2] == (
+        "| reference | 2 | 0.5100 | 0.0141 | baseline | 1.0200 | 0.500 | 0.250 | 10 | - |"
+    )
+    assert table[3].startswith("| scratch+avg10 | 1 | 0.5500 | - | +0.0400 | 1.1000 |")
+    assert table[3].endswith("| 0.5300 |")  # its best.pt alone, the ablation of the average
+    assert table[4] == "FAILED scratch+avg10 seed 1: PipelineError: NaN loss"
+
+
+def test_a_failed_run_is_recorded_and_the_others_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def run_one(job: dict[str, object]) -> dict[str, object]:
+        if job["seed"] == 1:
+            raise RuntimeError("CUDA out of memory")
+        return {"variant": job["variant"], "seed": job["seed"], "map50_95": 0.5}
+
+    monkeypatch.setattr(bench_recipes, "run_one", run_one)
+    jobs = [{"variant": "reference", "seed": seed} for seed in (0, 1, 2)]
+    results_path = tmp_path / "results.json"
+    results = bench_recipes.run_all(jobs, 1, results_path)
+    assert [r["seed"] for r in results] == [0, 1, 2]
+    assert results[1] == {
+        "variant": "reference",
+        "seed": 1,
+        "error": "RuntimeError: CUDA out of memory",
+    }
+    assert json.loads(results_path.read_text()) == results  # written as the runs end
+
+
+def test_parallel_runs_on_a_gpu_share_the_cores_among_loaders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bench_recipes.os, "cpu_count", lambda: 16)
+    assert bench_recipes.default_workers("0", 6) == 2
+    assert bench_recipes.default_workers("0", 1) is None  # the pipeline's own default
+    assert bench_recipes.default_workers("0", 40) == 1
+    assert bench_recipes.default_workers("cpu", 4) is None  # no loader processes on the CPU
 
 
 @pytest.mark.integration
