@@ -246,7 +246,7 @@ def quantize(
     tracking_uri: str,
     int8_model: Output[Model],
 ) -> str:
-    """INT8 variant of the registered model (head kept float), scored and registered beside it."""
+    """INT8 variant of the registered model (stem, head float), scored and registered beside it."""
     from pathlib import Path
 
     from components.evaluate import evaluate_onnx

@@ -14,12 +14,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 from components.registry import download_onnx, get_model_record, variant_of
-from qcloop.contracts import ModelRef, ReleaseMessage, Thresholds
+from qcloop.contracts import ModelRecord, ModelRef, ReleaseMessage, Thresholds
 from qcloop.errors import QcloopError, RegistryError
 from qcloop.mqtt import publish_retained, release_topic
 from qcloop.settings import Settings
 from qcloop.signing import load_private_key, sign_release
 from qcloop.storage import open_store, released_key
+
+MAX_INT8_DROP = 0.02  # mAP50-95 an INT8 variant may lose against its FP32 before it ships
+
+
+def check_int8_accuracy(record: ModelRecord, max_drop: float = MAX_INT8_DROP) -> None:
+    """Refuse (``RegistryError``) an INT8 variant that scores more than ``max_drop``
+    mAP50-95 below its FP32 model on the same test split."""
+    if record.int8 is None:
+        return
+    fp32, int8 = record.metrics.map50_95, record.int8.metrics.map50_95
+    if fp32 - int8 > max_drop:
+        raise RegistryError(
+            f"the INT8 variant of model {record.name} version {record.version} scores "
+            f"mAP50-95 {int8:.4f} on the test split, {fp32 - int8:.4f} below its FP32 "
+            f"({fp32:.4f}; at most {max_drop:g} allowed): release the fp32 variant, or "
+            "accept the loss with --max-int8-drop"
+        )
 
 
 def model_key(name: str, version: str, variant: str = "fp32") -> str:
@@ -35,9 +52,11 @@ def build_release(
     thresholds: Thresholds | None = None,
     fleet: str | None = None,
     variant: str = "fp32",
+    max_int8_drop: float = MAX_INT8_DROP,
 ) -> ReleaseMessage:
     """Copy the approved model's ONNX (``variant`` fp32 or int8) into the object store;
-    return its release message."""
+    return its release message. An INT8 that lost more than ``max_int8_drop``
+    mAP50-95 against the FP32 is refused (``check_int8_accuracy``)."""
     mlflow = settings.mlflow
     ref = ref or mlflow.production_alias
     record = get_model_record(mlflow.tracking_uri, mlflow.model_name, ref)
@@ -47,6 +66,8 @@ def build_release(
             f"run `qcloop model approve {record.version}` first"
         )
     _, sha256, _ = variant_of(record, variant)
+    if variant == "int8":
+        check_int8_accuracy(record, max_int8_drop)
     with tempfile.TemporaryDirectory(prefix="qcloop-release-") as tmp:
         data = download_onnx(mlflow.tracking_uri, record, Path(tmp), variant).read_bytes()
     store = open_store(settings.store)
@@ -94,6 +115,7 @@ def watch_and_release(
     stop: threading.Event | None = None,
     log: Callable[[str], None] = print,
     variant: str = "fp32",
+    max_int8_drop: float = MAX_INT8_DROP,
 ) -> None:
     """The release bridge as a service: publish whenever the production alias moves.
 
@@ -119,6 +141,7 @@ def watch_and_release(
                     thresholds=thresholds,
                     fleet=fleet,
                     variant=variant,
+                    max_int8_drop=max_int8_drop,
                 )
                 topic = publish_release(settings, message)
                 published = record.version

@@ -251,6 +251,7 @@ def _cmd_release(args: argparse.Namespace, settings: Settings) -> int:
             thresholds=thresholds,
             fleet=args.fleet,
             variant=args.variant,
+            max_int8_drop=args.max_int8_drop,
         )
         return 0
     message = build_release(
@@ -260,6 +261,7 @@ def _cmd_release(args: argparse.Namespace, settings: Settings) -> int:
         thresholds=thresholds,
         fleet=args.fleet,
         variant=args.variant,
+        max_int8_drop=args.max_int8_drop,
     )
     topic = publish_release(settings, message)
     print(f"released {message.model.name}/{message.model.version} on {topic} ({message.url})")
@@ -430,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pull", _cmd_model_pull, "download a registered ONNX (sha256 checked)", md)
     p.add_argument("ref", help="NAME@ALIAS, NAME/VERSION, @ALIAS or VERSION")
     p.add_argument("--output", required=True)
-    p = add("quantize", _cmd_quantize, "add a static INT8 variant (head kept float), scored", md)
+    p = add("quantize", _cmd_quantize, "add a static INT8 variant (stem, head float), scored", md)
     p.add_argument("ref", help="version or alias")
     p.add_argument("--calibration", type=int, default=64, help="train images to calibrate on")
     p = add("lineage", _cmd_lineage, "dataset/code version, pipeline run, params, env", md)
@@ -451,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--interval", type=float, default=30.0, help="watch: seconds between polls")
     p.add_argument("--variant", choices=["fp32", "int8"], default="fp32", help="which ONNX to ship")
+    p.add_argument(
+        "--max-int8-drop",
+        type=float,
+        default=0.02,
+        help="int8: refuse it if its test mAP50-95 is more than this below the FP32's",
+    )
     p.add_argument("--ref", help="version or alias (default: production alias)")
     p.add_argument("--fleet", help="fleet (default: mqtt.fleet)")
     p.add_argument("--by", help="who releases (default: current user)")

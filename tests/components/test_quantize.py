@@ -13,21 +13,25 @@ import pytest
 from components.export import onnx_metadata
 from components.quantize import float_nodes, quantize_int8, quantize_registered
 from components.registry import approve, download_onnx, register_model
-from components.release import build_release
-from qcloop.contracts import EvalMetrics, ModelRecord
+from components.release import build_release, check_int8_accuracy, model_key
+from qcloop.contracts import EvalMetrics, ModelRecord, OnnxVariant
 from qcloop.dataset import import_yolo_folder
+from qcloop.errors import RegistryError
 from qcloop.settings import MlflowSettings, Settings, StoreSettings
-from qcloop.storage import sha256_file
+from qcloop.storage import open_store, sha256_file
 from tests.components.conftest import IMGSZ
 
 pytestmark = pytest.mark.integration
 
 
-def test_head_decoding_stays_float(exported_onnx: Path) -> None:
+def test_stem_and_head_decoding_stay_float(exported_onnx: Path) -> None:
     keep = float_nodes(exported_onnx)
     assert any("/dfl/" in n for n in keep)  # distribution focal loss decoding
     assert any(n.endswith("cv2.0.2/Conv") for n in keep)  # raw box logits
     assert not any("cv2.0.0" in n for n in keep)  # first head convolutions are quantised
+    stem = [n for n in keep if n.startswith("/model.0/")]
+    assert {"/model.0/conv/Conv", "/model.0/act/Mul"} <= set(stem)  # the first conv, on the image
+    assert not any(n.startswith(("/model.1/", "/model.2/")) for n in keep)  # the backbone is not
 
 
 def test_int8_model_runs_with_the_same_interface(
@@ -37,8 +41,12 @@ def test_int8_model_runs_with_the_same_interface(
     int8 = quantize_int8(exported_onnx, tmp_path / "int8.onnx", calibration, imgsz=IMGSZ)
     assert int8.stat().st_size < 0.5 * exported_onnx.stat().st_size
     assert onnx_metadata(int8)["names"] == onnx_metadata(exported_onnx)["names"]
-    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    graph = onnx.load(str(int8)).graph
+    ops = {n.op_type for n in graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    stem = next(n for n in graph.node if n.name == "/model.0/conv/Conv")
+    weights = {i.name for i in graph.initializer}
+    assert stem.input[0] == "images" and stem.input[1] in weights  # float input, float weights
     x = np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
     fp, q = (
         ort.InferenceSession(str(m)).run(None, {"images": x})[0] for m in (exported_onnx, int8)
@@ -90,9 +98,35 @@ def test_registered_version_gets_an_int8_variant_and_release(
     int8 = download_onnx(uri, quantised, tmp_path / "dl", "int8")
     assert sha256_file(int8) == quantised.int8.sha256 != quantised.onnx_sha256
     approve(tracking_uri=uri, model_name="det", version=record.version, approved_by="t")
+    # an INT8 that lost more than allowed against its FP32 is not shipped (nor copied)
+    store = open_store(settings.store)
+    key = model_key("det", record.version, "int8")
+    with pytest.raises(RegistryError, match="INT8 variant of model det version 1 scores"):
+        build_release(settings, released_by="t", variant="int8", max_int8_drop=-1.0)
+    assert not store.exists(key)
     message = build_release(settings, released_by="t", variant="int8")
     assert (message.variant, message.sha256) == ("int8", quantised.int8.sha256)
-    assert message.url.endswith("model-int8.onnx")
+    assert message.url.endswith("model-int8.onnx") and store.exists(key)
+
+
+def test_an_int8_far_below_its_fp32_is_refused(
+    registered_on_dvc: tuple[Settings, ModelRecord],
+) -> None:
+    _, record = registered_on_dvc
+    scores = EvalMetrics(map50=0.9, map50_95=0.59, precision=0.9, recall=0.8, images=28)
+    fp32 = record.model_copy(update={"metrics": scores})
+    int8 = OnnxVariant(
+        artifact="model/model-int8.onnx",
+        sha256="0" * 64,
+        size=1,
+        metrics=scores.model_copy(update={"map50_95": 0.47}),
+    )
+    with pytest.raises(RegistryError, match=r"0\.4700 on the test split, 0\.1200 below its FP32"):
+        check_int8_accuracy(fp32.model_copy(update={"int8": int8}))
+    check_int8_accuracy(fp32.model_copy(update={"int8": int8}), max_drop=0.15)  # accepted
+    near = int8.model_copy(update={"metrics": scores.model_copy(update={"map50_95": 0.575})})
+    check_int8_accuracy(fp32.model_copy(update={"int8": near}))  # 0.015 lost: within 0.02
+    check_int8_accuracy(fp32)  # no INT8 variant: nothing to check
 
 
 def test_lineage_leads_back_to_the_exact_images(
