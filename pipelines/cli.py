@@ -138,7 +138,8 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_model_show(args: argparse.Namespace, settings: Settings) -> int:
     from components.registry import get_model_record
 
-    record = get_model_record(settings.mlflow.tracking_uri, settings.mlflow.model_name, args.ref)
+    name, ref = split_model_ref(args.ref, settings.mlflow.model_name)
+    record = get_model_record(settings.mlflow.tracking_uri, name, ref)
     print(record.model_dump_json(indent=2))
     return 0
 
@@ -423,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     md = add("model", None, "registered models (MLflow)").add_subparsers(  # type: ignore[arg-type]
         dest="model_command", required=True, metavar="ACTION"
     )
-    add("show", _cmd_model_show, "show a model version or alias", md).add_argument("ref")
+    add("show", _cmd_model_show, "show a model version or alias", md).add_argument(
+        "ref", help="NAME@ALIAS, NAME/VERSION, @ALIAS or VERSION"
+    )
     p = add("approve", _cmd_approve, "approve a version: move the alias, tag who/when", md)
     p.add_argument("version")
     p.add_argument("--by", help="who approves (default: current user)")

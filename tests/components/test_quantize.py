@@ -153,3 +153,8 @@ def test_lineage_leads_back_to_the_exact_images(
     assert (found["dataset_version"], found["pipeline_run"]) == ("v1", "run-42")
     assert found["environment"]["ultralytics"] and found["environment"]["python"]
     assert len(found["images"]) == 12 and all(len(i["sha256"]) == 64 for i in found["images"])
+    # and `model show` takes the same references as lineage and pull
+    for ref in (f"det/{record.version}", record.version):
+        assert main(["model", "show", ref]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert (shown["name"], shown["version"]) == ("det", record.version)
