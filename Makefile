@@ -71,7 +71,7 @@ bench-edge: $(BENCH_MODEL) $(BENCH_DYNAMIC) ## edge agent vs bare session.run vs
 	$(PY) scripts/bench_edge.py --model $(BENCH_MODEL) --frames 150 --rounds 3 --width 1920 \
 		--paths session@w1t1,session@w1t2,agent@w1t1,agent@w2t1,agent@w1t2,ultralytics@w1t2
 
-bench-int8: $(BENCH_MODEL) ## INT8 (head kept float) vs FP32 of the bench model: speed and mAP, one run
+bench-int8: $(BENCH_MODEL) ## INT8 (stem, head float) vs FP32 of the bench model: speed and mAP, one run
 	$(PY) scripts/bench_int8.py --model $(BENCH_MODEL)
 
 DEVICE ?= cpu
