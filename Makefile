@@ -8,8 +8,6 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-COMMA := ,
-
 .PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes clean
 
 help: ## list the targets
@@ -75,9 +73,10 @@ bench-int8: $(BENCH_MODEL) ## INT8 (stem, head float) vs FP32 of the bench model
 	$(PY) scripts/bench_int8.py --model $(BENCH_MODEL)
 
 DEVICE ?= cpu
+GPU_SEEDS := 0,1,2
 bench-recipes: ## training recipes vs the reference on one test split (GPU: make bench-recipes DEVICE=0)
 	$(PY) scripts/bench_recipes.py --variants reference,scratch+avg10 --epochs 150 \
-		--device $(DEVICE) $(if $(filter cpu,$(DEVICE)),--jobs 1 --seeds 0,--jobs 6 --seeds 0$(COMMA)1$(COMMA)2)
+		--device $(DEVICE) --jobs $(if $(filter cpu,$(DEVICE)),1,6) --seeds $(if $(filter cpu,$(DEVICE)),0,$(GPU_SEEDS))
 
 bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after setup-label-studio)
 	$(PY) scripts/bench_labelling.py

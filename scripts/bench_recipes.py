@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -122,12 +123,13 @@ def run_all(jobs: list[dict[str, Any]], parallel: int, results_path: Path) -> li
         results_path.write_text(json.dumps([done[i] for i in sorted(done)], indent=2))
         print(f"bench_recipes: {len(done)}/{len(jobs)} done: {json.dumps(result)}", flush=True)
 
-    def failed(job: dict[str, Any], exc: BaseException) -> dict[str, Any]:
-        return {
-            "variant": job["variant"],
-            "seed": job["seed"],
-            "error": f"{type(exc).__name__}: {exc}",
-        }
+    def settle(index: int, outcome: Callable[[], dict[str, Any]]) -> None:
+        try:
+            record(index, outcome())
+        except Exception as exc:  # noqa: BLE001 - keep the other runs' figures
+            job = jobs[index]
+            error = f"{type(exc).__name__}: {exc}"
+            record(index, {"variant": job["variant"], "seed": job["seed"], "error": error})
 
     if parallel > 1:
         with ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
@@ -135,25 +137,21 @@ def run_all(jobs: list[dict[str, Any]], parallel: int, results_path: Path) -> li
                 pool.submit(run_one, job): i for i, job in enumerate(jobs)
             }
             for future in as_completed(futures):
-                index = futures[future]
-                try:
-                    record(index, future.result())
-                except Exception as exc:  # noqa: BLE001 - keep the other runs' figures
-                    record(index, failed(jobs[index], exc))
+                settle(futures[future], future.result)
     else:
         for index, job in enumerate(jobs):
-            try:
-                record(index, run_one(job))
-            except Exception as exc:  # noqa: BLE001 - keep the other runs' figures
-                record(index, failed(job, exc))
+            settle(index, lambda job=job: run_one(job))
     return [done[i] for i in sorted(done)]
 
 
 def default_workers(device: str, parallel: int) -> int | None:
     """Loader processes per run: the pipeline's default alone, the cores shared when parallel."""
-    if parallel <= 1 or str(device).strip().lower() in ("cpu", ""):
+    from components.train import loader_workers
+
+    alone = loader_workers(device)  # none on the CPU, up to 8 on a GPU
+    if parallel <= 1 or not alone:
         return None
-    return max(1, min(8, (os.cpu_count() or 1) // parallel))
+    return max(1, min(alone, (os.cpu_count() or 1) // parallel))
 
 
 def summarise(results: list[dict[str, Any]], variants: list[str]) -> list[str]:
