@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,6 +77,12 @@ GPU_SEEDS := 0,1,2
 bench-recipes: ## training recipes vs the reference on one test split (GPU: make bench-recipes DEVICE=0)
 	$(PY) scripts/bench_recipes.py --variants reference,scratch+avg10 --epochs 150 \
 		--device $(DEVICE) --jobs $(if $(filter cpu,$(DEVICE)),1,6) --seeds $(if $(filter cpu,$(DEVICE)),0,$(GPU_SEEDS))
+
+FOLD_IDS ?= 0,1,2,3,4,5
+bench-recipes-cv: ## the recipes vs the reference, cross-validated over 6 capture folds (GPU: DEVICE=0 FOLD_IDS=0,1,2)
+	$(PY) scripts/bench_recipes.py --variants reference,scratch+avg10 --epochs 150 --folds 6 \
+		--fold-ids $(FOLD_IDS) --seeds 0 --device $(DEVICE) --jobs $(if $(filter cpu,$(DEVICE)),1,6) \
+		--out .qcloop/bench/recipes-cv-folds$(FOLD_IDS)
 
 bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after setup-label-studio)
 	$(PY) scripts/bench_labelling.py

@@ -3,7 +3,9 @@
 
     .venv/bin/python scripts/bench_recipes.py [--data DIR] [--variants reference,scratch+avg10]
         [--epochs 150] [--imgsz 480] [--batch 16] [--patience 50] [--device cpu|0]
-        [--seeds 0] [--jobs 1] [--workers N] [--out .qcloop/bench/recipes]
+        [--seeds 0] [--folds K [--fold-ids 0,1]] [--jobs 1] [--workers N]
+        [--out .qcloop/bench/recipes]
+    .venv/bin/python scripts/bench_recipes.py --summary RESULTS.json [RESULTS.json ...]
 
 Each variant is ``RECIPE`` or ``RECIPE+avgK`` (the EMA weights of the last K epochs
 averaged, kept when as good on val): the same ``components.train.train_yolo``,
@@ -20,12 +22,26 @@ also scores its ``best.pt`` on the test split (``best_pt_map50_95``: the same
 training without the average). Results go to ``<out>/results.json``, rewritten as
 each run finishes (a run that fails is recorded with its error, the others go on);
 each run's weights and ONNX stay under ``<out>``.
+
+``--folds K`` cross-validates by capture instead of using the version's one test
+split: the captures, in time order, are cut into K blocks; fold i tests on block i,
+validates on block i+1 and trains on the rest, so every capture is tested once and
+no capture is ever in two splits. Every (variant, seed, fold) is one run
+(``--fold-ids`` runs some folds only, e.g. half of them per call on a lent GPU).
+The table then also gives each variant's paired difference to the baseline (same
+seed, same fold) with its standard error: the figure that says whether a recipe
+beats the baseline by more than the noise of one small test split.
+
+``--summary`` prints the table of earlier runs' ``results.json`` files together
+(e.g. the two halves of a cross-validation run in two calls), trains nothing;
+the first variant found is the baseline unless ``--variants`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -70,6 +86,70 @@ def dataset_folder(data: Path, work: Path) -> Path:
     return work / "dataset"
 
 
+def fold_blocks(groups: list[str], folds: int) -> list[list[str]]:
+    """The capture groups, sorted (their names are capture times), in ``folds`` blocks."""
+    ordered = sorted(set(groups))
+    if not 3 <= folds <= len(ordered):
+        raise ValueError(
+            f"--folds {folds}: use 3 or more, and at most the number of captures "
+            f"({len(ordered)}): each fold needs its own test, val and train captures"
+        )
+    size, extra = divmod(len(ordered), folds)
+    blocks, start = [], 0
+    for index in range(folds):
+        end = start + size + (1 if index < extra else 0)
+        blocks.append(ordered[start:end])
+        start = end
+    return blocks
+
+
+def fold_selection(folds: int, fold_ids: str | None) -> list[int]:
+    """The folds to run: none without ``--folds``, else ``--fold-ids`` (default all)."""
+    if not folds:
+        if fold_ids:
+            raise ValueError("--fold-ids needs --folds")
+        return []
+    if folds < 3:
+        raise ValueError(f"--folds {folds}: use 3 or more (test, val and train blocks)")
+    chosen = [int(f) for f in fold_ids.split(",")] if fold_ids else list(range(folds))
+    wrong = [f for f in chosen if not 0 <= f < folds]
+    if wrong:
+        raise ValueError(f"--fold-ids {wrong}: folds are numbered 0..{folds - 1}")
+    return chosen
+
+
+def fold_dataset(dataset: Path, folds: int, fold: int, dest: Path) -> Path:
+    """``dest``: a copy of dataset folder ``dataset`` with fold ``fold``'s splits.
+
+    Test is the fold's block of captures, val the next block, train the rest.
+    """
+    import shutil
+
+    from qcloop.contracts import DatasetManifest, count_splits
+
+    manifest = DatasetManifest.load(dataset / "manifest.json")
+    blocks = fold_blocks([img.group for img in manifest.images], folds)
+    test, val = set(blocks[fold]), set(blocks[(fold + 1) % folds])
+    images = [
+        img.model_copy(
+            update={
+                "split": "test" if img.group in test else "val" if img.group in val else "train"
+            }
+        )
+        for img in manifest.images
+    ]
+    shutil.copytree(dataset, dest, ignore=shutil.ignore_patterns("*.cache", ".*", "manifest.json"))
+    fold_manifest = manifest.model_copy(
+        update={
+            "images": images,
+            "counts": count_splits(images),
+            "source": f"{manifest.source} (fold {fold} of {folds} by capture)",
+        }
+    )
+    DatasetManifest.model_validate(fold_manifest.model_dump()).save(dest / "manifest.json")
+    return dest
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train, export and score one (variant, seed); the figures as a dict."""
     from components.evaluate import evaluate_onnx
@@ -97,6 +177,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     result = {
         "variant": job["variant"],
         "seed": job["seed"],
+        **({"fold": job["fold"]} if "fold" in job else {}),
         "weights": weights.name,
         "train_s": round(train_s, 1),
         **metrics.model_dump(),
@@ -129,7 +210,8 @@ def run_all(jobs: list[dict[str, Any]], parallel: int, results_path: Path) -> li
         except Exception as exc:  # noqa: BLE001 - keep the other runs' figures
             job = jobs[index]
             error = f"{type(exc).__name__}: {exc}"
-            record(index, {"variant": job["variant"], "seed": job["seed"], "error": error})
+            keys = {k: job[k] for k in ("variant", "seed", "fold") if k in job}
+            record(index, {**keys, "error": error})
 
     if parallel > 1:
         with ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
@@ -154,43 +236,89 @@ def default_workers(device: str, parallel: int) -> int | None:
     return max(1, min(alone, (os.cpu_count() or 1) // parallel))
 
 
+def run_key(result: dict[str, Any]) -> tuple[int, int]:
+    """(seed, fold) of a result: runs with the same key trained and tested on the same data."""
+    return int(result["seed"]), int(result.get("fold", -1))
+
+
+def paired_gap(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]]) -> str:
+    """Mean of ``map50_95`` minus the baseline's over runs of the same (seed, fold), ± its se."""
+    base = {run_key(r): float(r["map50_95"]) for r in base_rows}
+    gaps = [float(r["map50_95"]) - base[run_key(r)] for r in rows if run_key(r) in base]
+    if not gaps:
+        return "-"
+    if len(gaps) == 1:
+        return f"{gaps[0]:+.4f} (1 pair)"
+    se = statistics.stdev(gaps) / math.sqrt(len(gaps))
+    return f"{statistics.mean(gaps):+.4f} ± {se:.4f} ({len(gaps)} pairs)"
+
+
 def summarise(results: list[dict[str, Any]], variants: list[str]) -> list[str]:
-    """One table row per variant: mean test figures over seeds and the gap to the first."""
+    """One table row per variant: mean test figures over runs and the gaps to the first.
+
+    "vs baseline" is the difference of the means; "paired" the mean difference over
+    runs with the same seed and fold as a baseline run, ± its standard error.
+    """
+    ok = [r for r in results if "error" not in r]
     means: dict[str, dict[str, float]] = {}
     for variant in variants:
-        rows = [r for r in results if r["variant"] == variant and "error" not in r]
+        rows = [r for r in ok if r["variant"] == variant]
         if not rows:
             continue
         means[variant] = {
             key: statistics.mean(float(r[key]) for r in rows)
             for key in ("map50_95", "map50", "precision", "recall", "train_s")
         }
-        means[variant]["seeds"] = len(rows)
-        if len(rows) > 1:  # the seed-to-seed spread: a gap inside it is no gain
+        means[variant]["runs"] = len(rows)
+        if len(rows) > 1:  # the run-to-run spread: a gap inside it is no gain
             means[variant]["sd"] = statistics.stdev(float(r["map50_95"]) for r in rows)
         if all("best_pt_map50_95" in r for r in rows):
             means[variant]["best_pt"] = statistics.mean(float(r["best_pt_map50_95"]) for r in rows)
     base = means[variants[0]]["map50_95"] if variants[0] in means else None
+    base_rows = [r for r in ok if r["variant"] == variants[0]]
     lines = [
-        "| variant | seeds | test mAP50-95 | sd | vs baseline | mAP50 | P | R | train s "
-        "| best.pt alone |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | runs | test mAP50-95 | sd | vs baseline | paired | mAP50 | P | R "
+        "| train s | best.pt alone |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for variant, m in means.items():
         if variant == variants[0]:
-            delta = "baseline"
+            delta, paired = "baseline", "-"
         else:
             delta = "no baseline" if base is None else f"{m['map50_95'] - base:+.4f}"
+            paired = paired_gap([r for r in ok if r["variant"] == variant], base_rows)
         alone = f"{m['best_pt']:.4f}" if "best_pt" in m else "-"
         sd = f"{m['sd']:.4f}" if "sd" in m else "-"
         lines.append(
-            f"| {variant} | {m['seeds']:.0f} | {m['map50_95']:.4f} | {sd} | {delta} "
+            f"| {variant} | {m['runs']:.0f} | {m['map50_95']:.4f} | {sd} | {delta} | {paired} "
             f"| {m['map50']:.4f} "
             f"| {m['precision']:.3f} | {m['recall']:.3f} | {m['train_s']:.0f} | {alone} |"
         )
     failures = [r for r in results if "error" in r]
-    lines += [f"FAILED {r['variant']} seed {r['seed']}: {r['error']}" for r in failures]
+    lines += [
+        f"FAILED {r['variant']} seed {r['seed']}"
+        + (f" fold {r['fold']}" if "fold" in r else "")
+        + f": {r['error']}"
+        for r in failures
+    ]
     return lines
+
+
+def print_summary(paths: list[Path], variants: str | None) -> int:
+    """The table of saved results (several files together); 2 if one cannot be read."""
+    results: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            results += json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"bench_recipes: {path}: cannot read results ({exc})", file=sys.stderr)
+            return 2
+    names = [v.strip() for v in variants.split(",")] if variants else []
+    for result in results:
+        if result["variant"] not in names:
+            names.append(result["variant"])
+    print("\n".join(summarise(results, names)))
+    return 0
 
 
 def main() -> int:
@@ -205,6 +333,15 @@ def main() -> int:
     parser.add_argument("--patience", type=int, default=50)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="cross-validate over K capture blocks (default: the version's own splits)",
+    )
+    parser.add_argument(
+        "--fold-ids", default=None, help="with --folds: comma-separated folds to run (default all)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     parser.add_argument(
         "--workers",
@@ -213,11 +350,17 @@ def main() -> int:
         help="data-loading processes per run (default: the pipeline's; cores/jobs on a GPU)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / ".qcloop" / "bench" / "recipes")
+    parser.add_argument(
+        "--summary", type=Path, nargs="+", help="print the table of these results.json files"
+    )
     args = parser.parse_args()
+    if args.summary:
+        return print_summary(args.summary, args.variants if "--variants" in sys.argv else None)
     try:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         parsed = {v: parse_variant(v) for v in variants}
         seeds = [int(s) for s in args.seeds.split(",")]
+        fold_ids = fold_selection(args.folds, args.fold_ids)
     except Exception as exc:  # noqa: BLE001 - one clear line for any bad option
         print(f"bench_recipes: {exc}", file=sys.stderr)
         return 2
@@ -227,33 +370,50 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qcloop-recipes-") as tmp:
         dataset = dataset_folder(args.data.resolve(), Path(tmp))
+        try:
+            datasets = {
+                fold: fold_dataset(dataset, args.folds, fold, Path(tmp) / f"fold-{fold}")
+                for fold in fold_ids
+            } or {None: dataset}
+        except ValueError as exc:
+            print(f"bench_recipes: {exc}", file=sys.stderr)
+            return 2
+        workers = (
+            args.workers if args.workers is not None else default_workers(args.device, args.jobs)
+        )
         jobs = [
             {
                 "variant": variant,
                 "recipe": recipe,
                 "average_last": avg,
                 "seed": seed,
-                "dataset": str(dataset),
-                "out": str(args.out.resolve() / f"{variant}-seed{seed}"),
+                **({} if fold is None else {"fold": fold}),
+                "dataset": str(data),
+                "out": str(
+                    args.out.resolve()
+                    / (f"{variant}-seed{seed}" + ("" if fold is None else f"-fold{fold}"))
+                ),
                 "epochs": args.epochs,
                 "imgsz": args.imgsz,
                 "batch": args.batch,
                 "patience": args.patience,
                 "device": args.device,
-                "workers": (
-                    args.workers
-                    if args.workers is not None
-                    else default_workers(args.device, args.jobs)
-                ),
+                "workers": workers,
             }
+            for fold, data in datasets.items()
             for variant, (recipe, avg) in parsed.items()
             for seed in seeds
         ]
         print(f"bench_recipes: {len(jobs)} runs ({args.jobs} at once) on {dataset}", flush=True)
         results = run_all(jobs, args.jobs, args.out / "results.json")
+    where = (
+        f"test splits of folds {','.join(map(str, fold_ids))} of {args.folds} by capture"
+        if fold_ids
+        else "test split"
+    )
     print(
         f"{args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch}, device {args.device}, "
-        f"seeds {args.seeds}; test split of {args.data}"
+        f"seeds {args.seeds}; {where} of {args.data}"
     )
     print("\n".join(summarise(results, variants)))
     return 1 if any("error" in r for r in results) else 0

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.components.datasets import captures
+from qcloop.contracts import DatasetManifest
+from tests.components.datasets import build_dataset, captures
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -47,11 +48,64 @@ def test_table_means_seeds_and_compares_with_the_first_variant() -> None:
     results = [row("reference", 0, 0.50), row("reference", 1, 0.52), averaged, failed]
     table = bench_recipes.summarise(results, ["reference", "scratch+avg10"])
     assert table[2] == (
-        "| reference | 2 | 0.5100 | 0.0141 | baseline | 1.0200 | 0.500 | 0.250 | 10 | - |"
+        "| reference | 2 | 0.5100 | 0.0141 | baseline | - | 1.0200 | 0.500 | 0.250 | 10 | - |"
     )
-    assert table[3].startswith("| scratch+avg10 | 1 | 0.5500 | - | +0.0400 | 1.1000 |")
+    assert table[3].startswith(
+        "| scratch+avg10 | 1 | 0.5500 | - | +0.0400 | +0.0500 (1 pair) | 1.1000 |"
+    )
     assert table[3].endswith("| 0.5300 |")  # its best.pt alone, the ablation of the average
     assert table[4] == "FAILED scratch+avg10 seed 1: PipelineError: NaN loss"
+
+
+def test_paired_gap_compares_runs_of_the_same_seed_and_fold() -> None:
+    def row(variant: str, seed: int, fold: int, m: float) -> dict[str, object]:
+        return {"variant": variant, "seed": seed, "fold": fold, "map50_95": m}
+
+    base = [row("reference", 0, f, m) for f, m in enumerate((0.50, 0.60, 0.40))]
+    other = [row("scratch", 0, f, m) for f, m in enumerate((0.52, 0.61, 0.43))]
+    other.append(row("scratch", 1, 0, 0.90))  # no baseline run of seed 1: left out
+    # gaps 0.02, 0.01, 0.03: mean 0.02, sd 0.01, se 0.01 / sqrt(3)
+    assert bench_recipes.paired_gap(other, base) == "+0.0200 ± 0.0058 (3 pairs)"
+    assert bench_recipes.paired_gap([row("scratch", 2, 0, 0.5)], base) == "-"
+
+
+def test_folds_test_every_capture_once_and_never_split_one(
+    metal_tags: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "v1"
+    manifest = build_dataset(metal_tags, source, {"train": 5, "val": 1, "test": 1})
+    groups = sorted({img.group for img in manifest.images})
+    tested: list[str] = []
+    for fold in range(3):
+        dest = bench_recipes.fold_dataset(source, 3, fold, tmp_path / f"fold-{fold}")
+        fold_manifest = DatasetManifest.load(dest / "manifest.json")  # validated: counts, groups
+        by_split = {
+            split: {img.group for img in fold_manifest.images if img.split == split}
+            for split in ("train", "val", "test")
+        }
+        assert all(by_split.values()) and not (by_split["test"] & by_split["val"])
+        assert by_split["train"] | by_split["val"] | by_split["test"] == set(groups)
+        tested += sorted(by_split["test"])
+        assert fold_manifest.counts["test"].images == 4 * len(by_split["test"])
+        assert (dest / fold_manifest.images[0].file).is_file()
+        assert f"fold {fold} of 3" in fold_manifest.source
+    assert tested == groups  # blocks in time order, each capture tested once
+    assert [len(b) for b in bench_recipes.fold_blocks(groups, 3)] == [3, 2, 2]
+    with pytest.raises(ValueError, match="at most the number of captures \\(7\\)"):
+        bench_recipes.fold_blocks(groups, 8)
+
+
+def test_fold_options_are_checked() -> None:
+    assert bench_recipes.fold_selection(0, None) == []
+    assert bench_recipes.fold_selection(6, None) == [0, 1, 2, 3, 4, 5]
+    assert bench_recipes.fold_selection(6, "3,4") == [3, 4]
+    for folds, ids, message in (
+        (2, None, "use 3 or more"),
+        (6, "6", "numbered 0..5"),
+        (0, "1", "needs --folds"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            bench_recipes.fold_selection(folds, ids)
 
 
 def test_a_failed_run_is_recorded_and_the_others_go_on(
@@ -115,6 +169,53 @@ def test_bench_recipes_trains_and_scores_every_variant(metal_tags: Path, tmp_pat
     assert "| reference | 1 |" in done.stdout and "| baseline |" in done.stdout
     assert "| scratch+avg2 | 1 |" in done.stdout
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.integration
+def test_bench_recipes_cross_validates_by_capture(metal_tags: Path, tmp_path: Path) -> None:
+    # given a dataset version of three real captures
+    data = tmp_path / "v1"
+    build_dataset(metal_tags, data, {"train": 1, "val": 1, "test": 1})
+    # when one variant runs on two of three folds, one epoch each
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_recipes.py"), "--data", str(data)]
+    cmd += ["--variants", "reference", "--folds", "3", "--fold-ids", "0,2", "--epochs", "1"]
+    cmd += ["--imgsz", "160", "--batch", "4", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # then each fold was tested on its own capture
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["fold"], r["images"]) for r in results] == [(0, 4), (2, 4)]
+    assert (out / "reference-seed0-fold2" / "model.onnx").is_file()
+    assert "| reference | 2 |" in done.stdout
+    assert "test splits of folds 0,2 of 3 by capture" in done.stdout
+
+
+def test_summary_tables_saved_results_of_several_calls_together(tmp_path: Path) -> None:
+    def row(variant: str, fold: int, m: float) -> dict[str, object]:
+        figures = {"map50": 0.8, "precision": 0.8, "recall": 0.7, "train_s": 100}
+        return {"variant": variant, "seed": 0, "fold": fold, "map50_95": m, **figures}
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps([row("reference", 0, 0.50), row("scratch", 0, 0.52)]))
+    second.write_text(json.dumps([row("reference", 1, 0.60), row("scratch", 1, 0.63)]))
+    script = str(ROOT / "scripts" / "bench_recipes.py")
+    done = subprocess.run(
+        [sys.executable, script, "--summary", str(first), str(second)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| reference | 2 | 0.5500 |" in done.stdout
+    assert "| +0.0250 | +0.0250 ± 0.0050 (2 pairs) |" in done.stdout
+    missing = subprocess.run(
+        [sys.executable, script, "--summary", str(tmp_path / "none.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "none.json: cannot read results" in missing.stderr
 
 
 def test_bench_recipes_refuses_a_bad_variant(tmp_path: Path) -> None:
