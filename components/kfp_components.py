@@ -19,6 +19,14 @@ _OPTIONS = {"base_image": QCLOOP_IMAGE, "install_kfp_package": False}
 
 
 @dsl.component(**_OPTIONS)
+def resolve_dataset_version(version: str, settings_json: str) -> str:
+    """``version``, or the newest dataset version in the store when it is ``latest``."""
+    from components.train import resolve_version
+
+    return resolve_version(settings_json, version)
+
+
+@dsl.component(**_OPTIONS)
 def load_dataset(version: str, settings_json: str, dataset: Output[Dataset]):
     """Materialise dataset ``version`` (DVC) into the ``dataset`` artifact folder.
 

@@ -33,6 +33,30 @@ def materialize_version(settings_json: str, version: str, dest: Path) -> Dataset
     return materialize(settings_from_json(settings_json), version, Path(dest))
 
 
+LATEST = "latest"
+
+
+def resolve_version(settings_json: str, version: str) -> str:
+    """``version`` itself, or for ``latest`` the newest version in the object store now.
+
+    A recurring run asks for ``latest`` so that each run trains on the data labelled
+    by then; the resolved name is what the run records (lineage, cache key).
+    ``DatasetError`` if ``latest`` is asked and the store holds no version.
+    """
+    if version != LATEST:
+        return version
+    from qcloop.dataset import known_versions
+
+    versions = known_versions(settings_from_json(settings_json))
+    if not versions:
+        raise DatasetError(
+            "dataset version 'latest': the object store holds no dataset version yet; "
+            "import data first (qcloop dataset import)"
+        )
+    print(f"[data] latest dataset version: {versions[-1]}")
+    return versions[-1]
+
+
 def load_manifest(dataset_dir: Path) -> DatasetManifest:
     """Read ``manifest.json`` of a dataset folder; ``DatasetError`` if it is missing."""
     path = Path(dataset_dir) / MANIFEST

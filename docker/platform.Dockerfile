@@ -2,7 +2,8 @@
 # qcloop platform image: the Kubeflow pipeline components (train, export, evaluate, gate,
 # register), the release bridge (`qcloop release watch`) and the CronJobs of the Helm chart.
 # Build from the repository root:
-#   docker build -f docker/platform.Dockerfile -t ghcr.io/qcloop/qcloop:0.1.0 .
+#   docker build -f docker/platform.Dockerfile --build-arg CODE_VERSION="$(git rev-parse --short HEAD)" \
+#     -t ghcr.io/qcloop/qcloop:0.1.0 .
 # The tag must match components/kfp_components.py QCLOOP_IMAGE and platform.image in the chart.
 
 # Exact tag of the Python base (bump deliberately; `docker buildx imagetools inspect` gives a
@@ -47,9 +48,13 @@ RUN apt-get update \
  && mkdir -p /gcs /minio /s3 \
  && chown qcloop:qcloop /gcs /minio /s3
 COPY --from=build /opt/venv /opt/venv
+# The commit the image was built from (the image has no .git): what registered models and
+# the pipeline versions uploaded from the retraining CronJob name as their code version.
+ARG CODE_VERSION=unknown
 # ultralytics fetches a font at first use: place matplotlib's DejaVu as the fonts it asks for
 # (it reads $YOLO_CONFIG_DIR/Ultralytics).
 ENV PATH=/opt/venv/bin:$PATH \
+    QCLOOP_CODE_VERSION=${CODE_VERSION} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     YOLO_CONFIG_DIR=/home/qcloop/.config \

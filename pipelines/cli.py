@@ -117,6 +117,18 @@ def _cmd_labelling_pipeline(args: argparse.Namespace, settings: Settings) -> int
     return 0
 
 
+def _cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.submit import upload
+
+    version = upload(args.host)
+    state = "uploaded" if version.uploaded else "already there, not uploaded again"
+    print(
+        f"pipeline qcloop-training version {version.name} ({version.version_id}) on "
+        f"{args.host}: {state}"
+    )
+    return 0
+
+
 def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.submit import parse_params, submit
 
@@ -415,9 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--imgsz", type=int, default=480)
     p.add_argument("--min-map", type=float, default=0.3, help="gate: minimum mAP50-95")
+    p = add("upload", _cmd_upload, "upload the training pipeline as this code's version", pl)
+    p.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
     p = add("submit", _cmd_submit, "upload + start the training pipeline on Kubeflow", pl)
     p.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
-    p.add_argument("--dataset-version", help="dataset version to train on (default: newest)")
+    p.add_argument(
+        "--dataset-version",
+        help="dataset version to train on (default: the newest now; with --schedule: "
+        "'latest', the newest when each run starts)",
+    )
     p.add_argument("--param", action="append", default=[], help="name=value (repeatable)")
     p.add_argument("--experiment", default="qcloop")
     p.add_argument("--schedule", help="cron (6 fields, KFP) for a recurring run instead")

@@ -59,7 +59,7 @@ def placement(task: dsl.PipelineTask, gpu_limit: Any, node_selector: Any, tolera
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Train, export, evaluate, gate and register.")
 def training_pipeline(
-    dataset_version: str = "v1",
+    dataset_version: str = "latest",
     settings_json: str = "{}",
     epochs: int = 30,
     imgsz: int = 480,
@@ -85,8 +85,13 @@ def training_pipeline(
     recipe: str = "reference",
     average_last: int = 0,
 ) -> TrainingOutputs:
-    """load -> train -> export -> evaluate (+ production on the same split) -> gate -> register."""
-    data = steps.load_dataset(version=dataset_version, settings_json=settings_json)
+    """version -> load -> train -> export -> evaluate (+ production) -> gate -> register."""
+    # "latest" (a recurring run) becomes the newest version when the run starts
+    resolved = steps.resolve_dataset_version(version=dataset_version, settings_json=settings_json)
+    resolved.set_caching_options(False)  # a new version may have come since the last run
+    credentials(resolved, secret_name)
+    version = resolved.output
+    data = steps.load_dataset(version=version, settings_json=settings_json)
     # versions are immutable (their DVC pointer is content-addressed): cache on the version
     data.set_caching_options(True)
     credentials(data, secret_name)
@@ -129,7 +134,7 @@ def training_pipeline(
             tracking_uri=tracking_uri,
             experiment=experiment,
             model_name=model_name,
-            dataset_version=dataset_version,
+            dataset_version=version,
             code_version=code_version,
             imgsz=imgsz,
             epochs=epochs,

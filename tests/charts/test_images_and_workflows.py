@@ -79,6 +79,16 @@ def test_platform_image_installs_the_platform_extra_with_cpu_torch() -> None:
     assert '--index-url "${TORCH_INDEX_URL}"' in runs
     args = dict(a.split("=", 1) for stage in stages for a in stage.all("ARG") if "=" in a)
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    # the image knows its commit (no .git inside): lineage and pipeline versions name it
+    assert args["CODE_VERSION"] == "unknown"
+    envs = " ".join(env for stage in stages for env in stage.all("ENV"))
+    assert "QCLOOP_CODE_VERSION=${CODE_VERSION}" in envs
+    build = next(
+        s
+        for s in _workflow("images.yml")["jobs"]["build"]["steps"]
+        if "build-push" in s.get("uses", "")
+    )
+    assert build["with"]["build-args"] == "CODE_VERSION=${{ steps.commit.outputs.short }}"
     # the image the KFP components name is the one this file builds
     components = (ROOT / "qcloop" / "__init__.py").read_text()
     assert 'QCLOOP_IMAGE = "ghcr.io/qcloop/qcloop:' in components
@@ -147,7 +157,7 @@ def test_pipelines_workflow_retrains_on_data_change_nightly_and_by_hand() -> Non
     assert "workflow_dispatch" in on
     runs = _run_lines(doc)
     assert "qcloop pipeline compile --out pipelines/compiled" in runs
-    assert "upload_pipeline" in runs
+    assert 'qcloop pipeline upload --host "$KFP_HOST"' in runs
     assert 'qcloop pipeline submit --host "$KFP_HOST"' in runs
     train_if = doc["jobs"]["train"]["if"]
     assert "schedule" in train_if and "data_changed" in train_if

@@ -24,7 +24,8 @@ def ir(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
 
 def test_secrets_reach_the_steps_that_need_them(ir: tuple[dict, dict]) -> None:
     _, executors = ir
-    for step in ("exec-load-dataset", "exec-champion", "exec-register"):
+    steps = ("exec-resolve-dataset-version", "exec-load-dataset", "exec-champion", "exec-register")
+    for step in steps:
         (secret,) = executors[step]["secretAsEnv"]
         assert {k["envVar"] for k in secret["keyToEnv"]} == set(SECRET_ENV.values())
         assert "secret_name" in json.dumps(secret["secretNameParameter"])
@@ -45,6 +46,11 @@ def test_caching_and_defaults(ir: tuple[dict, dict]) -> None:
     spec, _ = ir
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["load-dataset"]["cachingOptions"] == {"enableCache": True}  # keyed on version
+    # ... the version "latest" resolved first, uncached, to the newest one when the run starts
+    assert tasks["resolve-dataset-version"]["cachingOptions"] == {}
+    resolved = {"producerTask": "resolve-dataset-version", "outputParameterKey": "Output"}
+    load_inputs = tasks["load-dataset"]["inputs"]["parameters"]
+    assert load_inputs["version"]["taskOutputParameter"] == resolved
     assert tasks["champion"]["cachingOptions"] == {}  # the alias moves: never cached
     params = spec["root"]["inputDefinitions"]["parameters"]
     for name in (
@@ -69,6 +75,7 @@ def test_caching_and_defaults(ir: tuple[dict, dict]) -> None:
     ):
         assert "defaultValue" in params[name], name
     assert params["approval"]["defaultValue"] == "manual"  # a person approves unless asked
+    assert params["dataset_version"]["defaultValue"] == "latest"  # a run from the UI
     # the recipe and the averaging reach the train step and the lineage of the register step
     dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
     tasks = {name: task for dag in dags for name, task in dag["tasks"].items()}
@@ -76,6 +83,11 @@ def test_caching_and_defaults(ir: tuple[dict, dict]) -> None:
         inputs = tasks[task]["inputs"]["parameters"]
         for name in ("recipe", "average_last"):
             assert inputs[name]["componentInputParameter"].endswith(name), (task, name)
+    # the lineage names the resolved version, never "latest"
+    registered = tasks["register"]["inputs"]["parameters"]["dataset_version"]
+    assert registered["componentInputParameter"] == (
+        "pipelinechannel--resolve-dataset-version-Output"
+    )
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"ghcr.io/qcloop/qcloop:0.1.0"}  # heavy deps live in the image
 

@@ -20,7 +20,16 @@ from qcloop.errors import PipelineError, RegistryError
 from qcloop.settings import Settings, StoreSettings
 from qcloop.yolo import capture_group
 
-STEPS = ["load-dataset", "train", "export", "evaluate", "gate-step", "register", "not-registered"]
+STEPS = [
+    "resolve-dataset-version",
+    "load-dataset",
+    "train",
+    "export",
+    "evaluate",
+    "gate-step",
+    "register",
+    "not-registered",
+]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +98,7 @@ def test_compiled_yaml_has_every_step_and_the_gate(tmp_path: Path) -> None:
     assert sorted(conditions) == sorted([passed, f"!({passed})"])
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["min_map50_95"]["defaultValue"] == 0.3
-    assert inputs["dataset_version"]["defaultValue"] == "v1"
+    assert inputs["dataset_version"]["defaultValue"] == "latest"
 
 
 @pytest.mark.integration
@@ -100,7 +109,7 @@ def test_run_local_registers_a_model_that_passes_the_gate(
     result = _run(
         settings,
         tmp_path,
-        dataset_version=version,
+        dataset_version="latest",  # resolved by the pipeline to the newest version, v1
         min_map50_95=0.0,
         int8=True,
         dynamic_onnx=True,
