@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -141,6 +142,7 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         params=params,
         experiment=args.experiment,
         schedule=args.schedule,
+        namespace=args.namespace,
     )
     kind = "recurring run" if args.schedule else "run"
     print(f"{kind} {ident} created on {args.host}")
@@ -439,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], help="name=value (repeatable)")
     p.add_argument("--experiment", default="qcloop")
     p.add_argument("--schedule", help="cron (6 fields, KFP) for a recurring run instead")
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("KFP_NAMESPACE") or None,
+        help="Kubeflow profile of the experiment and runs (multi-user; default $KFP_NAMESPACE)",
+    )
     md = add("model", None, "registered models (MLflow)").add_subparsers(  # type: ignore[arg-type]
         dest="model_command", required=True, metavar="ACTION"
     )

@@ -211,8 +211,13 @@ def submit(
     experiment: str = "qcloop",
     schedule: str | None = None,
     run_name: str | None = None,
+    namespace: str | None = None,
 ) -> str:
-    """Upload the training pipeline and start (or schedule) a run; return the run or job id."""
+    """Upload the training pipeline and start (or schedule) a run; return the run or job id.
+
+    ``namespace``: the Kubeflow profile of the experiment and its runs (multi-user
+    Kubeflow); None for a single-user one.
+    """
     from components.registry import code_version
     from components.train import LATEST
     from pipelines.training import PIPELINE_NAME, check_params, compile_pipeline
@@ -244,7 +249,7 @@ def submit(
                 f"pipeline {PIPELINE_NAME} version {version.name} "
                 + ("uploaded" if version.uploaded else "already there")
             )
-            exp = client.create_experiment(experiment)
+            exp = client.create_experiment(experiment, namespace=namespace or None)
             if schedule:
                 job = client.create_recurring_run(
                     experiment_id=exp.experiment_id,

@@ -297,6 +297,10 @@ def test_schedules_run_the_loop_commands(helm: Helm) -> None:
     box = train["containers"][0]
     assert box["command"] == ["qcloop", "pipeline", "submit", "--host", "$(KFP_HOST)"]
     assert env_of(box)["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    assert "KFP_NAMESPACE" not in env_of(box)  # single-user unless kfp.namespace is set
+    _, objects = render(helm, "kfp.namespace=team-line-3")
+    box = pod_specs(objects)[f"{RELEASE}-qcloop-retraining"]["containers"][0]
+    assert env_of(box)["KFP_NAMESPACE"] == "team-line-3"
     assert retraining["spec"]["schedule"] == "0 2 * * *"
     token = next(v for v in train["volumes"] if v["name"] == "kfp-token")
     assert (
@@ -513,6 +517,7 @@ def test_missing_required_value_fails_naming_it(
             "/schedules/retraining/schedule",
             id="cron",
         ),
+        pytest.param({"kfp": {"namespace": "Team A"}}, "/kfp/namespace", id="kfp-profile"),
     ],
 )
 def test_a_bad_values_file_fails_naming_the_value(

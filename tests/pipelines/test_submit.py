@@ -172,6 +172,21 @@ def test_params_get_the_pipelines_types_or_a_clear_error(
     assert len(kfp.runs) == 1  # nothing sent for a bad parameter
 
 
+def test_a_multi_user_namespace_holds_the_experiment(
+    kfp: FakeKfp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QCLOOP_STORE__PATH", str(tmp_path / "store"))
+    monkeypatch.setenv("KFP_NAMESPACE", "team-line-3")  # what the chart's CronJob sets
+    assert main(["pipeline", "submit", "--host", kfp.url, "--dataset-version", "v1"]) == 0
+    (lookup,) = [
+        r for r in kfp.requests if r["path"] == f"{API}/experiments" and r["method"] == "GET"
+    ]
+    assert lookup["query"]["namespace"] == "team-line-3"
+    (experiment,) = kfp.experiments.values()
+    assert experiment["namespace"] == "team-line-3"
+    assert kfp.runs[0]["experiment_id"] == experiment["experiment_id"]
+
+
 def test_cli_submit_prints_the_run(
     kfp: FakeKfp,
     tmp_path: Path,

@@ -353,6 +353,10 @@ schedule, whose settings (qcloop_labelling.settings) take them out before the co
 {{- if .kfp }}
 - name: KFP_HOST
   value: {{ $.Values.kfp.host | quote }}
+{{- with $.Values.kfp.namespace }}
+- name: KFP_NAMESPACE
+  value: {{ . | quote }}
+{{- end }}
 {{- end }}
 {{- with $.Values.platform.extraEnv }}
 {{ toYaml . }}
