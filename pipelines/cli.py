@@ -440,7 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--param", action="append", default=[], help="name=value (repeatable)")
     p.add_argument("--experiment", default="qcloop")
-    p.add_argument("--schedule", help="cron (6 fields, KFP) for a recurring run instead")
+    p.add_argument(
+        "--schedule",
+        help="KFP cron (6 fields, seconds first, e.g. '0 0 2 * * *') for a recurring run instead",
+    )
     p.add_argument(
         "--namespace",
         default=os.environ.get("KFP_NAMESPACE") or None,

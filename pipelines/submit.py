@@ -95,6 +95,21 @@ def typed_arguments(package: Path, arguments: dict[str, Any]) -> dict[str, Any]:
     return typed
 
 
+def check_cron(schedule: str) -> None:
+    """``PipelineError`` unless ``schedule`` is a KFP cron: 6 fields, seconds first, or @-form.
+
+    A 5-field crontab line is the usual slip: KFP would read its minute as seconds.
+    """
+    fields = schedule.split()
+    if schedule.strip().startswith("@") or len(fields) == 6:
+        return
+    hint = f"'0 {' '.join(fields)}'" if len(fields) == 5 else "'0 0 2 * * *' (02:00 daily)"
+    raise PipelineError(
+        f"--schedule '{schedule}': Kubeflow Pipelines takes a 6-field cron with seconds first "
+        f"(or @hourly, @daily, @every 6h); e.g. {hint}"
+    )
+
+
 def cluster_settings_json(settings: Settings) -> str:
     """The settings a step needs, without any secret (those come from the Secret)."""
     data = json.loads(settings.model_dump_json())
@@ -223,6 +238,8 @@ def submit(
     from pipelines.training import PIPELINE_NAME, check_params, compile_pipeline
 
     check_params(params)
+    if schedule is not None:
+        check_cron(schedule)
     if "dataset_version" not in params:
         from qcloop.dataset import known_versions
 

@@ -117,6 +117,12 @@ def test_schedule_is_pinned_to_a_version_and_trains_on_the_newest_data(
     assert job["runtime_config"]["parameters"]["dataset_version"] == "latest"
     (pipeline_id,) = kfp.pipelines
     assert job["pipeline_version_reference"]["pipeline_id"] == pipeline_id
+    # a crontab line of 5 fields would run at the wrong times: refused, with the fix
+    with pytest.raises(PipelineError, match="6-field cron with seconds first.*'0 0 2 \\* \\* \\*'"):
+        submit(settings, host=kfp.url, params={}, schedule="0 2 * * *")
+    assert len(kfp.recurring_runs) == 1
+    submit(settings, host=kfp.url, params={}, schedule="@every 6h")
+    assert kfp.recurring_runs[-1]["trigger"]["cron_schedule"]["cron"] == "@every 6h"
     # a one-off run without a version trains on the newest one now, by name
     submit(settings, host=kfp.url, params={})
     assert kfp.runs[0]["runtime_config"]["parameters"]["dataset_version"] == "v2"
