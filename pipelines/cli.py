@@ -120,11 +120,12 @@ def _cmd_labelling_pipeline(args: argparse.Namespace, settings: Settings) -> int
 
 def _cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.submit import upload
+    from pipelines.training import PIPELINE_NAME
 
     version = upload(args.host)
     state = "uploaded" if version.uploaded else "already there, not uploaded again"
     print(
-        f"pipeline qcloop-training version {version.name} ({version.version_id}) on "
+        f"pipeline {PIPELINE_NAME} version {version.name} ({version.version_id}) on "
         f"{args.host}: {state}"
     )
     return 0
@@ -254,10 +255,16 @@ def _cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_release(args: argparse.Namespace, settings: Settings) -> int:
-    from components.release import build_release, publish_release, watch_and_release
+    from components.release import (
+        MAX_INT8_DROP,
+        build_release,
+        publish_release,
+        watch_and_release,
+    )
     from qcloop.contracts import Thresholds
 
     thresholds = Thresholds(confidence=args.conf, iou=args.iou, feedback_below=args.feedback_below)
+    max_int8_drop = MAX_INT8_DROP if args.max_int8_drop is None else args.max_int8_drop
     if args.action == "watch":
         watch_and_release(
             settings,
@@ -266,7 +273,7 @@ def _cmd_release(args: argparse.Namespace, settings: Settings) -> int:
             thresholds=thresholds,
             fleet=args.fleet,
             variant=args.variant,
-            max_int8_drop=args.max_int8_drop,
+            max_int8_drop=max_int8_drop,
         )
         return 0
     message = build_release(
@@ -276,7 +283,7 @@ def _cmd_release(args: argparse.Namespace, settings: Settings) -> int:
         thresholds=thresholds,
         fleet=args.fleet,
         variant=args.variant,
-        max_int8_drop=args.max_int8_drop,
+        max_int8_drop=max_int8_drop,
     )
     topic = publish_release(settings, message)
     print(f"released {message.model.name}/{message.model.version} on {topic} ({message.url})")
@@ -487,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-int8-drop",
         type=float,
-        default=0.02,
-        help="int8: refuse it if its test mAP50-95 is more than this below the FP32's",
+        help="int8: refuse it if its test mAP50-95 is more than this below the FP32's "
+        "(default: components.release.MAX_INT8_DROP, 0.02)",
     )
     p.add_argument("--ref", help="version or alias (default: production alias)")
     p.add_argument("--fleet", help="fleet (default: mqtt.fleet)")

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 
 from components import kfp_components as steps
+from components.train import LATEST
 from pipelines.local import compile_to, run_locally
 from qcloop.contracts import EvalMetrics, ModelRecord
 from qcloop.errors import PipelineError
@@ -59,7 +60,7 @@ def placement(task: dsl.PipelineTask, gpu_limit: Any, node_selector: Any, tolera
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Train, export, evaluate, gate and register.")
 def training_pipeline(
-    dataset_version: str = "latest",
+    dataset_version: str = LATEST,
     settings_json: str = "{}",
     epochs: int = 30,
     imgsz: int = 480,

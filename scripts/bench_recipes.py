@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_VARIANTS = "reference,scratch+avg10"
 sys.path.insert(0, str(ROOT))
 
 
@@ -326,7 +327,10 @@ def main() -> int:
     parser.add_argument(
         "--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "metal-tags"
     )
-    parser.add_argument("--variants", default="reference,scratch+avg10")
+    parser.add_argument(
+        "--variants",
+        help=f"comma-separated, the first is the baseline (default {DEFAULT_VARIANTS})",
+    )
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--imgsz", type=int, default=480)
     parser.add_argument("--batch", type=int, default=16)
@@ -355,9 +359,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.summary:
-        return print_summary(args.summary, args.variants if "--variants" in sys.argv else None)
+        return print_summary(args.summary, args.variants)
     try:
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        variants = [v.strip() for v in (args.variants or DEFAULT_VARIANTS).split(",") if v.strip()]
         parsed = {v: parse_variant(v) for v in variants}
         seeds = [int(s) for s in args.seeds.split(",")]
         fold_ids = fold_selection(args.folds, args.fold_ids)
