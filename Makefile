@@ -79,8 +79,8 @@ bench-recipes: ## training recipes vs the reference on one test split (GPU: make
 		--device $(DEVICE) --jobs $(if $(filter cpu,$(DEVICE)),1,6) --seeds $(if $(filter cpu,$(DEVICE)),0,$(GPU_SEEDS))
 
 FOLD_IDS ?= 0,1,2,3,4,5
-bench-recipes-cv: ## the recipes vs the reference, cross-validated over 6 capture folds (GPU: DEVICE=0 FOLD_IDS=0,1,2)
-	$(PY) scripts/bench_recipes.py --variants reference,scratch+avg10 --epochs 150 --folds 6 \
+bench-recipes-cv: ## the recipes and their ensemble vs the reference, cross-validated over 6 capture folds (GPU: DEVICE=0 FOLD_IDS=0,1,2)
+	$(PY) scripts/bench_recipes.py --variants reference,scratch+avg10 --ensemble reference,scratch+avg10 --epochs 150 --folds 6 \
 		--fold-ids $(FOLD_IDS) --seeds 0 --device $(DEVICE) --jobs $(if $(filter cpu,$(DEVICE)),1,6) \
 		--out .qcloop/bench/recipes-cv-folds$(FOLD_IDS)
 

@@ -62,37 +62,50 @@ def train(
 
     ``recipe`` names the hyperparameters (``components.train.RECIPES``); with
     ``average_last`` > 1 the EMA weights of the last epochs are averaged and kept
-    when they do at least as well on the val split.
+    when they do at least as well on the val split. Several recipes joined by commas
+    (``reference,scratch``) train one model each, one after the other: ``model`` is
+    then a folder of ``member-K.pt`` that the export step pools into one ONNX graph.
     """
     import shutil
     import tempfile
     from pathlib import Path
 
-    from components.train import model_config, train_yolo
+    from components.train import model_config, recipe_members, train_yolo
 
+    members = recipe_members(recipe)
+    chosen = []
     with tempfile.TemporaryDirectory(prefix="qcloop-train-") as tmp:
-        best = train_yolo(
-            Path(dataset.path),
-            Path(tmp),
-            epochs=epochs,
-            imgsz=imgsz,
-            batch=batch,
-            seed=seed,
-            device=device,
-            model_cfg=model_config(model_size),
-            patience=patience,
-            recipe=recipe,
-            average_last=average_last,
-        )
-        shutil.copyfile(best, model.path)
+        for index, member in enumerate(members):
+            if len(members) > 1:
+                print(f"[train] ensemble member {index + 1}/{len(members)}: recipe {member}")
+            best = train_yolo(
+                Path(dataset.path),
+                Path(tmp) / f"member-{index}",
+                epochs=epochs,
+                imgsz=imgsz,
+                batch=batch,
+                seed=seed,
+                device=device,
+                model_cfg=model_config(model_size),
+                patience=patience,
+                recipe=member,
+                average_last=average_last,
+            )
+            if len(members) == 1:
+                shutil.copyfile(best, model.path)
+            else:
+                Path(model.path).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(best, Path(model.path) / f"member-{index}.pt")
+            chosen.append(best.name)
     model.metadata.update(
         {
-            "format": "pt",
+            "format": "pt" if len(members) == 1 else "pt-ensemble",
             "imgsz": imgsz,
             "epochs": epochs,
             "model_size": model_size,
             "recipe": recipe,
-            "weights": best.name,
+            "members": len(members),
+            "weights": ",".join(chosen),
         }
     )
 
@@ -113,15 +126,32 @@ def export(
     from components.parity import check_parity
     from components.train import load_manifest
 
-    export_onnx(Path(model.path), Path(onnx_model.path), imgsz=imgsz, dynamic=dynamic)
+    weights = Path(model.path)
+    if weights.is_dir():  # an ensemble (the train step's several recipes): pool the members
+        import tempfile
+
+        from components.ensemble import merge_onnx
+
+        members = sorted(weights.glob("member-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        with tempfile.TemporaryDirectory(prefix="qcloop-members-") as tmp:
+            parts = [
+                export_onnx(m, Path(tmp) / f"{m.stem}.onnx", imgsz=imgsz, dynamic=dynamic)
+                for m in members
+            ]
+            merge_onnx(parts, Path(onnx_model.path))
+    else:
+        members = [weights]
+        export_onnx(weights, Path(onnx_model.path), imgsz=imgsz, dynamic=dynamic)
     root = Path(dataset.path)
     images = [root / i.file for i in load_manifest(root).images if i.split == "test"][:10]
-    parity = check_parity(Path(model.path), Path(onnx_model.path), images, imgsz=imgsz)
+    # an ensemble's graph must give the members' PyTorch outputs, concatenated
+    parity = check_parity(members, Path(onnx_model.path), images, imgsz=imgsz)
     onnx_model.metadata.update(
         {
             "format": "onnx",
             "imgsz": imgsz,
             "dynamic": dynamic,
+            "members": len(members),
             "parity_boxes": parity.boxes,
             "parity_matched": parity.matched,
             "parity_worst_box_px": parity.worst_box_px,

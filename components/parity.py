@@ -103,7 +103,7 @@ def compare_raw(
 
 
 def check_parity(
-    weights: Path,
+    weights: Path | list[Path],
     onnx_path: Path,
     images: list[Path],
     *,
@@ -115,26 +115,34 @@ def check_parity(
     """Compare the two models on ``images``; ``PipelineError`` if too few candidates agree.
 
     Candidates are taken from ``0.8 * conf`` so that a box just under the threshold
-    in one model and just over it in the other is compared, not missed.
+    in one model and just over it in the other is compared, not missed. For an
+    ensemble (components/ensemble.py) ``weights`` lists the members in order: their
+    outputs, concatenated, are what the one ONNX graph must give.
     """
     configure_offline()
     import onnxruntime as ort
     import torch
     from ultralytics import YOLO
 
+    members = [Path(weights)] if isinstance(weights, (str, Path)) else [Path(w) for w in weights]
+    networks = []
     with tempfile.TemporaryDirectory(prefix="qcloop-parity-") as tmp:
-        pt_copy = Path(tmp) / "model.pt"
-        shutil.copyfile(weights, pt_copy)  # ultralytics picks the loader by the suffix
-        network = YOLO(str(pt_copy)).model.float().eval()
+        for index, member in enumerate(members):
+            pt_copy = Path(tmp) / f"model{index}.pt"
+            shutil.copyfile(member, pt_copy)  # ultralytics picks the loader by the suffix
+            networks.append(YOLO(str(pt_copy)).model.float().eval())
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     boxes = matched = 0
     worst_box = worst_score = 0.0
     for image in images:
         tensor = letterboxed_tensor(image, imgsz)
+        outs = []
         with torch.no_grad():
-            out = network(torch.from_numpy(tensor))
-        ref = (out[0] if isinstance(out, (list, tuple)) else out).numpy()
+            for network in networks:
+                out = network(torch.from_numpy(tensor))
+                outs.append((out[0] if isinstance(out, (list, tuple)) else out).numpy())
+        ref = np.concatenate(outs, axis=2)
         other = session.run(None, {name: tensor})[0]
         if ref.shape != other.shape:
             raise PipelineError(

@@ -25,6 +25,7 @@ from qcloop.errors import PipelineError
 from qcloop.settings import Settings
 
 # quantised: /model.22/cv2.0/cv2.0.0/..., /model.22/cv3.1/cv3.1.1/...; the rest of the head is not
+# (in an ensemble each member's nodes carry its prefix, m1/model.22/...: matched without it)
 _QUANTISABLE_HEAD = re.compile(r"^/model\.\d+/cv[23]\.\d+/cv[23]\.\d+\.[01]/")
 _STEM = "/model.0/"  # the first convolution (Conv, Sigmoid, Mul), on the raw image
 
@@ -39,13 +40,27 @@ def head_index(names: list[str]) -> str:
 
 def float_nodes(onnx_path: Path) -> list[str]:
     """Names of the nodes that must stay float: the stem, and the head but its first
-    convolutions."""
+    convolutions (of each member, in an ensemble)."""
     import onnx
 
+    from components.ensemble import member_prefix
+
     names = [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node]
-    head = head_index(names)
-    stem = [n for n in names if n.startswith(_STEM)]
-    return stem + [n for n in names if n.startswith(head) and not _QUANTISABLE_HEAD.match(n)]
+    members: dict[str, list[str]] = {}
+    for name in names:
+        prefix = member_prefix(name)
+        members.setdefault(prefix, []).append(name[len(prefix) :])
+    yolo = {p: own for p, own in members.items() if any(n.startswith("/model.") for n in own)}
+    if not yolo:
+        head_index(names)  # the error naming what is missing
+    # an ensemble's own nodes (the Concat pooling the members' boxes and scores) stay float:
+    # one scale for pixels and scores zeroes the scores, as in a quantised head
+    keep = [n for prefix, own in members.items() if prefix not in yolo for n in own]
+    for prefix, own in yolo.items():
+        head = head_index(own)
+        keep += [prefix + n for n in own if n.startswith(_STEM)]
+        keep += [prefix + n for n in own if n.startswith(head) and not _QUANTISABLE_HEAD.match(n)]
+    return keep
 
 
 class _Calibration:

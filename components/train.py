@@ -176,6 +176,29 @@ def recipe_overrides(recipe: str) -> dict[str, Any]:
     return dict(RECIPES[recipe])
 
 
+def recipe_members(recipe: str) -> list[str]:
+    """The recipes of ``recipe``: one name, or ``"reference,scratch"`` for an ensemble.
+
+    Each member of an ensemble is trained with its own recipe (and the run's seed)
+    and the members are pooled into one ONNX graph (components/ensemble.py).
+    ``PipelineError`` for an unknown name, an empty member or a repeated one.
+    """
+    members = [part.strip() for part in str(recipe).split(",")]
+    if not all(members):
+        raise PipelineError(
+            f"recipe {recipe!r}: an empty member; write one recipe, or several joined by "
+            "commas for an ensemble (e.g. reference,scratch)"
+        )
+    if len(set(members)) != len(members):
+        raise PipelineError(
+            f"recipe {recipe!r}: a recipe named twice; with the same seed it trains the "
+            "same model again, which adds nothing to an ensemble"
+        )
+    for member in members:
+        recipe_overrides(member)
+    return members
+
+
 class EmaWindow:
     """Keep the EMA weights of the last ``size`` epochs on disk (a training callback).
 

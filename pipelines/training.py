@@ -193,12 +193,12 @@ def check_params(params: dict[str, Any]) -> None:
     A run started from the Kubeflow UI comes through no client: there the train step
     refuses an unknown model size, and an approval other than ``auto`` moves no alias.
     """
-    from components.train import model_config, recipe_overrides
+    from components.train import model_config, recipe_members
 
     if "model_size" in params:
         model_config(str(params["model_size"]))
     if "recipe" in params:
-        recipe_overrides(str(params["recipe"]))
+        recipe_members(str(params["recipe"]))
     if int(params.get("average_last", 0)) < 0:
         raise PipelineError(
             f"average_last {params['average_last']}: use 0 (off) or the number of last "

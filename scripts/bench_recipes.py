@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_recipes.py [--data DIR] [--variants reference,scratch+avg10]
         [--epochs 150] [--imgsz 480] [--batch 16] [--patience 50] [--device cpu|0]
         [--seeds 0] [--folds K [--fold-ids 0,1]] [--jobs 1] [--workers N]
-        [--out .qcloop/bench/recipes]
+        [--ensemble reference,scratch+avg10] [--reuse] [--out .qcloop/bench/recipes]
     .venv/bin/python scripts/bench_recipes.py --summary RESULTS.json [RESULTS.json ...]
 
 Each variant is ``RECIPE`` or ``RECIPE+avgK`` (the EMA weights of the last K epochs
@@ -31,6 +31,14 @@ no capture is ever in two splits. Every (variant, seed, fold) is one run
 The table then also gives each variant's paired difference to the baseline (same
 seed, same fold) with its standard error: the figure that says whether a recipe
 beats the baseline by more than the noise of one small test split.
+
+``--ensemble A,B`` also scores, for every (seed, fold), the runs of variants A and B
+pooled into one ONNX graph (components/ensemble.py: what ``qcloop train --recipe a,b``
+registers) on the same test split: a row ``ensemble(A,B)`` whose train time is the
+members' sum. ``--reuse`` takes the figures of every run whose folder under ``--out``
+holds its ``result.json`` (an earlier call's, or a GPU machine's run fetched here)
+instead of training it again, exporting its ONNX from its weights if missing: e.g. to
+add an ensemble to finished runs.
 
 ``--summary`` prints the table of earlier runs' ``results.json`` files together
 (e.g. the two halves of a cross-validation run in two calls), trains nothing;
@@ -158,6 +166,14 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     from components.train import train_yolo
 
     out = Path(job["out"])
+    saved = out / "result.json"
+    if job.get("reuse") and saved.is_file():  # trained by an earlier call: score it again
+        result = json.loads(saved.read_text())
+        if not (out / "model.onnx").is_file():
+            weights = out / "run" / "weights" / result["weights"]
+            export_onnx(weights, out / "model.onnx", imgsz=job["imgsz"])
+        print(f"bench_recipes: {out.name}: reused (--reuse)", flush=True)
+        return result
     started = time.perf_counter()
     weights = train_yolo(
         Path(job["dataset"]),
@@ -193,7 +209,49 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
                 best_onnx, Path(job["dataset"]), imgsz=job["imgsz"], split="test"
             )
             result["best_pt_map50_95"] = best_metrics.map50_95
+    saved.write_text(json.dumps(result, indent=2))
     return result
+
+
+def ensemble_name(members: list[str]) -> str:
+    """The table's name of the ensemble of ``members`` (variants)."""
+    return f"ensemble({','.join(members)})"
+
+
+def score_ensembles(
+    jobs: list[dict[str, Any]], results: list[dict[str, Any]], members: list[str], out: Path
+) -> list[dict[str, Any]]:
+    """For every (seed, fold) whose ``members`` runs all succeeded: their ONNX files pooled
+    into one graph (components/ensemble.py, what ``qcloop train --recipe a,b`` registers),
+    scored on the same test split. One result row each, or its error."""
+    from components.ensemble import merge_onnx
+    from components.evaluate import evaluate_onnx
+
+    name = ensemble_name(members)
+    runs = {(j["variant"], run_key(j)): j for j in jobs}
+    ok = {(r["variant"], run_key(r)) for r in results if "error" not in r}
+    rows = []
+    for key in sorted({run_key(j) for j in jobs}):
+        seed, fold = key
+        labels = {"variant": name, "seed": seed, **({} if fold < 0 else {"fold": fold})}
+        if not all((m, key) in ok for m in members):
+            rows.append({**labels, "error": "a member run failed or is missing"})
+            continue
+        parts = [Path(runs[(m, key)]["out"]) / "model.onnx" for m in members]
+        job = runs[(members[0], key)]
+        where = out / (f"ensemble-seed{seed}" + ("" if fold < 0 else f"-fold{fold}"))
+        try:
+            merged = merge_onnx(parts, where / "model.onnx")
+            metrics = evaluate_onnx(merged, Path(job["dataset"]), imgsz=job["imgsz"])
+        except Exception as exc:  # noqa: BLE001 - keep the other keys' figures
+            rows.append({**labels, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        train_s = sum(
+            float(r["train_s"]) for r in results if r["variant"] in members and run_key(r) == key
+        )
+        rows.append({**labels, "weights": "model.onnx", "train_s": train_s, **metrics.model_dump()})
+        print(f"bench_recipes: {name} seed {seed} fold {fold}: {json.dumps(rows[-1])}", flush=True)
+    return rows
 
 
 def run_all(jobs: list[dict[str, Any]], parallel: int, results_path: Path) -> list[dict[str, Any]]:
@@ -353,6 +411,16 @@ def main() -> int:
         default=None,
         help="data-loading processes per run (default: the pipeline's; cores/jobs on a GPU)",
     )
+    parser.add_argument(
+        "--ensemble",
+        help="comma-separated variants (of --variants) whose models are also scored pooled "
+        "into one ONNX, per seed and fold (what qcloop train --recipe a,b registers)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="a run whose folder under --out holds its result.json is not trained again",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / ".qcloop" / "bench" / "recipes")
     parser.add_argument(
         "--summary", type=Path, nargs="+", help="print the table of these results.json files"
@@ -365,6 +433,12 @@ def main() -> int:
         parsed = {v: parse_variant(v) for v in variants}
         seeds = [int(s) for s in args.seeds.split(",")]
         fold_ids = fold_selection(args.folds, args.fold_ids)
+        members = [v.strip() for v in args.ensemble.split(",")] if args.ensemble else []
+        if members and (len(members) < 2 or not set(members) <= set(variants)):
+            raise ValueError(
+                f"--ensemble {args.ensemble}: name 2 or more of the variants "
+                f"({', '.join(variants)})"
+            )
     except Exception as exc:  # noqa: BLE001 - one clear line for any bad option
         print(f"bench_recipes: {exc}", file=sys.stderr)
         return 2
@@ -403,6 +477,7 @@ def main() -> int:
                 "patience": args.patience,
                 "device": args.device,
                 "workers": workers,
+                "reuse": args.reuse,
             }
             for fold, data in datasets.items()
             for variant, (recipe, avg) in parsed.items()
@@ -410,6 +485,10 @@ def main() -> int:
         ]
         print(f"bench_recipes: {len(jobs)} runs ({args.jobs} at once) on {dataset}", flush=True)
         results = run_all(jobs, args.jobs, args.out / "results.json")
+        if members:
+            results += score_ensembles(jobs, results, members, args.out.resolve())
+            (args.out / "results.json").write_text(json.dumps(results, indent=2))
+            variants.append(ensemble_name(members))
     where = (
         f"test splits of folds {','.join(map(str, fold_ids))} of {args.folds} by capture"
         if fold_ids

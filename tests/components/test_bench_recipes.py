@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from components.export import onnx_metadata
 from qcloop.contracts import DatasetManifest
 from tests.components.datasets import build_dataset, captures
 
@@ -176,19 +177,39 @@ def test_bench_recipes_cross_validates_by_capture(metal_tags: Path, tmp_path: Pa
     # given a dataset version of three real captures
     data = tmp_path / "v1"
     build_dataset(metal_tags, data, {"train": 1, "val": 1, "test": 1})
-    # when one variant runs on two of three folds, one epoch each
+    # when two variants run on two of three folds, one epoch each, with their ensemble
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_recipes.py"), "--data", str(data)]
-    cmd += ["--variants", "reference", "--folds", "3", "--fold-ids", "0,2", "--epochs", "1"]
-    cmd += ["--imgsz", "160", "--batch", "4", "--out", str(out)]
+    cmd += ["--variants", "reference,scratch", "--folds", "3", "--fold-ids", "0,2"]
+    cmd += ["--epochs", "1", "--imgsz", "160", "--batch", "4", "--out", str(out)]
+    cmd += ["--ensemble", "reference,scratch"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    # then each fold was tested on its own capture
+    # then each fold was tested on its own capture, the ensemble on the same ones
     results = json.loads((out / "results.json").read_text())
-    assert [(r["fold"], r["images"]) for r in results] == [(0, 4), (2, 4)]
+    ensemble = "ensemble(reference,scratch)"
+    assert [(r["variant"], r["fold"], r["images"]) for r in results] == [
+        ("reference", 0, 4),
+        ("scratch", 0, 4),
+        ("reference", 2, 4),
+        ("scratch", 2, 4),
+        (ensemble, 0, 4),
+        (ensemble, 2, 4),
+    ]
     assert (out / "reference-seed0-fold2" / "model.onnx").is_file()
-    assert "| reference | 2 |" in done.stdout
+    pooled = out / "ensemble-seed0-fold2" / "model.onnx"
+    assert onnx_metadata(pooled)["qcloop_members"] == 2
+    assert "| reference | 2 |" in done.stdout and f"| {ensemble} | 2 |" in done.stdout
     assert "test splits of folds 0,2 of 3 by capture" in done.stdout
+    # and a second call with --reuse trains nothing: the runs' figures come back as saved
+    (out / "reference-seed0-fold0" / "model.onnx").unlink()  # exported again from weights
+    again = subprocess.run(
+        cmd + ["--reuse"], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reused (--reuse)") == 4 and "[train]" not in again.stdout
+    assert json.loads((out / "results.json").read_text())[:4] == results[:4]
+    assert (out / "reference-seed0-fold0" / "model.onnx").is_file()
 
 
 def test_summary_tables_saved_results_of_several_calls_together(tmp_path: Path) -> None:
@@ -222,3 +243,8 @@ def test_bench_recipes_refuses_a_bad_variant(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_recipes.py"), "--variants", "fancy"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "recipe 'fancy'" in done.stderr
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_recipes.py"), "--ensemble", "scratch"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--ensemble scratch: name 2 or more of the variants" in (
+        done.stderr
+    )

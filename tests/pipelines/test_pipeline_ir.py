@@ -152,6 +152,9 @@ def test_bad_model_size_or_approval_is_refused_before_any_step(tmp_path: Path) -
     with pytest.raises(PipelineError, match="average_last -1: use 0"):
         check_params({"average_last": -1})
     check_params({"recipe": "scratch", "average_last": 10, "model_size": "s"})
+    check_params({"recipe": "reference,scratch"})  # an ensemble of one model per recipe
+    with pytest.raises(PipelineError, match="named twice"):
+        check_params({"recipe": "scratch,scratch"})
     settings = Settings(home=tmp_path, store=StoreSettings(path=tmp_path / "store"))
     with pytest.raises(PipelineError, match="approval 'sometimes'"):
         submit(

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
+from components.export import onnx_metadata
 from components.registry import get_model_record
 from pipelines.training import compile_pipeline, run_local
 from qcloop.contracts import EvalMetrics, ModelRecord
@@ -148,8 +150,9 @@ def test_run_local_registers_a_model_that_passes_the_gate(
         version="1",
         approved_by="test",
     )
-    # the next run: YOLOv8n with patience 3 and the scratch recipe (weights of the last 2
-    # epochs averaged), approved by the pipeline itself
+    # the next run: an ensemble of a scratch-recipe model (weights of the last 2 epochs
+    # averaged) and a reference one, YOLOv8n with patience 3, with its INT8, approved by
+    # the pipeline itself
     again = _run(
         settings,
         tmp_path,
@@ -159,8 +162,9 @@ def test_run_local_registers_a_model_that_passes_the_gate(
         model_size="n",
         patience=3,
         approval="auto",
-        recipe="scratch",
+        recipe="scratch,reference",
         average_last=2,
+        int8=True,
     )
     assert "and >= production" in str(again["gate_reason"]), again["gate_reason"]
     assert again["model_record"]["version"] == "2"
@@ -176,7 +180,15 @@ def test_run_local_registers_a_model_that_passes_the_gate(
     assert get_model_record(uri, "detector", "production").version == "2"
     params = lineage(uri, "detector", "2")["params"]
     assert (params["model_size"], params["patience"]) == ("n", "3")
-    assert (params["recipe"], params["average_last"]) == ("scratch", "2")
+    assert (params["recipe"], params["average_last"]) == ("scratch,reference", "2")
+    # one ONNX graph holding both members, and its INT8, each served as any model
+    ensemble = get_model_record(uri, "detector", "2")
+    for variant in ("fp32", "int8"):
+        onnx_file = download_onnx(uri, ensemble, tmp_path / f"ens-{variant}", variant)
+        assert onnx_metadata(onnx_file)["qcloop_members"] == 2, variant
+        detector = Detector(onnx_file)
+        detector.warmup()
+        assert detector.raw_output(np.zeros((1, 3, 160, 160), np.float32)).shape == (1, 5, 2 * 525)
 
 
 @pytest.mark.integration
