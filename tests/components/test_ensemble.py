@@ -36,7 +36,7 @@ def second_weights(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
     for key in ("model", "ema"):
         if ckpt.get(key) is not None:
             for branch in ckpt[key].model[-1].cv3:  # the detect head's class branches
-                branch[-1].bias.data += 2.0
+                branch[-1].bias.data += 8.0
     torch.save(ckpt, out / "second.pt")
     return out / "second.pt"
 
