@@ -167,7 +167,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
     out = Path(job["out"])
     saved = out / "result.json"
-    if job.get("reuse") and saved.is_file():  # trained by an earlier call: score it again
+    if job.get("reuse") and saved.is_file():  # trained by an earlier call: its figures stand
         result = json.loads(saved.read_text())
         if not (out / "model.onnx").is_file():
             weights = out / "run" / "weights" / result["weights"]
