@@ -53,6 +53,16 @@ def merge_onnx(members: list[Path], out_path: Path) -> Path:
             )
         if [o.version for o in model.opset_import] != [o.version for o in first.opset_import]:
             raise PipelineError(f"{path}: another opset than {members[0]}; export both again")
+        if _meta(model).get("names") != _meta(first).get("names"):
+            raise PipelineError(
+                f"{path}: class names {_meta(model).get('names')} differ from {members[0]}'s "
+                f"{_meta(first).get('names')}; ensemble members need the same classes"
+            )
+    for path, model in zip(members, models, strict=True):
+        if MEMBERS_KEY in _meta(model):
+            raise PipelineError(
+                f"{path}: already an ensemble; pool the single models it was made of instead"
+            )
     input_info = first.graph.input[0]
     nodes, initializers, outputs = [], [], []
     for index, model in enumerate(models):
@@ -95,6 +105,11 @@ def merge_onnx(members: list[Path], out_path: Path) -> Path:
     onnx.save(merged, str(out_path))
     print(f"[ensemble] {len(models)} members -> {out_path} ({len(nodes)} nodes)")
     return out_path
+
+
+def _meta(model: object) -> dict[str, str]:
+    """The metadata of an ONNX model as text values."""
+    return {p.key: p.value for p in model.metadata_props}  # type: ignore[attr-defined]
 
 
 def _signature(model: object) -> tuple[list[object], list[object]]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -102,6 +103,16 @@ def test_members_must_share_the_input(
     with pytest.raises(PipelineError, match="2 or more members"):
         merge_onnx(members[:1], tmp_path / "one.onnx")
     assert not (tmp_path / "bad.onnx").exists()
+    relabelled = onnx.load(str(members[1]))
+    for prop in relabelled.metadata_props:
+        if prop.key == "names":
+            prop.value = "{0: 'dent'}"
+    onnx.save(relabelled, str(tmp_path / "dent.onnx"))
+    with pytest.raises(PipelineError, match="dent.onnx: class names .* need the same classes"):
+        merge_onnx([members[0], tmp_path / "dent.onnx"], tmp_path / "bad.onnx")
+    merge_onnx(members, tmp_path / "pair.onnx")
+    with pytest.raises(PipelineError, match="pair.onnx: already an ensemble"):
+        merge_onnx([members[0], tmp_path / "pair.onnx"], tmp_path / "bad.onnx")
 
 
 def test_int8_keeps_each_members_stem_and_head_float(
