@@ -25,6 +25,32 @@ MEMBER_PREFIX = re.compile(r"^(m\d+)(?=/)")
 MEMBERS_KEY = "qcloop_members"  # ONNX metadata: the member count of an ensemble
 
 
+def member_file(folder: Path, index: int) -> Path:
+    """Where the train step keeps member ``index``'s weights (``member-K.pt``)."""
+    return Path(folder) / f"member-{index}.pt"
+
+
+def member_weights(folder: Path) -> list[Path]:
+    """The members' weights in ``folder`` in member order (``member_file``)."""
+    return sorted(Path(folder).glob("member-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def export_ensemble(
+    weights: list[Path], out_path: Path, *, imgsz: int, dynamic: bool = False
+) -> Path:
+    """Export each member's ``.pt`` to ONNX and pool them into ``out_path`` (``merge_onnx``)."""
+    import tempfile
+
+    from components.export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="qcloop-members-") as tmp:
+        parts = [
+            export_onnx(w, Path(tmp) / f"member-{k}.onnx", imgsz=imgsz, dynamic=dynamic)
+            for k, w in enumerate(weights)
+        ]
+        return merge_onnx(parts, out_path)
+
+
 def member_prefix(name: str) -> str:
     """``"m1"`` for a node of member 1 of an ensemble, ``""`` for a single model's node."""
     match = MEMBER_PREFIX.match(name)
@@ -45,7 +71,11 @@ def merge_onnx(members: list[Path], out_path: Path) -> Path:
     models = [onnx.load(str(path)) for path in members]
     first = models[0]
     signature = _signature(first)
-    for path, model in zip(members[1:], models[1:], strict=True):
+    for path, model in zip(members, models, strict=True):
+        if MEMBERS_KEY in _meta(model):
+            raise PipelineError(
+                f"{path}: already an ensemble; pool the single models it was made of instead"
+            )
         if _signature(model) != signature:
             raise PipelineError(
                 f"{path}: input/output {_signature(model)} differ from {members[0]}'s "
@@ -57,11 +87,6 @@ def merge_onnx(members: list[Path], out_path: Path) -> Path:
             raise PipelineError(
                 f"{path}: class names {_meta(model).get('names')} differ from {members[0]}'s "
                 f"{_meta(first).get('names')}; ensemble members need the same classes"
-            )
-    for path, model in zip(members, models, strict=True):
-        if MEMBERS_KEY in _meta(model):
-            raise PipelineError(
-                f"{path}: already an ensemble; pool the single models it was made of instead"
             )
     input_info = first.graph.input[0]
     nodes, initializers, outputs = [], [], []

@@ -70,6 +70,7 @@ def train(
     import tempfile
     from pathlib import Path
 
+    from components.ensemble import member_file
     from components.train import model_config, recipe_members, train_yolo
 
     members = recipe_members(recipe)
@@ -95,7 +96,7 @@ def train(
                 shutil.copyfile(best, model.path)
             else:
                 Path(model.path).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(best, Path(model.path) / f"member-{index}.pt")
+                shutil.copyfile(best, member_file(Path(model.path), index))
             chosen.append(best.name)
     model.metadata.update(
         {
@@ -128,17 +129,10 @@ def export(
 
     weights = Path(model.path)
     if weights.is_dir():  # an ensemble (the train step's several recipes): pool the members
-        import tempfile
+        from components.ensemble import export_ensemble, member_weights
 
-        from components.ensemble import merge_onnx
-
-        members = sorted(weights.glob("member-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-        with tempfile.TemporaryDirectory(prefix="qcloop-members-") as tmp:
-            parts = [
-                export_onnx(m, Path(tmp) / f"{m.stem}.onnx", imgsz=imgsz, dynamic=dynamic)
-                for m in members
-            ]
-            merge_onnx(parts, Path(onnx_model.path))
+        members = member_weights(weights)
+        export_ensemble(members, Path(onnx_model.path), imgsz=imgsz, dynamic=dynamic)
     else:
         members = [weights]
         export_onnx(weights, Path(onnx_model.path), imgsz=imgsz, dynamic=dynamic)
