@@ -101,7 +101,9 @@ def merge_onnx(members: list[Path], out_path: Path) -> Path:
     output_info = first.graph.output[0]
     nodes.append(helper.make_node("Concat", outputs, [output_info.name], axis=2, name="ensemble"))
     dims = [d.dim_value or d.dim_param for d in output_info.type.tensor_type.shape.dim]
-    anchors = dims[2] * len(models) if isinstance(dims[2], int) and dims[2] else "anchors"
+    # the members' anchors add up (they differ where a member has another head, e.g. n-p2)
+    counts = [m.graph.output[0].type.tensor_type.shape.dim[2].dim_value for m in models]
+    anchors: int | str = sum(counts) if all(counts) else "anchors"
     graph = helper.make_graph(
         nodes,
         "qcloop-ensemble",

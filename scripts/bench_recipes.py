@@ -2,16 +2,18 @@
 """Training recipes against each other: train, export and score each on the same test split.
 
     .venv/bin/python scripts/bench_recipes.py [--data DIR] [--variants reference,scratch+avg10]
-        [--epochs 150] [--imgsz 480] [--batch 16] [--patience 50] [--device cpu|0]
+        [--epochs 150] [--imgsz 480] [--model-size n] [--batch 16] [--patience 50] [--device cpu|0]
         [--seeds 0] [--folds K [--fold-ids 0,1]] [--jobs 1] [--workers N]
         [--ensemble reference,scratch+avg10] [--reuse] [--out .qcloop/bench/recipes]
     .venv/bin/python scripts/bench_recipes.py --summary RESULTS.json [RESULTS.json ...]
 
-Each variant is ``RECIPE`` or ``RECIPE+avgK`` (the EMA weights of the last K epochs
-averaged, kept when as good on val): the same ``components.train.train_yolo``,
+Each variant is ``RECIPE[@SIZE][+avgK]``: a recipe of ``components.train.RECIPES``,
+the model size (default ``--model-size``; e.g. ``scratch@n-p2``, YOLOv8n with a
+stride-4 head) and, with ``+avgK``, the EMA weights of the last K epochs averaged
+(kept when as good on val): the same ``components.train.train_yolo``,
 ``export_onnx`` and ``evaluate_onnx`` the training pipeline runs, so a figure here
-is what ``qcloop train --recipe R --average-last K`` would register. ``--data`` is a
-dataset version folder (``qcloop dataset pull v1 --out DIR``: its capture-grouped
+is what ``qcloop train --recipe R --model-size SIZE --average-last K`` would register.
+``--data`` is a dataset version folder (``qcloop dataset pull v1 --out DIR``: its capture-grouped
 splits are used as they are) or a plain YOLO folder, imported here into a throw-away
 workspace the way ``qcloop dataset import`` splits it (default
 ../shared/datasets/metal-tags). Every variant is trained once per seed; ``--jobs``
@@ -66,15 +68,19 @@ DEFAULT_VARIANTS = "reference,scratch+avg10"
 sys.path.insert(0, str(ROOT))
 
 
-def parse_variant(text: str) -> tuple[str, int]:
-    """``"scratch+avg10"`` -> ``("scratch", 10)``; ``"reference"`` -> ``("reference", 0)``."""
-    from components.train import recipe_overrides
+def parse_variant(text: str, model_size: str = "n") -> tuple[str, int, str]:
+    """``"scratch+avg10"`` -> ``("scratch", 10, model_size)``;
+    ``"scratch@n-p2"`` -> ``("scratch", 0, "n-p2")``: (recipe, epochs averaged, model size)."""
+    from components.train import model_config, recipe_overrides
 
-    recipe, sep, avg = text.partition("+avg")
+    head, sep, avg = text.partition("+avg")
+    recipe, at, size = head.partition("@")
     recipe_overrides(recipe)  # a PipelineError naming the recipes
     if sep and not (avg.isdigit() and int(avg) > 1):
         raise ValueError(f"variant {text!r}: write RECIPE+avgK with K > 1, e.g. scratch+avg10")
-    return recipe, int(avg or 0)
+    if at:
+        model_config(size)  # a PipelineError naming the sizes
+    return recipe, int(avg or 0), size if at else model_size
 
 
 def dataset_folder(data: Path, work: Path) -> Path:
@@ -163,7 +169,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train, export and score one (variant, seed); the figures as a dict."""
     from components.evaluate import evaluate_onnx
     from components.export import export_onnx
-    from components.train import train_yolo
+    from components.train import model_config, train_yolo
 
     out = Path(job["out"])
     saved = out / "result.json"
@@ -185,6 +191,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         seed=job["seed"],
         patience=job["patience"],
         recipe=job["recipe"],
+        model_cfg=model_config(job["model_size"]),
         average_last=job["average_last"],
         workers=job.get("workers"),
     )
@@ -195,6 +202,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "variant": job["variant"],
         "seed": job["seed"],
         **({"fold": job["fold"]} if "fold" in job else {}),
+        "model_size": job["model_size"],
         "weights": weights.name,
         "train_s": round(train_s, 1),
         **metrics.model_dump(),
@@ -391,6 +399,9 @@ def main() -> int:
     )
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--imgsz", type=int, default=480)
+    parser.add_argument(
+        "--model-size", default="n", help="of the variants without @SIZE: n, s, n-p2, s-p2"
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--patience", type=int, default=50)
     parser.add_argument("--device", default="cpu")
@@ -430,7 +441,10 @@ def main() -> int:
         return print_summary(args.summary, args.variants)
     try:
         variants = [v.strip() for v in (args.variants or DEFAULT_VARIANTS).split(",") if v.strip()]
-        parsed = {v: parse_variant(v) for v in variants}
+        parsed = {v: parse_variant(v, args.model_size) for v in variants}
+        from components.train import model_config
+
+        model_config(args.model_size)  # a PipelineError naming the sizes
         seeds = [int(s) for s in args.seeds.split(",")]
         fold_ids = fold_selection(args.folds, args.fold_ids)
         members = [v.strip() for v in args.ensemble.split(",")] if args.ensemble else []
@@ -464,6 +478,7 @@ def main() -> int:
                 "variant": variant,
                 "recipe": recipe,
                 "average_last": avg,
+                "model_size": size,
                 "seed": seed,
                 **({} if fold is None else {"fold": fold}),
                 "dataset": str(data),
@@ -480,7 +495,7 @@ def main() -> int:
                 "reuse": args.reuse,
             }
             for fold, data in datasets.items()
-            for variant, (recipe, avg) in parsed.items()
+            for variant, (recipe, avg, size) in parsed.items()
             for seed in seeds
         ]
         print(f"bench_recipes: {len(jobs)} runs ({args.jobs} at once) on {dataset}", flush=True)
@@ -495,7 +510,9 @@ def main() -> int:
         else "test split"
     )
     print(
-        f"{args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch}, device {args.device}, "
+        f"{args.epochs} epochs, imgsz {args.imgsz}, model size {args.model_size}"
+        + (" (but where a variant names its @SIZE)" if any("@" in v for v in variants) else "")
+        + f", batch {args.batch}, device {args.device}, "
         f"seeds {args.seeds}; {where} of {args.data}"
     )
     print("\n".join(summarise(results, variants)))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 
 from components.export import onnx_metadata
@@ -20,13 +21,17 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_recipes  # noqa: E402
 
 
-def test_variants_are_a_recipe_and_an_optional_average() -> None:
+def test_variants_are_a_recipe_an_optional_model_size_and_average() -> None:
     from qcloop.errors import PipelineError
 
-    assert bench_recipes.parse_variant("reference") == ("reference", 0)
-    assert bench_recipes.parse_variant("scratch+avg10") == ("scratch", 10)
+    assert bench_recipes.parse_variant("reference") == ("reference", 0, "n")
+    assert bench_recipes.parse_variant("scratch+avg10") == ("scratch", 10, "n")
+    assert bench_recipes.parse_variant("scratch", "s") == ("scratch", 0, "s")
+    assert bench_recipes.parse_variant("scratch@n-p2+avg5", "s") == ("scratch", 5, "n-p2")
     with pytest.raises(PipelineError, match="recipe 'mosaic9'"):
         bench_recipes.parse_variant("mosaic9")
+    with pytest.raises(PipelineError, match="model_size 'm': use one of n, s, n-p2, s-p2"):
+        bench_recipes.parse_variant("scratch@m")
     for bad in ("scratch+avg", "scratch+avg1", "scratch+avgx"):
         with pytest.raises(ValueError, match="RECIPE\\+avgK with K > 1"):
             bench_recipes.parse_variant(bad)
@@ -177,30 +182,41 @@ def test_bench_recipes_cross_validates_by_capture(metal_tags: Path, tmp_path: Pa
     # given a dataset version of three real captures
     data = tmp_path / "v1"
     build_dataset(metal_tags, data, {"train": 1, "val": 1, "test": 1})
-    # when two variants run on two of three folds, one epoch each, with their ensemble
+    # when two variants (the second with a stride-4 head) run on two of three folds,
+    # one epoch each, with their ensemble
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_recipes.py"), "--data", str(data)]
-    cmd += ["--variants", "reference,scratch", "--folds", "3", "--fold-ids", "0,2"]
+    cmd += ["--variants", "reference,scratch@n-p2", "--folds", "3", "--fold-ids", "0,2"]
     cmd += ["--epochs", "1", "--imgsz", "160", "--batch", "4", "--out", str(out)]
-    cmd += ["--ensemble", "reference,scratch"]
+    cmd += ["--ensemble", "reference,scratch@n-p2"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     # then each fold was tested on its own capture, the ensemble on the same ones
     results = json.loads((out / "results.json").read_text())
-    ensemble = "ensemble(reference,scratch)"
+    ensemble = "ensemble(reference,scratch@n-p2)"
     assert [(r["variant"], r["fold"], r["images"]) for r in results] == [
         ("reference", 0, 4),
-        ("scratch", 0, 4),
+        ("scratch@n-p2", 0, 4),
         ("reference", 2, 4),
-        ("scratch", 2, 4),
+        ("scratch@n-p2", 2, 4),
         (ensemble, 0, 4),
         (ensemble, 2, 4),
     ]
+    assert [r.get("model_size") for r in results[:2]] == ["n", "n-p2"]
+    assert "[train] yolov8n-p2.yaml: 1 epochs" in done.stdout
     assert (out / "reference-seed0-fold2" / "model.onnx").is_file()
     pooled = out / "ensemble-seed0-fold2" / "model.onnx"
     assert onnx_metadata(pooled)["qcloop_members"] == 2
+    # the members differ in their anchors (strides 8-32 and 4-32): pooled all the same
+    models = [out / f"{v}-seed0-fold2" / "model.onnx" for v in ("reference", "scratch@n-p2")]
+    anchors = [
+        onnx.load(str(p)).graph.output[0].type.tensor_type.shape.dim[2].dim_value
+        for p in [*models, pooled]
+    ]
+    assert anchors == [525, 525 + 1600, 525 + 2125]
     assert "| reference | 2 |" in done.stdout and f"| {ensemble} | 2 |" in done.stdout
     assert "test splits of folds 0,2 of 3 by capture" in done.stdout
+    assert "model size n (but where a variant names its @SIZE)" in done.stdout
     # and a second call with --reuse trains nothing: the runs' figures come back as saved
     (out / "reference-seed0-fold0" / "model.onnx").unlink()  # exported again from weights
     again = subprocess.run(
