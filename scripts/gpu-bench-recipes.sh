@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# scripts/bench_recipes.py on a lent GPU machine (the session tool `device`), offline.
+#
+#   bash scripts/gpu-bench-recipes.sh prepare   # here, once: .whl/ and .devdata/ (git-ignored)
+#   # then, with the device tool (carry [".whl", ".devdata"], timeout_s 600):
+#   VARIANTS=scratch@n-p2 FOLDS=6 FOLD_IDS=0,1,2,3,4,5 RETURN=scratch@n-p2 LIMIT=540 \
+#     bash scripts/gpu-bench-recipes.sh run
+#
+# The GPU machine has Python 3.12 with torch and CUDA but no ultralytics and no network:
+# `prepare` downloads ultralytics and what it needs beyond torch as py3.12 wheels (36 MB),
+# and pulls dataset version v1 into .devdata/dataset. `run` installs the wheels into
+# /tmp/site, trains with bench_recipes.py under `timeout $LIMIT`, and leaves in $OUT:
+# results.json, the gzipped log, and a tar (split in 15 MB parts) of the result.json
+# and model.onnx of the runs of the variants in RETURN (comma-separated; default none).
+# Back here, unpack it under an --out folder beside earlier runs and score more, e.g. an
+# ensemble, without training: scripts/bench_recipes.py ... --reuse --ensemble A,B.
+# env for run: VARIANTS EPOCHS(150) JOBS(6) SEEDS(0) FOLDS(0) FOLD_IDS LIMIT(500) RETURN
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+prepare() {
+  local py=.venv/bin/python
+  mkdir -p .whl
+  "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl \
+    ultralytics==8.4.190 ultralytics-thop==2.2.3 ultralytics-platform==0.1.99 \
+    pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+    onnxslim==0.1.98 polars==1.20.0
+  if [ ! -f .devdata/dataset/manifest.json ]; then
+    local ws
+    ws=$(mktemp -d /tmp/qcloop-gpu-prep-XXXX)
+    (cd "$ws" && "$OLDPWD/.venv/bin/qcloop" dataset import "$OLDPWD/../shared/datasets/metal-tags" \
+      && "$OLDPWD/.venv/bin/qcloop" dataset pull v1 --out "$OLDPWD/.devdata/dataset")
+    rm -rf "$ws"
+  fi
+  du -sh .whl .devdata
+}
+
+run() {
+  local t0 out=/tmp/recipes folds=()
+  t0=$(date +%s)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 YOLO_OFFLINE=1
+  echo "install $(($(date +%s) - t0)) s"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  python3 -c "import torch, ultralytics; print('torch', torch.__version__, 'ultralytics', ultralytics.__version__, torch.cuda.is_available())"
+  if [ "${FOLDS:-0}" != 0 ]; then folds=(--folds "$FOLDS" --fold-ids "$FOLD_IDS"); fi
+  set +e
+  timeout "${LIMIT:-500}" python3 scripts/bench_recipes.py --data .devdata/dataset \
+    --variants "${VARIANTS:-reference,scratch+avg10}" --epochs "${EPOCHS:-150}" --device 0 \
+    --jobs "${JOBS:-6}" --seeds "${SEEDS:-0}" "${folds[@]}" --out "$out" 2>&1 |
+    tee /tmp/bench.log | grep -v "^ *[0-9]*/[0-9]* " | tail -n 60
+  echo "bench rc ${PIPESTATUS[0]} after $(($(date +%s) - t0)) s"
+  set -e
+  gzip -c /tmp/bench.log >"$OUT/bench.log.gz"
+  cp "$out/results.json" "$OUT/results.json" 2>/dev/null || true
+  local keep=()
+  for variant in $(tr , " " <<<"${RETURN:-}"); do
+    for dir in "$out/$variant"-seed*; do
+      [ -f "$dir/result.json" ] && keep+=("${dir#"$out"/}/result.json" "${dir#"$out"/}/model.onnx")
+    done
+  done
+  if [ "${#keep[@]}" -gt 0 ]; then
+    tar -C "$out" -cf /tmp/runs.tar "${keep[@]}"
+    split -b 15M /tmp/runs.tar "$OUT/runs.tar.part-"
+  fi
+  ls -la "$OUT"
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  run) run ;;
+  *) echo "usage: bash scripts/gpu-bench-recipes.sh prepare|run (see its header)" >&2; exit 2 ;;
+esac
