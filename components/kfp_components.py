@@ -74,6 +74,7 @@ def train(
     from components.train import model_config, recipe_members, train_yolo
 
     members = recipe_members(recipe)
+    model_cfg = model_config(model_size)
     chosen = []
     with tempfile.TemporaryDirectory(prefix="qcloop-train-") as tmp:
         for index, member in enumerate(members):
@@ -87,7 +88,7 @@ def train(
                 batch=batch,
                 seed=seed,
                 device=device,
-                model_cfg=model_config(model_size),
+                model_cfg=model_cfg,
                 patience=patience,
                 recipe=member,
                 average_last=average_last,

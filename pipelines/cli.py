@@ -392,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-map", type=float, default=0.3, help="gate: minimum mAP50-95")
     p.add_argument(
         "--model-size",
-        choices=["n", "s", "n-p2", "s-p2"],  # components.train.MODEL_SIZES
         default="n",
+        metavar="n|s|n-p2|s-p2",  # checked, as --recipe, by pipelines.training.check_params
         help="YOLOv8n or YOLOv8s; -p2: with a stride-4 head for small objects (slower)",
     )
     p.add_argument("--patience", type=int, default=50, help="epochs without gain before stopping")

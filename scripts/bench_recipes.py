@@ -78,9 +78,9 @@ def parse_variant(text: str, model_size: str = "n") -> tuple[str, int, str]:
     recipe_overrides(recipe)  # a PipelineError naming the recipes
     if sep and not (avg.isdigit() and int(avg) > 1):
         raise ValueError(f"variant {text!r}: write RECIPE+avgK with K > 1, e.g. scratch+avg10")
-    if at:
-        model_config(size)  # a PipelineError naming the sizes
-    return recipe, int(avg or 0), size if at else model_size
+    size = size if at else model_size
+    model_config(size)  # a PipelineError naming the sizes
+    return recipe, int(avg or 0), size
 
 
 def dataset_folder(data: Path, work: Path) -> Path:
@@ -442,9 +442,6 @@ def main() -> int:
     try:
         variants = [v.strip() for v in (args.variants or DEFAULT_VARIANTS).split(",") if v.strip()]
         parsed = {v: parse_variant(v, args.model_size) for v in variants}
-        from components.train import model_config
-
-        model_config(args.model_size)  # a PipelineError naming the sizes
         seeds = [int(s) for s in args.seeds.split(",")]
         fold_ids = fold_selection(args.folds, args.fold_ids)
         members = [v.strip() for v in args.ensemble.split(",")] if args.ensemble else []
