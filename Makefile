@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-train-threads clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ bench-recipes-cv: ## the recipes and their ensemble vs the reference, cross-vali
 	$(PY) scripts/bench_recipes.py --variants reference,scratch+avg10 --ensemble reference,scratch+avg10 --epochs 150 --folds 6 \
 		--fold-ids $(FOLD_IDS) --seeds 0 --device $(DEVICE) --jobs $(if $(filter cpu,$(DEVICE)),1,6) \
 		--out .qcloop/bench/recipes-cv-folds$(FOLD_IDS)
+
+bench-train-threads: ## CPU training: qcloop's threads (every core) vs ultralytics' own (one fewer), s/epoch
+	$(PY) scripts/bench_train_threads.py --epochs 3 --rounds 2
 
 bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after setup-label-studio)
 	$(PY) scripts/bench_labelling.py

@@ -315,6 +315,46 @@ def loader_workers(device: str) -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def cpu_threads(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
+
+    A Kubernetes CPU limit is such a quota (``cpu.max`` "200000 100000" is 2 CPUs);
+    a fractional one rounds down, to at least 1.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+class CpuThreads:
+    """Training callback: run CPU training on ``threads`` torch threads.
+
+    Ultralytics trains on the CPU with one core fewer than the machine has, kept for
+    data-loading processes, yet on the CPU it loads the data in the training process
+    itself (workers 0): on a 2-core box training ran on one core
+    (docs/benchmarks.md "Training threads on the CPU").
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def on_pretrain_routine_start(self, trainer: Any) -> None:
+        if trainer.device.type != "cpu":
+            return
+        import torch
+
+        torch.set_num_threads(self.threads)
+        print(f"[train] cpu: {self.threads} threads", flush=True)
+
+
 # YOLOv8n / YOLOv8s, from their yaml (no pretrained weights); "-p2": the same with a
 # fourth, stride-4 output (ultralytics' yolov8-p2.yaml) for small objects: 4x the
 # anchors of stride 8, ~2.5x the CPU latency of YOLOv8n at the same input size
@@ -346,6 +386,7 @@ def train_yolo(
     patience: int = 50,
     recipe: str = "reference",
     average_last: int = 0,
+    threads: int | None = None,
 ) -> Path:
     """Train a detector from ``model_cfg`` (no pretrained weights) and return the weights.
 
@@ -353,12 +394,16 @@ def train_yolo(
     (data-loading processes) defaults to ``loader_workers(device)``. With
     ``average_last`` K > 1 the EMA weights of the last K epochs are averaged
     (``average_checkpoints``); the averaged model is returned when it scores at
-    least as well as ``best.pt`` on the val split, else ``best.pt``.
+    least as well as ``best.pt`` on the val split, else ``best.pt``. On the CPU it
+    trains on ``threads`` torch threads, by default every core it may use
+    (``cpu_threads``).
     Raises ``PipelineError`` if a loss turned NaN or no weights were written.
     """
     overrides = recipe_overrides(recipe)
     if average_last < 0:
         raise PipelineError(f"average_last {average_last}: use 0 (off) or the number of epochs")
+    if threads is not None and threads < 1:
+        raise PipelineError(f"threads {threads}: use 1 or more, or leave it out for every core")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     configure_offline()
@@ -374,6 +419,8 @@ def train_yolo(
     )
     model = YOLO(model_cfg)
     model.add_callback("on_fit_epoch_end", _report_epoch)
+    cpu = CpuThreads(cpu_threads() if threads is None else threads)
+    model.add_callback("on_pretrain_routine_start", cpu.on_pretrain_routine_start)
     window = EmaWindow(out_dir / "ema-window", average_last) if average_last > 1 else None
     if window is not None:
         model.add_callback("on_fit_epoch_end", window.on_fit_epoch_end)

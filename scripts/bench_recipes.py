@@ -194,6 +194,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         model_cfg=model_config(job["model_size"]),
         average_last=job["average_last"],
         workers=job.get("workers"),
+        threads=job.get("threads"),
     )
     train_s = time.perf_counter() - started
     onnx = export_onnx(weights, out / "model.onnx", imgsz=job["imgsz"])
@@ -301,6 +302,15 @@ def default_workers(device: str, parallel: int) -> int | None:
     if parallel <= 1 or not alone:
         return None
     return max(1, min(alone, (os.cpu_count() or 1) // parallel))
+
+
+def default_threads(parallel: int) -> int | None:
+    """CPU training threads per run: all cores alone (as the pipeline), else shared."""
+    from components.train import cpu_threads
+
+    if parallel <= 1:
+        return None
+    return max(1, cpu_threads() // parallel)
 
 
 def run_key(result: dict[str, Any]) -> tuple[int, int]:
@@ -489,6 +499,7 @@ def main() -> int:
                 "patience": args.patience,
                 "device": args.device,
                 "workers": workers,
+                "threads": default_threads(args.jobs),
                 "reuse": args.reuse,
             }
             for fold, data in datasets.items()

@@ -145,6 +145,13 @@ def test_parallel_runs_on_a_gpu_share_the_cores_among_loaders(
     assert bench_recipes.default_workers("cpu", 4) is None  # no loader processes on the CPU
 
 
+def test_parallel_runs_share_the_cpu_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("components.train.cpu_threads", lambda: 16)
+    assert bench_recipes.default_threads(1) is None  # the pipeline's own default: every core
+    assert bench_recipes.default_threads(4) == 4
+    assert bench_recipes.default_threads(40) == 1
+
+
 @pytest.mark.integration
 def test_bench_recipes_trains_and_scores_every_variant(metal_tags: Path, tmp_path: Path) -> None:
     # given a plain YOLO folder of three real captures (the script imports and splits it)

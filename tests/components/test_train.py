@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -250,10 +251,25 @@ def test_pick_on_val_keeps_the_average_only_when_not_worse(
 
 @pytest.mark.integration
 def test_scratch_recipe_with_averaging_trains_and_records_its_hyperparameters(
-    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from components.train import train_yolo
+    import torch
 
+    import components.train
+    from components.train import cpu_threads, train_yolo
+
+    threads_by_epoch: list[int] = []
+    report = components.train._report_epoch
+
+    def report_and_count(trainer: Any) -> None:
+        report(trainer)
+        if trainer.epoch + 1 <= trainer.epochs:  # not the final validation of best.pt
+            threads_by_epoch.append(torch.get_num_threads())
+
+    monkeypatch.setattr(components.train, "_report_epoch", report_and_count)
     weights = train_yolo(
         tiny_dataset, tmp_path, epochs=2, imgsz=160, batch=4, recipe="scratch", average_last=2
     )
@@ -273,7 +289,40 @@ def test_scratch_recipe_with_averaging_trains_and_records_its_hyperparameters(
     ]
     out = capsys.readouterr().out
     assert "recipe scratch, averaging the last 2 epochs" in out
+    # ultralytics alone trains on one core fewer than the machine has
+    assert f"[train] cpu: {cpu_threads()} threads" in out
+    assert threads_by_epoch == [cpu_threads()] * 2
     assert f"-> {weights.name}" in out
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cap"),
+    [
+        ("max 100000\n", None),  # no quota: the affinity
+        ("200000 100000\n", 2),  # a Kubernetes limit of 2 CPUs
+        ("150000 100000\n", 1),  # 1.5 CPUs rounds down
+        ("20000 100000\n", 1),  # at least one thread
+        (None, None),  # no cgroup v2 file: the affinity
+        ("garbage\n", None),
+    ],
+)
+def test_cpu_threads_is_the_affinity_capped_by_the_cgroup_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str | None, cap: int | None
+) -> None:
+    from components.train import cpu_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    assert cpu_threads(path) == (8 if cap is None else cap)
+
+
+def test_threads_below_one_are_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    from components.train import train_yolo
+
+    with pytest.raises(PipelineError, match="threads 0: use 1 or more"):
+        train_yolo(tiny_dataset, tmp_path, epochs=1, imgsz=160, threads=0)
 
 
 def test_loader_workers_only_on_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
