@@ -413,7 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="average the EMA weights of the last N epochs; kept if as good on val",
     )
-    p.add_argument("--device", default="cpu", help="cpu, 0 (first GPU), 0,1, ...")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help=(
+            "cpu (every core the step may use: its CPU affinity, capped by a container CPU "
+            "limit), 0 (first GPU), 0,1, ..."
+        ),
+    )
     p.add_argument("--int8", action="store_true", help="also register a static INT8 variant")
     p.add_argument(
         "--approval",
