@@ -12,6 +12,7 @@ import csv
 import math
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -334,25 +335,20 @@ def cpu_threads(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return max(1, cores)
 
 
-class CpuThreads:
-    """Training callback: run CPU training on ``threads`` torch threads.
+def use_cpu_threads(trainer: Any, threads: int) -> None:
+    """Training callback (``on_pretrain_routine_start``): CPU training on ``threads`` threads.
 
     Ultralytics trains on the CPU with one core fewer than the machine has, kept for
     data-loading processes, yet on the CPU it loads the data in the training process
     itself (workers 0): on a 2-core box training ran on one core
     (docs/benchmarks.md "Training threads on the CPU").
     """
+    if trainer.device.type != "cpu":
+        return
+    import torch
 
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-
-    def on_pretrain_routine_start(self, trainer: Any) -> None:
-        if trainer.device.type != "cpu":
-            return
-        import torch
-
-        torch.set_num_threads(self.threads)
-        print(f"[train] cpu: {self.threads} threads", flush=True)
+    torch.set_num_threads(threads)
+    print(f"[train] cpu: {threads} threads", flush=True)
 
 
 # YOLOv8n / YOLOv8s, from their yaml (no pretrained weights); "-p2": the same with a
@@ -419,8 +415,10 @@ def train_yolo(
     )
     model = YOLO(model_cfg)
     model.add_callback("on_fit_epoch_end", _report_epoch)
-    cpu = CpuThreads(cpu_threads() if threads is None else threads)
-    model.add_callback("on_pretrain_routine_start", cpu.on_pretrain_routine_start)
+    model.add_callback(
+        "on_pretrain_routine_start",
+        partial(use_cpu_threads, threads=cpu_threads() if threads is None else threads),
+    )
     window = EmaWindow(out_dir / "ema-window", average_last) if average_last > 1 else None
     if window is not None:
         model.add_callback("on_fit_epoch_end", window.on_fit_epoch_end)

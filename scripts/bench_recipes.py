@@ -480,6 +480,7 @@ def main() -> int:
         workers = (
             args.workers if args.workers is not None else default_workers(args.device, args.jobs)
         )
+        threads = default_threads(args.jobs)
         jobs = [
             {
                 "variant": variant,
@@ -499,7 +500,7 @@ def main() -> int:
                 "patience": args.patience,
                 "device": args.device,
                 "workers": workers,
-                "threads": default_threads(args.jobs),
+                "threads": threads,
                 "reuse": args.reuse,
             }
             for fold, data in datasets.items()

@@ -56,9 +56,14 @@ def main() -> int:
     from bench_recipes import dataset_folder
 
     from components.train import cpu_threads, model_config, train_yolo
+    from components.yolo_env import configure_offline
+
+    configure_offline()
+    from ultralytics.utils import NUM_THREADS  # what ultralytics' select_device sets on the CPU
 
     cores = cpu_threads()
-    counts = {"ultralytics": max(1, cores - 1), "qcloop": cores}
+    counts = {"ultralytics": NUM_THREADS, "qcloop": cores}
+    model_cfg = model_config(args.model_size)
     print(
         f"bench_train_threads: {cores} usable cores; ultralytics would train on "
         f"{counts['ultralytics']} threads, qcloop trains on {counts['qcloop']}",
@@ -76,7 +81,7 @@ def main() -> int:
                     epochs=args.epochs,
                     imgsz=args.imgsz,
                     batch=args.batch,
-                    model_cfg=model_config(args.model_size),
+                    model_cfg=model_cfg,
                     device="cpu",
                     recipe="reference",
                     threads=threads,

@@ -23,6 +23,8 @@ def test_epoch_seconds_are_the_differences_of_the_cumulative_time(tmp_path: Path
 
 @pytest.mark.integration
 def test_bench_train_threads_times_both_thread_counts(tiny_dataset: Path, tmp_path: Path) -> None:
+    from ultralytics.utils import NUM_THREADS
+
     from components.train import cpu_threads
 
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_train_threads.py")]
@@ -32,7 +34,7 @@ def test_bench_train_threads_times_both_thread_counts(tiny_dataset: Path, tmp_pa
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     cores = cpu_threads()
-    assert result["threads"] == {"ultralytics": max(1, cores - 1), "qcloop": cores}
+    assert result["threads"] == {"ultralytics": NUM_THREADS, "qcloop": cores}
     assert all(s > 0 for s in result["s_per_epoch"].values())
     ratio = result["s_per_epoch"]["ultralytics"] / result["s_per_epoch"]["qcloop"]
     assert result["speedup"] == pytest.approx(ratio, abs=0.05)  # of rounded figures
