@@ -4,8 +4,9 @@
     .venv/bin/python scripts/bench_train_threads.py [--data DIR] [--epochs 3] [--imgsz 480]
         [--model-size n] [--batch 16] [--rounds 2] [--out .qcloop/bench/threads]
 
-Ultralytics trains on the CPU with one core fewer than the machine has (kept for
-data-loading processes), yet loads the data in the training process itself there.
+Ultralytics trains on the CPU with one core fewer than the machine has, at most 8
+(``ultralytics.utils.NUM_THREADS``, one kept for data-loading processes), yet loads
+the data in the training process itself there.
 ``components.train.train_yolo`` sets the training threads to every core the process may
 use (``cpu_threads``: its affinity, capped by a cgroup CPU quota). This script trains
 the same model on the same data with both thread counts, interleaved ``--rounds``
