@@ -63,42 +63,49 @@ def train(
     ``recipe`` names the hyperparameters (``components.train.RECIPES``); with
     ``average_last`` > 1 the EMA weights of the last epochs are averaged and kept
     when they do at least as well on the val split. Several recipes joined by commas
-    (``reference,scratch``) train one model each, one after the other: ``model`` is
-    then a folder of ``member-K.pt`` that the export step pools into one ONNX graph.
+    (``reference,scratch``) train one model each (on a GPU all at once, on the CPU one
+    after the other): ``model`` is then a folder of ``member-K.pt`` that the export step
+    pools into one ONNX graph. A recipe named again trains with the next seed
+    (``reference,scratch,reference``).
     """
     import shutil
     import tempfile
     from pathlib import Path
 
     from components.ensemble import member_file
-    from components.train import model_config, recipe_members, train_yolo
+    from components.train import (
+        loader_workers,
+        member_seeds,
+        model_config,
+        recipe_members,
+        train_members,
+    )
 
     members = recipe_members(recipe)
+    seeds = member_seeds(members, seed)
     model_cfg = model_config(model_size)
-    chosen = []
     with tempfile.TemporaryDirectory(prefix="qcloop-train-") as tmp:
-        for index, member in enumerate(members):
-            if len(members) > 1:
-                print(f"[train] ensemble member {index + 1}/{len(members)}: recipe {member}")
-            best = train_yolo(
-                Path(dataset.path),
-                Path(tmp) / f"member-{index}",
-                epochs=epochs,
-                imgsz=imgsz,
-                batch=batch,
-                seed=seed,
-                device=device,
-                model_cfg=model_cfg,
-                patience=patience,
-                recipe=member,
-                average_last=average_last,
-            )
-            if len(members) == 1:
-                shutil.copyfile(best, model.path)
-            else:
-                Path(model.path).mkdir(parents=True, exist_ok=True)
+        weights = train_members(
+            Path(dataset.path),
+            Path(tmp),
+            members,
+            seeds,
+            at_once=len(members) if loader_workers(device) else 1,  # all at once on a GPU
+            epochs=epochs,
+            imgsz=imgsz,
+            batch=batch,
+            device=device,
+            model_cfg=model_cfg,
+            patience=patience,
+            average_last=average_last,
+        )
+        if len(members) == 1:
+            shutil.copyfile(weights[0], model.path)
+        else:
+            Path(model.path).mkdir(parents=True, exist_ok=True)
+            for index, best in enumerate(weights):
                 shutil.copyfile(best, member_file(Path(model.path), index))
-            chosen.append(best.name)
+        chosen = [best.name for best in weights]
     model.metadata.update(
         {
             "format": "pt" if len(members) == 1 else "pt-ensemble",
@@ -107,6 +114,7 @@ def train(
             "model_size": model_size,
             "recipe": recipe,
             "members": len(members),
+            "seeds": ",".join(map(str, seeds)),
             "weights": ",".join(chosen),
         }
     )

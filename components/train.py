@@ -180,9 +180,11 @@ def recipe_overrides(recipe: str) -> dict[str, Any]:
 def recipe_members(recipe: str) -> list[str]:
     """The recipes of ``recipe``: one name, or ``"reference,scratch"`` for an ensemble.
 
-    Each member of an ensemble is trained with its own recipe (and the run's seed)
-    and the members are pooled into one ONNX graph (components/ensemble.py).
-    ``PipelineError`` for an unknown name, an empty member or a repeated one.
+    Each member of an ensemble is trained with its own recipe and the members are
+    pooled into one ONNX graph (components/ensemble.py). A recipe may come again
+    (``reference,scratch,reference``): each time it does, it trains with the next seed
+    (``member_seeds``), so it is another model, not the same one twice.
+    ``PipelineError`` for an unknown name or an empty member.
     """
     members = [part.strip() for part in str(recipe).split(",")]
     if not all(members):
@@ -190,14 +192,15 @@ def recipe_members(recipe: str) -> list[str]:
             f"recipe {recipe!r}: an empty member; write one recipe, or several joined by "
             "commas for an ensemble (e.g. reference,scratch)"
         )
-    if len(set(members)) != len(members):
-        raise PipelineError(
-            f"recipe {recipe!r}: a recipe named twice; with the same seed it trains the "
-            "same model again, which adds nothing to an ensemble"
-        )
     for member in members:
         recipe_overrides(member)
     return members
+
+
+def member_seeds(members: list[str], seed: int) -> list[int]:
+    """The training seed of each member: ``seed``, plus one for each earlier member of the
+    same recipe (``reference,scratch,reference`` -> seed, seed, seed + 1)."""
+    return [seed + members[:index].count(member) for index, member in enumerate(members)]
 
 
 class EmaWindow:
@@ -448,6 +451,73 @@ def train_yolo(
         return best
     averaged = average_checkpoints(best, window.files, run_dir / "weights" / "averaged.pt")
     return pick_on_val(best, averaged, data_yaml, imgsz=imgsz, batch=batch, device=device)
+
+
+def train_members(
+    dataset_dir: Path,
+    out_dir: Path,
+    recipes: list[str],
+    seeds: list[int],
+    *,
+    at_once: int = 1,
+    **options: Any,
+) -> list[Path]:
+    """Train one model per recipe, with its seed, under ``out_dir/member-K``: the weights
+    of each, in order (``train_yolo``'s ``options`` for all).
+
+    ``at_once`` > 1 trains that many at once, each in a process of its own, sharing the
+    loader processes (on a GPU) or the cores (on the CPU) among them: on one GPU several
+    small models train in little more than the time of one (docs/benchmarks.md). A
+    member that fails (a NaN loss, ...) fails the whole with ``PipelineError`` naming it.
+    """
+    if len(recipes) != len(seeds):
+        raise PipelineError(f"{len(recipes)} recipes but {len(seeds)} seeds")
+    members = [
+        (out_dir / f"member-{index}", dict(options, recipe=recipe, seed=seed))
+        for index, (recipe, seed) in enumerate(zip(recipes, seeds, strict=True))
+    ]
+    at_once = max(1, min(at_once, len(members)))
+
+    def announce(index: int, job: dict[str, Any]) -> None:
+        if len(members) > 1:
+            print(
+                f"[train] ensemble member {index + 1}/{len(members)}: recipe {job['recipe']}, "
+                f"seed {job['seed']}" + (f" ({at_once} at once)" if at_once > 1 else ""),
+                flush=True,
+            )
+
+    if at_once == 1:
+        weights = []
+        for index, (out, job) in enumerate(members):
+            announce(index, job)
+            weights.append(train_yolo(dataset_dir, out, **job))
+        return weights
+    for index, (_, job) in enumerate(members):
+        announce(index, job)
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    device = str(options.get("device", "cpu"))
+    shared = {
+        "workers": max(1, loader_workers(device) // at_once) if loader_workers(device) else 0,
+        "threads": max(1, cpu_threads() // at_once),
+    }
+    with ProcessPoolExecutor(max_workers=at_once, mp_context=get_context("spawn")) as pool:
+        futures = [
+            pool.submit(train_yolo, dataset_dir, out, **{**shared, **job}) for out, job in members
+        ]
+        weights = []
+        for index, future in enumerate(futures):
+            try:
+                weights.append(future.result())
+            except Exception as exc:
+                pool.shutdown(cancel_futures=True)
+                job = members[index][1]
+                raise PipelineError(
+                    f"ensemble member {index + 1} (recipe {job['recipe']}, seed {job['seed']}): "
+                    f"{exc}"
+                ) from exc
+    return weights
 
 
 def _report_epoch(trainer: Any) -> None:

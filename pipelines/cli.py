@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="training hyperparameters: reference (ultralytics defaults) or scratch "
         "(tuned to thin scratches on grayscale tags); several joined by commas train one "
         "model each and register their ensemble as one ONNX (reference,scratch: the best "
-        "on unseen captures, 2x the inference cost; see docs/benchmarks.md)",
+        "on unseen captures, 2x the inference cost; see docs/benchmarks.md); a recipe "
+        "named again trains with the next seed (reference,scratch,reference)",
     )
     p.add_argument(
         "--average-last",

@@ -37,10 +37,13 @@ beats the baseline by more than the noise of one small test split.
 ``--ensemble A,B`` also scores, for every (seed, fold), the runs of variants A and B
 pooled into one ONNX graph (components/ensemble.py: what ``qcloop train --recipe a,b``
 registers) on the same test split: a row ``ensemble(A,B)`` whose train time is the
-members' sum. ``--reuse`` takes the figures of every run whose folder under ``--out``
-holds its ``result.json`` (an earlier call's, or a GPU machine's run fetched here)
-instead of training it again, exporting its ONNX from its weights if missing: e.g. to
-add an ensemble to finished runs.
+members' sum. A variant named again is its run with the next seed, as in the
+pipeline (``--ensemble reference,scratch,reference``: the reference of seed s + 1),
+taken from this call's runs or from a finished run's folder under ``--out``.
+``--reuse`` takes the figures of every run whose folder under ``--out`` holds its
+``result.json`` (an earlier call's, or a GPU machine's run fetched here) instead of
+training it again, exporting its ONNX from its weights if missing: e.g. to add an
+ensemble to finished runs.
 
 ``--summary`` prints the table of earlier runs' ``results.json`` files together
 (e.g. the two halves of a cross-validation run in two calls), trains nothing;
@@ -173,13 +176,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
     out = Path(job["out"])
     saved = out / "result.json"
-    if job.get("reuse") and saved.is_file():  # trained by an earlier call: its figures stand
-        result = json.loads(saved.read_text())
-        if not (out / "model.onnx").is_file():
-            weights = out / "run" / "weights" / result["weights"]
-            export_onnx(weights, out / "model.onnx", imgsz=job["imgsz"])
+    reused = finished_run(out, job["imgsz"]) if job.get("reuse") else None
+    if reused is not None:  # trained by an earlier call: its figures stand
         print(f"bench_recipes: {out.name}: reused (--reuse)", flush=True)
-        return result
+        return reused
     started = time.perf_counter()
     weights = train_yolo(
         Path(job["dataset"]),
@@ -227,27 +227,64 @@ def ensemble_name(members: list[str]) -> str:
     return f"ensemble({','.join(members)})"
 
 
+def run_folder(out: Path, variant: str, seed: int, fold: int) -> Path:
+    """The folder of the run of ``variant`` with ``seed`` on ``fold`` (-1: no folds)."""
+    return out / (f"{variant}-seed{seed}" + ("" if fold < 0 else f"-fold{fold}"))
+
+
+def finished_run(folder: Path, imgsz: int) -> dict[str, Any] | None:
+    """The ``result.json`` of a finished run's ``folder`` (its ONNX exported from its
+    weights if missing), or None if it has none or failed."""
+    saved = folder / "result.json"
+    if not saved.is_file():
+        return None
+    result = json.loads(saved.read_text())
+    if "error" in result:
+        return None
+    if not (folder / "model.onnx").is_file():
+        from components.export import export_onnx
+
+        export_onnx(
+            folder / "run" / "weights" / result["weights"], folder / "model.onnx", imgsz=imgsz
+        )
+    return result
+
+
 def score_ensembles(
     jobs: list[dict[str, Any]], results: list[dict[str, Any]], members: list[str], out: Path
 ) -> list[dict[str, Any]]:
-    """For every (seed, fold) whose ``members`` runs all succeeded: their ONNX files pooled
-    into one graph (components/ensemble.py, what ``qcloop train --recipe a,b`` registers),
-    scored on the same test split. One result row each, or its error."""
+    """For every (seed, fold): the runs of ``members`` pooled into one ONNX graph
+    (components/ensemble.py, what ``qcloop train --recipe a,b`` registers), scored on
+    the same test split. A variant named again is its run with the next seed
+    (``components.train.member_seeds``), from this call or a finished run's folder under
+    ``out``. One result row each, or its error."""
     from components.ensemble import merge_onnx
     from components.evaluate import evaluate_onnx
+    from components.train import member_seeds
 
     name = ensemble_name(members)
     runs = {(j["variant"], run_key(j)): j for j in jobs}
-    ok = {(r["variant"], run_key(r)) for r in results if "error" not in r}
+    done = {(r["variant"], run_key(r)): r for r in results if "error" not in r}
     rows = []
     for key in sorted({run_key(j) for j in jobs}):
         seed, fold = key
         labels = {"variant": name, "seed": seed, **({} if fold < 0 else {"fold": fold})}
-        if not all((m, key) in ok for m in members):
-            rows.append({**labels, "error": "a member run failed or is missing"})
-            continue
-        parts = [Path(runs[(m, key)]["out"]) / "model.onnx" for m in members]
         job = runs[(members[0], key)]
+        parts, train_s = [], 0.0
+        for member, member_seed in zip(members, member_seeds(members, seed), strict=True):
+            folder = run_folder(out, member, member_seed, fold)
+            result = done.get((member, (member_seed, fold)))
+            if result is None and (member, (member_seed, fold)) not in runs:
+                result = finished_run(folder, job["imgsz"])  # an earlier call's run
+            if result is None:
+                break
+            parts.append(folder / "model.onnx")
+            train_s += float(result["train_s"])
+        if len(parts) < len(members):
+            rows.append(
+                {**labels, "error": f"the run of {member} seed {member_seed} failed or is missing"}
+            )
+            continue
         where = out / (f"ensemble-seed{seed}" + ("" if fold < 0 else f"-fold{fold}"))
         try:
             merged = merge_onnx(parts, where / "model.onnx")
@@ -255,9 +292,6 @@ def score_ensembles(
         except Exception as exc:  # noqa: BLE001 - keep the other keys' figures
             rows.append({**labels, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        train_s = sum(
-            float(r["train_s"]) for r in results if r["variant"] in members and run_key(r) == key
-        )
         rows.append({**labels, "weights": "model.onnx", "train_s": train_s, **metrics.model_dump()})
         print(f"bench_recipes: {name} seed {seed} fold {fold}: {json.dumps(rows[-1])}", flush=True)
     return rows
@@ -491,8 +525,7 @@ def main() -> int:
                 **({} if fold is None else {"fold": fold}),
                 "dataset": str(data),
                 "out": str(
-                    args.out.resolve()
-                    / (f"{variant}-seed{seed}" + ("" if fold is None else f"-fold{fold}"))
+                    run_folder(args.out.resolve(), variant, seed, -1 if fold is None else fold)
                 ),
                 "epochs": args.epochs,
                 "imgsz": args.imgsz,

@@ -233,6 +233,30 @@ def test_bench_recipes_cross_validates_by_capture(metal_tags: Path, tmp_path: Pa
     assert again.stdout.count("reused (--reuse)") == 4 and "[train]" not in again.stdout
     assert json.loads((out / "results.json").read_text())[:4] == results[:4]
     assert (out / "reference-seed0-fold0" / "model.onnx").is_file()
+    # and with the reference of seed 1 trained on fold 0 by another call, a three-member
+    # ensemble names the reference again: its second member is that run, nothing is
+    # trained; fold 2, which has no such run, is an error row naming it
+    base = cmd[: cmd.index("--variants")]
+    more = base + ["--variants", "reference", "--seeds", "1", "--folds", "3", "--fold-ids", "0"]
+    more += ["--epochs", "1", "--imgsz", "160", "--batch", "4", "--out", str(out)]
+    done = subprocess.run(more, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    three = cmd[: cmd.index("--ensemble")] + ["--ensemble", "reference,scratch@n-p2,reference"]
+    pooled3 = subprocess.run(
+        three + ["--reuse"], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert pooled3.returncode == 1 and "[train]" not in pooled3.stdout
+    rows = json.loads((out / "results.json").read_text())[4:]
+    assert [(r["variant"], r["fold"]) for r in rows] == [
+        ("ensemble(reference,scratch@n-p2,reference)", 0),
+        ("ensemble(reference,scratch@n-p2,reference)", 2),
+    ]
+    assert rows[0]["images"] == 4 and "error" not in rows[0]
+    assert rows[1]["error"] == "the run of reference seed 1 failed or is missing"
+    assert onnx_metadata(out / "ensemble-seed0-fold0" / "model.onnx")["qcloop_members"] == 3
+    runs = ("reference-seed0", "scratch@n-p2-seed0", "reference-seed1")
+    saved = [json.loads((out / f"{run}-fold0" / "result.json").read_text()) for run in runs]
+    assert rows[0]["train_s"] == pytest.approx(sum(float(s["train_s"]) for s in saved))
 
 
 def test_summary_tables_saved_results_of_several_calls_together(tmp_path: Path) -> None:

@@ -129,10 +129,23 @@ def test_recipe_members_name_an_ensemble() -> None:
     assert recipe_members("reference, scratch") == ["reference", "scratch"]
     with pytest.raises(PipelineError, match="recipe 'fancy': use one of reference, scratch"):
         recipe_members("reference,fancy")
-    with pytest.raises(PipelineError, match="'scratch,scratch': a recipe named twice"):
-        recipe_members("scratch,scratch")
+    assert recipe_members("scratch,scratch") == ["scratch", "scratch"]
     with pytest.raises(PipelineError, match="'reference,': an empty member"):
         recipe_members("reference,")
+
+
+def test_a_repeated_recipe_trains_with_the_next_seed() -> None:
+    from components.train import member_seeds
+
+    assert member_seeds(["reference"], 7) == [7]
+    assert member_seeds(["reference", "scratch"], 0) == [0, 0]
+    assert member_seeds(["reference", "scratch", "reference", "scratch", "reference"], 3) == [
+        3,
+        3,
+        4,
+        4,
+        5,
+    ]
 
 
 class _Ema:
@@ -293,6 +306,50 @@ def test_scratch_recipe_with_averaging_trains_and_records_its_hyperparameters(
     assert f"[train] cpu: {cpu_threads()} threads" in out
     assert threads_by_epoch == [cpu_threads()] * 2
     assert f"-> {weights.name}" in out
+
+
+@pytest.mark.integration
+def test_members_train_at_once_each_in_its_process(
+    tiny_dataset: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from components.train import cpu_threads, train_members
+
+    # two members at once (as on a GPU; here on the CPU, sharing its cores)
+    weights = train_members(
+        tiny_dataset,
+        tmp_path,
+        ["reference", "reference"],
+        [0, 1],
+        at_once=2,
+        epochs=1,
+        imgsz=160,
+        batch=4,
+    )
+    assert weights == [tmp_path / f"member-{i}" / "run" / "weights" / "best.pt" for i in (0, 1)]
+    assert all(w.is_file() for w in weights)
+    seeds = [
+        yaml.safe_load((tmp_path / f"member-{i}" / "run" / "args.yaml").read_text())["seed"]
+        for i in (0, 1)
+    ]
+    assert seeds == [0, 1]
+    out = capfd.readouterr().out
+    assert "[train] ensemble member 2/2: recipe reference, seed 1 (2 at once)" in out
+    share = max(1, cpu_threads() // 2)
+    assert out.count(f"[train] cpu: {share} threads") == 2  # printed by each process
+    # a member that fails fails the whole, named
+    with pytest.raises(PipelineError, match=r"ensemble member 2 \(recipe fancy, seed 0\): recipe"):
+        train_members(
+            tiny_dataset,
+            tmp_path / "bad",
+            ["reference", "fancy"],
+            [0, 0],
+            at_once=2,
+            epochs=1,
+            imgsz=160,
+            batch=4,
+        )
+    with pytest.raises(PipelineError, match="2 recipes but 1 seeds"):
+        train_members(tiny_dataset, tmp_path, ["reference", "scratch"], [0], epochs=1, imgsz=160)
 
 
 @pytest.mark.parametrize(

@@ -153,8 +153,9 @@ def test_bad_model_size_or_approval_is_refused_before_any_step(tmp_path: Path) -
         check_params({"average_last": -1})
     check_params({"recipe": "scratch", "average_last": 10, "model_size": "s"})
     check_params({"recipe": "reference,scratch"})  # an ensemble of one model per recipe
-    with pytest.raises(PipelineError, match="named twice"):
-        check_params({"recipe": "scratch,scratch"})
+    check_params({"recipe": "reference,scratch,reference"})  # the second reference: seed + 1
+    with pytest.raises(PipelineError, match="an empty member"):
+        check_params({"recipe": "scratch,,reference"})
     settings = Settings(home=tmp_path, store=StoreSettings(path=tmp_path / "store"))
     with pytest.raises(PipelineError, match="approval 'sometimes'"):
         submit(

@@ -105,7 +105,10 @@ def test_compiled_yaml_has_every_step_and_the_gate(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_run_local_registers_a_model_that_passes_the_gate(
-    yolo_env: None, dataset_v1: tuple[Settings, str], tmp_path: Path
+    yolo_env: None,
+    dataset_v1: tuple[Settings, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings, version = dataset_v1
     result = _run(
@@ -150,9 +153,9 @@ def test_run_local_registers_a_model_that_passes_the_gate(
         version="1",
         approved_by="test",
     )
-    # the next run: an ensemble of a scratch-recipe model (weights of the last 2 epochs
-    # averaged) and a reference one, YOLOv8n with patience 3, with its INT8, approved by
-    # the pipeline itself
+    # the next run: an ensemble of two scratch-recipe models (the second with the next
+    # seed; weights of the last 2 epochs averaged) and a reference one, YOLOv8n with
+    # patience 3, with its INT8, approved by the pipeline itself
     again = _run(
         settings,
         tmp_path,
@@ -162,11 +165,14 @@ def test_run_local_registers_a_model_that_passes_the_gate(
         model_size="n",
         patience=3,
         approval="auto",
-        recipe="scratch,reference",
+        recipe="scratch,reference,scratch",
         average_last=2,
         int8=True,
     )
     assert "and >= production" in str(again["gate_reason"]), again["gate_reason"]
+    trained = capsys.readouterr().out
+    assert "[train] ensemble member 1/3: recipe scratch, seed 0" in trained
+    assert "[train] ensemble member 3/3: recipe scratch, seed 1" in trained
     assert again["model_record"]["version"] == "2"
     from components.registry import alias_history, lineage
 
@@ -180,15 +186,15 @@ def test_run_local_registers_a_model_that_passes_the_gate(
     assert get_model_record(uri, "detector", "production").version == "2"
     params = lineage(uri, "detector", "2")["params"]
     assert (params["model_size"], params["patience"]) == ("n", "3")
-    assert (params["recipe"], params["average_last"]) == ("scratch,reference", "2")
-    # one ONNX graph holding both members, and its INT8, each served as any model
+    assert (params["recipe"], params["average_last"]) == ("scratch,reference,scratch", "2")
+    # one ONNX graph holding the three members, and its INT8, each served as any model
     ensemble = get_model_record(uri, "detector", "2")
     for variant in ("fp32", "int8"):
         onnx_file = download_onnx(uri, ensemble, tmp_path / f"ens-{variant}", variant)
-        assert onnx_metadata(onnx_file)["qcloop_members"] == 2, variant
+        assert onnx_metadata(onnx_file)["qcloop_members"] == 3, variant
         detector = Detector(onnx_file)
         detector.warmup()
-        assert detector.raw_output(np.zeros((1, 3, 160, 160), np.float32)).shape == (1, 5, 2 * 525)
+        assert detector.raw_output(np.zeros((1, 3, 160, 160), np.float32)).shape == (1, 5, 3 * 525)
 
 
 @pytest.mark.integration
