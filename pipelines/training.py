@@ -51,11 +51,21 @@ def credentials(task: dsl.PipelineTask, secret_name: Any) -> None:
     )
 
 
+# /dev/shm of the training pod: a container's default (64 MiB under Docker and containerd)
+# is too small for the loader processes that feed a GPU (PyTorch passes their batches
+# through shared memory: "DataLoader worker ... killed by signal: Bus error")
+TRAIN_SHM_LIMIT = "2Gi"
+
+
 def placement(task: dsl.PipelineTask, gpu_limit: Any, node_selector: Any, tolerations: Any) -> None:
-    """GPU request, node selector and tolerations of the training step (run parameters)."""
+    """GPU request, node selector and tolerations of the training step (run parameters),
+    and a memory-backed /dev/shm for its loader processes."""
     task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_limit)
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
+    kubernetes.empty_dir_mount(
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=TRAIN_SHM_LIMIT
+    )
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Train, export, evaluate, gate and register.")

@@ -40,6 +40,11 @@ def test_training_placement_is_a_run_parameter(ir: tuple[dict, dict]) -> None:
     resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert "gpu_limit" in resources["accelerator"]["resourceCount"]
+    # the loader processes that feed a GPU pass batches through /dev/shm: memory-backed,
+    # not the container's default 64 MiB
+    assert train["emptyDirMounts"] == [
+        {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "2Gi"}
+    ]
 
 
 def test_caching_and_defaults(ir: tuple[dict, dict]) -> None:
