@@ -11,9 +11,11 @@
 # and pulls dataset version v1 into .devdata/dataset. `run` installs the wheels into
 # /tmp/site, trains with bench_recipes.py under `timeout $LIMIT`, and leaves in $OUT:
 # results.json, the gzipped log, and a tar (split in 15 MB parts) of the result.json
-# and model.onnx of the runs of the variants in RETURN (comma-separated; default none).
-# Back here, unpack it under an --out folder beside earlier runs and score more, e.g. an
-# ensemble, without training: scripts/bench_recipes.py ... --reuse --ensemble A,B.
+# and chosen weights (half-precision .pt, ~6 MB for a YOLOv8n; an ONNX is twice that) of
+# the runs of the variants in RETURN (comma-separated; default none). At most 8 files and
+# 64 MiB come back from a call: about 8 runs. Back here, unpack it under an --out folder
+# beside earlier runs and score more, e.g. an ensemble, without training:
+# scripts/bench_recipes.py ... --reuse --ensemble A,B (--reuse exports each ONNX).
 # env for run: VARIANTS EPOCHS(150) JOBS(6) SEEDS(0) FOLDS(0) FOLD_IDS LIMIT(500) RETURN
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,10 +58,13 @@ run() {
   set -e
   gzip -c /tmp/bench.log >"$OUT/bench.log.gz"
   cp "$out/results.json" "$OUT/results.json" 2>/dev/null || true
-  local keep=()
+  local keep=() weights
   for variant in $(tr , " " <<<"${RETURN:-}"); do
     for dir in "$out/$variant"-seed*; do
-      [ -f "$dir/result.json" ] && keep+=("${dir#"$out"/}/result.json" "${dir#"$out"/}/model.onnx")
+      [ -f "$dir/result.json" ] || continue
+      weights=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["weights"])' \
+        "$dir/result.json")
+      keep+=("${dir#"$out"/}/result.json" "${dir#"$out"/}/run/weights/$weights")
     done
   done
   if [ "${#keep[@]}" -gt 0 ]; then
