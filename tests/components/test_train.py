@@ -314,17 +314,13 @@ def test_members_train_at_once_each_in_its_process(
 ) -> None:
     from components.train import cpu_threads, train_members
 
+    def tiny(out: Path, recipes: list[str], seeds: list[int]) -> list[Path]:
+        return train_members(
+            tiny_dataset, out, recipes, seeds, at_once=2, epochs=1, imgsz=160, batch=4
+        )
+
     # two members at once (as on a GPU; here on the CPU, sharing its cores)
-    weights = train_members(
-        tiny_dataset,
-        tmp_path,
-        ["reference", "reference"],
-        [0, 1],
-        at_once=2,
-        epochs=1,
-        imgsz=160,
-        batch=4,
-    )
+    weights = tiny(tmp_path, ["reference", "reference"], [0, 1])
     assert weights == [tmp_path / f"member-{i}" / "run" / "weights" / "best.pt" for i in (0, 1)]
     assert all(w.is_file() for w in weights)
     seeds = [
@@ -338,16 +334,7 @@ def test_members_train_at_once_each_in_its_process(
     assert out.count(f"[train] cpu: {share} threads") == 2  # printed by each process
     # a member that fails fails the whole, named
     with pytest.raises(PipelineError, match=r"ensemble member 2 \(recipe fancy, seed 0\): recipe"):
-        train_members(
-            tiny_dataset,
-            tmp_path / "bad",
-            ["reference", "fancy"],
-            [0, 0],
-            at_once=2,
-            epochs=1,
-            imgsz=160,
-            batch=4,
-        )
+        tiny(tmp_path / "bad", ["reference", "fancy"], [0, 0])
     with pytest.raises(PipelineError, match="2 recipes but 1 seeds"):
         train_members(tiny_dataset, tmp_path, ["reference", "scratch"], [0], epochs=1, imgsz=160)
 
