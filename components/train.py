@@ -308,15 +308,16 @@ def pick_on_val(
     return chosen
 
 
-def loader_workers(device: str) -> int:
-    """Data-loading processes for a training device: none on the CPU, up to 8 on GPUs.
+def loader_workers(device: str, parallel: int = 1) -> int:
+    """Data-loading processes for a training device: none on the CPU, up to 8 on GPUs,
+    and with ``parallel`` trainings at once each one's share of the cores (at least 1).
 
     On the CPU the augmentation would take cores from the training itself; on a GPU
     the main process alone cannot feed it mosaics fast enough.
     """
     if str(device).strip().lower() in ("cpu", ""):
         return 0
-    return min(8, os.cpu_count() or 1)
+    return max(1, min(8, (os.cpu_count() or 1) // parallel))
 
 
 def cpu_threads(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -336,6 +337,12 @@ def cpu_threads(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     except (OSError, ValueError):
         pass
     return max(1, cores)
+
+
+def shared_cpu_threads(parallel: int) -> int:
+    """Torch threads of each of ``parallel`` CPU trainings at once: its share of
+    ``cpu_threads``, at least 1."""
+    return max(1, cpu_threads() // parallel)
 
 
 def use_cpu_threads(trainer: Any, threads: int) -> None:
@@ -497,10 +504,9 @@ def train_members(
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    device = str(options.get("device", "cpu"))
     shared = {
-        "workers": max(1, loader_workers(device) // at_once) if loader_workers(device) else 0,
-        "threads": max(1, cpu_threads() // at_once),
+        "workers": loader_workers(str(options.get("device", "cpu")), at_once),
+        "threads": shared_cpu_threads(at_once),
     }
     with ProcessPoolExecutor(max_workers=at_once, mp_context=get_context("spawn")) as pool:
         futures = [

@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -332,19 +331,16 @@ def default_workers(device: str, parallel: int) -> int | None:
     """Loader processes per run: the pipeline's default alone, the cores shared when parallel."""
     from components.train import loader_workers
 
-    alone = loader_workers(device)  # none on the CPU, up to 8 on a GPU
-    if parallel <= 1 or not alone:
+    if parallel <= 1 or not loader_workers(device):  # none on the CPU, up to 8 on a GPU
         return None
-    return max(1, min(alone, (os.cpu_count() or 1) // parallel))
+    return loader_workers(device, parallel)
 
 
 def default_threads(parallel: int) -> int | None:
     """CPU training threads per run: all cores alone (as the pipeline), else shared."""
-    from components.train import cpu_threads
+    from components.train import shared_cpu_threads
 
-    if parallel <= 1:
-        return None
-    return max(1, cpu_threads() // parallel)
+    return None if parallel <= 1 else shared_cpu_threads(parallel)
 
 
 def run_key(result: dict[str, Any]) -> tuple[int, int]:

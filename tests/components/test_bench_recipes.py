@@ -138,7 +138,7 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(
 def test_parallel_runs_on_a_gpu_share_the_cores_among_loaders(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(bench_recipes.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert bench_recipes.default_workers("0", 6) == 2
     assert bench_recipes.default_workers("0", 1) is None  # the pipeline's own default
     assert bench_recipes.default_workers("0", 40) == 1

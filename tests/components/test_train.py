@@ -375,5 +375,6 @@ def test_loader_workers_only_on_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert (loader_workers("cpu"), loader_workers("CPU"), loader_workers("")) == (0, 0, 0)
     assert loader_workers("0") == loader_workers("cuda:0") == loader_workers("0,1") == 8
+    assert (loader_workers("0", 6), loader_workers("0", 40), loader_workers("cpu", 2)) == (2, 1, 0)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert loader_workers("0") == 2
