@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-train-threads clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-train-threads clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -83,6 +83,11 @@ bench-recipes-cv: ## the recipes and their ensemble vs the reference, cross-vali
 	$(PY) scripts/bench_recipes.py --variants reference,scratch+avg10 --ensemble reference,scratch+avg10 --epochs 150 --folds 6 \
 		--fold-ids $(FOLD_IDS) --seeds 0 --device $(DEVICE) --jobs $(if $(filter cpu,$(DEVICE)),1,6) \
 		--out .qcloop/bench/recipes-cv-folds$(FOLD_IDS)
+
+RUNS ?= .qcloop/bench/recipes-cv-folds0,1,2,3,4,5
+ENSEMBLE ?= reference,scratch+avg10
+bench-fusion: ## an ensemble's members fused by NMS (as registered), WBF, mirrored runs, on bench-recipes-cv's runs (RUNS=DIR ENSEMBLE=a,b)
+	$(PY) scripts/bench_fusion.py --runs $(RUNS) --ensemble $(ENSEMBLE) --folds 6
 
 bench-train-threads: ## CPU training: qcloop's threads (every core) vs ultralytics' own (one fewer), s/epoch
 	$(PY) scripts/bench_train_threads.py --epochs 3 --rounds 2
