@@ -68,56 +68,24 @@ def train(
     pools into one ONNX graph. A recipe named again trains with the next seed
     (``reference,scratch,reference``).
     """
-    import shutil
-    import tempfile
     from pathlib import Path
 
-    from components.ensemble import member_file
-    from components.train import (
-        loader_workers,
-        member_seeds,
-        model_config,
-        recipe_members,
-        train_members,
-    )
+    from components.train import train_step
 
-    members = recipe_members(recipe)
-    seeds = member_seeds(members, seed)
-    model_cfg = model_config(model_size)
-    with tempfile.TemporaryDirectory(prefix="qcloop-train-") as tmp:
-        weights = train_members(
-            Path(dataset.path),
-            Path(tmp),
-            members,
-            seeds,
-            at_once=len(members) if loader_workers(device) else 1,  # all at once on a GPU
-            epochs=epochs,
-            imgsz=imgsz,
-            batch=batch,
-            device=device,
-            model_cfg=model_cfg,
-            patience=patience,
-            average_last=average_last,
-        )
-        if len(members) == 1:
-            shutil.copyfile(weights[0], model.path)
-        else:
-            Path(model.path).mkdir(parents=True, exist_ok=True)
-            for index, best in enumerate(weights):
-                shutil.copyfile(best, member_file(Path(model.path), index))
-        chosen = [best.name for best in weights]
-    model.metadata.update(
-        {
-            "format": "pt" if len(members) == 1 else "pt-ensemble",
-            "imgsz": imgsz,
-            "epochs": epochs,
-            "model_size": model_size,
-            "recipe": recipe,
-            "members": len(members),
-            "seeds": ",".join(map(str, seeds)),
-            "weights": ",".join(chosen),
-        }
+    metadata = train_step(
+        Path(dataset.path),
+        Path(model.path),
+        recipe=recipe,
+        seed=seed,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        model_size=model_size,
+        patience=patience,
+        average_last=average_last,
     )
+    model.metadata.update(metadata)
 
 
 @dsl.component(**_OPTIONS)

@@ -526,6 +526,65 @@ def train_members(
     return weights
 
 
+def train_step(
+    dataset_dir: Path,
+    model_path: Path,
+    *,
+    recipe: str,
+    seed: int,
+    epochs: int,
+    imgsz: int,
+    model_size: str = "n",
+    device: str = "cpu",
+    **options: Any,
+) -> dict[str, Any]:
+    """The pipeline's train step, outside KFP: the members of ``recipe`` (``recipe_members``,
+    each with its seed from ``seed``: ``member_seeds``) trained by ``train_members``, all at
+    once on a GPU and one after the other on the CPU, written to ``model_path``: the
+    chosen ``.pt`` for one recipe, a folder of ``member-K.pt`` for several (which the
+    export step pools into one ONNX graph). Returns the model's metadata. ``options`` are
+    ``train_yolo``'s (batch, patience, average_last).
+    """
+    import tempfile
+
+    from components.ensemble import member_file
+
+    members = recipe_members(recipe)
+    seeds = member_seeds(members, seed)
+    model_cfg = model_config(model_size)
+    model_path = Path(model_path)
+    with tempfile.TemporaryDirectory(prefix="qcloop-train-") as tmp:
+        weights = train_members(
+            Path(dataset_dir),
+            Path(tmp),
+            members,
+            seeds,
+            at_once=len(members) if loader_workers(device) else 1,  # all at once on a GPU
+            epochs=epochs,
+            imgsz=imgsz,
+            device=device,
+            model_cfg=model_cfg,
+            **options,
+        )
+        if len(members) == 1:
+            shutil.copyfile(weights[0], model_path)
+        else:
+            model_path.mkdir(parents=True, exist_ok=True)
+            for index, best in enumerate(weights):
+                shutil.copyfile(best, member_file(model_path, index))
+        chosen = [best.name for best in weights]
+    return {
+        "format": "pt" if len(members) == 1 else "pt-ensemble",
+        "imgsz": imgsz,
+        "epochs": epochs,
+        "model_size": model_size,
+        "recipe": recipe,
+        "members": len(members),
+        "seeds": ",".join(map(str, seeds)),
+        "weights": ",".join(chosen),
+    }
+
+
 def _report_epoch(trainer: Any) -> None:
     """One progress line per epoch (ultralytics itself runs quiet)."""
     if trainer.epoch + 1 > trainer.epochs:  # the final validation of best.pt fires it once more

@@ -17,6 +17,19 @@
 # beside earlier runs and score more, e.g. an ensemble, without training:
 # scripts/bench_recipes.py ... --reuse --ensemble A,B (--reuse exports each ONNX).
 # env for run: VARIANTS EPOCHS(150) JOBS(6) SEEDS(0) FOLDS(0) FOLD_IDS LIMIT(500) RETURN
+#
+# `step` runs the pipeline's train step itself (components.train.train_step, what the KFP
+# `train` component calls; no kfp, MLflow or DVC needed) on v1, e.g. a three-member
+# ensemble, its members at once as the step trains them on a GPU, and leaves in $OUT the
+# step's metadata with its wall time (step.json), the gzipped log and a tar of the
+# member weights (member-K.pt); back here, pool and score them on v1's test split:
+#   RECIPE=reference,scratch,reference LIMIT=540 bash scripts/gpu-bench-recipes.sh step
+#   cat step/model.tar.part-* | tar -xf - -C step     # step/model/member-K.pt
+#   .venv/bin/python -c 'from pathlib import Path; from components.ensemble import *;
+#     from components.evaluate import evaluate_onnx as e; e(export_ensemble(member_weights(
+#     Path("step/model")), Path("step/ensemble.onnx"), imgsz=480), Path(".devdata/dataset"), imgsz=480)'
+# env for step: RECIPE(reference,scratch,reference) EPOCHS(150) SEED(0) IMGSZ(480) LIMIT(500)
+# PYTHON(python3; .venv/bin/python to try it here with EPOCHS=1 DEVICE=cpu) DEVICE(0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,8 +52,8 @@ prepare() {
   du -sh .whl .devdata
 }
 
-run() {
-  local t0 out=/tmp/recipes folds=()
+install() {
+  local t0
   t0=$(date +%s)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
@@ -48,6 +61,46 @@ run() {
   echo "install $(($(date +%s) - t0)) s"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch, ultralytics; print('torch', torch.__version__, 'ultralytics', ultralytics.__version__, torch.cuda.is_available())"
+}
+
+step() {
+  local t0 py=${PYTHON:-python3} out=/tmp/step
+  t0=$(date +%s)
+  if [ "$py" = python3 ]; then install; fi
+  rm -rf "$out" && mkdir -p "$out"
+  set +e
+  RECIPE=${RECIPE:-reference,scratch,reference} timeout "${LIMIT:-500}" "$py" - "$out" <<'PY' 2>&1 |
+import json, os, sys, time
+from pathlib import Path
+from components.train import train_step
+out = Path(sys.argv[1])
+started = time.time()
+metadata = train_step(
+    Path(".devdata/dataset"), out / "model", recipe=os.environ["RECIPE"],
+    seed=int(os.environ.get("SEED", "0")), epochs=int(os.environ.get("EPOCHS", "150")),
+    imgsz=int(os.environ.get("IMGSZ", "480")), batch=16, patience=50,
+    device=os.environ.get("DEVICE", "0"),
+)
+metadata["step_s"] = round(time.time() - started, 1)
+(out / "step.json").write_text(json.dumps(metadata, indent=2))
+print("step", json.dumps(metadata))
+PY
+    tee /tmp/step.log | grep -v "^ *[0-9]*/[0-9]* " | grep -v "\[train\] epoch" | tail -n 40
+  echo "step rc ${PIPESTATUS[0]} after $(($(date +%s) - t0)) s"
+  set -e
+  gzip -c /tmp/step.log >"$OUT/step.log.gz"
+  cp "$out/step.json" "$OUT/" 2>/dev/null || true
+  if [ -d "$out/model" ]; then
+    tar -C "$out" -cf /tmp/model.tar model
+    split -b 15M /tmp/model.tar "$OUT/model.tar.part-"
+  fi
+  ls -la "$OUT"
+}
+
+run() {
+  local t0 out=/tmp/recipes folds=()
+  t0=$(date +%s)
+  install
   if [ "${FOLDS:-0}" != 0 ]; then folds=(--folds "$FOLDS" --fold-ids "$FOLD_IDS"); fi
   set +e
   timeout "${LIMIT:-500}" python3 scripts/bench_recipes.py --data .devdata/dataset \
@@ -77,5 +130,6 @@ run() {
 case "${1:-}" in
   prepare) prepare ;;
   run) run ;;
-  *) echo "usage: bash scripts/gpu-bench-recipes.sh prepare|run (see its header)" >&2; exit 2 ;;
+  step) step ;;
+  *) echo "usage: bash scripts/gpu-bench-recipes.sh prepare|run|step (see its header)" >&2; exit 2 ;;
 esac

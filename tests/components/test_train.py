@@ -378,3 +378,39 @@ def test_loader_workers_only_on_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (loader_workers("0", 6), loader_workers("0", 40), loader_workers("cpu", 2)) == (2, 1, 0)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert loader_workers("0") == 2
+
+
+@pytest.mark.integration
+def test_train_step_writes_the_model_and_its_metadata(tiny_dataset: Path, tmp_path: Path) -> None:
+    from components.train import train_step
+
+    # the pipeline's train step outside KFP: one recipe is one .pt
+    metadata = train_step(
+        tiny_dataset,
+        tmp_path / "model.pt",
+        recipe="reference",
+        seed=3,
+        epochs=1,
+        imgsz=160,
+        batch=4,
+    )
+    assert (tmp_path / "model.pt").is_file()
+    assert metadata == {
+        "format": "pt",
+        "imgsz": 160,
+        "epochs": 1,
+        "model_size": "n",
+        "recipe": "reference",
+        "members": 1,
+        "seeds": "3",
+        "weights": "best.pt",
+    }
+    # a bad recipe or size fails before anything trains, naming the choices
+    with pytest.raises(PipelineError, match="recipe 'fancy'"):
+        train_step(
+            tiny_dataset, tmp_path / "x", recipe="reference,fancy", seed=0, epochs=1, imgsz=160
+        )
+    with pytest.raises(PipelineError, match="model_size 'm'"):
+        train_step(tiny_dataset, tmp_path / "x", recipe="reference", seed=0, epochs=1, imgsz=160,
+                   model_size="m")  # fmt: skip
+    assert not (tmp_path / "x").exists()
