@@ -58,10 +58,21 @@ def export_onnx(weights: Path, out_path: Path, *, imgsz: int, dynamic: bool = Fa
 
 
 def onnx_metadata(onnx_path: Path) -> dict[str, object]:
-    """The ultralytics metadata of an ONNX file, values parsed (names, imgsz, stride, ...)."""
+    """The ultralytics metadata of an ONNX file, values parsed (names, imgsz, stride, ...).
+
+    ``PipelineError`` naming the file if it is not an ONNX model.
+    """
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and kin: not ONNX
+        raise PipelineError(
+            f"{onnx_path}: not an ONNX model ({type(exc).__name__}: {exc}); pass an exported "
+            "model (the pipeline's export step, or `qcloop model pull NAME@ALIAS`)"
+        ) from None
     meta: dict[str, object] = {}
     for prop in model.metadata_props:
         try:

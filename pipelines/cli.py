@@ -2,23 +2,47 @@
 
 Every command reads settings from ``qcloop.toml`` / ``$QCLOOP_CONFIG`` and
 ``QCLOOP_*`` variables (see ``qcloop config``). Errors print one clear line
-(``error: ...``) and exit 1; success exits 0.
+(``error: ...``) and exit 1; success exits 0. A command whose result is JSON
+(``dataset import``, ``train``, ``eval``) writes its progress to stderr, so that
+``qcloop eval ... > metrics.json`` keeps the JSON alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from qcloop.errors import QcloopError
 from qcloop.settings import Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+@contextlib.contextmanager
+def _progress_to_stderr() -> Iterator[None]:
+    """Within: what is written to stdout (prints, library logs, the subprocesses started,
+    such as the pipeline's steps) goes to stderr, so that the result printed after it
+    is alone on stdout."""
+    for stream in (sys.stdout, sys.__stdout__):
+        if stream is not None:
+            stream.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for stream in (sys.stdout, sys.__stdout__, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,7 +69,8 @@ def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from qcloop.dataset import import_yolo_folder
 
-    manifest, created = import_yolo_folder(settings, Path(args.folder), commit=args.commit)
+    with _progress_to_stderr():
+        manifest, created = import_yolo_folder(settings, Path(args.folder), commit=args.commit)
     counts = {split: c.model_dump() for split, c in manifest.counts.items()}
     print(json.dumps({"version": manifest.version, "created": created, "counts": counts}))
     return 0
@@ -60,8 +85,14 @@ def _cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
-    from qcloop.dataset import materialize, materialize_split
+    from qcloop.dataset import known_versions, materialize, materialize_split
+    from qcloop.errors import DatasetError
 
+    if args.version == "latest":
+        versions = known_versions(settings)
+        if not versions:
+            raise DatasetError("no dataset version in the store yet; qcloop dataset import first")
+        args.version = versions[-1]
     if args.split:
         count = materialize_split(settings, args.version, args.split, Path(args.out))
         print(f"{args.version} {args.split}: {count} images in {args.out} (a YOLO folder)")
@@ -74,25 +105,29 @@ def _cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.runs import run_training
 
-    result = run_training(
-        settings,
-        dataset_version=args.dataset_version,
-        epochs=args.epochs,
-        imgsz=args.imgsz,
-        batch=args.batch,
-        min_map50_95=args.min_map,
-        dynamic_onnx=args.dynamic_onnx,
-        model_size=args.model_size,
-        patience=args.patience,
-        recipe=args.recipe,
-        average_last=args.average_last,
-        device=args.device,
-        int8=args.int8,
-        approval=args.approval,
-        production_alias=settings.mlflow.production_alias,
-    )
+    with _progress_to_stderr():
+        result = run_training(
+            settings,
+            dataset_version=args.dataset_version,
+            epochs=args.epochs,
+            imgsz=args.imgsz,
+            batch=args.batch,
+            min_map50_95=args.min_map,
+            dynamic_onnx=args.dynamic_onnx,
+            model_size=args.model_size,
+            patience=args.patience,
+            recipe=args.recipe,
+            average_last=args.average_last,
+            device=args.device,
+            int8=args.int8,
+            approval=args.approval,
+            production_alias=settings.mlflow.production_alias,
+        )
     print(json.dumps(result, indent=2, default=str))
-    return 0 if result.get("registered") else 2
+    if result.get("registered"):
+        return 0
+    print(f"not registered: {result.get('gate_reason')} (exit 2)", file=sys.stderr)
+    return 2
 
 
 def _cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
@@ -234,7 +269,8 @@ def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from components.evaluate import evaluate_yolo_folder
 
-    metrics = evaluate_yolo_folder(Path(args.model), Path(args.data), imgsz=args.imgsz)
+    with _progress_to_stderr():
+        metrics = evaluate_yolo_folder(Path(args.model), Path(args.data), imgsz=args.imgsz)
     print(metrics.to_json())
     return 0
 
@@ -376,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit", action="store_true", help="git commit data.dvc, naming the change")
     add("list", _cmd_versions, "list dataset versions", ds)
     p = add("pull", _cmd_pull, "materialise a dataset version into a folder", ds)
-    p.add_argument("version")
+    p.add_argument("version", help="e.g. v1 (qcloop dataset list), or 'latest' for the newest")
     p.add_argument("--out", required=True)
     p.add_argument(
         "--split",
@@ -385,10 +421,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add("train", _cmd_train, "run the training pipeline locally (kfp.local)")
-    p.add_argument("--dataset-version", required=True)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--imgsz", type=int, default=480)
-    p.add_argument("--batch", type=int, default=16)
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.epilog = (
+        "Prints the run's result as JSON on stdout (progress on stderr). Exit 0: registered; "
+        "2: trained but not registered (the gate's reason on stderr); 1: an error."
+    )
+    p.add_argument(
+        "--dataset-version",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="dataset version to train on (qcloop dataset list), or 'latest' for the newest",
+    )
+    p.add_argument("--epochs", type=int, default=30, help="training epochs")
+    p.add_argument("--imgsz", type=int, default=480, help="training and export image size")
+    p.add_argument("--batch", type=int, default=16, help="training batch size")
     p.add_argument("--min-map", type=float, default=0.3, help="gate: minimum mAP50-95")
     p.add_argument(
         "--model-size",

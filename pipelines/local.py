@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
+import sys
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,16 +49,56 @@ def run_locally(
         workspace_root=str(root / "workspace"),
     )
     print(f"[pipeline] {name} locally, outputs under {root}")
-    with _step_environment(secret_variables(settings)), warnings.catch_warnings():
+    tail = _Tail(sys.stdout)  # kfp prints the steps' output here, line by line
+    with (
+        _step_environment(secret_variables(settings)),
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(tail),
+    ):
         # the steps declare the project image; locally they run in this venv instead
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
         try:
             return dict(pipeline(**params).outputs)
         except RuntimeError as exc:
-            plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp colours its messages
+            plain = _ANSI.sub("", str(exc))  # kfp colours its messages
+            found = tail.last_error()
+            said = f" Its error: {found}" if found else ""
             raise PipelineError(
-                f"{name} failed locally: {plain} The step's own error is in the log above."
+                f"{name} failed locally: {plain}{said} (the step's whole log is above)"
             ) from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ERROR_LINE = re.compile(r"\b(\w*(?:Error|Exception|Interrupt)): (.+)$")
+
+
+class _Tail(io.TextIOBase):
+    """Writes through to ``stream`` and keeps the last lines (a failed step's error)."""
+
+    def __init__(self, stream: Any, keep: int = 400) -> None:
+        self.stream = stream
+        self.lines: deque[str] = deque(maxlen=keep)
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        *done, self._partial = (self._partial + text).split("\n")
+        self.lines.extend(done)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def last_error(self) -> str | None:
+        """The last ``SomeError: message`` line written (a step's exception), plain."""
+        for line in reversed([*self.lines, self._partial]):
+            match = _ERROR_LINE.search(_ANSI.sub("", line).strip())
+            if match:
+                return f"{match.group(1)}: {match.group(2)}"
+        return None
 
 
 def compile_to(pipeline: Callable[..., Any], name: str, out: Path) -> Path:

@@ -71,7 +71,10 @@ def read_class_names(folder: Path) -> list[str]:
     """Class names from ``classes.txt``."""
     path = folder / "classes.txt"
     if not path.is_file():
-        raise DatasetError(f"{path}: missing; list the class names one per line, or pass them")
+        raise DatasetError(
+            f"{path}: missing; write the class names in it, one per line, in the order of "
+            "the class ids of labels/ (0 first)"
+        )
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise DatasetError(f"{path}: empty; list the class names one per line")

@@ -79,8 +79,14 @@ def test_eval_any_model_on_a_yolo_folder(
         label = f"{image.stem}.txt"
         shutil.copyfile(metal_tags / "labels" / label, folder / "labels" / label)
     assert main(["eval", "--model", str(exported_onnx), "--data", str(folder)]) == 0
-    metrics = EvalMetrics.from_json(capsys.readouterr().out.strip().splitlines()[-1])
-    assert metrics.images == 4
+    # the JSON alone on stdout (`qcloop eval ... > metrics.json`), the progress on stderr
+    out, err = capsys.readouterr()
+    metrics = EvalMetrics.from_json(out)
+    assert metrics.images == 4 and "[evaluate]" in err
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model")
+    assert main(["eval", "--model", str(junk), "--data", str(folder)]) == 1
+    assert f"error: {junk}: not an ONNX model (DecodeError" in capsys.readouterr().err
     (folder / "labels" / f"{image.stem}.txt").write_text("0 1.5 0.5 0.1 0.1\n")
     assert main(["eval", "--model", str(exported_onnx), "--data", str(folder)]) == 1
     assert image.stem in capsys.readouterr().err

@@ -25,13 +25,17 @@ def test_synth_import_list_pull(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QCLOOP_WORKSPACE", str(tmp_path / "ws"))
     assert main(["dataset", "synth", "--out", "yolo", "--shots", "3"]) == 0
+    capsys.readouterr()
     assert main(["dataset", "import", "yolo"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()[-1]
+    out = capsys.readouterr().out  # the JSON alone: the progress went to stderr
     assert json.loads(out)["version"] == "v1"
     assert main(["dataset", "list"]) == 0
     assert capsys.readouterr().out.split() == ["v1"]
     assert main(["dataset", "pull", "v1", "--out", "pulled"]) == 0
     assert (tmp_path / "pulled" / "manifest.json").is_file()
+    capsys.readouterr()
+    assert main(["dataset", "pull", "latest", "--out", "newest"]) == 0
+    assert capsys.readouterr().out.startswith("v1: 12 images in newest")
     # one split as a plain YOLO folder: just that split's images and labels
     manifest = json.loads((tmp_path / "pulled" / "manifest.json").read_text())
     by_split: dict[str, set[str]] = {}
@@ -56,8 +60,8 @@ def test_errors_are_one_line_and_exit_1(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["dataset", "import", "no-such-folder"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "no-such-folder" in err
+    err = capsys.readouterr().err  # the progress before it is on stderr too
+    assert err.splitlines()[-1].startswith("error: ") and "no-such-folder" in err
     bad = tmp_path / "bad.toml"
     bad.write_text("[store]\nkind = 'ftp'\n")
     assert main(["--config", str(bad), "config"]) == 1

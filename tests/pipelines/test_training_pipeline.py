@@ -218,8 +218,12 @@ def test_run_local_with_an_unknown_version_names_the_failed_step(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings, _ = dataset_v1
-    with pytest.raises(PipelineError, match="Inner task failed: 'load-dataset'"):
+    with pytest.raises(PipelineError, match="Inner task failed: 'load-dataset'") as failed:
         _run(settings, tmp_path, dataset_version="v99")
+    # the step's own error is in the message, not only somewhere in the log above it
+    assert "Its error: DatasetError: dataset version 'v99' does not exist (known: v1)" in str(
+        failed.value
+    )
     assert (
         "DatasetError: dataset version 'v99' does not exist (known: v1)" in capsys.readouterr().out
     )

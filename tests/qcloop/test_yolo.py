@@ -67,7 +67,7 @@ def test_bad_folder_is_named(folder: Path, breakage: str, fragment: str) -> None
 
 def test_missing_classes_file(folder: Path) -> None:
     (folder / "classes.txt").unlink()
-    with pytest.raises(DatasetError, match="classes.txt"):
+    with pytest.raises(DatasetError, match="classes.txt: missing; write the class names in it"):
         scan_yolo_folder(folder)
 
 
