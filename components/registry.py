@@ -219,13 +219,31 @@ def get_model_record(tracking_uri: str, model_name: str, ref: str) -> ModelRecor
     else:
         what = f"model '{model_name}' alias @{alias}"
         todo = f"no version carries @{alias}: approve one first (`qcloop model approve VERSION`)"
-    with _mlflow_errors(tracking_uri, what, todo):
-        if ref.isdigit():
-            version = client.get_model_version(model_name, ref)
-        else:
-            version = client.get_model_version_by_alias(model_name, alias)
-        run = client.get_run(version.run_id) if version.run_id else None
+    try:
+        with _mlflow_errors(tracking_uri, what, todo):
+            if ref.isdigit():
+                version = client.get_model_version(model_name, ref)
+            else:
+                version = client.get_model_version_by_alias(model_name, alias)
+            run = client.get_run(version.run_id) if version.run_id else None
+    except RegistryError as exc:
+        if "not found" in str(exc) and not _model_exists(client, model_name):
+            raise RegistryError(
+                f"model '{model_name}': no such registered model in MLflow at {tracking_uri}; "
+                "check the name (mlflow.model_name in `qcloop config`) or register one first "
+                "(`qcloop train`)"
+            ) from None
+        raise
     return _record(model_name, version, run, what)
+
+
+def _model_exists(client: Any, model_name: str) -> bool:
+    """Whether ``model_name`` is registered (True when MLflow cannot say: keep the first error)."""
+    try:
+        found = client.search_registered_models(filter_string=f"name = '{model_name}'")
+    except Exception:  # noqa: BLE001 - only refines a message
+        return True
+    return any(model.name == model_name for model in found)
 
 
 def _record(model_name: str, version: Any, run: Any, what: str) -> ModelRecord:

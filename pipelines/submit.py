@@ -52,6 +52,14 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 # KFP parameter types of the compiled pipeline -> the Python types a run must send
+_KIND_WORDS = {
+    "STRING": "text",
+    "NUMBER_INTEGER": "a whole number (e.g. 30)",
+    "NUMBER_DOUBLE": "a number (e.g. 0.5)",
+    "BOOLEAN": "true or false",
+    "STRUCT": "a JSON object",
+    "LIST": "a JSON list",
+}
 _KFP_TYPES: dict[str, tuple[type, ...]] = {
     "STRING": (str,),
     "NUMBER_INTEGER": (int,),
@@ -88,8 +96,8 @@ def typed_arguments(package: Path, arguments: dict[str, Any]) -> dict[str, Any]:
         ok = isinstance(value, wanted) and not (isinstance(value, bool) and bool not in wanted)
         if not ok:
             raise PipelineError(
-                f"--param {name}={json.dumps(value)}: {name} is {kind.lower()}, "
-                f"give a value of that type"
+                f"--param {name}={json.dumps(value)}: {name} takes "
+                f"{_KIND_WORDS.get(kind, kind.lower())}"
             )
         typed[name] = float(value) if kind == "NUMBER_DOUBLE" else value
     return typed

@@ -169,8 +169,9 @@ def test_params_get_the_pipelines_types_or_a_clear_error(
     assert (sent["device"], sent["min_map50_95"], sent["int8"]) == ("0", 1.0, True)
     assert sent["code_version"] == "abc1234"  # lineage of what the cluster runs
     for params, message in (
-        ({"epochs": "many"}, 'epochs="many": epochs is number_integer'),
-        ({"int8": 1}, "int8=1: int8 is boolean"),
+        ({"epochs": "many"}, 'epochs="many": epochs takes a whole number (e.g. 30)'),
+        ({"int8": 1}, "int8=1: int8 takes true or false"),
+        ({"min_map50_95": "high"}, 'min_map50_95="high": min_map50_95 takes a number (e.g. 0.5)'),
         ({"epoch": 3}, "--param epoch: the training pipeline has no such parameter"),
     ):
         with pytest.raises(PipelineError, match=re.escape(message)):
