@@ -116,10 +116,14 @@ def test_bench_fusion_scores_each_method_on_finished_runs(
         (folder / "result.json").write_text(json.dumps({"weights": "best.pt", "train_s": 5.0}))
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_fusion.py"), "--runs", str(runs)]
     cmd += ["--data", str(tiny_dataset), "--imgsz", str(IMGSZ), "--ensemble"]
+
+    def fusion(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            cmd + list(args), cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+
     # when the ensemble of the reference and its next seed is scored every way
-    done = subprocess.run(
-        cmd + ["reference,reference"], cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
+    done = fusion("reference,reference")
     # then each method has its row on the version's own test split
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((runs / "fusion-reference,reference.json").read_text())
@@ -134,22 +138,10 @@ def test_bench_fusion_scores_each_method_on_finished_runs(
     assert results[2]["map50_95"] == pytest.approx(results[0]["map50_95"], abs=1e-4)
     assert "| nms | 1 |" in done.stdout and "| flip+wbf | 1 |" in done.stdout
     # and a third member with no run is an error row naming it, exit 1
-    again = subprocess.run(
-        cmd + ["reference,reference,reference", "--methods", "nms"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = fusion("reference,reference,reference", "--methods", "nms")
     assert again.returncode == 1
     saved = runs / "fusion-reference,reference,reference.json"
     error = json.loads(saved.read_text())[0]["error"]
     assert error.startswith("no finished run of reference seed 2 in ")
-    bad = subprocess.run(
-        cmd + ["reference,reference", "--methods", "vote"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    bad = fusion("reference,reference", "--methods", "vote")
     assert bad.returncode == 2 and "--methods vote: use some of nms, flip, wbf" in bad.stderr
