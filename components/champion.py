@@ -14,17 +14,15 @@ from components.evaluate import evaluate_onnx
 from components.registry import download_onnx, get_model_record
 from components.train import load_manifest
 from qcloop.contracts import EvalMetrics, ModelRecord
-from qcloop.errors import PipelineError, RegistryError
+from qcloop.errors import NotRegisteredError, PipelineError
 
 
 def production_record(tracking_uri: str, model_name: str, alias: str) -> ModelRecord | None:
     """The record behind ``alias``, or None if no version carries it (or the model is new)."""
     try:
         return get_model_record(tracking_uri, model_name, f"@{alias.lstrip('@')}")
-    except RegistryError as exc:
-        if "not found" in str(exc):
-            return None
-        raise
+    except NotRegisteredError:
+        return None
 
 
 def evaluate_champion(

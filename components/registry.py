@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qcloop.contracts import EvalMetrics, ModelRecord, OnnxVariant, utcnow
-from qcloop.errors import IntegrityError, RegistryError
+from qcloop.errors import IntegrityError, NotRegisteredError, RegistryError
 from qcloop.storage import sha256_file
 
 ONNX_ARTIFACT = "model/model.onnx"
@@ -92,7 +92,9 @@ def _mlflow_errors(tracking_uri: str, what: str, todo: str) -> Iterator[None]:
         if "Max retries exceeded" in text or "Failed to establish" in text:
             raise RegistryError(unreachable) from None
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in text.lower():
-            raise RegistryError(f"{what}: not found in MLflow at {tracking_uri}; {todo}") from None
+            raise NotRegisteredError(
+                f"{what}: not found in MLflow at {tracking_uri}; {todo}"
+            ) from None
         raise RegistryError(f"{what}: MLflow at {tracking_uri} refused: {_short(exc)}") from None
     except (RequestException, ConnectionError):
         raise RegistryError(unreachable) from None
@@ -226,9 +228,9 @@ def get_model_record(tracking_uri: str, model_name: str, ref: str) -> ModelRecor
             else:
                 version = client.get_model_version_by_alias(model_name, alias)
             run = client.get_run(version.run_id) if version.run_id else None
-    except RegistryError as exc:
-        if "not found" in str(exc) and not _model_exists(client, model_name):
-            raise RegistryError(
+    except NotRegisteredError:
+        if not _model_exists(client, model_name):
+            raise NotRegisteredError(
                 f"model '{model_name}': no such registered model in MLflow at {tracking_uri}; "
                 "check the name (mlflow.model_name in `qcloop config`) or register one first "
                 "(`qcloop train`)"

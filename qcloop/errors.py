@@ -10,6 +10,7 @@
     ├── IntegrityError           bytes do not match their sha256 (or signature)
     ├── BrokerUnavailable        the MQTT broker cannot be reached
     ├── RegistryError            MLflow refused or is down
+    │   └── NotRegisteredError   the model, version or alias is not registered (yet)
     └── PipelineError            a pipeline step failed
 
 Every message names the item (file, field, key, URL) and says what to do.
@@ -56,6 +57,10 @@ class BrokerUnavailable(QcloopError):
 
 class RegistryError(QcloopError):
     """The model registry (MLflow) refused a request or is unreachable."""
+
+
+class NotRegisteredError(RegistryError):
+    """The model, version or alias asked for is not in the registry (yet)."""
 
 
 class PipelineError(QcloopError):

@@ -18,7 +18,7 @@ from components.registry import get_model_record
 from pipelines.training import compile_pipeline, run_local
 from qcloop.contracts import EvalMetrics, ModelRecord
 from qcloop.dataset import import_yolo_folder
-from qcloop.errors import PipelineError, RegistryError
+from qcloop.errors import NotRegisteredError, PipelineError
 from qcloop.settings import Settings, StoreSettings
 from qcloop.yolo import capture_group
 
@@ -206,7 +206,7 @@ def test_run_local_registers_nothing_below_the_threshold(
     assert result["registered"] is False and result["gate_passed"] is False
     assert result["model_record"] is None
     assert "< threshold 1.0000" in str(result["gate_reason"])
-    with pytest.raises(RegistryError, match="not found"):
+    with pytest.raises(NotRegisteredError, match="'detector': no such registered model"):
         get_model_record(f"sqlite:///{tmp_path}/mlflow.db", "detector", "1")
 
 
