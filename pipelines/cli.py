@@ -113,6 +113,8 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             imgsz=args.imgsz,
             batch=args.batch,
             min_map50_95=args.min_map,
+            tolerance=args.tolerance,
+            seed=args.seed,
             dynamic_onnx=args.dynamic_onnx,
             model_size=args.model_size,
             patience=args.patience,
@@ -436,6 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=480, help="training and export image size")
     p.add_argument("--batch", type=int, default=16, help="training batch size")
     p.add_argument("--min-map", type=float, default=0.3, help="gate: minimum mAP50-95")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.02,
+        help="gate: at most this much mAP50-95 below the production model on the same test split",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed (a recipe named again in --recipe trains with the next one)",
+    )
     p.add_argument(
         "--model-size",
         default="n",

@@ -117,6 +117,7 @@ def test_cli_offers_every_recipe() -> None:
         ["train", "--dataset-version", "v1", "--recipe", "scratch", "--average-last", "10"]
     )
     assert (args.recipe, args.average_last) == ("scratch", 10)
+    assert (args.tolerance, args.seed) == (0.02, 0)  # the pipeline's defaults
     train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
     (recipe,) = [a for a in train._actions if a.dest == "recipe"]
     assert all(name in recipe.help for name in RECIPES)
