@@ -46,16 +46,11 @@ def resolve_version(settings_json: str, version: str) -> str:
     """
     if version != LATEST:
         return version
-    from qcloop.dataset import known_versions
+    from qcloop.dataset import newest_version
 
-    versions = known_versions(settings_from_json(settings_json))
-    if not versions:
-        raise DatasetError(
-            "dataset version 'latest': the object store holds no dataset version yet; "
-            "import data first (qcloop dataset import)"
-        )
-    print(f"[data] latest dataset version: {versions[-1]}")
-    return versions[-1]
+    newest = newest_version(settings_from_json(settings_json))
+    print(f"[data] latest dataset version: {newest}")
+    return newest
 
 
 def load_manifest(dataset_dir: Path) -> DatasetManifest:

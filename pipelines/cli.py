@@ -85,14 +85,11 @@ def _cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
-    from qcloop.dataset import known_versions, materialize, materialize_split
-    from qcloop.errors import DatasetError
+    from components.train import LATEST
+    from qcloop.dataset import materialize, materialize_split, newest_version
 
-    if args.version == "latest":
-        versions = known_versions(settings)
-        if not versions:
-            raise DatasetError("no dataset version in the store yet; qcloop dataset import first")
-        args.version = versions[-1]
+    if args.version == LATEST:
+        args.version = newest_version(settings)
     if args.split:
         count = materialize_split(settings, args.version, args.split, Path(args.out))
         print(f"{args.version} {args.split}: {count} images in {args.out} (a YOLO folder)")

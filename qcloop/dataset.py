@@ -279,6 +279,17 @@ def known_versions(settings: Settings) -> list[str]:
     return sorted(names, key=lambda v: int(v[1:]) if v[1:].isdigit() else 0)
 
 
+def newest_version(settings: Settings) -> str:
+    """The newest dataset version in the object store now; ``DatasetError`` if none."""
+    versions = known_versions(settings)
+    if not versions:
+        raise DatasetError(
+            "dataset version 'latest': the object store holds no dataset version yet; "
+            "import data first (qcloop dataset import)"
+        )
+    return versions[-1]
+
+
 def materialize(settings: Settings, version: str, dest: Path) -> DatasetManifest:
     """Copy dataset ``version`` into ``dest`` (a new folder) and return its manifest."""
     dest = Path(dest)

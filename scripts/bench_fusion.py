@@ -208,8 +208,6 @@ def score(
 
 
 def main() -> int:
-    from components.train import member_seeds
-
     parser = argparse.ArgumentParser(
         description="Score ways of fusing an ensemble's members on the runs of bench_recipes."
     )
@@ -249,19 +247,19 @@ def main() -> int:
                 data = bench_recipes.fold_dataset(dataset, args.folds, fold, work / f"fold-{fold}")
             for seed in seeds:
                 labels = {"seed": seed, **({} if fold < 0 else {"fold": fold})}
-                parts, train_s, missing = [], 0.0, None
-                for member, member_seed in zip(members, member_seeds(members, seed), strict=True):
-                    folder = bench_recipes.run_folder(args.runs, member, member_seed, fold)
-                    result = bench_recipes.finished_run(folder, args.imgsz)
-                    if result is None:
-                        missing = f"no finished run of {member} seed {member_seed} in {folder}"
-                        break
-                    parts.append(folder / "model.onnx")
-                    train_s += float(result["train_s"])
+                parts, train_s, missing = bench_recipes.ensemble_runs(
+                    args.runs,
+                    members,
+                    seed,
+                    fold,
+                    lambda _, __, folder: bench_recipes.finished_run(folder, args.imgsz),
+                )
                 for method in methods:
                     row: dict[str, Any] = {"variant": method, **labels}
                     if missing:
-                        results.append({**row, "error": missing})
+                        member, member_seed, folder = missing
+                        error = f"no finished run of {member} seed {member_seed} in {folder}"
+                        results.append({**row, "error": error})
                         continue
                     where = work / f"{method}-seed{seed}-fold{fold}"
                     where.mkdir()

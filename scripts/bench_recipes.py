@@ -249,6 +249,30 @@ def finished_run(folder: Path, imgsz: int) -> dict[str, Any] | None:
     return result
 
 
+def ensemble_runs(
+    out: Path,
+    members: list[str],
+    seed: int,
+    fold: int,
+    result_of: Callable[[str, int, Path], dict[str, Any] | None],
+) -> tuple[list[Path], float, tuple[str, int, Path] | None]:
+    """The ONNX files and summed train time of the runs of ``members`` under ``out`` for
+    ``seed`` and ``fold`` (a variant named again: its run with the next seed,
+    ``components.train.member_seeds``), ``result_of(variant, seed, folder)`` giving each
+    run's result; and the first run without one (variant, seed, folder), or None."""
+    from components.train import member_seeds
+
+    parts, train_s = [], 0.0
+    for member, member_seed in zip(members, member_seeds(members, seed), strict=True):
+        folder = run_folder(out, member, member_seed, fold)
+        result = result_of(member, member_seed, folder)
+        if result is None:
+            return parts, train_s, (member, member_seed, folder)
+        parts.append(folder / "model.onnx")
+        train_s += float(result["train_s"])
+    return parts, train_s, None
+
+
 def score_ensembles(
     jobs: list[dict[str, Any]], results: list[dict[str, Any]], members: list[str], out: Path
 ) -> list[dict[str, Any]]:
@@ -259,7 +283,6 @@ def score_ensembles(
     ``out``. One result row each, or its error."""
     from components.ensemble import merge_onnx
     from components.evaluate import evaluate_onnx
-    from components.train import member_seeds
 
     name = ensemble_name(members)
     runs = {(j["variant"], run_key(j)): j for j in jobs}
@@ -269,17 +292,18 @@ def score_ensembles(
         seed, fold = key
         labels = {"variant": name, "seed": seed, **({} if fold < 0 else {"fold": fold})}
         job = runs[(members[0], key)]
-        parts, train_s = [], 0.0
-        for member, member_seed in zip(members, member_seeds(members, seed), strict=True):
-            folder = run_folder(out, member, member_seed, fold)
+
+        def result_of(
+            member: str, member_seed: int, folder: Path, fold: int = fold, imgsz: int = job["imgsz"]
+        ) -> dict[str, Any] | None:
             result = done.get((member, (member_seed, fold)))
             if result is None and (member, (member_seed, fold)) not in runs:
-                result = finished_run(folder, job["imgsz"])  # an earlier call's run
-            if result is None:
-                break
-            parts.append(folder / "model.onnx")
-            train_s += float(result["train_s"])
-        if len(parts) < len(members):
+                result = finished_run(folder, imgsz)  # an earlier call's run
+            return result
+
+        parts, train_s, missing = ensemble_runs(out, members, seed, fold, result_of)
+        if missing:
+            member, member_seed, _ = missing
             rows.append(
                 {**labels, "error": f"the run of {member} seed {member_seed} failed or is missing"}
             )
