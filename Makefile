@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-train-threads clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-train-threads clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -88,6 +88,11 @@ RUNS ?= .qcloop/bench/recipes-cv-folds0,1,2,3,4,5
 ENSEMBLE ?= reference,scratch+avg10
 bench-fusion: ## an ensemble's members fused by NMS (as registered), WBF, mirrored runs, on bench-recipes-cv's runs (RUNS=DIR ENSEMBLE=a,b)
 	$(PY) scripts/bench_fusion.py --runs $(RUNS) --ensemble $(ENSEMBLE) --folds 6
+
+VARIANT ?= reference
+bench-snapshots: ## one run's checkpoints pooled, its boxes rescaled on val; runs of bench_recipes --save-period (RUNS=DIR VARIANT=v FOLD_IDS=4)
+	$(PY) scripts/bench_snapshots.py --runs $(RUNS) --variant $(VARIANT) --folds 6 --fold-ids $(FOLD_IDS) \
+		--pools best,last,best+last,epoch90+epoch110+epoch130+last --box-scale
 
 bench-train-threads: ## CPU training: qcloop's threads (every core) vs ultralytics' own (one fewer), s/epoch
 	$(PY) scripts/bench_train_threads.py --epochs 3 --rounds 2

@@ -388,6 +388,7 @@ def train_yolo(
     recipe: str = "reference",
     average_last: int = 0,
     threads: int | None = None,
+    save_period: int = -1,
 ) -> Path:
     """Train a detector from ``model_cfg`` (no pretrained weights) and return the weights.
 
@@ -397,7 +398,8 @@ def train_yolo(
     (``average_checkpoints``); the averaged model is returned when it scores at
     least as well as ``best.pt`` on the val split, else ``best.pt``. On the CPU it
     trains on ``threads`` torch threads, by default every core it may use
-    (``cpu_threads``).
+    (``cpu_threads``). ``save_period`` N > 0 also keeps the EMA weights of every Nth
+    epoch (``run/weights/epochK.pt``, K counted from 0; for scripts/bench_snapshots.py).
     Raises ``PipelineError`` if a loss turned NaN or no weights were written.
     """
     overrides = recipe_overrides(recipe)
@@ -438,6 +440,7 @@ def train_yolo(
         deterministic=True,
         workers=loader_workers(device) if workers is None else workers,
         patience=patience,
+        save_period=save_period,
         project=str(out_dir),
         name="run",
         exist_ok=True,

@@ -4,7 +4,8 @@
     .venv/bin/python scripts/bench_recipes.py [--data DIR] [--variants reference,scratch+avg10]
         [--epochs 150] [--imgsz 480] [--model-size n] [--batch 16] [--patience 50] [--device cpu|0]
         [--seeds 0] [--folds K [--fold-ids 0,1]] [--jobs 1] [--workers N]
-        [--ensemble reference,scratch+avg10] [--reuse] [--out .qcloop/bench/recipes]
+        [--ensemble reference,scratch+avg10] [--reuse] [--save-period N]
+        [--out .qcloop/bench/recipes]
     .venv/bin/python scripts/bench_recipes.py --summary RESULTS.json [RESULTS.json ...]
 
 Each variant is ``RECIPE[@SIZE][+avgK]``: a recipe of ``components.train.RECIPES``,
@@ -194,6 +195,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         average_last=job["average_last"],
         workers=job.get("workers"),
         threads=job.get("threads"),
+        save_period=job.get("save_period", -1),
     )
     train_s = time.perf_counter() - started
     onnx = export_onnx(weights, out / "model.onnx", imgsz=job["imgsz"])
@@ -496,6 +498,13 @@ def main() -> int:
         action="store_true",
         help="a run whose folder under --out holds its result.json is not trained again",
     )
+    parser.add_argument(
+        "--save-period",
+        type=int,
+        default=-1,
+        help="also keep every Nth epoch's weights (run/weights/epochK.pt) for "
+        "scripts/bench_snapshots.py (default: off)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / ".qcloop" / "bench" / "recipes")
     parser.add_argument(
         "--summary", type=Path, nargs="+", help="print the table of these results.json files"
@@ -554,6 +563,7 @@ def main() -> int:
                 "device": args.device,
                 "workers": workers,
                 "threads": threads,
+                "save_period": args.save_period,
                 "reuse": args.reuse,
             }
             for fold, data in datasets.items()

@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""What a finished run gives without more training: its checkpoints pooled, its boxes rescaled.
+
+    .venv/bin/python scripts/bench_snapshots.py --runs DIR --variant reference
+        [--data DIR] [--folds K [--fold-ids 0,1]] [--seeds 0] [--imgsz 480]
+        [--pools best,last,best+last] [--box-scale]
+
+``--runs`` is a ``scripts/bench_recipes.py --out`` folder; each (seed, fold) of
+``--variant`` is the run ``VARIANT-seedS[-foldK]`` there, with its weights under
+``run/weights``. ``--data``, ``--folds`` and ``--fold-ids`` must be those the runs
+were trained with: each run is scored on the test split it never saw.
+
+- ``--pools``: each pool is weights of the run (``best``, ``last``, or ``epochK``,
+  which bench_recipes keeps with ``--save-period``) joined by ``+``; a pool of two or
+  more is scored as their ensemble, pooled by NMS into one ONNX graph as
+  ``qcloop train --recipe a,b`` pools its members (components/ensemble.py): the
+  "ensembling of checkpoints" of one run, at no extra training. The first pool is
+  the baseline of the table.
+- ``--box-scale``: are the run's boxes (``best``) systematically wider or taller
+  than the labels? The width and height of every box it predicts are multiplied by
+  the factors (0.88-1.12, steps of 0.02) that give the best mAP50-95 on the **val**
+  split, and the test split is scored with them (row ``best scaled on val``); the
+  factors that would be best on the test split itself are given too (row ``best
+  scaled on test``, an upper bound no model could be tuned to). The mAP is computed
+  here from the boxes ultralytics predicts (conf 0.001, NMS IoU 0.7, as its
+  validator) and scored by its validator's own matching and AP functions; at factor 1
+  it is the validator's figure.
+
+The table gives each row's test mAP50-95 and its paired difference to the first
+pool over the same (seed, fold) with its standard error; results go to
+``<runs>/snapshots-<variant>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_recipes  # noqa: E402
+
+SCALES = [round(0.88 + 0.02 * k, 2) for k in range(13)]  # 0.88 ... 1.12
+
+
+def labelled_predictions(onnx: Path, dataset: Path, split: str, imgsz: int) -> list[Any]:
+    """Per image of ``split``: (predicted xyxy, confidences, labelled xyxy), in pixels.
+
+    ``DatasetError`` if the split has no images."""
+    import numpy as np
+    from ultralytics import YOLO
+
+    from components.yolo_env import configure_offline
+    from qcloop.contracts import DatasetManifest
+    from qcloop.errors import DatasetError
+
+    configure_offline()
+    manifest = DatasetManifest.model_validate_json((dataset / "manifest.json").read_text())
+    images = [i for i in manifest.images if i.split == split]
+    if not images:
+        raise DatasetError(f"{dataset}: the {split} split is empty; nothing to score on")
+    model = YOLO(str(onnx), task="detect")
+    rows = []
+    for image in images:
+        labels = np.zeros((0, 4))
+        label_file = dataset / image.label_file
+        if label_file.is_file():
+            values = [line.split()[1:5] for line in label_file.read_text().splitlines()]
+            labels = np.array([v for v in values if v], dtype=float).reshape(-1, 4)
+        w, h = image.width, image.height
+        truth = np.stack(
+            [
+                (labels[:, 0] - labels[:, 2] / 2) * w,
+                (labels[:, 1] - labels[:, 3] / 2) * h,
+                (labels[:, 0] + labels[:, 2] / 2) * w,
+                (labels[:, 1] + labels[:, 3] / 2) * h,
+            ],
+            1,
+        )
+        found = model.predict(
+            str(dataset / image.file), imgsz=imgsz, conf=0.001, iou=0.7, max_det=300, verbose=False
+        )[0].boxes
+        rows.append((found.xyxy.numpy().copy(), found.conf.numpy().copy(), truth))
+    return rows
+
+
+def scaled(boxes: Any, scale_w: float, scale_h: float) -> Any:
+    """``boxes`` (xyxy) with their widths and heights times the factors, same centres."""
+    import numpy as np
+
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    half_w = (boxes[:, 2] - boxes[:, 0]) * scale_w / 2
+    half_h = (boxes[:, 3] - boxes[:, 1]) * scale_h / 2
+    return np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1)
+
+
+def box_metrics(rows: list[Any], scale_w: float = 1.0, scale_h: float = 1.0) -> dict[str, float]:
+    """mAP50, mAP50-95, precision and recall of one class's ``labelled_predictions`` with
+    the boxes scaled, matched and averaged by ultralytics' validator's own functions."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from ultralytics.engine.validator import BaseValidator
+    from ultralytics.utils.metrics import ap_per_class, box_iou
+
+    validator = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
+    hits, scores, labels = [], [], 0
+    for predicted, conf, truth in rows:
+        order = np.argsort(-conf, kind="stable")  # the validator matches in this order
+        predicted, conf = predicted[order], conf[order]
+        labels += len(truth)
+        hit = np.zeros((len(predicted), 10), dtype=bool)
+        if len(predicted) and len(truth):
+            iou = box_iou(
+                torch.from_numpy(truth).float(),
+                torch.from_numpy(scaled(predicted, scale_w, scale_h)).float(),
+            )
+            hit = BaseValidator.match_predictions(
+                validator,  # type: ignore[arg-type]  # it reads only iouv
+                torch.zeros(len(predicted)),
+                torch.zeros(len(truth)),
+                iou,
+            ).numpy()
+        hits.append(hit)
+        scores.append(conf)
+    conf = np.concatenate(scores)
+    _, _, precision, recall, _, ap, *_ = ap_per_class(
+        np.concatenate(hits), conf, np.zeros(len(conf)), np.zeros(labels)
+    )
+    if not len(ap):  # no labels at all
+        return {"map50": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0}
+    return {
+        "map50": float(ap[:, 0].mean()),
+        "map50_95": float(ap.mean()),
+        "precision": float(precision.mean()),
+        "recall": float(recall.mean()),
+    }
+
+
+def best_scale(rows: list[Any]) -> tuple[float, float]:
+    """The (width, height) factors of ``SCALES`` with the best mAP50-95 on ``rows``
+    (the nearer to 1 on a tie)."""
+    return max(
+        ((w, h) for w in SCALES for h in SCALES),
+        key=lambda s: (box_metrics(rows, *s)["map50_95"], -abs(s[0] - 1) - abs(s[1] - 1)),
+    )
+
+
+def pool_onnx(weights: Path, names: list[str], work: Path, imgsz: int) -> Path:
+    """One ONNX of the run's weights ``names`` (exported once each; pooled if several)."""
+    from components.ensemble import merge_onnx
+    from components.export import export_onnx
+
+    parts = []
+    for name in names:
+        source = weights / f"{name}.pt"
+        if not source.is_file():
+            raise FileNotFoundError(
+                f"{source}: no such weights (epochK.pt: train with bench_recipes --save-period)"
+            )
+        part = work / f"{name}.onnx"
+        if not part.is_file():
+            export_onnx(source, part, imgsz=imgsz)
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else merge_onnx(parts, work / f"{'+'.join(names)}.onnx")
+
+
+def score_run(
+    folder: Path, dataset: Path, work: Path, pools: list[str], box_scale: bool, imgsz: int
+) -> list[dict[str, Any]]:
+    """The rows of one run: each pool's test figures, then the rescaled boxes'."""
+    from components.evaluate import evaluate_onnx
+
+    weights = folder / "run" / "weights"
+    rows: list[dict[str, Any]] = []
+    for pool in pools:
+        try:
+            onnx = pool_onnx(weights, pool.split("+"), work, imgsz)
+            metrics = evaluate_onnx(onnx, dataset, imgsz=imgsz).model_dump()
+        except Exception as exc:  # noqa: BLE001 - keep the other rows' figures
+            rows.append({"variant": pool, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        rows.append({"variant": pool, **metrics})
+    if box_scale:
+        try:
+            onnx = pool_onnx(weights, ["best"], work, imgsz)
+            val = labelled_predictions(onnx, dataset, "val", imgsz)
+            test = labelled_predictions(onnx, dataset, "test", imgsz)
+            fitted, oracle = best_scale(val), best_scale(test)
+        except Exception as exc:  # noqa: BLE001
+            error = f"{type(exc).__name__}: {exc}"
+            return rows + [{"variant": v, "error": error} for v in SCALED_ROWS]
+        for variant, factors in zip(SCALED_ROWS, (fitted, oracle), strict=True):
+            rows.append({"variant": variant, "scale": factors, **box_metrics(test, *factors)})
+    return rows
+
+
+SCALED_ROWS = ("best scaled on val", "best scaled on test")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description="Score a finished run's checkpoints pooled and its boxes rescaled."
+    )
+    parser.add_argument("--runs", type=Path, required=True, help="bench_recipes --out folder")
+    parser.add_argument("--variant", required=True, help="the runs' variant, e.g. reference")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/metal-tags")
+    parser.add_argument("--folds", type=int, default=0)
+    parser.add_argument("--fold-ids")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--imgsz", type=int, default=480)
+    parser.add_argument("--pools", default="best,last,best+last")
+    parser.add_argument("--box-scale", action="store_true", help="also rescale best's boxes")
+    args = parser.parse_args()
+    pools = [p.strip() for p in args.pools.split(",") if p.strip()]
+    try:
+        bench_recipes.parse_variant(args.variant)
+        if not pools:
+            raise ValueError("--pools: name one or more, e.g. best,last,best+last")
+        folds = bench_recipes.fold_selection(args.folds, args.fold_ids) or [-1]
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except Exception as exc:  # noqa: BLE001 - a bad option is one line, not a traceback
+        print(f"bench_snapshots: {exc}", file=sys.stderr)
+        return 2
+    results: list[dict[str, Any]] = []
+    results_path = args.runs / f"snapshots-{args.variant}.json"
+    with tempfile.TemporaryDirectory(prefix="qcloop-snapshots-") as tmp:
+        work = Path(tmp)
+        dataset = bench_recipes.dataset_folder(args.data.resolve(), work / "import")
+        for fold in folds:
+            data = dataset
+            if fold >= 0:
+                data = bench_recipes.fold_dataset(dataset, args.folds, fold, work / f"fold-{fold}")
+            for seed in seeds:
+                labels = {"seed": seed, **({} if fold < 0 else {"fold": fold})}
+                folder = bench_recipes.run_folder(args.runs, args.variant, seed, fold)
+                where = work / folder.name
+                where.mkdir()
+                for row in score_run(folder, data, where, pools, args.box_scale, args.imgsz):
+                    results.append({**row, **labels, "train_s": 0.0})
+                    print(f"bench_snapshots: {json.dumps(results[-1])}", flush=True)
+                results_path.write_text(json.dumps(results, indent=2))
+    rows = pools + (list(SCALED_ROWS) if args.box_scale else [])
+    print(f"\n{args.variant}: test mAP50-95 of its checkpoints (train s: none added)")
+    print("\n".join(bench_recipes.summarise(results, rows)))
+    print(f"results: {results_path}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
