@@ -211,13 +211,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description="Score ways of fusing an ensemble's members on the runs of bench_recipes."
     )
-    parser.add_argument("--runs", type=Path, required=True, help="bench_recipes --out folder")
+    bench_recipes.add_run_options(parser)
     parser.add_argument("--ensemble", required=True, help="members, e.g. reference,scratch")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/metal-tags")
-    parser.add_argument("--folds", type=int, default=0)
-    parser.add_argument("--fold-ids")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--imgsz", type=int, default=480)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--wbf-iou", type=float, default=0.55)
     args = parser.parse_args()
@@ -240,37 +235,32 @@ def main() -> int:
     results_path = args.runs / f"fusion-{','.join(members)}.json"
     with tempfile.TemporaryDirectory(prefix="qcloop-fusion-") as tmp:
         work = Path(tmp)
-        dataset = bench_recipes.dataset_folder(args.data.resolve(), work / "import")
-        for fold in folds:
-            data = dataset
-            if fold >= 0:
-                data = bench_recipes.fold_dataset(dataset, args.folds, fold, work / f"fold-{fold}")
-            for seed in seeds:
-                labels = {"seed": seed, **({} if fold < 0 else {"fold": fold})}
-                parts, train_s, missing = bench_recipes.ensemble_runs(
-                    args.runs,
-                    members,
-                    seed,
-                    fold,
-                    lambda _, __, folder: bench_recipes.finished_run(folder, args.imgsz),
-                )
-                for method in methods:
-                    row: dict[str, Any] = {"variant": method, **labels}
-                    if missing:
-                        member, member_seed, folder = missing
-                        error = f"no finished run of {member} seed {member_seed} in {folder}"
-                        results.append({**row, "error": error})
-                        continue
-                    where = work / f"{method}-seed{seed}-fold{fold}"
-                    where.mkdir()
-                    try:
-                        metrics = score(method, parts, data, where, args.imgsz, args.wbf_iou)
-                    except Exception as exc:  # noqa: BLE001 - keep the other methods' figures
-                        results.append({**row, "error": f"{type(exc).__name__}: {exc}"})
-                        continue
-                    results.append({**row, "train_s": train_s, **metrics})
-                    print(f"bench_fusion: {json.dumps(results[-1])}", flush=True)
-                results_path.write_text(json.dumps(results, indent=2))
+        splits = bench_recipes.run_splits(args.data, args.folds, folds, seeds, work)
+        for data, fold, seed, labels in splits:
+            parts, train_s, missing = bench_recipes.ensemble_runs(
+                args.runs,
+                members,
+                seed,
+                fold,
+                lambda _, __, folder: bench_recipes.finished_run(folder, args.imgsz),
+            )
+            for method in methods:
+                row: dict[str, Any] = {"variant": method, **labels}
+                if missing:
+                    member, member_seed, folder = missing
+                    error = f"no finished run of {member} seed {member_seed} in {folder}"
+                    results.append({**row, "error": error})
+                    continue
+                where = work / f"{method}-seed{seed}-fold{fold}"
+                where.mkdir()
+                try:
+                    metrics = score(method, parts, data, where, args.imgsz, args.wbf_iou)
+                except Exception as exc:  # noqa: BLE001 - keep the other methods' figures
+                    results.append({**row, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
+                results.append({**row, "train_s": train_s, **metrics})
+                print(f"bench_fusion: {json.dumps(results[-1])}", flush=True)
+            results_path.write_text(json.dumps(results, indent=2))
     print(f"\nensemble {','.join(members)}; test mAP50-95 by way of fusing the members")
     print("\n".join(bench_recipes.summarise(results, methods)))
     print(f"results: {results_path}")

@@ -60,7 +60,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -166,6 +166,36 @@ def fold_dataset(dataset: Path, folds: int, fold: int, dest: Path) -> Path:
     )
     DatasetManifest.model_validate(fold_manifest.model_dump()).save(dest / "manifest.json")
     return dest
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the scripts that score finished runs again: where the runs are and
+    the data, folds, seeds and image size they were trained with."""
+    parser.add_argument("--runs", type=Path, required=True, help="bench_recipes --out folder")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared/datasets/metal-tags",
+        help="the dataset the runs were trained on (default ../shared/datasets/metal-tags)",
+    )
+    parser.add_argument("--folds", type=int, default=0, help="the runs' --folds (0: none)")
+    parser.add_argument("--fold-ids", help="the folds to score, comma-separated (default all)")
+    parser.add_argument("--seeds", default="0", help="the runs' seeds, comma-separated")
+    parser.add_argument("--imgsz", type=int, default=480, help="the runs' image size")
+
+
+def run_splits(
+    data: Path, folds: int, fold_ids: list[int], seeds: list[int], work: Path
+) -> Iterator[tuple[Path, int, int, dict[str, int]]]:
+    """For the scripts that score finished runs again: each (dataset, fold, seed, labels)
+    of ``fold_ids`` (-1: no folds) and ``seeds``, the dataset being the splits that
+    fold's runs were trained and tested on (made under ``work``), the labels those of
+    a result row (``{"seed": 0, "fold": 4}``)."""
+    dataset = dataset_folder(data.resolve(), work / "import")
+    for fold in fold_ids:
+        split = dataset if fold < 0 else fold_dataset(dataset, folds, fold, work / f"fold-{fold}")
+        for seed in seeds:
+            yield split, fold, seed, {"seed": seed, **({} if fold < 0 else {"fold": fold})}
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:

@@ -209,14 +209,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description="Score a finished run's checkpoints pooled and its boxes rescaled."
     )
-    parser.add_argument("--runs", type=Path, required=True, help="bench_recipes --out folder")
+    bench_recipes.add_run_options(parser)
     parser.add_argument("--variant", required=True, help="the runs' variant, e.g. reference")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/metal-tags")
-    parser.add_argument("--folds", type=int, default=0)
-    parser.add_argument("--fold-ids")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--imgsz", type=int, default=480)
-    parser.add_argument("--pools", default="best,last,best+last")
+    parser.add_argument(
+        "--pools",
+        default="best,last,best+last",
+        help="comma-separated; each: the run's weights (best, last, epochK) joined by +",
+    )
     parser.add_argument("--box-scale", action="store_true", help="also rescale best's boxes")
     args = parser.parse_args()
     pools = [p.strip() for p in args.pools.split(",") if p.strip()]
@@ -233,20 +232,15 @@ def main() -> int:
     results_path = args.runs / f"snapshots-{args.variant}.json"
     with tempfile.TemporaryDirectory(prefix="qcloop-snapshots-") as tmp:
         work = Path(tmp)
-        dataset = bench_recipes.dataset_folder(args.data.resolve(), work / "import")
-        for fold in folds:
-            data = dataset
-            if fold >= 0:
-                data = bench_recipes.fold_dataset(dataset, args.folds, fold, work / f"fold-{fold}")
-            for seed in seeds:
-                labels = {"seed": seed, **({} if fold < 0 else {"fold": fold})}
-                folder = bench_recipes.run_folder(args.runs, args.variant, seed, fold)
-                where = work / folder.name
-                where.mkdir()
-                for row in score_run(folder, data, where, pools, args.box_scale, args.imgsz):
-                    results.append({**row, **labels, "train_s": 0.0})
-                    print(f"bench_snapshots: {json.dumps(results[-1])}", flush=True)
-                results_path.write_text(json.dumps(results, indent=2))
+        splits = bench_recipes.run_splits(args.data, args.folds, folds, seeds, work)
+        for data, fold, seed, labels in splits:
+            folder = bench_recipes.run_folder(args.runs, args.variant, seed, fold)
+            where = work / folder.name
+            where.mkdir()
+            for row in score_run(folder, data, where, pools, args.box_scale, args.imgsz):
+                results.append({**row, **labels, "train_s": 0.0})
+                print(f"bench_snapshots: {json.dumps(results[-1])}", flush=True)
+            results_path.write_text(json.dumps(results, indent=2))
     rows = pools + (list(SCALED_ROWS) if args.box_scale else [])
     print(f"\n{args.variant}: test mAP50-95 of its checkpoints (train s: none added)")
     print("\n".join(bench_recipes.summarise(results, rows)))
