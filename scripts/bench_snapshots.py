@@ -55,10 +55,12 @@ def labelled_predictions(onnx: Path, dataset: Path, split: str, imgsz: int) -> l
     ``DatasetError`` if the split has no images."""
     import numpy as np
     from ultralytics import YOLO
+    from ultralytics.utils.ops import xywhn2xyxy
 
     from components.yolo_env import configure_offline
     from qcloop.contracts import DatasetManifest
     from qcloop.errors import DatasetError
+    from qcloop.yolo import parse_label_file
 
     configure_offline()
     manifest = DatasetManifest.model_validate_json((dataset / "manifest.json").read_text())
@@ -68,36 +70,28 @@ def labelled_predictions(onnx: Path, dataset: Path, split: str, imgsz: int) -> l
     model = YOLO(str(onnx), task="detect")
     rows = []
     for image in images:
-        labels = np.zeros((0, 4))
         label_file = dataset / image.label_file
-        if label_file.is_file():
-            values = [line.split()[1:5] for line in label_file.read_text().splitlines()]
-            labels = np.array([v for v in values if v], dtype=float).reshape(-1, 4)
-        w, h = image.width, image.height
-        truth = np.stack(
-            [
-                (labels[:, 0] - labels[:, 2] / 2) * w,
-                (labels[:, 1] - labels[:, 3] / 2) * h,
-                (labels[:, 0] + labels[:, 2] / 2) * w,
-                (labels[:, 1] + labels[:, 3] / 2) * h,
-            ],
-            1,
+        boxes, problems = (
+            parse_label_file(label_file, len(manifest.class_names))
+            if label_file.is_file()
+            else ((), [])
         )
+        if problems:
+            raise DatasetError("; ".join(problems))
+        labels = np.array([(b.cx, b.cy, b.w, b.h) for b in boxes], dtype=float).reshape(-1, 4)
         found = model.predict(
             str(dataset / image.file), imgsz=imgsz, conf=0.001, iou=0.7, max_det=300, verbose=False
         )[0].boxes
+        truth = xywhn2xyxy(labels, w=image.width, h=image.height)
         rows.append((found.xyxy.numpy().copy(), found.conf.numpy().copy(), truth))
     return rows
 
 
 def scaled(boxes: Any, scale_w: float, scale_h: float) -> Any:
     """``boxes`` (xyxy) with their widths and heights times the factors, same centres."""
-    import numpy as np
+    from ultralytics.utils.ops import xywh2xyxy, xyxy2xywh
 
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    half_w = (boxes[:, 2] - boxes[:, 0]) * scale_w / 2
-    half_h = (boxes[:, 3] - boxes[:, 1]) * scale_h / 2
-    return np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1)
+    return xywh2xyxy(xyxy2xywh(boxes) * [1.0, 1.0, scale_w, scale_h])
 
 
 def box_metrics(rows: list[Any], scale_w: float = 1.0, scale_h: float = 1.0) -> dict[str, float]:
