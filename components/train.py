@@ -172,6 +172,34 @@ def recipe_overrides(recipe: str) -> dict[str, Any]:
     return dict(RECIPES[recipe])
 
 
+# The ultralytics arguments train_yolo sets itself: an extra hyperparameter may not
+# replace them (``hyper_overrides``).
+_SET_BY_TRAIN = frozenset(
+    "data epochs imgsz batch device seed deterministic workers patience save_period "
+    "project name exist_ok plots model resume mode task".split()
+)
+
+
+def hyper_overrides(hyper: dict[str, Any]) -> dict[str, Any]:
+    """``hyper`` checked as extra ultralytics training arguments (``{"box": 12.0}``) to
+    try on top of a recipe, e.g. in scripts/bench_recipes.py; ``PipelineError`` for a key
+    ultralytics does not know or one that train_yolo sets itself."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    for key in hyper:
+        if key in _SET_BY_TRAIN:
+            raise PipelineError(
+                f"hyperparameter {key!r} is set by the training step itself; "
+                "use its own option (epochs, imgsz, batch, seed, ...)"
+            )
+        if key not in DEFAULT_CFG_DICT:
+            raise PipelineError(
+                f"hyperparameter {key!r}: not an ultralytics training argument "
+                "(see ultralytics/cfg/default.yaml, e.g. box, scale, mosaic, lr0)"
+            )
+    return dict(hyper)
+
+
 def recipe_members(recipe: str) -> list[str]:
     """The recipes of ``recipe``: one name, or ``"reference,scratch"`` for an ensemble.
 
@@ -389,6 +417,7 @@ def train_yolo(
     average_last: int = 0,
     threads: int | None = None,
     save_period: int = -1,
+    hyper: dict[str, Any] | None = None,
 ) -> Path:
     """Train a detector from ``model_cfg`` (no pretrained weights) and return the weights.
 
@@ -400,9 +429,11 @@ def train_yolo(
     trains on ``threads`` torch threads, by default every core it may use
     (``cpu_threads``). ``save_period`` N > 0 also keeps the EMA weights of every Nth
     epoch (``run/weights/epochK.pt``, K counted from 0; for scripts/bench_snapshots.py).
+    ``hyper`` adds ultralytics training arguments over the recipe's (``hyper_overrides``;
+    for trying a candidate in scripts/bench_recipes.py before it becomes a recipe).
     Raises ``PipelineError`` if a loss turned NaN or no weights were written.
     """
-    overrides = recipe_overrides(recipe)
+    overrides = {**recipe_overrides(recipe), **hyper_overrides(hyper or {})}
     if average_last < 0:
         raise PipelineError(f"average_last {average_last}: use 0 (off) or the number of epochs")
     if threads is not None and threads < 1:
@@ -418,6 +449,7 @@ def train_yolo(
     print(
         f"[train] {model_cfg}: {epochs} epochs, imgsz {imgsz}, batch {batch}, {device}, "
         f"recipe {recipe}"
+        + "".join(f", {key}={value}" for key, value in (hyper or {}).items())
         + (f", averaging the last {average_last} epochs" if average_last > 1 else "")
     )
     model = YOLO(model_cfg)

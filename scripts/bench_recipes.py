@@ -8,12 +8,15 @@
         [--out .qcloop/bench/recipes]
     .venv/bin/python scripts/bench_recipes.py --summary RESULTS.json [RESULTS.json ...]
 
-Each variant is ``RECIPE[@SIZE][+avgK]``: a recipe of ``components.train.RECIPES``,
-the model size (default ``--model-size``; e.g. ``scratch@n-p2``, YOLOv8n with a
-stride-4 head) and, with ``+avgK``, the EMA weights of the last K epochs averaged
-(kept when as good on val): the same ``components.train.train_yolo``,
+Each variant is ``RECIPE[@SIZE][+avgK][+KEY=VALUE ...]``: a recipe of
+``components.train.RECIPES``, the model size (default ``--model-size``; e.g.
+``scratch@n-p2``, YOLOv8n with a stride-4 head), with ``+avgK`` the EMA weights of
+the last K epochs averaged (kept when as good on val), and with ``+KEY=VALUE``
+ultralytics training arguments on top of the recipe's (``reference+box=12+scale=0.2``:
+a candidate tried here before it becomes a recipe): the same ``components.train.train_yolo``,
 ``export_onnx`` and ``evaluate_onnx`` the training pipeline runs, so a figure here
-is what ``qcloop train --recipe R --model-size SIZE --average-last K`` would register.
+is what ``qcloop train --recipe R --model-size SIZE --average-last K`` would register
+(a variant with ``+KEY=VALUE``: once those arguments are a recipe).
 ``--data`` is a dataset version folder (``qcloop dataset pull v1 --out DIR``: its capture-grouped
 splits are used as they are) or a plain YOLO folder, imported here into a throw-away
 workspace the way ``qcloop dataset import`` splits it (default
@@ -64,26 +67,53 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = "reference,scratch+avg10"
 sys.path.insert(0, str(ROOT))
 
 
-def parse_variant(text: str, model_size: str = "n") -> tuple[str, int, str]:
-    """``"scratch+avg10"`` -> ``("scratch", 10, model_size)``;
-    ``"scratch@n-p2"`` -> ``("scratch", 0, "n-p2")``: (recipe, epochs averaged, model size)."""
-    from components.train import model_config, recipe_overrides
+class Variant(NamedTuple):
+    """A parsed variant: recipe, epochs averaged (0: none), model size, extra hyperparameters."""
 
-    head, sep, avg = text.partition("+avg")
+    recipe: str
+    average_last: int
+    model_size: str
+    hyper: dict[str, Any]
+
+
+def parse_variant(text: str, model_size: str = "n") -> Variant:
+    """``"scratch+avg10"`` -> ``("scratch", 10, model_size, {})``;
+    ``"scratch@n-p2"`` -> ``("scratch", 0, "n-p2", {})``;
+    ``"reference+box=12+scale=0.2"`` -> ``("reference", 0, model_size, {"box": 12, "scale": 0.2})``
+    (ultralytics training arguments on top of the recipe: a candidate tried before it
+    becomes a recipe of ``components.train.RECIPES``)."""
+    import yaml
+
+    from components.train import hyper_overrides, model_config, recipe_overrides
+
+    head, *suffixes = text.split("+")
     recipe, at, size = head.partition("@")
     recipe_overrides(recipe)  # a PipelineError naming the recipes
-    if sep and not (avg.isdigit() and int(avg) > 1):
-        raise ValueError(f"variant {text!r}: write RECIPE+avgK with K > 1, e.g. scratch+avg10")
+    average, hyper = 0, {}
+    for suffix in suffixes:
+        key, eq, value = suffix.partition("=")
+        if eq and key and value:
+            hyper[key] = yaml.safe_load(value)
+        elif suffix.startswith("avg") and suffix[3:].isdigit() and int(suffix[3:]) > 1:
+            average = int(suffix[3:])
+        elif suffix.startswith("avg"):
+            raise ValueError(f"variant {text!r}: write RECIPE+avgK with K > 1, e.g. scratch+avg10")
+        else:
+            raise ValueError(
+                f"variant {text!r}: {suffix!r} is neither avgK nor KEY=VALUE "
+                "(e.g. scratch+avg10, reference+box=12)"
+            )
+    hyper_overrides(hyper)  # a PipelineError naming an unknown or reserved key
     size = size if at else model_size
     model_config(size)  # a PipelineError naming the sizes
-    return recipe, int(avg or 0), size
+    return Variant(recipe, average, size, hyper)
 
 
 def dataset_folder(data: Path, work: Path) -> Path:
@@ -226,6 +256,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         workers=job.get("workers"),
         threads=job.get("threads"),
         save_period=job.get("save_period", -1),
+        hyper=job.get("hyper"),
     )
     train_s = time.perf_counter() - started
     onnx = export_onnx(weights, out / "model.onnx", imgsz=job["imgsz"])
@@ -580,6 +611,7 @@ def main() -> int:
                 "recipe": recipe,
                 "average_last": avg,
                 "model_size": size,
+                "hyper": hyper,
                 "seed": seed,
                 **({} if fold is None else {"fold": fold}),
                 "dataset": str(data),
@@ -597,7 +629,7 @@ def main() -> int:
                 "reuse": args.reuse,
             }
             for fold, data in datasets.items()
-            for variant, (recipe, avg, size) in parsed.items()
+            for variant, (recipe, avg, size, hyper) in parsed.items()
             for seed in seeds
         ]
         print(f"bench_recipes: {len(jobs)} runs ({args.jobs} at once) on {dataset}", flush=True)

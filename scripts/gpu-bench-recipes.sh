@@ -17,6 +17,8 @@
 # beside earlier runs and score more, e.g. an ensemble, without training:
 # scripts/bench_recipes.py ... --reuse --ensemble A,B (--reuse exports each ONNX).
 # env for run: VARIANTS EPOCHS(150) JOBS(6) SEEDS(0) FOLDS(0) FOLD_IDS LIMIT(500) RETURN
+# SAVE_PERIOD(-1; N keeps every Nth epoch's weights, for scripts/bench_snapshots.py). A
+# variant may carry extra ultralytics arguments: VARIANTS=reference,reference+box=12
 #
 # `step` runs the pipeline's train step itself (components.train.train_step, what the KFP
 # `train` component calls; no kfp, MLflow or DVC needed) on v1, e.g. a three-member
@@ -105,7 +107,8 @@ run() {
   set +e
   timeout "${LIMIT:-500}" python3 scripts/bench_recipes.py --data .devdata/dataset \
     --variants "${VARIANTS:-reference,scratch+avg10}" --epochs "${EPOCHS:-150}" --device 0 \
-    --jobs "${JOBS:-6}" --seeds "${SEEDS:-0}" "${folds[@]}" --out "$out" 2>&1 |
+    --jobs "${JOBS:-6}" --seeds "${SEEDS:-0}" "${folds[@]}" --save-period "${SAVE_PERIOD:--1}" \
+    --out "$out" 2>&1 |
     tee /tmp/bench.log | grep -v "^ *[0-9]*/[0-9]* " | tail -n 60
   echo "bench rc ${PIPESTATUS[0]} after $(($(date +%s) - t0)) s"
   set -e

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+import yaml
 
 from components.export import onnx_metadata
 from qcloop.contracts import DatasetManifest
@@ -24,10 +25,28 @@ import bench_recipes  # noqa: E402
 def test_variants_are_a_recipe_an_optional_model_size_and_average() -> None:
     from qcloop.errors import PipelineError
 
-    assert bench_recipes.parse_variant("reference") == ("reference", 0, "n")
-    assert bench_recipes.parse_variant("scratch+avg10") == ("scratch", 10, "n")
-    assert bench_recipes.parse_variant("scratch", "s") == ("scratch", 0, "s")
-    assert bench_recipes.parse_variant("scratch@n-p2+avg5", "s") == ("scratch", 5, "n-p2")
+    assert bench_recipes.parse_variant("reference") == ("reference", 0, "n", {})
+    assert bench_recipes.parse_variant("scratch+avg10") == ("scratch", 10, "n", {})
+    assert bench_recipes.parse_variant("scratch", "s") == ("scratch", 0, "s", {})
+    assert bench_recipes.parse_variant("scratch@n-p2+avg5", "s") == ("scratch", 5, "n-p2", {})
+    assert bench_recipes.parse_variant("reference+box=12+scale=0.2+cos_lr=true") == (
+        "reference",
+        0,
+        "n",
+        {"box": 12, "scale": 0.2, "cos_lr": True},
+    )
+    assert bench_recipes.parse_variant("scratch+avg5+mosaic=0") == (
+        "scratch",
+        5,
+        "n",
+        {"mosaic": 0},
+    )
+    with pytest.raises(PipelineError, match="'boxx': not an ultralytics training argument"):
+        bench_recipes.parse_variant("reference+boxx=12")
+    with pytest.raises(PipelineError, match="'epochs' is set by the training step itself"):
+        bench_recipes.parse_variant("reference+epochs=300")
+    with pytest.raises(ValueError, match="'box' is neither avgK nor KEY=VALUE"):
+        bench_recipes.parse_variant("reference+box")
     with pytest.raises(PipelineError, match="recipe 'mosaic9'"):
         bench_recipes.parse_variant("mosaic9")
     with pytest.raises(PipelineError, match="model_size 'm': use one of n, s, n-p2, s-p2"):
@@ -164,23 +183,27 @@ def test_bench_recipes_trains_and_scores_every_variant(metal_tags: Path, tmp_pat
             shutil.copyfile(image, data / "images" / image.name)
             label = metal_tags / "labels" / f"{image.stem}.txt"
             shutil.copyfile(label, data / "labels" / label.name)
-    # when two variants are trained briefly
+    # when two variants are trained briefly, the second with two extra hyperparameters
     out = tmp_path / "out"
+    tried = "scratch+avg2+box=12+mosaic=0"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_recipes.py"), "--data", str(data)]
-    cmd += ["--variants", "reference,scratch+avg2", "--epochs", "2", "--imgsz", "160"]
+    cmd += ["--variants", f"reference,{tried}", "--epochs", "2", "--imgsz", "160"]
     cmd += ["--batch", "4", "--out", str(out)]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     # then both were trained, exported and scored on the same test split
     results = json.loads((out / "results.json").read_text())
-    assert [r["variant"] for r in results] == ["reference", "scratch+avg2"]
+    assert [r["variant"] for r in results] == ["reference", tried]
     assert len({r["images"] for r in results}) == 1 and results[0]["images"] == 4
     assert all(0.0 <= r["map50_95"] <= 1.0 for r in results)
     assert (out / "reference-seed0" / "model.onnx").is_file()
-    assert (out / "scratch+avg2-seed0" / "run" / "weights" / "averaged.pt").is_file()
+    assert (out / f"{tried}-seed0" / "run" / "weights" / "averaged.pt").is_file()
+    runs = ("reference-seed0", f"{tried}-seed0")
+    args = [yaml.safe_load((out / run / "run" / "args.yaml").read_text()) for run in runs]
+    assert [(a["box"], a["mosaic"], a["flipud"]) for a in args] == [(7.5, 1.0, 0.0), (12, 0, 0.5)]
     assert results[1]["weights"] in {"best.pt", "averaged.pt"}
     assert "| reference | 1 |" in done.stdout and "| baseline |" in done.stdout
-    assert "| scratch+avg2 | 1 |" in done.stdout
+    assert f"| {tried} | 1 |" in done.stdout
     assert not (tmp_path / "runs").exists()
 
 
