@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-train-threads clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-misses bench-train-threads clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -93,6 +93,9 @@ VARIANT ?= reference
 bench-snapshots: ## one run's checkpoints pooled, its boxes rescaled on val; runs of bench_recipes --save-period (RUNS=DIR VARIANT=v FOLD_IDS=4)
 	$(PY) scripts/bench_snapshots.py --runs $(RUNS) --variant $(VARIANT) --folds 6 --fold-ids $(FOLD_IDS) \
 		--pools best,last,best+last,epoch90+epoch110+epoch130+last --box-scale
+
+bench-misses: ## where runs' mAP50-95 goes: AP by IoU, misses by kind; runs of bench_recipes (RUNS=DIR VARIANT=v FOLD_IDS=4)
+	$(PY) scripts/bench_misses.py --runs $(RUNS) --variant $(VARIANT) --folds 6 --fold-ids $(FOLD_IDS)
 
 bench-train-threads: ## CPU training: qcloop's threads (every core) vs ultralytics' own (one fewer), s/epoch
 	$(PY) scripts/bench_train_threads.py --epochs 3 --rounds 2

@@ -94,9 +94,12 @@ def scaled(boxes: Any, scale_w: float, scale_h: float) -> Any:
     return xywh2xyxy(xyxy2xywh(boxes) * [1.0, 1.0, scale_w, scale_h])
 
 
-def box_metrics(rows: list[Any], scale_w: float = 1.0, scale_h: float = 1.0) -> dict[str, float]:
-    """mAP50, mAP50-95, precision and recall of one class's ``labelled_predictions`` with
-    the boxes scaled, matched and averaged by ultralytics' validator's own functions."""
+def validator_ap(
+    rows: list[Any], scale_w: float = 1.0, scale_h: float = 1.0
+) -> tuple[list[float], float, float]:
+    """One class's AP at each IoU threshold 0.50 ... 0.95, precision and recall of
+    ``labelled_predictions`` with the boxes scaled, matched and averaged by ultralytics'
+    validator's own functions; all zeros when there is no label."""
     from types import SimpleNamespace
 
     import numpy as np
@@ -129,12 +132,19 @@ def box_metrics(rows: list[Any], scale_w: float = 1.0, scale_h: float = 1.0) -> 
         np.concatenate(hits), conf, np.zeros(len(conf)), np.zeros(labels)
     )
     if not len(ap):  # no labels at all
-        return {"map50": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0}
+        return [0.0] * 10, 0.0, 0.0
+    return [float(a) for a in ap[0]], float(precision.mean()), float(recall.mean())
+
+
+def box_metrics(rows: list[Any], scale_w: float = 1.0, scale_h: float = 1.0) -> dict[str, float]:
+    """mAP50, mAP50-95, precision and recall of one class's ``labelled_predictions`` with
+    the boxes scaled (``validator_ap``)."""
+    ap, precision, recall = validator_ap(rows, scale_w, scale_h)
     return {
-        "map50": float(ap[:, 0].mean()),
-        "map50_95": float(ap.mean()),
-        "precision": float(precision.mean()),
-        "recall": float(recall.mean()),
+        "map50": ap[0],
+        "map50_95": sum(ap) / len(ap),
+        "precision": precision,
+        "recall": recall,
     }
 
 
