@@ -14,6 +14,10 @@ CONFIG_TEMPLATE = Path(__file__).resolve().parents[1] / "labeling_config.xml"
 INSTRUCTIONS = """<h3>How to label defects</h3>
 <ul>
 <li>Draw one tight box around every defect; pick its class ({classes}).</li>
+<li>What is <b>one</b> defect: a scratch along one line is one, even where it fades
+and starts again (one box from its first mark to its last); scratches in other
+directions, crossing or touching it, are one each (a box each). Box the same
+marks the same way on every photo: the model learns the boxes as drawn.</li>
 <li>Boxes from the model (pre-annotations, with their score) are suggestions:
 move, resize or delete them; add what the model missed.</li>
 <li>No defect on the part? Submit with no box: that is a <b>negative</b>, and it counts.</li>

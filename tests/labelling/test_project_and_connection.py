@@ -31,6 +31,7 @@ def test_bootstrap_twice_changes_nothing(
     (project,) = client.projects_titled(title)
     assert project["label_config"] == label_config(["scratch"])
     assert "negative" in project["expert_instruction"] and project["show_instruction"]
+    assert "What is <b>one</b> defect" in project["expert_instruction"]
     # and a new class in the settings updates the same project, once
     assert ensure_project(client, title, ["scratch", "dent"]).action == "updated"
     assert ensure_project(client, title, ["scratch", "dent"]).action == "unchanged"
