@@ -18,7 +18,9 @@
 # scripts/bench_recipes.py ... --reuse --ensemble A,B (--reuse exports each ONNX).
 # env for run: VARIANTS EPOCHS(150) JOBS(6) SEEDS(0) FOLDS(0) FOLD_IDS LIMIT(500) RETURN
 # SAVE_PERIOD(-1; N keeps every Nth epoch's weights, for scripts/bench_snapshots.py). A
-# variant may carry extra ultralytics arguments: VARIANTS=reference,reference+box=12
+# variant may carry extra ultralytics arguments: VARIANTS=reference,reference+box=12.
+# MISSES=1 also runs scripts/bench_misses.py on each variant's runs (all at once, on the
+# CPU, ~10 s a run) and leaves misses-VARIANT.json in $OUT (no weights needed back).
 #
 # `step` runs the pipeline's train step itself (components.train.train_step, what the KFP
 # `train` component calls; no kfp, MLflow or DVC needed) on v1, e.g. a three-member
@@ -112,6 +114,15 @@ run() {
     tee /tmp/bench.log | grep -v "^ *[0-9]*/[0-9]* " | tail -n 60
   echo "bench rc ${PIPESTATUS[0]} after $(($(date +%s) - t0)) s"
   set -e
+  if [ "${MISSES:-0}" = 1 ]; then
+    for variant in $(tr , " " <<<"${VARIANTS:-reference,scratch+avg10}"); do
+      python3 scripts/bench_misses.py --runs "$out" --variant "$variant" \
+        --data .devdata/dataset --seeds "${SEEDS:-0}" "${folds[@]}" >"/tmp/misses-$variant.log" 2>&1 &
+    done
+    wait
+    tail -n 8 /tmp/misses-*.log
+    cp "$out"/misses-*.json "$OUT/" 2>/dev/null || true
+  fi
   gzip -c /tmp/bench.log >"$OUT/bench.log.gz"
   cp "$out/results.json" "$OUT/results.json" 2>/dev/null || true
   local keep=() weights
