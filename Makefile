@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-misses bench-train-threads clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-misses bench-label-agreement bench-train-threads clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -96,6 +96,9 @@ bench-snapshots: ## one run's checkpoints pooled, its boxes rescaled on val; run
 
 bench-misses: ## where runs' mAP50-95 goes: AP by IoU, misses by kind; runs of bench_recipes (RUNS=DIR VARIANT=v FOLD_IDS=4)
 	$(PY) scripts/bench_misses.py --runs $(RUNS) --variant $(VARIANT) --folds 6 --fold-ids $(FOLD_IDS)
+
+bench-label-agreement: ## how well the metal tags' labels agree on photos of the same tag, by block of captures (no model)
+	$(PY) scripts/bench_label_agreement.py
 
 bench-train-threads: ## CPU training: qcloop's threads (every core) vs ultralytics' own (one fewer), s/epoch
 	$(PY) scripts/bench_train_threads.py --epochs 3 --rounds 2

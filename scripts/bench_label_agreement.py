@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""How well do a dataset's labels agree with themselves? Photos of the same part, compared.
+
+    .venv/bin/python scripts/bench_label_agreement.py [--data DIR] [--similarity 0.97]
+        [--folds 6] [--out FILE.json]
+
+A line photographs the same part again and again (the metal tags: the same tag in
+several captures, its scratches where they were). Two photos of one part should carry
+the same boxes; where they do not, the labels disagree with themselves, and no model
+can score above that disagreement on average. This script finds the photos of the same
+part in a YOLO folder (``--data``, default ../shared/datasets/metal-tags): each photo's
+bright thin marks (the image minus its Gaussian blur, sigma 8 px), reduced to 90x60,
+are correlated with every other photo's, and photos whose correlation exceeds
+``--similarity`` are one part (joined transitively). Each pair of photos of a part is
+aligned by phase correlation of those marks, and the labels of one photo, moved by the
+offset, are matched to the other's, both ways, by ultralytics' validator's own
+matching (one to one, at each IoU threshold 0.50 ... 0.95).
+
+It prints, for all photos and for each block of captures as ``scripts/bench_recipes.py
+--folds`` cuts them (block i is the test split of fold i):
+
+- the photos of parts photographed more than once, and the comparisons: each ordered
+  pair of photos of a part (labels of photo A against those of photo B), in the block
+  of photo B (as a test photo of that fold would be scored);
+- comparisons whose box counts differ (a scratch boxed on one photo and not on the
+  other, or cut into more boxes);
+- agreement at IoU 0.50 and 0.75 and its mean over 0.50-0.95: the share of one photo's
+  boxes matched one to one by a box of the other photo at that IoU (precision and
+  recall are equal here: every pair is scored both ways). It is not an mAP (labels
+  have no confidence to rank by) but it bounds one: a model that drew exactly one
+  photo's boxes would be marked wrong on the other photo's where these disagree.
+
+Results go to ``--out`` (default ``.qcloop/bench/label-agreement.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_recipes  # noqa: E402
+
+MARKS_SIZE = (90, 60)  # (width, height) the marks are compared at
+BLUR = 8  # px: what the blur removes is shading; what is left, the marks
+
+
+def marks(image: Path, size: tuple[int, int] | None = None) -> Any:
+    """The bright thin marks of a photo (grayscale minus its blur, negatives 0), float32;
+    reduced to ``size`` (width, height) if given."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    gray = Image.open(image).convert("L")
+    blurred = gray.filter(ImageFilter.GaussianBlur(BLUR))
+    found = np.clip(np.asarray(gray, np.float32) - np.asarray(blurred, np.float32), 0, None)
+    if size is None:
+        return found
+    return np.asarray(Image.fromarray(found).resize(size, Image.BILINEAR), np.float32)
+
+
+def same_parts(images: list[Path], similarity: float) -> list[list[int]]:
+    """The photos of each part (indices into ``images``), largest part first: photos
+    whose reduced marks correlate above ``similarity`` are one part, transitively."""
+    import numpy as np
+
+    vectors = []
+    for image in images:
+        v = marks(image, MARKS_SIZE).ravel()
+        v = v - v.mean()
+        vectors.append(v / (np.linalg.norm(v) or 1.0))
+    correlation = np.stack(vectors) @ np.stack(vectors).T
+    parent = list(range(len(images)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(correlation, 1) > similarity), strict=True):
+        parent[root(int(i))] = root(int(j))
+    parts: dict[int, list[int]] = {}
+    for i in range(len(images)):
+        parts.setdefault(root(i), []).append(i)
+    return sorted(parts.values(), key=lambda p: (-len(p), p))
+
+
+def offset(a: Any, b: Any) -> tuple[int, int]:
+    """(dx, dy) in pixels such that photo ``b``'s marks are ``a``'s moved by it (phase
+    correlation; both the same shape)."""
+    import numpy as np
+
+    cross = np.fft.fft2(b) * np.conj(np.fft.fft2(a))
+    peak = np.fft.ifft2(cross / (np.abs(cross) + 1e-9)).real
+    dy, dx = (int(v) for v in np.unravel_index(int(np.argmax(peak)), peak.shape))
+    height, width = peak.shape
+    return (dx - width if dx > width // 2 else dx), (dy - height if dy > height // 2 else dy)
+
+
+def pixel_boxes(item: Any) -> Any:
+    """A ``qcloop.yolo.YoloItem``'s boxes as xyxy pixels (n x 4)."""
+    import numpy as np
+    from ultralytics.utils.ops import xywhn2xyxy
+
+    boxes = np.array([(b.cx, b.cy, b.w, b.h) for b in item.boxes], dtype=float).reshape(-1, 4)
+    return xywhn2xyxy(boxes, w=item.width, h=item.height)
+
+
+def agreement(rows: list[Any]) -> dict[str, Any]:
+    """The figures of ``rows`` ((moved labels, labels) of each ordered pair)."""
+    matched = agreement_by_iou(rows)
+    return {
+        "agree_by_iou": [round(m, 4) for m in matched],
+        "agree50": matched[0],
+        "agree75": matched[5],
+        "agree50_95": sum(matched) / len(matched),
+    }
+
+
+def agreement_by_iou(rows: list[Any]) -> list[float]:
+    """At each IoU threshold 0.50 ... 0.95: the share of boxes matched one to one (the
+    validator's matching) over all ordered pairs; 1 where no pair has a box."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from ultralytics.engine.validator import BaseValidator
+    from ultralytics.utils.metrics import box_iou
+
+    validator = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
+    hits, total = np.zeros(10), 0
+    for moved, truth in rows:
+        total += len(truth)
+        if len(moved) and len(truth):
+            iou = box_iou(torch.from_numpy(truth).float(), torch.from_numpy(moved).float())
+            hits += (
+                BaseValidator.match_predictions(
+                    validator,  # type: ignore[arg-type]  # it reads only iouv
+                    torch.zeros(len(moved)),
+                    torch.zeros(len(truth)),
+                    iou,
+                )
+                .numpy()
+                .sum(0)
+            )
+    return [float(h / total) if total else 1.0 for h in hits]
+
+
+def compare(data: Path, similarity: float, folds: int) -> dict[str, Any]:
+    """All figures: parts, pairs and agreement, overall and by block of captures."""
+    import numpy as np
+
+    from qcloop.yolo import capture_group, scan_yolo_folder
+
+    _, items = scan_yolo_folder(data)
+    images = [item.image for item in items]
+    parts = same_parts(images, similarity)
+    groups = [capture_group(item.stem) for item in items]
+    blocks = bench_recipes.fold_blocks(groups, folds)
+    block_of = {group: b for b, block in enumerate(blocks) for group in block}
+    found: dict[str, list[Any]] = {"all": []}
+    counts: dict[str, dict[str, int]] = {}
+    for part in parts:
+        if len(part) < 2:
+            continue
+        photo = {i: marks(images[i]) for i in part}
+        for a in part:
+            for b in part:
+                if a == b:
+                    continue
+                dx, dy = offset(photo[a], photo[b])
+                moved = pixel_boxes(items[a]) + np.array([dx, dy, dx, dy], dtype=float)
+                truth = pixel_boxes(items[b])
+                row = (moved, truth)
+                for key in ("all", f"block {block_of[groups[b]]}"):
+                    found.setdefault(key, []).append(row)
+                    c = counts.setdefault(key, {"photos": 0, "comparisons": 0, "counts_differ": 0})
+                    c["comparisons"] += 1
+                    c["counts_differ"] += len(moved) != len(truth)
+        for i in part:
+            for key in ("all", f"block {block_of[groups[i]]}"):
+                counts[key]["photos"] += 1
+    keys = ["all"] + [f"block {b}" for b in range(len(blocks)) if f"block {b}" in found]
+    return {
+        "data": str(data),
+        "similarity": similarity,
+        "photos": len(items),
+        "parts": len(parts),
+        "parts_photographed_again": sum(len(p) > 1 for p in parts),
+        "rows": [{"photos of": k, **counts[k], **agreement(found[k])} for k in keys],
+    }
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    """The markdown table of ``compare``'s rows."""
+    lines = [
+        "| photos of | photos of a part seen again | comparisons | box counts differ "
+        "| agreement IoU .50 | .75 "
+        "| .50-.95 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['photos of']} | {r['photos']} | {r['comparisons']} | {r['counts_differ']} "
+            f"| {r['agree50']:.3f} | {r['agree75']:.3f} | {r['agree50_95']:.3f} |"
+        )
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description="How well a YOLO folder's labels agree on photos of the same part."
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared/datasets/metal-tags",
+        help="a YOLO folder: images/, labels/, classes.txt (default ../shared/datasets/metal-tags)",
+    )
+    parser.add_argument(
+        "--similarity",
+        type=float,
+        default=0.97,
+        help="correlation of two photos' marks above which they show one part (default 0.97)",
+    )
+    parser.add_argument(
+        "--folds", type=int, default=6, help="blocks of captures, as bench_recipes --folds"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / ".qcloop" / "bench" / "label-agreement.json"
+    )
+    args = parser.parse_args()
+    if not 0.0 < args.similarity < 1.0:
+        print(f"bench_label_agreement: --similarity {args.similarity}: use 0-1", file=sys.stderr)
+        return 2
+    try:
+        result = compare(args.data, args.similarity, args.folds)
+    except Exception as exc:  # noqa: BLE001 - a bad folder is one line, not a traceback
+        print(f"bench_label_agreement: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(
+        f"{result['photos']} photos of {result['parts']} parts, "
+        f"{result['parts_photographed_again']} photographed more than once "
+        f"(marks correlated > {args.similarity}); the labels of each photo matched to "
+        "those of every other photo of its part, aligned:"
+    )
+    print("\n".join(table(result)))
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
