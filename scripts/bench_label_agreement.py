@@ -104,13 +104,13 @@ def offset(a: Any, b: Any) -> tuple[int, int]:
     return (dx - width if dx > width // 2 else dx), (dy - height if dy > height // 2 else dy)
 
 
-def pixel_boxes(item: Any) -> Any:
-    """A ``qcloop.yolo.YoloItem``'s boxes as xyxy pixels (n x 4)."""
+def pixel_boxes(boxes: Any, width: int, height: int) -> Any:
+    """``qcloop.yolo.YoloBox`` es as xyxy pixels (n x 4) of a ``width`` x ``height`` photo."""
     import numpy as np
     from ultralytics.utils.ops import xywhn2xyxy
 
-    boxes = np.array([(b.cx, b.cy, b.w, b.h) for b in item.boxes], dtype=float).reshape(-1, 4)
-    return xywhn2xyxy(boxes, w=item.width, h=item.height)
+    rows = np.array([(b.cx, b.cy, b.w, b.h) for b in boxes], dtype=float).reshape(-1, 4)
+    return xywhn2xyxy(rows, w=width, h=height)
 
 
 def agreement(rows: list[Any]) -> dict[str, Any]:
@@ -176,8 +176,9 @@ def compare(data: Path, similarity: float, folds: int) -> dict[str, Any]:
                 if a == b:
                     continue
                 dx, dy = offset(photo[a], photo[b])
-                moved = pixel_boxes(items[a]) + np.array([dx, dy, dx, dy], dtype=float)
-                truth = pixel_boxes(items[b])
+                moved = pixel_boxes(items[a].boxes, items[a].width, items[a].height)
+                moved = moved + np.array([dx, dy, dx, dy], dtype=float)
+                truth = pixel_boxes(items[b].boxes, items[b].width, items[b].height)
                 row = (moved, truth)
                 for key in ("all", f"block {block_of[groups[b]]}"):
                     found.setdefault(key, []).append(row)
@@ -196,6 +197,87 @@ def compare(data: Path, similarity: float, folds: int) -> dict[str, Any]:
         "parts_photographed_again": sum(len(p) > 1 for p in parts),
         "rows": [{"photos of": k, **counts[k], **agreement(found[k])} for k in keys],
     }
+
+
+def consensus_copy(
+    dataset: Path, dest: Path, split: str = "train", similarity: float = 0.97
+) -> int:
+    """``dest``: a copy of dataset version folder ``dataset`` in which the photos of
+    ``split`` that show a part photographed again within ``split`` all carry the labels
+    of that part's medoid photo (the one whose labels agree best with the others', mean
+    agreement over IoU 0.50-0.95), moved by each photo's offset and clipped to it; the
+    other splits' labels are untouched, so a model trained on it is scored on the same
+    test labels. For scripts/bench_recipes.py's ``+consensus`` variants: do labels
+    drawn one way per part train a better model? Returns the number of photos whose
+    labels changed."""
+    import shutil
+
+    from qcloop.contracts import DatasetManifest
+    from qcloop.yolo import parse_label_file
+
+    manifest = DatasetManifest.load(dataset / "manifest.json")
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(dataset, dest, ignore=shutil.ignore_patterns("*.cache", ".*"))
+    photos = [img for img in manifest.images if img.split == split]
+    boxes = []
+    for img in photos:
+        label = dest / img.label_file
+        found = parse_label_file(label, len(manifest.class_names))[0] if label.is_file() else ()
+        boxes.append(tuple(found))
+    changed = 0
+    for part in same_parts([dest / img.file for img in photos], similarity):
+        if len(part) < 2:
+            continue
+        for index, new in _drawn_one_way(dest, [photos[i] for i in part], [boxes[i] for i in part]):
+            label = dest / photos[part[index]].label_file
+            text = "".join(box.line() + "\n" for box in new)
+            changed += text != "".join(box.line() + "\n" for box in boxes[part[index]])
+            label.write_text(text)
+    return changed
+
+
+def _drawn_one_way(root: Path, photos: list[Any], boxes: list[Any]) -> list[tuple[int, list[Any]]]:
+    """For the photos of one part (manifest images under ``root``, their ``YoloBox`` es):
+    (index, new boxes) of every photo but the medoid, which lends them its boxes."""
+    import numpy as np
+    from ultralytics.utils.ops import xyxy2xywhn
+
+    from qcloop.yolo import YoloBox
+
+    seen = [marks(root / img.file) for img in photos]
+    pixels = [pixel_boxes(b, img.width, img.height) for b, img in zip(boxes, photos, strict=True)]
+    moves = {
+        (a, b): pixels[a] + np.array([*offset(seen[a], seen[b])] * 2, dtype=float)
+        for a in range(len(photos))
+        for b in range(len(photos))
+        if a != b
+    }
+    agree = {
+        pair: sum(agreement_by_iou([(moved, pixels[pair[1]])])) for pair, moved in moves.items()
+    }
+    others = range(len(photos))
+    # rounded, so that photos whose labels agree equally well tie exactly: the first wins
+    medoid = max(others, key=lambda a: (round(sum(agree[a, b] for b in others if b != a), 6), -a))
+    drawn = []
+    for b, img in enumerate(photos):
+        if b == medoid:
+            continue
+        size = np.array([img.width, img.height, img.width, img.height], dtype=float)
+        placed = np.clip(moves[medoid, b], 0, size)
+        # a box moved off the photo (under 2 px left) is dropped
+        keep = [k for k, (x1, y1, x2, y2) in enumerate(placed) if x2 - x1 >= 2 and y2 - y1 >= 2]
+        normal = xyxy2xywhn(placed[keep].reshape(-1, 4), w=img.width, h=img.height)
+        drawn.append(
+            (
+                b,
+                [
+                    YoloBox(boxes[medoid][k].class_id, *map(float, row))
+                    for k, row in zip(keep, normal, strict=True)
+                ],
+            )
+        )
+    return drawn
 
 
 def table(result: dict[str, Any]) -> list[str]:

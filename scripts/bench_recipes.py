@@ -8,15 +8,18 @@
         [--out .qcloop/bench/recipes]
     .venv/bin/python scripts/bench_recipes.py --summary RESULTS.json [RESULTS.json ...]
 
-Each variant is ``RECIPE[@SIZE][+avgK][+KEY=VALUE ...]``: a recipe of
+Each variant is ``RECIPE[@SIZE][+avgK][+KEY=VALUE ...][+consensus]``: a recipe of
 ``components.train.RECIPES``, the model size (default ``--model-size``; e.g.
 ``scratch@n-p2``, YOLOv8n with a stride-4 head), with ``+avgK`` the EMA weights of
-the last K epochs averaged (kept when as good on val), and with ``+KEY=VALUE``
+the last K epochs averaged (kept when as good on val), with ``+KEY=VALUE``
 ultralytics training arguments on top of the recipe's (``reference+box=12+scale=0.2``:
-a candidate tried here before it becomes a recipe): the same ``components.train.train_yolo``,
-``export_onnx`` and ``evaluate_onnx`` the training pipeline runs, so a figure here
+a candidate tried here before it becomes a recipe), and with ``+consensus`` the train
+labels of every part photographed again redrawn one way first (its medoid photo's
+boxes, ``bench_label_agreement.consensus_copy``; val and test labels untouched): the
+same ``components.train.train_yolo``, ``export_onnx`` and ``evaluate_onnx`` the
+training pipeline runs, so a figure here
 is what ``qcloop train --recipe R --model-size SIZE --average-last K`` would register
-(a variant with ``+KEY=VALUE``: once those arguments are a recipe).
+(a variant with ``+KEY=VALUE`` or ``+consensus``: once that is part of the pipeline).
 ``--data`` is a dataset version folder (``qcloop dataset pull v1 --out DIR``: its capture-grouped
 splits are used as they are) or a plain YOLO folder, imported here into a throw-away
 workspace the way ``qcloop dataset import`` splits it (default
@@ -72,15 +75,18 @@ from typing import Any, NamedTuple
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = "reference,scratch+avg10"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 class Variant(NamedTuple):
-    """A parsed variant: recipe, epochs averaged (0: none), model size, extra hyperparameters."""
+    """A parsed variant: recipe, epochs averaged (0: none), model size, extra
+    hyperparameters, and whether the train labels are drawn one way per part first."""
 
     recipe: str
     average_last: int
     model_size: str
     hyper: dict[str, Any]
+    consensus: bool = False
 
 
 def parse_variant(text: str, model_size: str = "n") -> Variant:
@@ -88,7 +94,9 @@ def parse_variant(text: str, model_size: str = "n") -> Variant:
     ``"scratch@n-p2"`` -> ``("scratch", 0, "n-p2", {})``;
     ``"reference+box=12+scale=0.2"`` -> ``("reference", 0, model_size, {"box": 12, "scale": 0.2})``
     (ultralytics training arguments on top of the recipe: a candidate tried before it
-    becomes a recipe of ``components.train.RECIPES``)."""
+    becomes a recipe of ``components.train.RECIPES``); ``"reference+consensus"``: the
+    run trains on labels drawn one way for every part photographed again
+    (``bench_label_agreement.consensus_copy`` of the train split)."""
     import yaml
 
     from components.train import hyper_overrides, model_config, recipe_overrides
@@ -96,10 +104,12 @@ def parse_variant(text: str, model_size: str = "n") -> Variant:
     head, *suffixes = text.split("+")
     recipe, at, size = head.partition("@")
     recipe_overrides(recipe)  # a PipelineError naming the recipes
-    average, hyper = 0, {}
+    average, hyper, consensus = 0, {}, False
     for suffix in suffixes:
         key, eq, value = suffix.partition("=")
-        if eq and key and value:
+        if suffix == "consensus":
+            consensus = True
+        elif eq and key and value:
             hyper[key] = yaml.safe_load(value)
         elif suffix.startswith("avg") and suffix[3:].isdigit() and int(suffix[3:]) > 1:
             average = int(suffix[3:])
@@ -107,13 +117,13 @@ def parse_variant(text: str, model_size: str = "n") -> Variant:
             raise ValueError(f"variant {text!r}: write RECIPE+avgK with K > 1, e.g. scratch+avg10")
         else:
             raise ValueError(
-                f"variant {text!r}: {suffix!r} is neither avgK nor KEY=VALUE "
-                "(e.g. scratch+avg10, reference+box=12)"
+                f"variant {text!r}: {suffix!r} is neither avgK, KEY=VALUE nor consensus "
+                "(e.g. scratch+avg10, reference+box=12, reference+consensus)"
             )
     hyper_overrides(hyper)  # a PipelineError naming an unknown or reserved key
     size = size if at else model_size
     model_config(size)  # a PipelineError naming the sizes
-    return Variant(recipe, average, size, hyper)
+    return Variant(recipe, average, size, hyper, consensus)
 
 
 def dataset_folder(data: Path, work: Path) -> Path:
@@ -240,9 +250,17 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     if reused is not None:  # trained by an earlier call: its figures stand
         print(f"bench_recipes: {out.name}: reused (--reuse)", flush=True)
         return reused
+    dataset = Path(job["dataset"])
+    relabelled = None
+    if job.get("consensus"):  # the train labels drawn one way per part; val, test as they are
+        from bench_label_agreement import consensus_copy
+
+        relabelled = consensus_copy(dataset, out / "consensus-data")
+        dataset = out / "consensus-data"
+        print(f"bench_recipes: {out.name}: {relabelled} train photos relabelled", flush=True)
     started = time.perf_counter()
     weights = train_yolo(
-        Path(job["dataset"]),
+        dataset,
         out,
         epochs=job["epochs"],
         imgsz=job["imgsz"],
@@ -260,7 +278,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     )
     train_s = time.perf_counter() - started
     onnx = export_onnx(weights, out / "model.onnx", imgsz=job["imgsz"])
-    metrics = evaluate_onnx(onnx, Path(job["dataset"]), imgsz=job["imgsz"], split="test")
+    metrics = evaluate_onnx(onnx, dataset, imgsz=job["imgsz"], split="test")
     result = {
         "variant": job["variant"],
         "seed": job["seed"],
@@ -268,6 +286,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "model_size": job["model_size"],
         "weights": weights.name,
         "train_s": round(train_s, 1),
+        **({} if relabelled is None else {"relabelled": relabelled}),
         **metrics.model_dump(),
     }
     best = out / "run" / "weights" / "best.pt"
@@ -276,9 +295,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
             result["best_pt_map50_95"] = result["map50_95"]
         else:
             best_onnx = export_onnx(best, out / "best.onnx", imgsz=job["imgsz"])
-            best_metrics = evaluate_onnx(
-                best_onnx, Path(job["dataset"]), imgsz=job["imgsz"], split="test"
-            )
+            best_metrics = evaluate_onnx(best_onnx, dataset, imgsz=job["imgsz"], split="test")
             result["best_pt_map50_95"] = best_metrics.map50_95
     saved.write_text(json.dumps(result, indent=2))
     return result
@@ -612,6 +629,7 @@ def main() -> int:
                 "average_last": avg,
                 "model_size": size,
                 "hyper": hyper,
+                "consensus": consensus,
                 "seed": seed,
                 **({} if fold is None else {"fold": fold}),
                 "dataset": str(data),
@@ -629,7 +647,7 @@ def main() -> int:
                 "reuse": args.reuse,
             }
             for fold, data in datasets.items()
-            for variant, (recipe, avg, size, hyper) in parsed.items()
+            for variant, (recipe, avg, size, hyper, consensus) in parsed.items()
             for seed in seeds
         ]
         print(f"bench_recipes: {len(jobs)} runs ({args.jobs} at once) on {dataset}", flush=True)

@@ -95,3 +95,42 @@ def test_bench_label_agreement_reports_a_folder(metal_tags: Path, tmp_path: Path
         cmd[:2] + ["--data", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "images/ and labels/" in bad.stderr
+
+
+def test_consensus_copy_draws_the_train_labels_of_a_part_one_way(
+    metal_tags: Path, tmp_path: Path
+) -> None:
+    from tests.components.datasets import build_dataset
+
+    # given a version whose train split holds two photos of one tag, labelled with two
+    # boxes and with one, and whose test split holds a third photo of it with one box
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    shutil.copyfile(metal_tags / "classes.txt", src / "classes.txt")
+    two = "0 0.467778 0.510000 0.180000 0.260000\n0 0.691111 0.416667 0.124444 0.260000\n"
+    one = two.splitlines()[0] + "\n"
+    for stem, label in zip(SAME_TAG, [two, one, one], strict=True):
+        capture = stem.rsplit("-cropped-", 1)[0]
+        for image in (metal_tags / "images").glob(f"{capture}-cropped-*.jpg"):
+            shutil.copyfile(image, src / "images" / image.name)
+            shutil.copyfile(
+                metal_tags / "labels" / f"{image.stem}.txt", src / "labels" / f"{image.stem}.txt"
+            )
+        (src / "labels" / f"{stem}.txt").write_text(label)
+    version = tmp_path / "v1"
+    build_dataset(src, version, {"train": 2, "test": 1})
+    before = {p.name: p.read_text() for p in (version / "labels").iterdir()}
+    # when the train labels are drawn one way
+    copy = tmp_path / "consensus"
+    changed = bench_label_agreement.consensus_copy(version, copy)
+    # then the photo with one box takes the two boxes of its twin (the medoid: its
+    # boxes find the one box, not the other way round), and nothing else of the part
+    after = {p.name: p.read_text() for p in (copy / "labels").iterdir()}
+    assert after[f"{SAME_TAG[1]}.txt"] == two
+    assert after[f"{SAME_TAG[0]}.txt"] == two
+    assert changed == sum(after[name] != before[name] for name in before) >= 1
+    # the test photo, and the version itself, are untouched
+    assert after[f"{SAME_TAG[2]}.txt"] == one
+    assert {p.name: p.read_text() for p in (version / "labels").iterdir()} == before
+    assert (copy / "manifest.json").read_text() == (version / "manifest.json").read_text()

@@ -25,35 +25,28 @@ import bench_recipes  # noqa: E402
 def test_variants_are_a_recipe_an_optional_model_size_and_average() -> None:
     from qcloop.errors import PipelineError
 
-    assert bench_recipes.parse_variant("reference") == ("reference", 0, "n", {})
-    assert bench_recipes.parse_variant("scratch+avg10") == ("scratch", 10, "n", {})
-    assert bench_recipes.parse_variant("scratch", "s") == ("scratch", 0, "s", {})
-    assert bench_recipes.parse_variant("scratch@n-p2+avg5", "s") == ("scratch", 5, "n-p2", {})
-    assert bench_recipes.parse_variant("reference+box=12+scale=0.2+cos_lr=true") == (
-        "reference",
-        0,
-        "n",
-        {"box": 12, "scale": 0.2, "cos_lr": True},
-    )
-    assert bench_recipes.parse_variant("scratch+avg5+mosaic=0") == (
-        "scratch",
-        5,
-        "n",
-        {"mosaic": 0},
-    )
+    parse = bench_recipes.parse_variant
+    assert parse("reference") == ("reference", 0, "n", {}, False)
+    assert parse("scratch+avg10") == ("scratch", 10, "n", {}, False)
+    assert parse("scratch", "s") == ("scratch", 0, "s", {}, False)
+    assert parse("scratch@n-p2+avg5", "s") == ("scratch", 5, "n-p2", {}, False)
+    hyper = {"box": 12, "scale": 0.2, "cos_lr": True}
+    assert parse("reference+box=12+scale=0.2+cos_lr=true") == ("reference", 0, "n", hyper, False)
+    assert parse("scratch+avg5+mosaic=0") == ("scratch", 5, "n", {"mosaic": 0}, False)
+    assert parse("reference+consensus") == ("reference", 0, "n", {}, True)
     with pytest.raises(PipelineError, match="'boxx': not an ultralytics training argument"):
-        bench_recipes.parse_variant("reference+boxx=12")
+        parse("reference+boxx=12")
     with pytest.raises(PipelineError, match="'epochs' is set by the training step itself"):
-        bench_recipes.parse_variant("reference+epochs=300")
-    with pytest.raises(ValueError, match="'box' is neither avgK nor KEY=VALUE"):
-        bench_recipes.parse_variant("reference+box")
+        parse("reference+epochs=300")
+    with pytest.raises(ValueError, match="'box' is neither avgK, KEY=VALUE nor consensus"):
+        parse("reference+box")
     with pytest.raises(PipelineError, match="recipe 'mosaic9'"):
-        bench_recipes.parse_variant("mosaic9")
+        parse("mosaic9")
     with pytest.raises(PipelineError, match="model_size 'm': use one of n, s, n-p2, s-p2"):
-        bench_recipes.parse_variant("scratch@m")
+        parse("scratch@m")
     for bad in ("scratch+avg", "scratch+avg1", "scratch+avgx"):
         with pytest.raises(ValueError, match="RECIPE\\+avgK with K > 1"):
-            bench_recipes.parse_variant(bad)
+            parse(bad)
 
 
 def test_table_means_seeds_and_compares_with_the_first_variant() -> None:
@@ -184,8 +177,9 @@ def test_bench_recipes_trains_and_scores_every_variant(metal_tags: Path, tmp_pat
             label = metal_tags / "labels" / f"{image.stem}.txt"
             shutil.copyfile(label, data / "labels" / label.name)
     # when two variants are trained briefly, the second with two extra hyperparameters
+    # and its train labels drawn one way for each tag photographed again
     out = tmp_path / "out"
-    tried = "scratch+avg2+box=12+mosaic=0"
+    tried = "scratch+avg2+box=12+mosaic=0+consensus"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_recipes.py"), "--data", str(data)]
     cmd += ["--variants", f"reference,{tried}", "--epochs", "2", "--imgsz", "160"]
     cmd += ["--batch", "4", "--out", str(out)]
@@ -202,6 +196,8 @@ def test_bench_recipes_trains_and_scores_every_variant(metal_tags: Path, tmp_pat
     args = [yaml.safe_load((out / run / "run" / "args.yaml").read_text()) for run in runs]
     assert [(a["box"], a["mosaic"], a["flipud"]) for a in args] == [(7.5, 1.0, 0.0), (12, 0, 0.5)]
     assert results[1]["weights"] in {"best.pt", "averaged.pt"}
+    assert "relabelled" not in results[0] and results[1]["relabelled"] >= 0
+    assert (out / f"{tried}-seed0" / "consensus-data" / "manifest.json").is_file()
     assert "| reference | 1 |" in done.stdout and "| baseline |" in done.stdout
     assert f"| {tried} | 1 |" in done.stdout
     assert not (tmp_path / "runs").exists()
