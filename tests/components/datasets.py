@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 from qcloop.contracts import DatasetManifest, ManifestImage, Split, count_splits
 from qcloop.storage import sha256_file
@@ -59,4 +62,29 @@ def _copy_item(src: Path, dest: Path, image: Path, split: Split, group: str) -> 
         width=width,
         height=height,
         boxes=sum(1 for line in label.read_text().splitlines() if line.strip()),
+    )
+
+
+def yolo_folder(src: Path, dest: Path, images: Iterable[Path]) -> Path:
+    """A plain YOLO folder ``dest``: ``images`` of YOLO folder ``src``, their labels and
+    ``src``'s classes.txt."""
+    (dest / "images").mkdir(parents=True)
+    (dest / "labels").mkdir()
+    shutil.copyfile(src / "classes.txt", dest / "classes.txt")
+    for image in images:
+        shutil.copyfile(image, dest / "images" / image.name)
+        label = src / "labels" / f"{image.stem}.txt"
+        shutil.copyfile(label, dest / "labels" / label.name)
+    return dest
+
+
+def scored_image(
+    boxes: list[list[float]], conf: list[float], truth: list[list[float]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's (predicted xyxy, confidences, labelled xyxy), as the benchmark scripts
+    score them (scripts/bench_snapshots.py ``labelled_predictions``)."""
+    return (
+        np.array(boxes, dtype=float).reshape(-1, 4),
+        np.array(conf, dtype=float),
+        np.array(truth, dtype=float).reshape(-1, 4),
     )

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.components.datasets import yolo_folder
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -19,17 +21,10 @@ def test_bench_int8_prints_speed_and_accuracy_against_fp32(
 ) -> None:
     # given a trained model's export and a small YOLO folder of real images
     model = Path(shutil.copyfile(exported_onnx, tmp_path / "m.onnx"))
-    data = tmp_path / "data"
-    (data / "images").mkdir(parents=True)
-    (data / "labels").mkdir()
-    shutil.copyfile(metal_tags / "classes.txt", data / "classes.txt")
+    images = sorted((metal_tags / "images").glob("*.jpg"))
+    data = yolo_folder(metal_tags, tmp_path / "data", images[:6])
     calibration = tmp_path / "calibration" / "images"
     calibration.mkdir(parents=True)
-    images = sorted((metal_tags / "images").glob("*.jpg"))
-    for image in images[:6]:
-        shutil.copyfile(image, data / "images" / image.name)
-        label = metal_tags / "labels" / f"{image.stem}.txt"
-        shutil.copyfile(label, data / "labels" / label.name)
     for image in images[-3:]:  # calibrate on other images than those scored
         shutil.copyfile(image, calibration / image.name)
     # when benchmarked briefly

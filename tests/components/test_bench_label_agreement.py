@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_label_agreement  # noqa: E402
+
+from tests.components.datasets import build_dataset, yolo_folder  # noqa: E402
 
 # three photos of one tag, taken in three captures a minute apart, and one of another tag
 SAME_TAG = [
@@ -61,14 +62,12 @@ def test_agreement_counts_boxes_matched_one_to_one() -> None:
 def test_bench_label_agreement_reports_a_folder(metal_tags: Path, tmp_path: Path) -> None:
     # given a YOLO folder with three photos of one tag, one of them labelled without
     # the tag's second scratch, and a photo of another tag
-    data = tmp_path / "yolo"
-    (data / "images").mkdir(parents=True)
-    (data / "labels").mkdir()
-    shutil.copyfile(metal_tags / "classes.txt", data / "classes.txt")
+    stems = [*SAME_TAG, OTHER_TAG]
+    data = yolo_folder(
+        metal_tags, tmp_path / "yolo", [metal_tags / "images" / f"{s}.jpg" for s in stems]
+    )
     two = "0 0.467778 0.510000 0.180000 0.260000\n0 0.691111 0.416667 0.124444 0.260000\n"
-    labels = [two, two, two.splitlines()[0], ""]
-    for stem, label in zip([*SAME_TAG, OTHER_TAG], labels, strict=True):
-        shutil.copyfile(metal_tags / "images" / f"{stem}.jpg", data / "images" / f"{stem}.jpg")
+    for stem, label in zip(stems, [two, two, two.splitlines()[0], ""], strict=True):
         (data / "labels" / f"{stem}.txt").write_text(label)
     out = tmp_path / "agreement.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_label_agreement.py")]
@@ -100,23 +99,14 @@ def test_bench_label_agreement_reports_a_folder(metal_tags: Path, tmp_path: Path
 def test_consensus_copy_draws_the_train_labels_of_a_part_one_way(
     metal_tags: Path, tmp_path: Path
 ) -> None:
-    from tests.components.datasets import build_dataset
-
     # given a version whose train split holds two photos of one tag, labelled with two
     # boxes and with one, and whose test split holds a third photo of it with one box
-    src = tmp_path / "src"
-    (src / "images").mkdir(parents=True)
-    (src / "labels").mkdir()
-    shutil.copyfile(metal_tags / "classes.txt", src / "classes.txt")
+    shots = [stem.rsplit("-cropped-", 1)[0] for stem in SAME_TAG]
+    whole = [i for shot in shots for i in (metal_tags / "images").glob(f"{shot}-cropped-*.jpg")]
+    src = yolo_folder(metal_tags, tmp_path / "src", whole)
     two = "0 0.467778 0.510000 0.180000 0.260000\n0 0.691111 0.416667 0.124444 0.260000\n"
     one = two.splitlines()[0] + "\n"
     for stem, label in zip(SAME_TAG, [two, one, one], strict=True):
-        capture = stem.rsplit("-cropped-", 1)[0]
-        for image in (metal_tags / "images").glob(f"{capture}-cropped-*.jpg"):
-            shutil.copyfile(image, src / "images" / image.name)
-            shutil.copyfile(
-                metal_tags / "labels" / f"{image.stem}.txt", src / "labels" / f"{image.stem}.txt"
-            )
         (src / "labels" / f"{stem}.txt").write_text(label)
     version = tmp_path / "v1"
     build_dataset(src, version, {"train": 2, "test": 1})

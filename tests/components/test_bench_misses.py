@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.components.datasets import build_dataset
+from tests.components.datasets import build_dataset, scored_image
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -21,19 +21,11 @@ import bench_snapshots  # noqa: E402
 IMGSZ = 160
 
 
-def image(boxes: list[list[float]], conf: list[float], truth: list[list[float]]) -> tuple:
-    return (
-        np.array(boxes, dtype=float).reshape(-1, 4),
-        np.array(conf, dtype=float),
-        np.array(truth, dtype=float).reshape(-1, 4),
-    )
-
-
 # one photo with every kind: a scratch labelled whole and found in two pieces (label 0),
 # a stub labelled apart and found inside the box of the scratch beside it (labels 1, 2),
 # a loose box (label 3), a scratch not found (label 4); a box on the background, one
 # under the confidence that counts
-PHOTO = image(
+PHOTO = scored_image(
     [
         [0, 0, 48, 20],  # piece of label 0
         [52, 0, 100, 20],  # piece of label 0
@@ -65,11 +57,11 @@ def test_misses_are_sorted_by_kind() -> None:
         "",
     ]
     # a label found at IoU >= 0.5 is found, whatever lies inside it
-    assert bench_misses.classify(*image([[0, 0, 100, 20]], [0.9], [[0, 0, 100, 20]]))[0] == [
+    assert bench_misses.classify(*scored_image([[0, 0, 100, 20]], [0.9], [[0, 0, 100, 20]]))[0] == [
         "found"
     ]
     # an image without labels: every box it shows is background
-    assert bench_misses.classify(*image([[0, 0, 5, 5]], [0.9], []))[1] == ["background"]
+    assert bench_misses.classify(*scored_image([[0, 0, 5, 5]], [0.9], []))[1] == ["background"]
 
 
 def test_ignoring_the_disputed_labels_drops_them_and_the_pieces() -> None:
@@ -95,7 +87,7 @@ def test_ignoring_the_disputed_labels_drops_them_and_the_pieces() -> None:
 
 
 def test_ap_by_iou_threshold_is_the_validators_figure() -> None:
-    wide = image([[-5, 0, 105, 100]], [0.9], [[0, 0, 100, 100]])  # IoU 0.909
+    wide = scored_image([[-5, 0, 105, 100]], [0.9], [[0, 0, 100, 100]])  # IoU 0.909
     rows = [wide, PHOTO]
     ap = bench_misses.misses(rows)["ap_by_iou"]
     assert len(ap) == 10 and ap == sorted(ap, reverse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import yaml
 
 from components.export import onnx_metadata
 from qcloop.contracts import DatasetManifest
-from tests.components.datasets import build_dataset, captures
+from tests.components.datasets import build_dataset, captures, yolo_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -167,15 +166,8 @@ def test_parallel_runs_share_the_cpu_threads(monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.integration
 def test_bench_recipes_trains_and_scores_every_variant(metal_tags: Path, tmp_path: Path) -> None:
     # given a plain YOLO folder of three real captures (the script imports and splits it)
-    data = tmp_path / "yolo"
-    (data / "images").mkdir(parents=True)
-    (data / "labels").mkdir()
-    shutil.copyfile(metal_tags / "classes.txt", data / "classes.txt")
-    for members in list(captures(metal_tags).values())[:3]:
-        for image in members:
-            shutil.copyfile(image, data / "images" / image.name)
-            label = metal_tags / "labels" / f"{image.stem}.txt"
-            shutil.copyfile(label, data / "labels" / label.name)
+    three = [image for members in list(captures(metal_tags).values())[:3] for image in members]
+    data = yolo_folder(metal_tags, tmp_path / "yolo", three)
     # when two variants are trained briefly, the second with two extra hyperparameters
     # and its train labels drawn one way for each tag photographed again
     out = tmp_path / "out"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.components.datasets import build_dataset
+from tests.components.datasets import build_dataset, scored_image
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -18,14 +18,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_snapshots  # noqa: E402
 
 IMGSZ = 160
-
-
-def image(predicted: list[list[float]], conf: list[float], truth: list[list[float]]) -> tuple:
-    return (
-        np.array(predicted, dtype=float).reshape(-1, 4),
-        np.array(conf, dtype=float),
-        np.array(truth, dtype=float).reshape(-1, 4),
-    )
 
 
 def test_scaled_keeps_the_centres_and_scales_the_sides() -> None:
@@ -41,8 +33,8 @@ def about(value: float) -> object:
 def test_box_metrics_score_as_the_validator_and_see_boxes_too_wide() -> None:
     box_map = bench_snapshots.box_metrics
     # a box 10% too wide: IoU 0.909, a hit at the IoU thresholds 0.50-0.90, a miss at 0.95
-    wide = image([[-5, 0, 105, 100]], [0.9], [[0, 0, 100, 100]])
-    exact = image([[200, 200, 240, 230]], [0.8], [[200, 200, 240, 230]])
+    wide = scored_image([[-5, 0, 105, 100]], [0.9], [[0, 0, 100, 100]])
+    exact = scored_image([[200, 200, 240, 230]], [0.8], [[200, 200, 240, 230]])
     plain = box_map([wide])
     assert plain == {"map50": about(1), "map50_95": about(0.9), "precision": 1, "recall": 1}
     assert box_map([wide], 1 / 1.1, 1.0)["map50_95"] == about(1)
@@ -50,13 +42,13 @@ def test_box_metrics_score_as_the_validator_and_see_boxes_too_wide() -> None:
     assert box_map([exact])["map50_95"] == about(1)
     assert box_map([exact], 0.9, 1.0)["map50_95"] == about(0.9)
     # ranked by confidence as the validator ranks: a false box above the true one halves AP
-    ahead = image([[200, 200, 240, 230], [0, 0, 9, 9]], [0.8, 0.95], [[200, 200, 240, 230]])
+    ahead = scored_image([[200, 200, 240, 230], [0, 0, 9, 9]], [0.8, 0.95], [[200, 200, 240, 230]])
     assert box_map([ahead])["map50"] == about(0.5)
     # the grid's factors that fix the wide box (IoU >= 0.95: 0.90-0.94 wide), the one
     # nearest to 1 taken
     assert bench_snapshots.best_scale([wide]) == (0.94, 1.0)
     # no predictions at all: zeros, not an error
-    assert box_map([image([], [], [[0, 0, 1, 1]])])["map50_95"] == 0.0
+    assert box_map([scored_image([], [], [[0, 0, 1, 1]])])["map50_95"] == 0.0
 
 
 @pytest.mark.integration
