@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_recipes  # noqa: E402
+import bench_snapshots  # noqa: E402
 
 MARKS_SIZE = (90, 60)  # (width, height) the marks are compared at
 BLUR = 8  # px: what the blur removes is shading; what is left, the marks
@@ -126,30 +127,14 @@ def agreement(rows: list[Any]) -> dict[str, Any]:
 
 def agreement_by_iou(rows: list[Any]) -> list[float]:
     """At each IoU threshold 0.50 ... 0.95: the share of boxes matched one to one (the
-    validator's matching) over all ordered pairs; 1 where no pair has a box."""
-    from types import SimpleNamespace
-
+    validator's matching, ``bench_snapshots.matched``) over all ordered pairs; 1 where no
+    pair has a box."""
     import numpy as np
-    import torch
-    from ultralytics.engine.validator import BaseValidator
-    from ultralytics.utils.metrics import box_iou
 
-    validator = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
     hits, total = np.zeros(10), 0
     for moved, truth in rows:
         total += len(truth)
-        if len(moved) and len(truth):
-            iou = box_iou(torch.from_numpy(truth).float(), torch.from_numpy(moved).float())
-            hits += (
-                BaseValidator.match_predictions(
-                    validator,  # type: ignore[arg-type]  # it reads only iouv
-                    torch.zeros(len(moved)),
-                    torch.zeros(len(truth)),
-                    iou,
-                )
-                .numpy()
-                .sum(0)
-            )
+        hits += bench_snapshots.matched(moved, truth).sum(0)
     return [float(h / total) if total else 1.0 for h in hits]
 
 

@@ -94,39 +94,42 @@ def scaled(boxes: Any, scale_w: float, scale_h: float) -> Any:
     return xywh2xyxy(xyxy2xywh(boxes) * [1.0, 1.0, scale_w, scale_h])
 
 
-def validator_ap(
-    rows: list[Any], scale_w: float = 1.0, scale_h: float = 1.0
-) -> tuple[list[float], float, float]:
-    """One class's AP at each IoU threshold 0.50 ... 0.95, precision and recall of
-    ``labelled_predictions`` with the boxes scaled, matched and averaged by ultralytics'
-    validator's own functions; all zeros when there is no label."""
+def matched(predicted: Any, truth: Any) -> Any:
+    """Which of ``predicted`` (xyxy, in the order given) match a label of ``truth`` one
+    to one at each IoU threshold 0.50 ... 0.95: ultralytics' validator's own matching,
+    a bool array (predictions x 10)."""
     from types import SimpleNamespace
 
     import numpy as np
     import torch
     from ultralytics.engine.validator import BaseValidator
-    from ultralytics.utils.metrics import ap_per_class, box_iou
+    from ultralytics.utils.metrics import box_iou
 
-    validator = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
+    if not len(predicted) or not len(truth):
+        return np.zeros((len(predicted), 10), dtype=bool)
+    return BaseValidator.match_predictions(
+        SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10)),  # type: ignore[arg-type]
+        torch.zeros(len(predicted)),
+        torch.zeros(len(truth)),
+        box_iou(torch.from_numpy(truth).float(), torch.from_numpy(predicted).float()),
+    ).numpy()
+
+
+def validator_ap(
+    rows: list[Any], scale_w: float = 1.0, scale_h: float = 1.0
+) -> tuple[list[float], float, float]:
+    """One class's AP at each IoU threshold 0.50 ... 0.95, precision and recall of
+    ``labelled_predictions`` with the boxes scaled, matched (``matched``) and averaged by
+    ultralytics' validator's own functions; all zeros when there is no label."""
+    import numpy as np
+    from ultralytics.utils.metrics import ap_per_class
+
     hits, scores, labels = [], [], 0
     for predicted, conf, truth in rows:
         order = np.argsort(-conf, kind="stable")  # the validator matches in this order
-        predicted, conf = predicted[order], conf[order]
         labels += len(truth)
-        hit = np.zeros((len(predicted), 10), dtype=bool)
-        if len(predicted) and len(truth):
-            iou = box_iou(
-                torch.from_numpy(truth).float(),
-                torch.from_numpy(scaled(predicted, scale_w, scale_h)).float(),
-            )
-            hit = BaseValidator.match_predictions(
-                validator,  # type: ignore[arg-type]  # it reads only iouv
-                torch.zeros(len(predicted)),
-                torch.zeros(len(truth)),
-                iou,
-            ).numpy()
-        hits.append(hit)
-        scores.append(conf)
+        hits.append(matched(scaled(predicted[order], scale_w, scale_h), truth))
+        scores.append(conf[order])
     conf = np.concatenate(scores)
     _, _, precision, recall, _, ap, *_ = ap_per_class(
         np.concatenate(hits), conf, np.zeros(len(conf)), np.zeros(labels)
