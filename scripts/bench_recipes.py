@@ -8,18 +8,21 @@
         [--out .qcloop/bench/recipes]
     .venv/bin/python scripts/bench_recipes.py --summary RESULTS.json [RESULTS.json ...]
 
-Each variant is ``RECIPE[@SIZE][+avgK][+KEY=VALUE ...][+consensus]``: a recipe of
+Each variant is ``RECIPE[@SIZE][+avgK][+KEY=VALUE ...][+consensus][+pasteK]``: a recipe of
 ``components.train.RECIPES``, the model size (default ``--model-size``; e.g.
 ``scratch@n-p2``, YOLOv8n with a stride-4 head), with ``+avgK`` the EMA weights of
 the last K epochs averaged (kept when as good on val), with ``+KEY=VALUE``
 ultralytics training arguments on top of the recipe's (``reference+box=12+scale=0.2``:
 a candidate tried here before it becomes a recipe), and with ``+consensus`` the train
 labels of every part photographed again redrawn one way first (its medoid photo's
-boxes, ``bench_label_agreement.consensus_copy``; val and test labels untouched): the
+boxes, ``bench_label_agreement.consensus_copy``; val and test labels untouched), and
+with ``+paste`` (``+pasteK``) 1 (K) real scratch marks pasted into every labelled
+train photo first (``paste_scratches.paste_copy``; val and test untouched): the
 same ``components.train.train_yolo``, ``export_onnx`` and ``evaluate_onnx`` the
 training pipeline runs, so a figure here
 is what ``qcloop train --recipe R --model-size SIZE --average-last K`` would register
-(a variant with ``+KEY=VALUE`` or ``+consensus``: once that is part of the pipeline).
+(a variant with ``+KEY=VALUE``, ``+consensus`` or ``+paste``: once that is part of the
+pipeline).
 ``--data`` is a dataset version folder (``qcloop dataset pull v1 --out DIR``: its capture-grouped
 splits are used as they are) or a plain YOLO folder, imported here into a throw-away
 workspace the way ``qcloop dataset import`` splits it (default
@@ -80,13 +83,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 class Variant(NamedTuple):
     """A parsed variant: recipe, epochs averaged (0: none), model size, extra
-    hyperparameters, and whether the train labels are drawn one way per part first."""
+    hyperparameters, whether the train labels are drawn one way per part first, and how
+    many scratch marks are pasted into every labelled train photo first (0: none)."""
 
     recipe: str
     average_last: int
     model_size: str
     hyper: dict[str, Any]
     consensus: bool = False
+    paste: int = 0
 
 
 def parse_variant(text: str, model_size: str = "n") -> Variant:
@@ -96,7 +101,9 @@ def parse_variant(text: str, model_size: str = "n") -> Variant:
     (ultralytics training arguments on top of the recipe: a candidate tried before it
     becomes a recipe of ``components.train.RECIPES``); ``"reference+consensus"``: the
     run trains on labels drawn one way for every part photographed again
-    (``bench_label_agreement.consensus_copy`` of the train split)."""
+    (``bench_label_agreement.consensus_copy`` of the train split); ``"reference+paste2"``:
+    two real scratch marks pasted into every labelled train photo first
+    (``paste_scratches.paste_copy``; ``+paste`` is one)."""
     import yaml
 
     from components.train import hyper_overrides, model_config, recipe_overrides
@@ -104,11 +111,15 @@ def parse_variant(text: str, model_size: str = "n") -> Variant:
     head, *suffixes = text.split("+")
     recipe, at, size = head.partition("@")
     recipe_overrides(recipe)  # a PipelineError naming the recipes
-    average, hyper, consensus = 0, {}, False
+    average, hyper, consensus, paste = 0, {}, False, 0
     for suffix in suffixes:
         key, eq, value = suffix.partition("=")
         if suffix == "consensus":
             consensus = True
+        elif suffix == "paste" or (
+            suffix.startswith("paste") and suffix[5:].isdigit() and int(suffix[5:]) > 0
+        ):
+            paste = int(suffix[5:] or 1)
         elif eq and key and value:
             hyper[key] = yaml.safe_load(value)
         elif suffix.startswith("avg") and suffix[3:].isdigit() and int(suffix[3:]) > 1:
@@ -117,13 +128,14 @@ def parse_variant(text: str, model_size: str = "n") -> Variant:
             raise ValueError(f"variant {text!r}: write RECIPE+avgK with K > 1, e.g. scratch+avg10")
         else:
             raise ValueError(
-                f"variant {text!r}: {suffix!r} is neither avgK, KEY=VALUE nor consensus "
-                "(e.g. scratch+avg10, reference+box=12, reference+consensus)"
+                f"variant {text!r}: {suffix!r} is neither avgK, KEY=VALUE, consensus nor "
+                "pasteK (e.g. scratch+avg10, reference+box=12, reference+consensus, "
+                "reference+paste2)"
             )
     hyper_overrides(hyper)  # a PipelineError naming an unknown or reserved key
     size = size if at else model_size
     model_config(size)  # a PipelineError naming the sizes
-    return Variant(recipe, average, size, hyper, consensus)
+    return Variant(recipe, average, size, hyper, consensus, paste)
 
 
 def dataset_folder(data: Path, work: Path) -> Path:
@@ -258,6 +270,13 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         relabelled = consensus_copy(dataset, out / "consensus-data")
         dataset = out / "consensus-data"
         print(f"bench_recipes: {out.name}: {relabelled} train photos relabelled", flush=True)
+    pasted = None
+    if job.get("paste"):  # more scratches in the train photos; val, test as they are
+        from paste_scratches import paste_copy
+
+        pasted = paste_copy(dataset, out / "pasted-data", job["paste"], seed=job["seed"])
+        dataset = out / "pasted-data"
+        print(f"bench_recipes: {out.name}: {pasted} scratch marks pasted", flush=True)
     started = time.perf_counter()
     weights = train_yolo(
         dataset,
@@ -287,6 +306,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "weights": weights.name,
         "train_s": round(train_s, 1),
         **({} if relabelled is None else {"relabelled": relabelled}),
+        **({} if pasted is None else {"pasted": pasted}),
         **metrics.model_dump(),
     }
     best = out / "run" / "weights" / "best.pt"
@@ -630,6 +650,7 @@ def main() -> int:
                 "model_size": size,
                 "hyper": hyper,
                 "consensus": consensus,
+                "paste": paste,
                 "seed": seed,
                 **({} if fold is None else {"fold": fold}),
                 "dataset": str(data),
@@ -647,7 +668,7 @@ def main() -> int:
                 "reuse": args.reuse,
             }
             for fold, data in datasets.items()
-            for variant, (recipe, avg, size, hyper, consensus) in parsed.items()
+            for variant, (recipe, avg, size, hyper, consensus, paste) in parsed.items()
             for seed in seeds
         ]
         print(f"bench_recipes: {len(jobs)} runs ({args.jobs} at once) on {dataset}", flush=True)

@@ -18,8 +18,9 @@
 # scripts/bench_recipes.py ... --reuse --ensemble A,B (--reuse exports each ONNX).
 # env for run: VARIANTS EPOCHS(150) JOBS(6) SEEDS(0) FOLDS(0) FOLD_IDS LIMIT(500) RETURN
 # SAVE_PERIOD(-1; N keeps every Nth epoch's weights, for scripts/bench_snapshots.py). A
-# variant may carry extra ultralytics arguments, or train on labels drawn one way per tag
-# (bench_recipes.py: +KEY=VALUE, +consensus): VARIANTS=reference,reference+consensus.
+# variant may carry extra ultralytics arguments, train on labels drawn one way per tag, or
+# on train photos with real scratch marks pasted in (bench_recipes.py: +KEY=VALUE,
+# +consensus, +pasteK): VARIANTS=reference,reference+consensus,reference+paste.
 # MISSES=1 also runs scripts/bench_misses.py on each variant's runs (all at once, on the
 # CPU, ~10 s a run) and leaves misses-VARIANT.json in $OUT (no weights needed back).
 #

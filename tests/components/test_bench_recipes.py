@@ -25,19 +25,24 @@ def test_variants_are_a_recipe_an_optional_model_size_and_average() -> None:
     from qcloop.errors import PipelineError
 
     parse = bench_recipes.parse_variant
-    assert parse("reference") == ("reference", 0, "n", {}, False)
-    assert parse("scratch+avg10") == ("scratch", 10, "n", {}, False)
-    assert parse("scratch", "s") == ("scratch", 0, "s", {}, False)
-    assert parse("scratch@n-p2+avg5", "s") == ("scratch", 5, "n-p2", {}, False)
+    assert parse("reference") == ("reference", 0, "n", {}, False, 0)
+    assert parse("scratch+avg10") == ("scratch", 10, "n", {}, False, 0)
+    assert parse("scratch", "s") == ("scratch", 0, "s", {}, False, 0)
+    assert parse("scratch@n-p2+avg5", "s") == ("scratch", 5, "n-p2", {}, False, 0)
     hyper = {"box": 12, "scale": 0.2, "cos_lr": True}
-    assert parse("reference+box=12+scale=0.2+cos_lr=true") == ("reference", 0, "n", hyper, False)
-    assert parse("scratch+avg5+mosaic=0") == ("scratch", 5, "n", {"mosaic": 0}, False)
-    assert parse("reference+consensus") == ("reference", 0, "n", {}, True)
+    assert parse("reference+box=12+scale=0.2+cos_lr=true") == ("reference", 0, "n", hyper, False, 0)
+    assert parse("scratch+avg5+mosaic=0") == ("scratch", 5, "n", {"mosaic": 0}, False, 0)
+    assert parse("reference+consensus") == ("reference", 0, "n", {}, True, 0)
+    assert parse("reference+paste") == ("reference", 0, "n", {}, False, 1)
+    assert parse("reference+consensus+paste3") == ("reference", 0, "n", {}, True, 3)
+    for bad in ("reference+paste0", "reference+pastex"):
+        with pytest.raises(ValueError, match="neither avgK, KEY=VALUE, consensus nor pasteK"):
+            parse(bad)
     with pytest.raises(PipelineError, match="'boxx': not an ultralytics training argument"):
         parse("reference+boxx=12")
     with pytest.raises(PipelineError, match="'epochs' is set by the training step itself"):
         parse("reference+epochs=300")
-    with pytest.raises(ValueError, match="'box' is neither avgK, KEY=VALUE nor consensus"):
+    with pytest.raises(ValueError, match="'box' is neither avgK, KEY=VALUE, consensus nor pasteK"):
         parse("reference+box")
     with pytest.raises(PipelineError, match="recipe 'mosaic9'"):
         parse("mosaic9")
@@ -169,9 +174,10 @@ def test_bench_recipes_trains_and_scores_every_variant(metal_tags: Path, tmp_pat
     three = [image for members in list(captures(metal_tags).values())[:3] for image in members]
     data = yolo_folder(metal_tags, tmp_path / "yolo", three)
     # when two variants are trained briefly, the second with two extra hyperparameters
-    # and its train labels drawn one way for each tag photographed again
+    # and its train labels drawn one way for each tag photographed again, then a real
+    # scratch mark pasted into each labelled train photo
     out = tmp_path / "out"
-    tried = "scratch+avg2+box=12+mosaic=0+consensus"
+    tried = "scratch+avg2+box=12+mosaic=0+consensus+paste"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_recipes.py"), "--data", str(data)]
     cmd += ["--variants", f"reference,{tried}", "--epochs", "2", "--imgsz", "160"]
     cmd += ["--batch", "4", "--out", str(out)]
@@ -190,6 +196,9 @@ def test_bench_recipes_trains_and_scores_every_variant(metal_tags: Path, tmp_pat
     assert results[1]["weights"] in {"best.pt", "averaged.pt"}
     assert "relabelled" not in results[0] and results[1]["relabelled"] >= 0
     assert (out / f"{tried}-seed0" / "consensus-data" / "manifest.json").is_file()
+    assert "pasted" not in results[0] and results[1]["pasted"] >= 1
+    pasted = json.loads((out / f"{tried}-seed0" / "pasted-data" / "manifest.json").read_text())
+    assert "scratches pasted into train" in pasted["source"]
     assert "| reference | 1 |" in done.stdout and "| baseline |" in done.stdout
     assert f"| {tried} | 1 |" in done.stdout
     assert not (tmp_path / "runs").exists()
