@@ -155,12 +155,11 @@ def paste_copy(
     marks from the labels of ``split`` only; defect-free photos stay so), written as
     the photo (JPEG, quality 95) with its label file, manifest counts and checksums
     updated; the other splits untouched. Returns the number of marks pasted."""
-    import hashlib
-
     import numpy as np
     from PIL import Image
 
     from qcloop.contracts import DatasetManifest, count_splits
+    from qcloop.storage import sha256_file
     from qcloop.yolo import YoloBox
 
     if per_photo < 1:
@@ -203,7 +202,7 @@ def paste_copy(
             img.model_copy(
                 update={
                     "boxes": img.boxes + len(pasted),
-                    "sha256": hashlib.sha256(photo.read_bytes()).hexdigest(),
+                    "sha256": sha256_file(photo),
                 }
             )
         )
