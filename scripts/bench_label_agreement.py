@@ -52,15 +52,25 @@ MARKS_SIZE = (90, 60)  # (width, height) the marks are compared at
 BLUR = 8  # px: what the blur removes is shading; what is left, the marks
 
 
-def marks(image: Path, size: tuple[int, int] | None = None) -> Any:
-    """The bright thin marks of a photo (grayscale minus its blur, negatives 0), float32;
-    reduced to ``size`` (width, height) if given."""
+def gray_and_shading(image: Path) -> tuple[Any, Any]:
+    """A photo's grayscale pixels and their blur (its shading: what is left of the
+    photo without the marks), both float32."""
     import numpy as np
     from PIL import Image, ImageFilter
 
     gray = Image.open(image).convert("L")
     blurred = gray.filter(ImageFilter.GaussianBlur(BLUR))
-    found = np.clip(np.asarray(gray, np.float32) - np.asarray(blurred, np.float32), 0, None)
+    return np.asarray(gray, np.float32), np.asarray(blurred, np.float32)
+
+
+def marks(image: Path, size: tuple[int, int] | None = None) -> Any:
+    """The bright thin marks of a photo (grayscale minus its blur, negatives 0), float32;
+    reduced to ``size`` (width, height) if given."""
+    import numpy as np
+    from PIL import Image
+
+    gray, shading = gray_and_shading(image)
+    found = np.clip(gray - shading, 0, None)
     if size is None:
         return found
     return np.asarray(Image.fromarray(found).resize(size, Image.BILINEAR), np.float32)

@@ -195,7 +195,7 @@ def fold_dataset(dataset: Path, folds: int, fold: int, dest: Path) -> Path:
     """
     import shutil
 
-    from qcloop.contracts import DatasetManifest, count_splits
+    from qcloop.contracts import DatasetManifest
 
     manifest = DatasetManifest.load(dataset / "manifest.json")
     blocks = fold_blocks([img.group for img in manifest.images], folds)
@@ -209,15 +209,22 @@ def fold_dataset(dataset: Path, folds: int, fold: int, dest: Path) -> Path:
         for img in manifest.images
     ]
     shutil.copytree(dataset, dest, ignore=shutil.ignore_patterns("*.cache", ".*", "manifest.json"))
-    fold_manifest = manifest.model_copy(
-        update={
-            "images": images,
-            "counts": count_splits(images),
-            "source": f"{manifest.source} (fold {fold} of {folds} by capture)",
-        }
+    save_manifest_copy(
+        manifest, images, f"{manifest.source} (fold {fold} of {folds} by capture)", dest
     )
-    DatasetManifest.model_validate(fold_manifest.model_dump()).save(dest / "manifest.json")
     return dest
+
+
+def save_manifest_copy(manifest: Any, images: list[Any], source: str, dest: Path) -> None:
+    """Save ``manifest`` (a ``DatasetManifest``) with ``images`` instead of its own, their
+    counts, and ``source``, as ``dest/manifest.json``; validated first (a group spread
+    over two splits, counts that do not match: a ``ValueError``)."""
+    from qcloop.contracts import DatasetManifest, count_splits
+
+    copied = manifest.model_copy(
+        update={"images": images, "counts": count_splits(images), "source": source}
+    )
+    DatasetManifest.model_validate(copied.model_dump()).save(dest / "manifest.json")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

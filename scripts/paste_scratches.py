@@ -48,19 +48,6 @@ class Mark(NamedTuple):
     class_id: int
 
 
-def _photo(path: Path) -> tuple[Any, Any]:
-    """A photo's grayscale pixels and their blur (its shading), float32."""
-    import numpy as np
-    from bench_label_agreement import BLUR
-    from PIL import Image, ImageFilter
-
-    gray = Image.open(path).convert("L")
-    return (
-        np.asarray(gray, np.float32),
-        np.asarray(gray.filter(ImageFilter.GaussianBlur(BLUR)), np.float32),
-    )
-
-
 def _bright_marks(gray: Any, shading: Any) -> Any:
     """The pixels brighter than the photo's own texture, by how much (0 elsewhere)."""
     import numpy as np
@@ -85,18 +72,37 @@ def _labels(label: Path, width: int, height: int, classes: int) -> tuple[Any, An
     return found, boxes
 
 
-def mark_bank(root: Path, photos: list[Any], classes: int) -> list[Mark]:
-    """The marks inside every label of ``photos`` (manifest images under ``root``);
-    a label with no bright pixel in it gives none."""
+class Photo(NamedTuple):
+    """A labelled photo as ``paste_copy`` works on it: its grayscale pixels and shading
+    (``bench_label_agreement.gray_and_shading``), its label file's ``YoloBox`` es and
+    the same boxes in pixels (``_labels``)."""
+
+    gray: Any
+    shading: Any
+    labels: tuple[Any, ...]
+    boxes: Any
+
+
+def load_photo(root: Path, img: Any, classes: int) -> Photo:
+    """Manifest image ``img`` under ``root``, read once for the mark bank and the paste."""
+    from bench_label_agreement import gray_and_shading
+
+    return Photo(
+        *gray_and_shading(root / img.file),
+        *_labels(root / img.label_file, img.width, img.height, classes),
+    )
+
+
+def mark_bank(photos: list[Photo]) -> list[Mark]:
+    """The marks inside every label of ``photos``; a label with no bright pixel in it
+    gives none."""
     bank = []
-    for img in photos:
-        gray, shading = _photo(root / img.file)
-        bright = _bright_marks(gray, shading)
-        found, boxes = _labels(root / img.label_file, img.width, img.height, classes)
-        for box, (x1, y1, x2, y2) in zip(found, boxes, strict=True):
+    for photo in photos:
+        bright = _bright_marks(photo.gray, photo.shading)
+        for box, (x1, y1, x2, y2) in zip(photo.labels, photo.boxes, strict=True):
             pixels = bright[y1:y2, x1:x2]
             if pixels.size and pixels.max() > 0:
-                shade = float(shading[y1:y2, x1:x2].mean())
+                shade = float(photo.shading[y1:y2, x1:x2].mean())
                 bank.append(Mark(pixels.copy(), shade, box.class_id))
     return bank
 
@@ -156,9 +162,11 @@ def paste_copy(
     the photo (JPEG, quality 95) with its label file, manifest counts and checksums
     updated; the other splits untouched. Returns the number of marks pasted."""
     import numpy as np
+    from bench_recipes import save_manifest_copy
     from PIL import Image
+    from ultralytics.utils.ops import xyxy2xywhn
 
-    from qcloop.contracts import DatasetManifest, count_splits
+    from qcloop.contracts import DatasetManifest
     from qcloop.storage import sha256_file
     from qcloop.yolo import YoloBox
 
@@ -166,8 +174,10 @@ def paste_copy(
         raise ValueError(f"per_photo {per_photo}: paste 1 or more marks per photo")
     manifest = DatasetManifest.load(dataset / "manifest.json")
     classes = len(manifest.class_names)
-    photos = [img for img in manifest.images if img.split == split]
-    bank = mark_bank(dataset, photos, classes)
+    photos = {
+        img.file: load_photo(dataset, img, classes) for img in manifest.images if img.split == split
+    }
+    bank = mark_bank(list(photos.values()))
     if not bank:
         raise ValueError(f"{dataset}: no labelled scratch in the {split} split to paste")
     if dest.exists():
@@ -179,24 +189,24 @@ def paste_copy(
         if img.split != split or img.boxes == 0:  # defect-free photos are real negatives
             images.append(img)
             continue
-        gray, shading = _photo(dest / img.file)
-        found, boxes = _labels(dest / img.label_file, img.width, img.height, classes)
-        out, pasted = paste_marks(gray, shading, list(boxes), bank, per_photo, rng)
+        source = photos[img.file]
+        out, pasted = paste_marks(
+            source.gray, source.shading, list(source.boxes), bank, per_photo, rng
+        )
         photo = dest / img.file
         Image.fromarray(out.astype(np.uint8)).convert("RGB").save(photo, format="JPEG", quality=95)
+        normal = xyxy2xywhn(
+            np.array([box for _, box in pasted], dtype=float).reshape(-1, 4),
+            w=img.width,
+            h=img.height,
+        )
         new = [
-            YoloBox(
-                class_id=class_id,
-                cx=(x1 + x2) / 2 / img.width,
-                cy=(y1 + y2) / 2 / img.height,
-                w=(x2 - x1) / img.width,
-                h=(y2 - y1) / img.height,
-            )
-            for class_id, (x1, y1, x2, y2) in pasted
+            YoloBox(class_id, *map(float, row))
+            for (class_id, _), row in zip(pasted, normal, strict=True)
         ]
         label = dest / img.label_file
         label.parent.mkdir(parents=True, exist_ok=True)
-        label.write_text("".join(box.line() + "\n" for box in (*found, *new)))
+        label.write_text("".join(box.line() + "\n" for box in (*source.labels, *new)))
         total += len(pasted)
         images.append(
             img.model_copy(
@@ -206,14 +216,9 @@ def paste_copy(
                 }
             )
         )
-    copied = manifest.model_copy(
-        update={
-            "images": images,
-            "counts": count_splits(images),
-            "source": f"{manifest.source} ({total} scratches pasted into {split})",
-        }
+    save_manifest_copy(
+        manifest, images, f"{manifest.source} ({total} scratches pasted into {split})", dest
     )
-    DatasetManifest.model_validate(copied.model_dump()).save(dest / "manifest.json")
     return total
 
 
