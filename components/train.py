@@ -147,7 +147,10 @@ def write_data_yaml(root: Path, manifest: DatasetManifest, *, for_training: bool
 # tags: grayscale photos (hue/saturation jitter only adds noise), scratches that have
 # no up or down (vertical flips double the poses), a cosine schedule that ends at a
 # low rate, and the last 20 epochs without mosaic so the model settles on whole,
-# unscaled tags as the camera sees them.
+# unscaled tags as the camera sees them. "paste" is the reference with one real scratch
+# mark from the train labels pasted into every labelled train photo each time it is
+# loaded (components/paste.py: an augmentation for thin, low-contrast scratches); its
+# "paste" key is qcloop's own (marks per photo), not an ultralytics argument.
 RECIPES: dict[str, dict[str, Any]] = {
     "reference": {},
     "scratch": {
@@ -159,6 +162,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "cos_lr": True,
         "close_mosaic": 20,
     },
+    "paste": {"paste": 1},
 }
 
 
@@ -434,6 +438,7 @@ def train_yolo(
     Raises ``PipelineError`` if a loss turned NaN or no weights were written.
     """
     overrides = {**recipe_overrides(recipe), **hyper_overrides(hyper or {})}
+    paste = int(overrides.pop("paste", 0))
     if average_last < 0:
         raise PipelineError(f"average_last {average_last}: use 0 (off) or the number of epochs")
     if threads is not None and threads < 1:
@@ -461,6 +466,10 @@ def train_yolo(
     window = EmaWindow(out_dir / "ema-window", average_last) if average_last > 1 else None
     if window is not None:
         model.add_callback("on_fit_epoch_end", window.on_fit_epoch_end)
+    if paste > 0:
+        from components.paste import use_paste
+
+        model.add_callback("on_pretrain_routine_start", partial(use_paste, count=paste))
     model.train(
         **overrides,
         data=str(data_yaml),

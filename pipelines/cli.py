@@ -458,10 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe",
         default="reference",
         metavar="RECIPE[,RECIPE]",
-        help="training hyperparameters: reference (ultralytics defaults) or scratch "
-        "(tuned to thin scratches on grayscale tags); several joined by commas train one "
-        "model each and register their ensemble as one ONNX (reference,scratch: the best "
-        "on unseen captures, 2x the inference cost; see docs/benchmarks.md); a recipe "
+        help="training hyperparameters: reference (ultralytics defaults), scratch "
+        "(tuned to thin scratches on grayscale tags) or paste (the reference with a real "
+        "scratch mark pasted anew into each labelled train photo every epoch); several "
+        "joined by commas train one model each and register their ensemble as one ONNX "
+        "(reference,scratch: the best on unseen captures, 2x the inference cost; see "
+        "docs/benchmarks.md); a recipe "
         "named again trains with the next seed (reference,scratch,reference)",
     )
     p.add_argument(

@@ -20,7 +20,8 @@
 # SAVE_PERIOD(-1; N keeps every Nth epoch's weights, for scripts/bench_snapshots.py). A
 # variant may carry extra ultralytics arguments, train on labels drawn one way per tag, or
 # on train photos with real scratch marks pasted in (bench_recipes.py: +KEY=VALUE,
-# +consensus, +pasteK): VARIANTS=reference,reference+consensus,reference+paste.
+# +consensus, +pasteK): VARIANTS=reference,reference+consensus,reference+paste; the
+# `paste` recipe pastes the marks anew each time a photo loads (components/paste.py).
 # MISSES=1 also runs scripts/bench_misses.py on each variant's runs (all at once, on the
 # CPU, ~10 s a run) and leaves misses-VARIANT.json in $OUT (no weights needed back).
 #

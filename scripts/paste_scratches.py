@@ -6,8 +6,8 @@
 
 A scratch on the metal tags is a bright, thin mark on a darker plate: what a photo has
 left after its blur (its shading) is taken away is the mark, and little else
-(``bench_label_agreement.marks``). ``paste_copy`` takes those marks inside every
-labelled box of the train split (the mark bank: only the pixels brighter than the
+(``bench_label_agreement.marks``; components/paste.py). ``paste_copy`` takes those marks
+inside every labelled box of the train split (the mark bank: only the pixels brighter than the
 photo's own fine texture, so that no brushing or noise travels with them), and adds
 ``per_photo`` of them, mirrored at random, to every train photo: each at a place of
 the plate that is as bright as the mark's own background, with no edge, hole or other
@@ -16,7 +16,9 @@ untouched, so a model trained on the copy is scored on the same labels; the copy
 the dataset's size, so training on it costs what training on the original does.
 
 For scripts/bench_recipes.py's ``+paste`` variants (``reference+paste``: does a model
-learn more from 50 % more scratches, on the same photos, than from the photos alone?).
+learn more from 50 % more scratches, on the same photos, than from the photos alone?):
+the same photo pasted the same way every epoch. The ``paste`` training recipe
+(components/paste.py) pastes anew each time a photo is loaded.
 ``--preview`` draws a few pasted photos (labels red, pasted boxes green) to look at
 before training on them. Deterministic for a seed.
 """
@@ -33,43 +35,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-NOISE_SIGMAS = 2.0  # a mark's pixel: brighter than this many sigmas of the photo's texture
-MAX_SHADE_STEP = 25.0  # grey levels between the mark's background and its new place
-MAX_PLACE_RANGE = 30.0  # grey levels of shading across a place: more is an edge, hole, border
-TRIES = 200  # places tried for one mark before it is left out
+from components.paste import Mark, box_pixels, marks_in, paste_marks  # noqa: E402  (the script's API)
 
-
-class Mark(NamedTuple):
-    """A scratch as it was labelled: its bright pixels (its box's size), the mean grey
-    level of the plate around it, and its label's class."""
-
-    pixels: Any
-    shade: float
-    class_id: int
-
-
-def _bright_marks(gray: Any, shading: Any) -> Any:
-    """The pixels brighter than the photo's own texture, by how much (0 elsewhere)."""
-    import numpy as np
-
-    detail = gray - shading
-    texture = 1.4826 * float(np.median(np.abs(detail - np.median(detail))))
-    return np.clip(detail - NOISE_SIGMAS * texture, 0, None)
+__all__ = ["Mark", "Photo", "load_photo", "mark_bank", "paste_copy", "paste_marks", "preview"]
 
 
 def _labels(label: Path, width: int, height: int, classes: int) -> tuple[Any, Any]:
     """The label file's ``YoloBox`` es, and the same as integer xyxy pixels inside the
-    photo (n x 4)."""
-    import numpy as np
-    from bench_label_agreement import pixel_boxes
-
+    photo (n x 4, ``components.paste.box_pixels``)."""
     from qcloop.yolo import parse_label_file
 
     found = parse_label_file(label, classes)[0] if label.is_file() else ()
-    boxes = np.rint(pixel_boxes(found, width, height)).astype(int)
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-    return found, boxes
+    return found, box_pixels([(b.cx, b.cy, b.w, b.h) for b in found], width, height)
 
 
 class Photo(NamedTuple):
@@ -94,63 +71,12 @@ def load_photo(root: Path, img: Any, classes: int) -> Photo:
 
 
 def mark_bank(photos: list[Photo]) -> list[Mark]:
-    """The marks inside every label of ``photos``; a label with no bright pixel in it
-    gives none."""
+    """The marks inside every label of ``photos`` (``components.paste.marks_in``)."""
     bank = []
     for photo in photos:
-        bright = _bright_marks(photo.gray, photo.shading)
-        for box, (x1, y1, x2, y2) in zip(photo.labels, photo.boxes, strict=True):
-            pixels = bright[y1:y2, x1:x2]
-            if pixels.size and pixels.max() > 0:
-                shade = float(photo.shading[y1:y2, x1:x2].mean())
-                bank.append(Mark(pixels.copy(), shade, box.class_id))
+        classes = [box.class_id for box in photo.labels]
+        bank.extend(marks_in(photo.gray, photo.shading, photo.boxes, classes))
     return bank
-
-
-def _overlaps(box: tuple[int, int, int, int], boxes: list[Any]) -> bool:
-    x1, y1, x2, y2 = box
-    return any(not (x2 <= b[0] or x1 >= b[2] or y2 <= b[1] or y1 >= b[3]) for b in boxes)
-
-
-def paste_marks(
-    gray: Any, shading: Any, boxes: list[Any], bank: list[Mark], count: int, rng: Any
-) -> tuple[Any, list[tuple[int, tuple[int, int, int, int]]]]:
-    """``gray`` with up to ``count`` marks of ``bank`` added, and their (class, box xyxy
-    px).
-
-    A mark goes, mirrored at random, to a place of its size where the shading is as
-    bright as its own background (within ``MAX_SHADE_STEP``), flat (no edge, hole or
-    border: ``MAX_PLACE_RANGE``) and free of every box in ``boxes`` and of the marks
-    pasted before; a mark with no such place in ``TRIES`` tries is left out."""
-    import numpy as np
-
-    out = gray.copy()
-    height, width = gray.shape
-    taken = [np.asarray(b) for b in boxes]
-    pasted: list[tuple[int, tuple[int, int, int, int]]] = []
-    for _ in range(count):
-        mark = bank[int(rng.integers(len(bank)))]
-        pixels = mark.pixels
-        if rng.random() < 0.5:
-            pixels = pixels[:, ::-1]
-        if rng.random() < 0.5:
-            pixels = pixels[::-1]
-        h, w = pixels.shape
-        if h >= height or w >= width:
-            continue
-        for _try in range(TRIES):
-            x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
-            place = shading[y : y + h, x : x + w]
-            box = (x, y, x + w, y + h)
-            if abs(float(place.mean()) - mark.shade) > MAX_SHADE_STEP:
-                continue
-            if float(np.ptp(place)) > MAX_PLACE_RANGE or _overlaps(box, taken):
-                continue
-            out[y : y + h, x : x + w] += pixels
-            taken.append(np.asarray(box))
-            pasted.append((mark.class_id, box))
-            break
-    return np.clip(out, 0, 255), pasted
 
 
 def paste_copy(
