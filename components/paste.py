@@ -23,7 +23,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from ultralytics.data.dataset import YOLODataset
 
-BLUR = 8  # px (Gaussian sigma): what the blur removes is shading; what is left, the marks
+# px (Gaussian sigma): what the blur removes is shading; what is left, the marks. The
+# scripts' PIL blur (scripts/bench_label_agreement.py BLUR) uses the same sigma.
+BLUR = 8
 NOISE_SIGMAS = 2.0  # a mark's pixel: brighter than this many sigmas of the photo's texture
 MAX_SHADE_STEP = 25.0  # grey levels between the mark's background and its new place
 MAX_PLACE_RANGE = 30.0  # grey levels of shading across a place: more is an edge, hole, border
@@ -40,13 +42,11 @@ class Mark(NamedTuple):
 
 
 def gray_and_shading(image: Any) -> tuple[Any, Any]:
-    """A BGR (H x W x 3) or grayscale uint8 photo's grayscale pixels and their blur (its
-    shading: the photo without its marks), both float32."""
+    """A uint8 photo as ultralytics loads it (H x W x 3 BGR, or H x W x 1) as grayscale
+    pixels and their blur (its shading: the photo without its marks), both float32."""
     import cv2
 
-    if image.ndim == 3:
-        image = image[..., 0] if image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    gray = image
+    gray = image[..., 0] if image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     gray = gray.astype(np.float32)
     return gray, cv2.GaussianBlur(gray, (0, 0), BLUR)
 
@@ -146,9 +146,7 @@ def paste_into(
     for _, (x1, y1, x2, y2) in pasted:  # only the marks' places change
         delta = out[y1:y2, x1:x2] - gray[y1:y2, x1:x2]
         place = image[y1:y2, x1:x2].astype(np.float32)
-        photo[y1:y2, x1:x2] = np.clip(
-            place + (delta[..., None] if image.ndim == 3 else delta), 0, 255
-        )
+        photo[y1:y2, x1:x2] = np.clip(place + delta[..., None], 0, 255)
     classes = np.array([class_id for class_id, _ in pasted], np.float32)
     boxes = xyxy2xywhn(np.array([box for _, box in pasted], float), w=width, h=height)
     return photo, classes, boxes.astype(np.float32)

@@ -35,9 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from components.paste import Mark, box_pixels, marks_in, paste_marks  # noqa: E402  (the script's API)
-
-__all__ = ["Mark", "Photo", "load_photo", "mark_bank", "paste_copy", "paste_marks", "preview"]
+from components.paste import Mark, box_pixels, marks_in, paste_marks  # noqa: E402
 
 
 def _labels(label: Path, width: int, height: int, classes: int) -> tuple[Any, Any]:
