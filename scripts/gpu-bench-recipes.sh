@@ -22,6 +22,9 @@
 # on train photos with real scratch marks pasted in (bench_recipes.py: +KEY=VALUE,
 # +consensus, +pasteK): VARIANTS=reference,reference+consensus,reference+paste; the
 # `paste` recipe pastes the marks anew each time a photo loads (components/paste.py).
+# A session's device time (15 min, the machine's start included) holds one call of
+# LIMIT=540: six runs at once, e.g. VARIANTS=reference,paste FOLDS=6 FOLD_IDS=0,1,2 JOBS=6
+# MISSES=1 RETURN=reference,paste (docs/benchmarks.md, the paste recipe).
 # MISSES=1 also runs scripts/bench_misses.py on each variant's runs (all at once, on the
 # CPU, ~10 s a run) and leaves misses-VARIANT.json in $OUT (no weights needed back).
 #
