@@ -17,7 +17,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY constraints.txt pyproject.toml README.md ./
+COPY constraints.txt pyproject.toml README.md LICENSE ./
 # The core and the agent only: the platform's packages are not needed on a box.
 COPY qcloop ./qcloop
 COPY edge_agent ./edge_agent

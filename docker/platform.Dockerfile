@@ -24,7 +24,7 @@ COPY constraints.txt ./
 # torch first, from its own index (the versions come from constraints.txt): ultralytics then
 # finds it installed and PyPI's CUDA build is never fetched.
 RUN pip install --index-url "${TORCH_INDEX_URL}" -c constraints.txt torch torchvision
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY qcloop ./qcloop
 COPY components ./components
 COPY edge_agent ./edge_agent
