@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-misses bench-label-agreement bench-train-threads clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge check-edge-py310 bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-misses bench-label-agreement bench-train-threads clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -18,6 +18,7 @@ $(PY):
 	$(PIP) install -q --upgrade pip setuptools wheel
 
 setup: $(PY) ## create .venv and install everything (platform + tests), ~5 min
+	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "the platform needs Python 3.11+ (constraints.txt pins for it); an edge box needs only 3.10: make setup-edge")'
 	@# torch first: ultralytics needs torchvision, and this pair is the tested one (FIELD-NOTES)
 	$(PIP) install -q -c constraints.txt torch torchvision
 	$(PIP) install -q -c constraints.txt -e '.[platform,test]'
@@ -52,6 +53,9 @@ schemas: ## write the JSON Schemas of the contracts (docs/schemas/)
 
 check-edge: ## install only the edge extra in a fresh venv and run qcloop-edge infer (after make demo)
 	bash scripts/check-edge-install.sh
+
+check-edge-py310: ## an edge box on Python 3.10: vermin, the cp310 wheels (x86_64, aarch64), the agent on the 3.10 libraries
+	bash scripts/check-edge-py310.sh
 
 BENCH_MODEL := .qcloop/bench/yolov8n-480.onnx
 BENCH_DYNAMIC := .qcloop/bench/yolov8n-480-dynamic.onnx

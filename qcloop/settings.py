@@ -18,10 +18,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from qcloop.errors import ConfigError
+
+try:  # Python 3.11+; an edge box on 3.10 (Ubuntu 22.04, JetPack 6) reads TOML with tomli
+    import tomllib  # novermin (guarded: 3.10 takes tomli below)
+except ModuleNotFoundError:  # pragma: no cover - scripts/check-edge-py310.sh runs it
+    import tomli as tomllib  # type: ignore[no-redef]
 
 ENV_PREFIX = "QCLOOP_"
 # QCLOOP_CONFIG names the file; QCLOOP_EDGE_* belong to the edge agent's own config

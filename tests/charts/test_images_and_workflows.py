@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from qcloop.settings import read_toml
 from tests.charts.conftest import ROOT
 
 DOCKER = ROOT / "docker"
@@ -111,6 +112,25 @@ def test_dockerignore_keeps_state_and_secrets_out_of_the_context() -> None:
     assert {".git", ".venv", ".qcloop", "data", "**/*.onnx", "tests"} <= ignored
 
 
+@pytest.mark.parametrize("name", ["platform", "edge"])
+def test_image_build_copies_every_file_the_package_build_reads(name: str) -> None:
+    # No Docker engine here: a file pyproject.toml names (readme, licence) but the build
+    # stage does not COPY, or .dockerignore drops, would fail only on the cluster's build.
+    project = read_toml(ROOT / "pyproject.toml")["project"]
+    needed = {"pyproject.toml", "constraints.txt", project["readme"], *project["license-files"]}
+    build = parse_dockerfile(DOCKER / f"{name}.Dockerfile")[0]
+    copied = {src for args in build.all("COPY") for src in args.split()[:-1]}
+    assert needed <= copied, f"{name}.Dockerfile copies none of {sorted(needed - copied)}"
+    for path in needed:
+        assert (ROOT / path).is_file(), path
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert not needed & ignored, sorted(needed & ignored)
+
+
 def _workflow(name: str) -> dict[str, Any]:
     doc = yaml.safe_load((WORKFLOWS / name).read_text())
     assert isinstance(doc, dict) and doc.get("jobs"), name
@@ -133,6 +153,13 @@ def test_ci_workflow_lints_tests_and_lints_the_chart() -> None:
     assert "make test" in runs
     assert "helm lint --strict charts/qcloop" in runs
     assert "pytest tests/charts" in runs
+    # the edge box on a real 3.10, which this machine cannot install (.ci/run checks the rest)
+    edge = doc["jobs"]["edge-py310"]
+    python = next(
+        s["with"]["python-version"] for s in edge["steps"] if "setup-python" in s.get("uses", "")
+    )
+    assert python == "3.10"
+    assert "pip install -q -c constraints.txt '.[edge]'" in _run_lines({"jobs": {"e": edge}})
 
 
 def test_images_workflow_builds_both_images_on_a_tag() -> None:
