@@ -54,7 +54,7 @@ schemas: ## write the JSON Schemas of the contracts (docs/schemas/)
 check-edge: ## install only the edge extra in a fresh venv and run qcloop-edge infer (after make demo)
 	bash scripts/check-edge-install.sh
 
-check-edge-py310: ## an edge box on Python 3.10: vermin, the cp310 wheels (x86_64, aarch64), the agent on the 3.10 libraries
+check-edge-py310: ## an edge box on Python 3.10: vermin, the wheels for 3.10/3.12/3.13 (x86_64, aarch64), the agent on the 3.10 libraries
 	bash scripts/check-edge-py310.sh
 
 BENCH_MODEL := .qcloop/bench/yolov8n-480.onnx

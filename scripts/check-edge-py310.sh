@@ -4,7 +4,7 @@
 #   1. the code an edge box runs (qcloop, edge_agent) uses nothing newer than 3.10 (vermin);
 #   2. `pip install -c constraints.txt '.[edge,camera]'` resolves to wheels for CPython 3.10
 #      on x86_64 and aarch64 (pip download for that target, constraints' markers read as
-#      3.10 reads them);
+#      3.10 reads them), and for 3.12 and 3.13 too (Ubuntu 24.04, Debian 13);
 #   3. the agent runs on the libraries a 3.10 box gets (numpy, onnxruntime, pillow at their
 #      3.10 pins, tomli) with the 3.10 standard library's gap (no tomllib) imposed: every
 #      edge_agent module imports, the example config validates, and `qcloop-edge infer`
@@ -28,13 +28,17 @@ python3 -m venv "$work/tools"
 echo "== 1. the edge code against Python 3.10 (vermin)"
 "$work/tools/bin/vermin" --no-tips --eval-annotations --violations -t=3.10- qcloop edge_agent
 
-echo "== 2. the edge install resolves for CPython 3.10"
-"$work/tools/bin/python" - constraints.txt >"$work/constraints-3.10.txt" <<'PY'
+echo "== 2. the edge install resolves for CPython 3.10 (and 3.12, 3.13)"
+"$work/tools/bin/pip" wheel -q --no-deps -w "$work/wheel" .
+wheel=$(ls "$work"/wheel/qcloop-*.whl)
+for version in 3.10 3.12 3.13; do
+  # pip reads the markers as the running interpreter would: read them as $version does
+  "$work/tools/bin/python" - constraints.txt "$version" >"$work/constraints-$version.txt" <<'PY'
 import sys
 
 from packaging.requirements import Requirement
 
-env = {"python_version": "3.10", "python_full_version": "3.10.12"}
+env = {"python_version": sys.argv[2], "python_full_version": sys.argv[2] + ".0"}
 for line in open(sys.argv[1]):
     text = line.split("#", 1)[0].strip()
     if text:
@@ -42,13 +46,16 @@ for line in open(sys.argv[1]):
         if req.marker is None or req.marker.evaluate(env):
             print(f"{req.name}{req.specifier}")
 PY
-"$work/tools/bin/pip" wheel -q --no-deps -w "$work/wheel" .
-wheel=$(ls "$work"/wheel/qcloop-*.whl)
-for arch in x86_64 aarch64; do
-  "$work/tools/bin/pip" download -q --only-binary=:all: --python-version 3.10 --implementation cp \
-    --platform "manylinux_2_28_$arch" --platform "manylinux_2_17_$arch" --platform "manylinux2014_$arch" \
-    -c "$work/constraints-3.10.txt" -d "$work/py310-$arch" "$wheel[edge,camera]" tomli
-  echo "cp310 $arch: $(ls "$work/py310-$arch" | grep -v '^qcloop-' | sed 's/-py.*\|-cp.*//' | sort | tr '\n' ' ')"
+  extra=()
+  [ "$version" != 3.10 ] || extra=(tomli)  # the wheel's own marker is read as 3.11's here
+  for arch in x86_64 aarch64; do
+    dest="$work/cp$version-$arch"
+    "$work/tools/bin/pip" download -q --only-binary=:all: --python-version "$version" \
+      --implementation cp --platform "manylinux_2_28_$arch" --platform "manylinux_2_17_$arch" \
+      --platform "manylinux2014_$arch" -c "$work/constraints-$version.txt" -d "$dest" \
+      "$wheel[edge,camera]" "${extra[@]}"
+    echo "cp$version $arch: $(ls "$dest" | grep -v '^qcloop-' | sed 's/-py.*\|-cp.*//' | sort | tr '\n' ' ')"
+  done
 done
 
 echo "== 3. the agent on the 3.10 library set, without tomllib"
