@@ -24,7 +24,7 @@ from qcloop.errors import ConfigError
 
 try:  # Python 3.11+; an edge box on 3.10 (Ubuntu 22.04, JetPack 6) reads TOML with tomli
     import tomllib  # novermin (guarded: 3.10 takes tomli below)
-except ModuleNotFoundError:  # pragma: no cover - scripts/check-edge-py310.sh runs it
+except ModuleNotFoundError:  # 3.10: scripts/check-edge-py310.sh runs this path
     import tomli as tomllib  # type: ignore[no-redef]
 
 ENV_PREFIX = "QCLOOP_"

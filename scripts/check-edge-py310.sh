@@ -77,35 +77,10 @@ class _NoTomllib:
 
 sys.meta_path.insert(0, _NoTomllib())
 PY
-"$work/edge/bin/python" - <<'PY'
-import importlib
-import pkgutil
-
-import numpy
-import onnxruntime
-import PIL
-
-try:
-    import tomllib  # noqa: F401
-except ModuleNotFoundError:
-    pass
-else:
-    raise SystemExit("tomllib is importable: the 3.10 standard library is not imposed")
-import edge_agent
-
-mods = [  # __main__ would run the CLI
-    m.name
-    for m in pkgutil.walk_packages(edge_agent.__path__, "edge_agent.")
-    if not m.name.endswith("__main__")
-]
-for name in mods:
-    importlib.import_module(name)
-from qcloop import settings
-
-assert settings.tomllib.__name__ == "tomli", settings.tomllib
-print(f"numpy {numpy.__version__}, onnxruntime {onnxruntime.__version__}, pillow {PIL.__version__},"
-      f" TOML by {settings.tomllib.__name__}: {len(mods)} edge_agent modules import")
-PY
+"$work/edge/bin/python" -c 'import tomllib' 2>/dev/null \
+  && { echo "tomllib is importable: the 3.10 standard library is not imposed" >&2; exit 1; }
+"$work/edge/bin/python" scripts/edge_imports.py | tee "$work/imports.txt"
+grep -q "TOML by tomli:" "$work/imports.txt"
 # placeholders: the example config wants its secrets from the environment (never the file)
 QCLOOP_EDGE_STORE__ACCESS_KEY=placeholder QCLOOP_EDGE_STORE__SECRET_KEY=placeholder \
   QCLOOP_EDGE_MQTT__PASSWORD=placeholder \
@@ -117,12 +92,13 @@ echo "edge_agent/qcloop-edge.example.toml: valid"
 import json
 import sys
 
+import numpy as np
+
+from edge_agent.inference import iou_one_to_many
+
 
 def iou(p: list[float], q: list[float]) -> float:
-    w = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
-    h = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
-    union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - w * h
-    return w * h / union if union > 0 else 0.0
+    return float(iou_one_to_many(np.array(p), np.array([q]))[0])
 
 
 a, b = ([json.loads(line) for line in open(path)] for path in sys.argv[1:3])
