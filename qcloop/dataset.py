@@ -11,7 +11,9 @@ Splits are assigned per capture group (deterministically, balanced to
 70/15/15), and an image keeps the split it had in the parent version, so an
 image never moves between splits.
 Each version's DVC pointer is also kept in the object store
-(``datasets/<version>.dvc``) so any machine can materialise any version.
+(``datasets/<version>.dvc``) so any machine can materialise any version; the
+store, not the workspace, says which versions exist and names the next one
+(``qcloop.versions``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import shutil
 import subprocess
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from qcloop import dvc
@@ -36,13 +38,38 @@ from qcloop.contracts import (
 from qcloop.errors import DatasetError, ObjectNotFound
 from qcloop.settings import Settings
 from qcloop.storage import ObjectStore, open_store, put_raw_image, raw_key, sha256_bytes
+from qcloop.versions import (
+    DATA_DIR,
+    MANIFEST,
+    POINTER_PREFIX,
+    Progress,
+    checkout_newest,
+    current_manifest,
+    known_versions,
+    newest_version,
+    next_version,
+    pointer_key,
+    restoring_workspace,
+    write_pointer,
+)
 from qcloop.yolo import YoloItem, capture_group, scan_yolo_folder
 
-DATA_DIR = "data"
-MANIFEST = "manifest.json"
-POINTER_PREFIX = "datasets/"
+__all__ = [
+    "DATA_DIR",
+    "MANIFEST",
+    "POINTER_PREFIX",
+    "assign_splits",
+    "change_summary",
+    "commit_pointer",
+    "current_manifest",
+    "import_yolo_folder",
+    "known_versions",
+    "materialize",
+    "materialize_split",
+    "newest_version",
+]
+
 SPLIT_RATIOS: dict[Split, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
-Progress = Callable[[str], None]
 
 
 def assign_splits(new_groups: Iterable[str], existing: Mapping[Split, int]) -> dict[str, Split]:
@@ -64,16 +91,6 @@ def assign_splits(new_groups: Iterable[str], existing: Mapping[Split, int]) -> d
         counts[split] += 1
         placed[group] = split
     return placed
-
-
-def current_manifest(workspace: Path) -> DatasetManifest | None:
-    """Manifest of the version checked out in ``workspace/data``, if any."""
-    path = workspace / DATA_DIR / MANIFEST
-    return DatasetManifest.load(path) if path.is_file() else None
-
-
-def _next_version(parent: DatasetManifest | None) -> str:
-    return f"v{int(parent.version[1:]) + 1}" if parent else "v1"
 
 
 def _entry(item: YoloItem, split: Split, key: str, digest: str) -> ManifestImage:
@@ -150,8 +167,11 @@ def import_yolo_folder(
 ) -> tuple[DatasetManifest, bool]:
     """Import a YOLO folder into the raw store and a new dataset version.
 
-    Returns the manifest of the (new or unchanged) current version and whether a
-    new version was created; a folder that adds nothing creates no version. With
+    The parent is the newest version in the object store (checked out into the
+    workspace first if the workspace holds another), and the new version takes the
+    next number there, so a fresh pod or a checkout behind the store never reuses a
+    name. Returns the manifest of the (new or unchanged) current version and whether
+    a new version was created; a folder that adds nothing creates no version. With
     ``commit`` (and a git workspace) ``data.dvc`` is committed with a message that
     says what changed.
     """
@@ -159,13 +179,13 @@ def import_yolo_folder(
     progress(f"validating YOLO folder {source}")
     names, items = scan_yolo_folder(Path(source))
     dvc.ensure_repo(workspace, settings)
-    parent = _checked_out_parent(workspace, settings)
+    store = open_store(settings.store)
+    parent, versions = checkout_newest(workspace, settings, store, progress)
     if parent and parent.class_names != names:
         raise DatasetError(
             f"{source}/classes.txt: classes {names} differ from version {parent.version}'s "
             f"{parent.class_names}; keep the same class list (append new classes at the end)"
         )
-    store = open_store(settings.store)
     staging = workspace / f".{DATA_DIR}.staging-{uuid.uuid4().hex[:8]}"
     try:
         progress(f"importing {len(items)} images into the raw store ({settings.store.kind})")
@@ -177,7 +197,7 @@ def import_yolo_folder(
             progress(f"nothing new: dataset stays at {parent.version}")
             return parent, False
         manifest = DatasetManifest(
-            version=_next_version(parent),
+            version=next_version(versions),
             parent=parent.version if parent else None,
             class_names=names,
             source=str(source),
@@ -194,13 +214,6 @@ def import_yolo_folder(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _checked_out_parent(workspace: Path, settings: Settings) -> DatasetManifest | None:
-    pointer = workspace / f"{DATA_DIR}.dvc"
-    if pointer.is_file() and not (workspace / DATA_DIR / MANIFEST).is_file():
-        dvc.run_dvc(workspace, settings, "pull", "--quiet", f"{DATA_DIR}.dvc")
-    return current_manifest(workspace)
-
-
 def _swap_in(
     workspace: Path,
     staging: Path,
@@ -209,27 +222,16 @@ def _swap_in(
     store: ObjectStore,
     progress: Progress,
 ) -> None:
-    """Replace data/ by staging, dvc add + push; on failure put everything back."""
-    data_dir, pointer = workspace / DATA_DIR, workspace / f"{DATA_DIR}.dvc"
-    backup = workspace / f".{DATA_DIR}.previous-{uuid.uuid4().hex[:8]}"
-    old_pointer = pointer.read_text() if pointer.is_file() else None
-    if data_dir.exists():
-        data_dir.rename(backup)
-    staging.rename(data_dir)
-    try:
+    """Replace data/ by staging, dvc add + push, then the pointer (create-only).
+
+    On any failure - also when another import or round made the same version
+    meanwhile - the previous data/ and data.dvc come back.
+    """
+    with restoring_workspace(workspace):
+        staging.rename(workspace / DATA_DIR)
         progress(f"dvc add + push {manifest.version} to {dvc.remote_url(settings)}")
         text = dvc.add_and_push(workspace, settings, DATA_DIR)
-        store.put_bytes(f"{POINTER_PREFIX}{manifest.version}.dvc", text.encode(), "text/yaml")
-    except BaseException:
-        shutil.rmtree(data_dir, ignore_errors=True)
-        if backup.exists():
-            backup.rename(data_dir)
-        if old_pointer is None:
-            pointer.unlink(missing_ok=True)
-        else:
-            pointer.write_text(old_pointer)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
+        write_pointer(store, manifest.version, text)
 
 
 def change_summary(parent: DatasetManifest | None, new: DatasetManifest) -> str:
@@ -272,24 +274,6 @@ def commit_pointer(workspace: Path, message: str, progress: Progress = print) ->
     return True
 
 
-def known_versions(settings: Settings) -> list[str]:
-    """Dataset versions whose pointer is in the object store, oldest first."""
-    store = open_store(settings.store)
-    names = [k[len(POINTER_PREFIX) : -4] for k in store.list(POINTER_PREFIX) if k.endswith(".dvc")]
-    return sorted(names, key=lambda v: int(v[1:]) if v[1:].isdigit() else 0)
-
-
-def newest_version(settings: Settings) -> str:
-    """The newest dataset version in the object store now; ``DatasetError`` if none."""
-    versions = known_versions(settings)
-    if not versions:
-        raise DatasetError(
-            "dataset version 'latest': the object store holds no dataset version yet; "
-            "import data first (qcloop dataset import)"
-        )
-    return versions[-1]
-
-
 def materialize(settings: Settings, version: str, dest: Path) -> DatasetManifest:
     """Copy dataset ``version`` into ``dest`` (a new folder) and return its manifest."""
     dest = Path(dest)
@@ -305,9 +289,7 @@ def materialize(settings: Settings, version: str, dest: Path) -> DatasetManifest
         )
     else:
         try:
-            pointer = (
-                open_store(settings.store).get_bytes(f"{POINTER_PREFIX}{version}.dvc").decode()
-            )
+            pointer = open_store(settings.store).get_bytes(pointer_key(version)).decode()
         except ObjectNotFound:
             known = ", ".join(known_versions(settings)) or "none"
             raise DatasetError(

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -18,10 +19,11 @@ from urllib.parse import urlparse
 
 from qcloop.contracts import RawImageSidecar
 from qcloop.errors import ObjectNotFound, StoreError, StoreUnavailable
-from qcloop.fsutil import atomic_write
+from qcloop.fsutil import atomic_write, fsync_dir
 from qcloop.settings import StoreSettings
 
 RAW_PREFIX = "raw/"
+IF_ABSENT = {"If-None-Match": "*"}  # S3 conditional write: create the key only if absent
 
 
 def released_key(model_name: str) -> str:
@@ -34,6 +36,13 @@ class ObjectStore(Protocol):
 
     def put_bytes(self, key: str, data: bytes, content_type: str = ...) -> None:
         """Store ``data`` under ``key`` (atomic: readers see all or nothing)."""
+
+    def put_bytes_if_absent(self, key: str, data: bytes, content_type: str = ...) -> bool:
+        """Create ``key`` with ``data`` unless an object is there already (then False).
+
+        Create-only and atomic, for objects that must never change once written
+        (dataset version pointers): of two writers racing for one key, one wins.
+        """
 
     def get_bytes(self, key: str) -> bytes:
         """Return the object; ``ObjectNotFound`` if absent."""
@@ -90,6 +99,27 @@ class LocalStore:
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None:
         atomic_write(self._path(key), data)
+
+    def put_bytes_if_absent(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """Write a complete temp file, then hard-link it to the key: ``link`` fails if the
+        key exists (atomically, unlike a check then a write), and readers never see a part."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        fsync_dir(path.parent)
+        return True
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -180,6 +210,34 @@ class S3Store:
             len(data),
             content_type=content_type,
         )
+
+    def put_bytes_if_absent(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """PUT with ``If-None-Match: *``, after a look for the key.
+
+        The conditional PUT is atomic on S3, current MinIO and moto (412 when the key
+        exists). minio's ``put_object`` would send it as user metadata
+        (``X-Amz-Meta-If-None-Match``), so minio's PutObject call beneath it sends it. The look
+        first keeps the guarantee, up to a small race, on servers that ignore the header.
+        """
+        self.ensure_bucket()
+        if self.exists(key):
+            return False
+        from minio.error import S3Error
+
+        def put() -> bool:
+            try:
+                self._client._put_object(  # noqa: SLF001 - the call that keeps the header
+                    self.bucket, key, data, headers={"Content-Type": content_type, **IF_ABSENT}
+                )
+            except S3Error as exc:
+                if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False  # 412 the key exists; 409 another create of it is under way
+                raise
+            return True
+
+        return bool(self._call(_check_key(key), put))
 
     def get_bytes(self, key: str) -> bytes:
         response = self._call(_check_key(key), self._client.get_object, self.bucket, key)

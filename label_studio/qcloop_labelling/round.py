@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qcloop.contracts import DatasetManifest
-from qcloop.dataset import current_manifest, import_yolo_folder
+from qcloop.dataset import current_manifest, import_yolo_folder, known_versions
 from qcloop.settings import Settings
 from qcloop_labelling.client import LabelStudioClient
 from qcloop_labelling.sync_out import SyncOutReport, sync_out
@@ -42,7 +42,8 @@ def run_round(
         export = sync_out(settings, client, project_id, folder, progress=progress)
         if export.counts["labelled"] + export.counts["negative"] == 0:
             manifest = current_manifest(settings.workspace.resolve())
-            where = manifest.version if manifest else "no version yet"
+            versions = known_versions(settings)  # the store's, not this (maybe fresh) workspace's
+            where = versions[-1] if versions else "no version yet"
             progress(f"nothing labelled in project {project_id}: dataset stays at {where}")
             return RoundResult(export, manifest, False)
         manifest, created = import_yolo_folder(settings, folder, progress=progress, commit=True)

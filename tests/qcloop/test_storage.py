@@ -103,3 +103,43 @@ def test_an_import_keeps_the_sidecar_of_an_earlier_capture(tmp_path: Path) -> No
     assert [s.reason for s in list_raw_images(store)] == ["low_confidence"]
     put_raw_image(store, data, sidecar("operator_verdict"))  # a later capture does replace it
     assert [s.reason for s in list_raw_images(store)] == ["operator_verdict"]
+
+
+def _create_only(store: LocalStore | S3Store) -> None:
+    assert store.put_bytes_if_absent("datasets/v1.dvc", b"first", "text/yaml") is True
+    assert store.put_bytes_if_absent("datasets/v1.dvc", b"second", "text/yaml") is False
+    assert store.get_bytes("datasets/v1.dvc") == b"first"
+    assert list(store.list("datasets/")) == ["datasets/v1.dvc"]  # no temp file left behind
+    with pytest.raises(StoreError, match="invalid object key"):
+        store.put_bytes_if_absent("../escape", b"x")
+
+
+def test_local_create_only_write_refuses_an_existing_key(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    _create_only(store)
+    assert [p.name for p in (tmp_path / "store" / "datasets").iterdir()] == ["v1.dvc"]
+
+
+@pytest.mark.integration
+def test_s3_create_only_write_refuses_an_existing_key(s3_store_settings: StoreSettings) -> None:
+    store = S3Store(s3_store_settings)
+    _create_only(store)
+    stat = store._client.stat_object(store.bucket, "datasets/v1.dvc")
+    assert stat.content_type == "text/yaml"
+    assert not any("if-none-match" in k.lower() for k in (stat.metadata or {}))  # a header
+
+
+@pytest.mark.integration
+def test_s3_conditional_put_refuses_even_when_the_look_misses(
+    s3_store_settings: StoreSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the look-first cannot close: the key appears after ``exists`` said no.
+
+    S3 and current MinIO answer ``If-None-Match: *`` with 412, and so does moto's
+    server (5.x, as pinned): the write is refused by the server itself.
+    """
+    store = S3Store(s3_store_settings)
+    store.put_bytes("datasets/v2.dvc", b"theirs")
+    monkeypatch.setattr(store, "exists", lambda key: False)
+    assert store.put_bytes_if_absent("datasets/v2.dvc", b"ours", "text/yaml") is False
+    assert store.get_bytes("datasets/v2.dvc") == b"theirs"
