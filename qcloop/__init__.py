@@ -9,5 +9,7 @@ from qcloop.errors import QcloopError
 
 __all__ = ["QCLOOP_IMAGE", "QcloopError", "__version__"]
 __version__ = "0.1.0"
-# The platform image (docker/platform.Dockerfile) every KFP component of every room runs in.
-QCLOOP_IMAGE = "ghcr.io/qcloop/qcloop:0.1.0"
+# Repository of the platform image (docker/platform.Dockerfile) every KFP component of
+# every room runs in; a compiled pipeline names it with the tag of its code version
+# (pipelines/ir.py), and the setting pipelines.image replaces it.
+QCLOOP_IMAGE = "ghcr.io/qcloop/qcloop"

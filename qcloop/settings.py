@@ -11,8 +11,8 @@ Secrets are ``SecretStr``: their repr and logs show ``**********``.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from qcloop import QCLOOP_IMAGE
 from qcloop.errors import ConfigError
 
 try:  # Python 3.11+; an edge box on 3.10 (Ubuntu 22.04, JetPack 6) reads TOML with tomli
@@ -30,6 +31,12 @@ except ModuleNotFoundError:  # 3.10: scripts/check-edge-py310.sh runs this path
 ENV_PREFIX = "QCLOOP_"
 # QCLOOP_CONFIG names the file; QCLOOP_EDGE_* belong to the edge agent's own config
 NOT_SETTINGS = ("QCLOOP_CONFIG", "QCLOOP_EDGE_", "QCLOOP_CODE_VERSION")
+# The variables Kubernetes injects into every pod for each Service of its namespace
+# (unless the pod sets enableServiceLinks: false, which Kubeflow's run pods do not): a
+# release named qcloop gives QCLOOP_MINIO_SERVICE_HOST, QCLOOP_MINIO_PORT_9000_TCP_ADDR, ...
+SERVICE_LINK = re.compile(
+    r"^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(ADDR|PORT|PROTO))?)?)$"
+)
 
 
 class _Section(BaseModel):
@@ -150,6 +157,21 @@ class LabelStudioSettings(_Section):
     )
 
 
+class PipelineSettings(_Section):
+    """Kubeflow Pipelines: the image the compiled pipelines' steps run."""
+
+    image: str = Field(
+        default=QCLOOP_IMAGE,
+        pattern=r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9]$",
+        description="platform image repository (no tag), e.g. ghcr.io/acme/qcloop",
+    )
+    image_tag: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+        description="its tag; default: the code version, the commit CI built the image from",
+    )
+
+
 class Settings(_Section):
     """All settings of the platform side."""
 
@@ -162,15 +184,24 @@ class Settings(_Section):
     dvc: DvcSettings = DvcSettings()
     release: ReleaseSettings = ReleaseSettings()
     label_studio: LabelStudioSettings = LabelStudioSettings()
+    pipelines: PipelineSettings = PipelineSettings()
 
 
 def env_overrides(
     environ: Mapping[str, str], prefix: str = ENV_PREFIX, skip: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """Nested dict from ``<PREFIX><SECTION>__<FIELD>`` variables (``class_names`` split on ',')."""
+    """Nested dict from ``<PREFIX><SECTION>__<FIELD>`` variables (``class_names`` split on ',').
+
+    An empty value counts as unset (a Kubernetes ConfigMap key left empty). Names
+    without ``__`` that are Kubernetes service links (``QCLOOP_MINIO_SERVICE_HOST``)
+    are not settings and are left out; any other unknown name is kept, so that the
+    model refuses it by name.
+    """
     tree: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(prefix) or name.startswith(skip):
+        if not name.startswith(prefix) or name.startswith(skip) or value == "":
+            continue
+        if "__" not in name[len(prefix) :] and SERVICE_LINK.match(name):
             continue
         path = name[len(prefix) :].lower().split("__")
         node = tree
@@ -230,22 +261,42 @@ def load_settings(
         raise ConfigError(validation_message(source, exc)) from None
 
 
-MASKED = "**********"  # how pydantic dumps a SecretStr
+def in_kubernetes_pod(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process runs in a Kubernetes pod (the kubelet always sets this variable)."""
+    return bool((os.environ if environ is None else environ).get("KUBERNETES_SERVICE_HOST"))
 
 
-def settings_from_json(settings_json: str) -> Settings:
-    """Settings in a pipeline step: its own (defaults, TOML, ``QCLOOP_*`` env), then the JSON.
+def step_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings of a pipeline step: defaults, TOML, then the step's environment.
 
-    ``settings_json`` is the caller's ``Settings.model_dump_json()``. Its masked
-    secrets are dropped, so secrets reach a step only through its environment
-    (a Kubernetes secret on a cluster; ``pipelines.training.run_local`` here).
+    On a cluster the environment is the chart's ConfigMap and Secret ``qcloop-platform``
+    of the namespace the run executes in. A step in a pod whose settings are still the
+    embedded default (a local folder store, MLflow on a sqlite file) would write into
+    the pod's own disk and lose everything with it: that is a ``ConfigError`` naming
+    what is missing, never a silent success.
     """
-    return load_settings(**_drop_masked(json.loads(settings_json or "{}")))
-
-
-def _drop_masked(tree: dict[str, Any]) -> dict[str, Any]:
-    return {
-        key: _drop_masked(value) if isinstance(value, dict) else value
-        for key, value in tree.items()
-        if value != MASKED
-    }
+    env = dict(os.environ if environ is None else environ)
+    settings = load_settings(environ=env)
+    if in_kubernetes_pod(env):
+        local = [
+            name
+            for name, is_local in (
+                ("store.kind = local", settings.store.kind == "local"),
+                (
+                    f"mlflow.tracking_uri = {settings.mlflow.tracking_uri}",
+                    not settings.mlflow.tracking_uri.startswith(("http://", "https://")),
+                ),
+                (f"dvc.remote = {settings.dvc.remote}", "://" not in settings.dvc.remote),
+            )
+            if is_local
+        ]
+        if local:
+            raise ConfigError(
+                "this step runs in a Kubernetes pod, but its settings are the one-machine "
+                f"default ({'; '.join(local)}): whatever it wrote would vanish with the pod. "
+                "The qcloop chart puts the cluster's endpoints and credentials into the "
+                "ConfigMap and Secret 'qcloop-platform' of every namespace listed in its "
+                "value pipelines.namespaces: add this run's namespace there "
+                "(helm upgrade), then run again."
+            )
+    return settings
