@@ -6,6 +6,11 @@ container, so every import sits inside the body (and this module itself cannot
 be imported there: ``kfp.dsl`` has no ``component`` at run time). The image
 (``QCLOOP_IMAGE``, built from this project) already holds qcloop, ultralytics,
 mlflow and kfp: nothing is pip-installed at run time (``install_kfp_package=False``).
+
+Settings (endpoints, credentials) come from the step's environment: on a cluster the
+chart's ConfigMap and Secret ``qcloop-platform`` of the run's namespace
+(``qcloop.settings.step_settings``), locally the caller's settings (``pipelines.local``).
+No endpoint travels as a run parameter.
 """
 
 from typing import NamedTuple
@@ -19,25 +24,62 @@ _OPTIONS = {"base_image": QCLOOP_IMAGE, "install_kfp_package": False}
 
 
 @dsl.component(**_OPTIONS)
-def resolve_dataset_version(version: str, settings_json: str) -> str:
-    """``version``, or the newest dataset version in the store when it is ``latest``."""
-    from components.train import resolve_version
+def plan(
+    version: str,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    seed: int,
+    model_size: str,
+    patience: int,
+    recipe: str,
+    average_last: int,
+    dynamic_onnx: bool,
+    int8: bool,
+    min_map50_95: float,
+    tolerance: float,
+) -> NamedTuple("Plan", version=str, key=str, fresh=bool, reason=str):
+    """Resolve ``latest`` to the newest dataset version; say whether anything is new.
 
-    return resolve_version(settings_json, version)
+    The same dataset version, code and parameters as a finished run (registered or
+    refused by the gate) would only train the same model again: ``fresh`` is then
+    False and the run registers and releases nothing.
+    """
+    from collections import namedtuple
+
+    from components.attempts import plan_run
+    from qcloop.settings import step_settings
+
+    found = plan_run(
+        step_settings(),
+        version,
+        {
+            "epochs": epochs,
+            "imgsz": imgsz,
+            "batch": batch,
+            "seed": seed,
+            "model_size": model_size,
+            "patience": patience,
+            "recipe": recipe,
+            "average_last": average_last,
+            "dynamic_onnx": dynamic_onnx,
+            "int8": int8,
+            "min_map50_95": min_map50_95,
+            "tolerance": tolerance,
+        },
+    )
+    return namedtuple("Plan", ["version", "key", "fresh", "reason"])(*found)
 
 
 @dsl.component(**_OPTIONS)
-def load_dataset(version: str, settings_json: str, dataset: Output[Dataset]):
-    """Materialise dataset ``version`` (DVC) into the ``dataset`` artifact folder.
-
-    ``settings_json`` is ``Settings.model_dump_json()`` of the caller; secrets come
-    from the step's environment (see ``qcloop.settings.settings_from_json``).
-    """
+def load_dataset(version: str, dataset: Output[Dataset]):
+    """Materialise dataset ``version`` (DVC) into the ``dataset`` artifact folder."""
     from pathlib import Path
 
     from components.train import materialize_version
+    from qcloop.settings import step_settings
 
-    manifest = materialize_version(settings_json, version, Path(dataset.path))
+    manifest = materialize_version(step_settings(), version, Path(dataset.path))
     dataset.metadata["version"] = manifest.version
     dataset.metadata["class_names"] = manifest.class_names
     for split, counts in manifest.counts.items():
@@ -57,8 +99,12 @@ def train(
     patience: int = 50,
     recipe: str = "reference",
     average_last: int = 0,
+    gpu_limit: int = 0,
 ):
     """Train YOLOv8n or s (``model_size``) on the dataset; ``model`` is the chosen ``.pt``.
+
+    ``gpu_limit`` is the GPUs the pod asked for: a GPU ``device`` without one is refused
+    at once, with what to set, instead of a CUDA error after the data is loaded.
 
     ``recipe`` names the hyperparameters (``components.train.RECIPES``); with
     ``average_last`` > 1 the EMA weights of the last epochs are averaged and kept
@@ -70,8 +116,9 @@ def train(
     """
     from pathlib import Path
 
-    from components.train import train_step
+    from components.train import check_device, train_step
 
+    check_device(device, gpu_limit)
     metadata = train_step(
         Path(dataset.path),
         Path(model.path),
@@ -156,13 +203,17 @@ def evaluate(
 
 
 @dsl.component(**_OPTIONS)
-def champion(dataset: Input[Dataset], tracking_uri: str, model_name: str, alias: str) -> str:
+def champion(dataset: Input[Dataset]) -> str:
     """``EvalMetrics`` JSON of the production model on this test split; "" if there is none."""
     from pathlib import Path
 
     from components.champion import evaluate_champion
+    from qcloop.settings import step_settings
 
-    found = evaluate_champion(tracking_uri, model_name, alias, Path(dataset.path))
+    mlflow = step_settings().mlflow
+    found = evaluate_champion(
+        mlflow.tracking_uri, mlflow.model_name, mlflow.production_alias, Path(dataset.path)
+    )
     return found[1].to_json() if found else ""
 
 
@@ -192,11 +243,8 @@ def register(
     dataset: Input[Dataset],
     report: Input[HTML],
     metrics_json: str,
-    tracking_uri: str,
-    experiment: str,
-    model_name: str,
     dataset_version: str,
-    code_version: str,
+    training_key: str,
     imgsz: int,
     epochs: int,
     batch: int,
@@ -212,17 +260,19 @@ def register(
     import tempfile
     from pathlib import Path
 
-    from components.registry import register_model
+    from components.registry import code_version, register_model
     from components.train import load_manifest
     from qcloop.contracts import EvalMetrics
+    from qcloop.settings import step_settings
 
+    mlflow = step_settings().mlflow
     manifest = load_manifest(Path(dataset.path))
     staged = Path(tempfile.mkdtemp(prefix="qcloop-report-")) / "report.html"
     shutil.copyfile(report.path, staged)
     record = register_model(
-        tracking_uri=tracking_uri,
-        experiment=experiment,
-        model_name=model_name,
+        tracking_uri=mlflow.tracking_uri,
+        experiment=mlflow.experiment,
+        model_name=mlflow.model_name,
         onnx_path=Path(onnx_model.path),
         metrics=EvalMetrics.from_json(metrics_json),
         params={
@@ -236,11 +286,12 @@ def register(
             "average_last": average_last,
         },
         dataset_version=dataset_version,
-        code_version=code_version,
+        code_version=code_version(),
         class_names=manifest.class_names,
         input_size=imgsz,
         extra_artifacts=(staged,),
         pipeline_run=pipeline_run,
+        training_key=training_key,
     )
     shutil.rmtree(staged.parent, ignore_errors=True)
     return record.to_json()
@@ -252,7 +303,6 @@ def quantize(
     dataset: Input[Dataset],
     imgsz: int,
     record_json: str,
-    tracking_uri: str,
     int8_model: Output[Model],
 ) -> str:
     """INT8 variant of the registered model (stem, head float), scored and registered beside it."""
@@ -263,6 +313,7 @@ def quantize(
     from components.registry import attach_int8
     from components.train import load_manifest
     from qcloop.contracts import ModelRecord
+    from qcloop.settings import step_settings
 
     record = ModelRecord.from_json(record_json)
     root = Path(dataset.path)
@@ -271,31 +322,80 @@ def quantize(
     metrics = evaluate_onnx(Path(int8_model.path), root, imgsz=imgsz)
     int8_model.metadata.update({"format": "onnx", "variant": "int8", "imgsz": imgsz})
     return attach_int8(
-        tracking_uri, record.name, record.version, Path(int8_model.path), metrics
+        step_settings().mlflow.tracking_uri,
+        record.name,
+        record.version,
+        Path(int8_model.path),
+        metrics,
     ).to_json()
 
 
 @dsl.component(**_OPTIONS)
-def approve_step(
-    record_json: str, tracking_uri: str, alias: str, gate_reason: str, pipeline_run: str = ""
-) -> str:
-    """Approval mode ``auto``: point ``alias`` at the registered version, audited."""
+def approve_step(record_json: str, gate_reason: str, pipeline_run: str = "") -> str:
+    """Approval mode ``auto``: point the production alias at the registered version, audited."""
     from components.registry import approve
     from qcloop.contracts import ModelRecord
+    from qcloop.settings import step_settings
 
+    mlflow = step_settings().mlflow
     record = ModelRecord.from_json(record_json)
     return approve(
-        tracking_uri=tracking_uri,
+        tracking_uri=mlflow.tracking_uri,
         model_name=record.name,
         version=record.version,
-        alias=alias,
+        alias=mlflow.production_alias,
         approved_by=f"pipeline:{pipeline_run or 'local'}",
         reason=f"auto approval: {gate_reason}",
     ).to_json()
 
 
 @dsl.component(**_OPTIONS)
-def not_registered(reason: str) -> str:
-    """The gate said no: say why, register nothing, return an empty record."""
+def not_registered(reason: str, metrics_json: str, dataset_version: str, training_key: str) -> str:
+    """The gate said no: register nothing, keep the refusal (MLflow run) so that the same
+    data, code and parameters are not trained again; return an empty record."""
+    from components.attempts import record_refusal
+    from qcloop.contracts import EvalMetrics
+    from qcloop.settings import step_settings
+
     print(f"[gate] model not registered: {reason}")
+    record_refusal(
+        step_settings(),
+        training_key=training_key,
+        dataset_version=dataset_version,
+        reason=reason,
+        metrics=EvalMetrics.from_json(metrics_json),
+    )
     return ""
+
+
+@dsl.component(**_OPTIONS)
+def outcome(metrics_json: str, gate_passed: bool, gate_reason: str, model_record: str) -> str:
+    """What the run did, as one JSON object (``pipelines.training.RunOutcome``)."""
+    import json
+
+    return json.dumps(
+        {
+            "trained": True,
+            "gate_passed": gate_passed,
+            "gate_reason": gate_reason,
+            "metrics": json.loads(metrics_json),
+            "model_record": json.loads(model_record) if model_record else None,
+        }
+    )
+
+
+@dsl.component(**_OPTIONS)
+def nothing_new(reason: str) -> str:
+    """Nothing to train: the same data, code and parameters already ran to the end."""
+    import json
+
+    print(f"[plan] nothing new: {reason}")
+    return json.dumps(
+        {
+            "trained": False,
+            "gate_passed": False,
+            "gate_reason": reason,
+            "metrics": None,
+            "model_record": None,
+        }
+    )

@@ -27,15 +27,25 @@ INT8_ARTIFACT = "model/model-int8.onnx"
 AUDIT_PREFIX = "qcloop.audit."
 RECORD_TAGS = ("onnx_sha256", "onnx_size", "input_size", "class_names")
 RECORD_TAGS += ("dataset_version", "code_version")
+# what a training run was made of (dataset version, code, parameters), hashed: see
+# components.attempts
+TRAINING_KEY_TAG = "qcloop.training_key"
+
+
+# hex digits of a commit that name the code (and the platform image's tag, images.yml)
+CODE_VERSION_LENGTH = 12
 
 
 def code_version() -> str:
-    """``$QCLOOP_CODE_VERSION``, else the git short hash (``-dirty`` if changed), else unknown."""
+    """``$QCLOOP_CODE_VERSION``, else the git short hash (``-dirty`` if changed), else unknown.
+
+    The image sets the variable to the commit it was built from; its tag is the same text.
+    """
     if os.environ.get("QCLOOP_CODE_VERSION"):
         return os.environ["QCLOOP_CODE_VERSION"]
     repo = Path(__file__).resolve().parent
     try:
-        head = _git(repo, "rev-parse", "--short", "HEAD")
+        head = _git(repo, "rev-parse", f"--short={CODE_VERSION_LENGTH}", "HEAD")
         dirty = _git(repo, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -130,9 +140,13 @@ def register_model(
     input_size: int,
     extra_artifacts: tuple[Path, ...] = (),
     pipeline_run: str = "",
+    training_key: str = "",
 ) -> ModelRecord:
     """Log a run (params, metrics, ONNX at ``model/model.onnx``, ``extra_artifacts`` such as
-    the evaluation report at the run's root) and register it as a version."""
+    the evaluation report at the run's root) and register it as a version.
+
+    ``training_key`` (``components.attempts.training_key``) marks the run, so that the
+    same data, code and parameters are not trained again."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise RegistryError(f"{onnx_path}: no such ONNX file to register; export the model first")
@@ -145,6 +159,8 @@ def register_model(
         "code_version": code_version,
         "pipeline_run": pipeline_run or "unknown",
     }
+    if training_key:
+        tags[TRAINING_KEY_TAG] = training_key
     params = {**params, **environment()}
     client = _client(tracking_uri)
     what = f"model '{model_name}' (experiment '{experiment}')"
@@ -176,9 +192,10 @@ def _log_run(
 ) -> str:
     from mlflow.entities import Metric, Param
 
+    run_tags = ("dataset_version", "code_version", TRAINING_KEY_TAG)
     run = client.create_run(
         _experiment_id(client, tracking_uri, experiment),
-        tags={"dataset_version": tags["dataset_version"], "code_version": tags["code_version"]},
+        tags={k: tags[k] for k in run_tags if k in tags},
     )
     run_id = str(run.info.run_id)
     now = int(utcnow().timestamp() * 1000)

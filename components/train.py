@@ -21,36 +21,20 @@ import yaml
 from components.yolo_env import configure_offline
 from qcloop.contracts import DatasetManifest
 from qcloop.errors import DatasetError, PipelineError
-from qcloop.settings import settings_from_json
+from qcloop.settings import Settings
 
 MANIFEST = "manifest.json"
 
 
-def materialize_version(settings_json: str, version: str, dest: Path) -> DatasetManifest:
+def materialize_version(settings: Settings, version: str, dest: Path) -> DatasetManifest:
     """Copy dataset ``version`` into ``dest`` (new folder) with the step's settings."""
     from qcloop.dataset import materialize
 
     print(f"[data] materialising dataset {version} into {dest}")
-    return materialize(settings_from_json(settings_json), version, Path(dest))
+    return materialize(settings, version, Path(dest))
 
 
 LATEST = "latest"
-
-
-def resolve_version(settings_json: str, version: str) -> str:
-    """``version`` itself, or for ``latest`` the newest version in the object store now.
-
-    A recurring run asks for ``latest`` so that each run trains on the data labelled
-    by then; the resolved name is what the run records (lineage, cache key).
-    ``DatasetError`` if ``latest`` is asked and the store holds no version.
-    """
-    if version != LATEST:
-        return version
-    from qcloop.dataset import newest_version
-
-    newest = newest_version(settings_from_json(settings_json))
-    print(f"[data] latest dataset version: {newest}")
-    return newest
 
 
 def load_manifest(dataset_dir: Path) -> DatasetManifest:
@@ -563,6 +547,16 @@ def train_members(
                     f"{exc}"
                 ) from exc
     return weights
+
+
+def check_device(device: str, gpu_limit: int) -> None:
+    """``PipelineError`` for a GPU ``device`` in a pod that asked for no GPU (``gpu_limit``)."""
+    if device != "cpu" and gpu_limit < 1:
+        raise PipelineError(
+            f"device={device} trains on a GPU, but the step's pod asked for none "
+            "(gpu_limit=0): run with gpu_limit=1 (and the node_selector/tolerations of your "
+            "GPU nodes), or with device=cpu"
+        )
 
 
 def train_step(

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import getpass
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -120,7 +121,6 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             device=args.device,
             int8=args.int8,
             approval=args.approval,
-            production_alias=settings.mlflow.production_alias,
         )
     print(json.dumps(result, indent=2, default=str))
     if result.get("registered"):
@@ -132,8 +132,8 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines import labelling, training
 
-    print(training.compile_pipeline(Path(args.out) / "training.yaml"))
-    print(labelling.compile_pipeline(Path(args.out) / "labelling.yaml"))
+    print(training.compile_pipeline(Path(args.out) / "training.yaml", settings))
+    print(labelling.compile_pipeline(Path(args.out) / "labelling.yaml", settings))
     return 0
 
 
@@ -156,7 +156,7 @@ def _cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.submit import upload
     from pipelines.training import PIPELINE_NAME
 
-    version = upload(args.host)
+    version = upload(args.host, settings)
     state = "uploaded" if version.uploaded else "already there, not uploaded again"
     print(
         f"pipeline {PIPELINE_NAME} version {version.name} ({version.version_id}) on "
@@ -178,6 +178,7 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         experiment=args.experiment,
         schedule=args.schedule,
         namespace=args.namespace,
+        wait_s=args.wait,
     )
     kind = "recurring run" if args.schedule else "run"
     print(f"{kind} {ident} created on {args.host}")
@@ -516,8 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
     p.add_argument(
         "--dataset-version",
-        help="dataset version to train on (default: the newest now; with --schedule: "
-        "'latest', the newest when each run starts)",
+        help="dataset version to train on (default: 'latest', the newest when the run starts)",
     )
     p.add_argument("--param", action="append", default=[], help="name=value (repeatable)")
     p.add_argument("--experiment", default="qcloop")
@@ -529,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace",
         default=os.environ.get("KFP_NAMESPACE") or None,
         help="Kubeflow profile of the experiment and runs (multi-user; default $KFP_NAMESPACE)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the run to end; exit 1 unless it succeeded",
     )
     md = add("model", None, "registered models (MLflow)").add_subparsers(  # type: ignore[arg-type]
         dest="model_command", required=True, metavar="ACTION"
@@ -606,9 +612,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _log_to_stderr() -> None:
+    """The project's log records (INFO and up) on stderr, one line each; libraries' as is."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    for name in ("qcloop", "components", "pipelines", "qcloop_labelling"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``qcloop``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     try:
         settings = load_settings(args.config)
         return int(args.handler(args, settings))

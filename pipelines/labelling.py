@@ -17,8 +17,13 @@ from typing import Any, NamedTuple
 
 from kfp import dsl
 
-from pipelines.local import compile_to, run_locally
-from pipelines.training import credentials, training_pipeline
+from pipelines.ir import compile_to
+from pipelines.local import run_locally
+from pipelines.training import (
+    SECRET_ENV,
+    platform_env,
+    training_pipeline,
+)
 from qcloop.settings import Settings
 from qcloop_labelling import kfp_components as steps
 
@@ -34,52 +39,40 @@ class LabellingOutputs(NamedTuple):
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Label Studio in and out: next dataset version.")
-def labelling_pipeline(
-    settings_json: str = "{}", secret_name: str = "qcloop-platform"
-) -> LabellingOutputs:
+def labelling_pipeline() -> LabellingOutputs:
     """sync in -> round (a new dataset version if anything is new)."""
-    synced = steps.sync_in_step(settings_json=settings_json)
+    synced = steps.sync_in_step()
     synced.set_caching_options(False)  # reads live systems: never cached
-    credentials(synced, secret_name)
-    rounded = steps.round_step(settings_json=settings_json).after(synced)
+    platform_env(synced, SECRET_ENV)
+    rounded = steps.round_step().after(synced)
     rounded.set_caching_options(False)
-    credentials(rounded, secret_name)
+    platform_env(rounded, SECRET_ENV)
     return LabellingOutputs(created=rounded.outputs["created"], version=rounded.outputs["version"])
 
 
 @dsl.pipeline(name=f"{PIPELINE_NAME}-and-training", description="Labelling, then training.")
 def labelling_and_training(
-    settings_json: str = "{}",
     epochs: int = 30,
     imgsz: int = 480,
     min_map50_95: float = 0.3,
     tolerance: float = 0.02,
-    tracking_uri: str = "sqlite:///.qcloop/mlflow.db",
-    model_name: str = "qcloop-detector",
-    code_version: str = "unknown",
-    secret_name: str = "qcloop-platform",
 ) -> LabellingOutputs:
     """sync in -> round -> training pipeline if the round made a new dataset version."""
-    rounded = labelling_pipeline(settings_json=settings_json, secret_name=secret_name)
+    rounded = labelling_pipeline()
     with dsl.If(rounded.outputs["created"] == True, name="new-version"):  # noqa: E712
         training_pipeline(
             dataset_version=rounded.outputs["version"],
-            settings_json=settings_json,
             epochs=epochs,
             imgsz=imgsz,
             min_map50_95=min_map50_95,
             tolerance=tolerance,
-            tracking_uri=tracking_uri,
-            model_name=model_name,
-            code_version=code_version,
-            secret_name=secret_name,
         )
     return LabellingOutputs(created=rounded.outputs["created"], version=rounded.outputs["version"])
 
 
-def compile_pipeline(out: Path) -> Path:
+def compile_pipeline(out: Path, settings: Settings | None = None) -> Path:
     """Compile the pipeline to KFP IR YAML at ``out`` (for the Kubeflow UI or API)."""
-    return compile_to(labelling_and_training, PIPELINE_NAME, out)
+    return compile_to(labelling_and_training, PIPELINE_NAME, out, settings)
 
 
 def run_local(
@@ -105,9 +98,6 @@ def run_local(
         "training": None,
     }
     if result["created"] and train:
-        if settings is not None:
-            training_params.setdefault("tracking_uri", settings.mlflow.tracking_uri)
-            training_params.setdefault("model_name", settings.mlflow.model_name)
         result["training"] = run_training_local(
             pipeline_root=root,
             settings=settings,

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from qcloop.errors import PipelineError
-from qcloop.settings import Settings
+from qcloop.settings import ENV_PREFIX, NOT_SETTINGS, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,16 +31,16 @@ def run_locally(
 ) -> dict[str, Any]:
     """Run ``pipeline`` with the subprocess runner of this interpreter; return its outputs.
 
-    ``settings`` becomes ``settings_json``; its secrets reach the steps only as
-    ``QCLOOP_*`` variables of their environment, never as parameters.
+    ``settings`` (default: loaded from qcloop.toml and the environment) reach the steps
+    as ``QCLOOP_*`` variables of their environment, as the chart's ConfigMap and
+    Secret do on a cluster: never as parameters.
     """
     from kfp import local
 
     from components.yolo_env import configure_offline
 
     configure_offline()  # sets YOLO_*/MLFLOW_* variables that the step subprocesses inherit
-    if settings is not None:
-        params["settings_json"] = settings.model_dump_json()
+    settings = settings if settings is not None else load_settings()
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     local.init(
@@ -51,7 +51,7 @@ def run_locally(
     print(f"[pipeline] {name} locally, outputs under {root}")
     tail = _Tail(sys.stdout)  # kfp prints the steps' output here, line by line
     with (
-        _step_environment(secret_variables(settings)),
+        _step_environment(settings_variables(settings, root)),
         warnings.catch_warnings(),
         contextlib.redirect_stdout(tail),
     ):
@@ -101,31 +101,35 @@ class _Tail(io.TextIOBase):
         return None
 
 
-def compile_to(pipeline: Callable[..., Any], name: str, out: Path) -> Path:
-    """Compile ``pipeline`` to KFP IR YAML at ``out`` (for the Kubeflow UI or API)."""
-    from kfp import compiler
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(pipeline, str(out))
-    print(f"[compile] {name} -> {out}")
-    return out
-
-
-def secret_variables(settings: Settings | None) -> dict[str, str]:
-    """``QCLOOP_<SECTION>__<FIELD>`` for every secret set in ``settings``."""
-    found: dict[str, str] = {}
-    for section, value in settings or ():
-        for field, secret in value if isinstance(value, BaseModel) else ():
-            if isinstance(secret, SecretStr):
-                found[f"QCLOOP_{section.upper()}__{field.upper()}"] = secret.get_secret_value()
+def settings_variables(settings: Settings, root: Path) -> dict[str, str]:
+    """``QCLOOP_<SECTION>__<FIELD>`` for every field of ``settings`` that is set, secrets
+    included, and ``QCLOOP_CONFIG`` naming an empty file under ``root``: a step loads
+    exactly these settings, whatever qcloop.toml lies in its working folder."""
+    empty = root / "settings.toml"
+    empty.write_text("# the steps' settings are their QCLOOP_* variables\n")
+    found = {"QCLOOP_CONFIG": str(empty)}
+    for name, value in settings:
+        fields = value if isinstance(value, BaseModel) else [("", value)]
+        for field, item in fields:
+            if item is None:
+                continue
+            if isinstance(item, SecretStr):
+                item = item.get_secret_value()
+            elif isinstance(item, list):
+                item = ",".join(str(i) for i in item)
+            var = f"QCLOOP_{name}__{field}" if field else f"QCLOOP_{name}"
+            found[var.upper()] = str(item)
     return found
 
 
 @contextlib.contextmanager
 def _step_environment(extra: dict[str, str]) -> Iterator[None]:
-    """Environment of the step subprocesses: this checkout importable, plus ``extra``."""
-    saved = {k: os.environ.get(k) for k in (*extra, "PYTHONPATH")}
+    """Environment of the step subprocesses: this checkout importable, plus ``extra``,
+    and no other settings variable of this process."""
+    others = [k for k in os.environ if k.startswith(ENV_PREFIX) and not k.startswith(NOT_SETTINGS)]
+    saved = {k: os.environ.get(k) for k in (*extra, *others, "PYTHONPATH")}
+    for key in others:
+        os.environ.pop(key)
     os.environ.update(extra)
     paths = (str(ROOT), str(ROOT / "label_studio"), saved["PYTHONPATH"])
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)

@@ -25,7 +25,6 @@ def run_training(
     """
     from pipelines.training import run_local
 
-    mlflow = settings.mlflow
     return run_local(
         pipeline_root=settings.home.resolve() / "kfp",
         settings=settings,
@@ -37,7 +36,4 @@ def run_training(
         min_map50_95=min_map50_95,
         dynamic_onnx=dynamic_onnx,
         **params,
-        tracking_uri=mlflow.tracking_uri,
-        experiment=mlflow.experiment,
-        model_name=mlflow.model_name,
     )

@@ -15,14 +15,21 @@ ServiceAccount token at ``$KF_PIPELINES_SA_TOKEN_PATH`` (default
 (a single-user Kubeflow behind a port-forward).
 
 Parameters come from ``--param name=value`` (JSON values allowed, then checked
-against the compiled pipeline's parameter types, see ``typed_arguments``); environment
-values such as the S3 endpoint travel in ``settings_json``, secrets only through
-the cluster's Secret (``secret_name``), never as parameters.
+against the compiled pipeline's parameter types, see ``typed_arguments``). Nothing of
+the submitter's settings travels: the steps read the cluster's endpoints and
+credentials from the ConfigMap and Secret ``qcloop-platform`` of the namespace they
+run in (the chart renders them), so a run submitted from a laptop behind
+port-forwards trains exactly as one started from the Kubeflow UI.
+
+Before anything is uploaded, the server's version is checked against
+``pipelines.ir.MIN_BACKEND``, and the code must be one that CI built the image of
+(a commit, or ``pipelines.image_tag`` set): the pipeline names that image.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -31,10 +38,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pipelines.ir import released_image
 from qcloop.errors import PipelineError
 from qcloop.settings import Settings
 
-SECRET_FIELDS = ("access_key", "secret_key", "password")
+log = logging.getLogger(__name__)
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -118,16 +126,6 @@ def check_cron(schedule: str) -> None:
     )
 
 
-def cluster_settings_json(settings: Settings) -> str:
-    """The settings a step needs, without any secret (those come from the Secret)."""
-    data = json.loads(settings.model_dump_json())
-    for section in data.values():
-        if isinstance(section, dict):
-            for field in SECRET_FIELDS:
-                section.pop(field, None)
-    return json.dumps(data)
-
-
 class PipelineVersion(NamedTuple):
     """A version of the training pipeline on a KFP server."""
 
@@ -176,26 +174,56 @@ def kfp_errors(host: str) -> Iterator[None]:
         ) from None
 
 
-def version_name() -> str:
-    """The pipeline version's name: the code version; with the time if it has local changes."""
+def version_name(settings: Settings) -> str:
+    """The pipeline version's name: the image tag (the code version); with the time when the
+    code is not exactly that image's (a tag set by hand), so that it is never reused."""
     from components.registry import code_version
+    from pipelines.ir import image_tag
 
-    code = code_version()
-    if code == "unknown" or code.endswith("-dirty"):  # not one commit: never reuse it
-        return f"{code}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    return code
+    tag = image_tag(settings)
+    if tag == code_version() and released_image(settings):
+        return tag
+    return f"{tag}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
-def upload_version(client: Any, package: Path) -> PipelineVersion:
-    """``package`` as this code's version of the training pipeline (uploaded unless there).
+def server_health(client: Any) -> dict[str, Any]:
+    """The server's healthz answer as sent (``tag_name``, ``commit_sha``, ``multi_user``, ...):
+    kfp's own model of it keeps only ``multi_user`` and ``pipeline_store``."""
+    body = client._healthz_api.api_client.call_api(
+        "/apis/v2beta1/healthz",
+        "GET",
+        response_type="object",
+        auth_settings=["Bearer"],
+        _return_http_data_only=True,
+    )
+    return body if isinstance(body, dict) else {}
+
+
+def ready_client(host: str, settings: Settings) -> Any:
+    """A client for ``host`` after the checks: a supported server, an image CI built."""
+    from pipelines.ir import check_backend, platform_image
+
+    if not released_image(settings):
+        raise PipelineError(
+            f"the pipeline would name {platform_image(settings)}, which no CI build made "
+            "(uncommitted changes): commit and push (CI builds and tags the image of every "
+            "commit on main), or build and push the image yourself and set "
+            "QCLOOP_PIPELINES__IMAGE_TAG (and QCLOOP_PIPELINES__IMAGE) to it"
+        )
+    client = kfp_client(host)
+    check_backend(server_health(client), host)
+    return client
+
+
+def upload_version(client: Any, package: Path, name: str) -> PipelineVersion:
+    """``package`` as version ``name`` of the training pipeline (uploaded unless there).
 
     The first upload creates the pipeline; KFP names its first version like the
     pipeline, so this code's version is uploaded beside it, named as always.
     """
     from pipelines.training import PIPELINE_NAME
 
-    name = version_name()
-    description = f"qcloop training pipeline, code {name}"
+    description = f"qcloop training pipeline, image tag {name}"
     pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
     if pipeline_id is None:
         pipeline_id = client.upload_pipeline(
@@ -216,14 +244,14 @@ def _name_filter(name: str) -> str:
     return json.dumps({"predicates": [predicate]})
 
 
-def upload(host: str) -> PipelineVersion:
+def upload(host: str, settings: Settings) -> PipelineVersion:
     """Compile the training pipeline and upload it to ``host`` as this code's version."""
     from pipelines.training import compile_pipeline
 
     with tempfile.TemporaryDirectory(prefix="qcloop-upload-") as tmp:
-        package = compile_pipeline(Path(tmp) / "training.yaml")
+        package = compile_pipeline(Path(tmp) / "training.yaml", settings)
         with kfp_errors(host):
-            return upload_version(kfp_client(host), package)
+            return upload_version(ready_client(host, settings), package, version_name(settings))
 
 
 def submit(
@@ -235,44 +263,38 @@ def submit(
     schedule: str | None = None,
     run_name: str | None = None,
     namespace: str | None = None,
+    wait_s: float | None = None,
 ) -> str:
     """Upload the training pipeline and start (or schedule) a run; return the run or job id.
 
-    ``namespace``: the Kubeflow profile of the experiment and its runs (multi-user
-    Kubeflow); None for a single-user one.
+    ``wait_s``: wait up to that long for the run to end; ``PipelineError`` unless it
+    succeeded (a smoke run in CI, the docs' first run).
+
+    ``settings`` name the image only (``pipelines.*``); ``params`` are the run's
+    parameters (``dataset_version`` defaults to ``latest``: the newest version when the
+    run starts). ``namespace``: the Kubeflow profile of the experiment and its runs
+    (multi-user Kubeflow); None for a single-user one.
     """
-    from components.registry import code_version
-    from components.train import LATEST
-    from pipelines.training import PIPELINE_NAME, check_params, compile_pipeline
+    from pipelines.training import LATEST, PIPELINE_NAME, check_params, compile_pipeline
 
     check_params(params)
     if schedule is not None:
         check_cron(schedule)
-    if "dataset_version" not in params:
-        from qcloop.dataset import known_versions
-
-        versions = known_versions(settings)
-        if not versions:
-            raise PipelineError("no dataset version in the object store; import data first")
-        # a run trains on today's newest version; each run of a schedule on the newest then
-        params = {**params, "dataset_version": LATEST if schedule else versions[-1]}
-    arguments = {
-        "settings_json": cluster_settings_json(settings),
-        "tracking_uri": settings.mlflow.tracking_uri,
-        "model_name": settings.mlflow.model_name,
-        "experiment": settings.mlflow.experiment,
-        "code_version": code_version(),
-    } | params
+        if wait_s is not None:
+            raise PipelineError("--wait waits for a run to end; a --schedule starts none now")
+    arguments = {"dataset_version": LATEST, **params}
     name = run_name or f"{PIPELINE_NAME}-{arguments['dataset_version']}"
     with tempfile.TemporaryDirectory(prefix="qcloop-submit-") as tmp:
-        package = compile_pipeline(Path(tmp) / "training.yaml")
+        package = compile_pipeline(Path(tmp) / "training.yaml", settings)
         arguments = typed_arguments(package, arguments)
         with kfp_errors(host):
-            client = kfp_client(host)
-            version = upload_version(client, package)
-            print(
-                f"pipeline {PIPELINE_NAME} version {version.name} "
-                + ("uploaded" if version.uploaded else "already there")
+            client = ready_client(host, settings)
+            version = upload_version(client, package, version_name(settings))
+            log.info(
+                "pipeline %s version %s %s",
+                PIPELINE_NAME,
+                version.name,
+                "uploaded" if version.uploaded else "already there",
             )
             exp = client.create_experiment(experiment, namespace=namespace or None)
             if schedule:
@@ -294,4 +316,33 @@ def submit(
                 pipeline_id=version.pipeline_id,
                 version_id=version.version_id,
             )
+            if wait_s is not None:
+                wait_for_run(client, str(run.run_id), wait_s, host)
             return str(run.run_id)
+
+
+ENDED = ("SUCCEEDED", "SKIPPED", "FAILED", "CANCELED")
+WAIT_POLL_S = 10.0
+
+
+def wait_for_run(client: Any, run_id: str, timeout_s: float, host: str) -> None:
+    """Wait until run ``run_id`` ends; ``PipelineError`` unless it succeeded in time."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    state = "UNKNOWN"
+    while time.monotonic() < deadline:
+        state = str(client.get_run(run_id).state or "UNKNOWN")
+        if state in ENDED:
+            break
+        log.info("run %s: %s", run_id, state)
+        time.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+    if state == "SUCCEEDED":
+        log.info("run %s succeeded", run_id)
+        return
+    said = "did not end" if state not in ENDED else f"ended {state}"
+    raise PipelineError(
+        f"run {run_id} on {host} {said} within {timeout_s:.0f} s (state {state}); "
+        "its steps' logs are in the Kubeflow UI (Runs), or "
+        "`kubectl -n <run namespace> logs -l pipeline/runid=" + run_id + " --all-containers`"
+    )

@@ -5,14 +5,16 @@
 (one subprocess per step, this interpreter, no containers, no network).
 """
 
+import inspect
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from kfp import dsl, kubernetes
 
 from components import kfp_components as steps
-from components.train import LATEST
-from pipelines.local import compile_to, run_locally
+from components.attempts import LATEST
+from pipelines.ir import compile_to
+from pipelines.local import run_locally
 from qcloop.contracts import EvalMetrics, ModelRecord
 from qcloop.errors import PipelineError
 from qcloop.settings import Settings
@@ -22,32 +24,46 @@ LOCAL_ROOT = Path(".qcloop") / "kfp"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class TrainingOutputs(NamedTuple):
-    """What a run of the pipeline returns (strings, as KFP passes them)."""
-
-    metrics: str
-    gate_passed: bool
-    gate_reason: str
-    model_record: str
-
-
-# keys of the platform Secret (the chart's qcloop-platform) -> settings variables of a step
-SECRET_ENV = {
+# The ConfigMap and Secret the chart renders into every namespace where runs execute
+# (value pipelines.namespaces): the cluster's endpoints and credentials. Their names
+# are constants of the compiled pipeline (KFP backends before 2.15 take no parameter
+# there); the keys of the ConfigMap are the variables they become.
+PLATFORM_OBJECT = "qcloop-platform"
+CONFIG_ENV = (
+    "QCLOOP_HOME",
+    "QCLOOP_WORKSPACE",
+    "QCLOOP_STORE__KIND",
+    "QCLOOP_STORE__ENDPOINT",
+    "QCLOOP_STORE__BUCKET",
+    "QCLOOP_STORE__REGION",
+    "QCLOOP_DVC__REMOTE",
+    "QCLOOP_DVC__ENDPOINT_URL",
+    "QCLOOP_MLFLOW__TRACKING_URI",
+    "QCLOOP_MLFLOW__MODEL_NAME",
+    "QCLOOP_LABEL_STUDIO__URL",
+)
+# keys of the Secret -> variables; each step gets only the credentials it uses
+STORE_SECRET_ENV = {
     "store-access-key": "QCLOOP_STORE__ACCESS_KEY",
     "store-secret-key": "QCLOOP_STORE__SECRET_KEY",
-    "mlflow-username": "MLFLOW_TRACKING_USERNAME",
-    "mlflow-password": "MLFLOW_TRACKING_PASSWORD",
-    "label-studio-token": "QCLOOP_LABEL_STUDIO__TOKEN",
 }
+LABEL_STUDIO_SECRET_ENV = {"label-studio-token": "QCLOOP_LABEL_STUDIO__TOKEN"}
+SECRET_ENV = {**STORE_SECRET_ENV, **LABEL_STUDIO_SECRET_ENV}
 
 
-def credentials(task: dsl.PipelineTask, secret_name: Any) -> None:
-    """On a cluster, the step gets MinIO and MLflow credentials from a Secret, as env.
+def platform_env(task: dsl.PipelineTask, secrets: dict[str, str] | None = None) -> None:
+    """On a cluster, the step reads the platform's settings (and ``secrets``) from the
+    ConfigMap and Secret ``qcloop-platform`` of its namespace, as environment variables.
 
-    Ignored by ``kfp.local`` (which passes them from the settings instead).
+    Ignored by ``kfp.local``, which gives the steps the caller's settings instead.
     """
+    kubernetes.use_config_map_as_env(
+        task, config_map_name=PLATFORM_OBJECT, config_map_key_to_env={k: k for k in CONFIG_ENV}
+    )
     kubernetes.use_secret_as_env(
-        task, secret_name=secret_name, secret_key_to_env=SECRET_ENV, optional=True
+        task,
+        secret_name=PLATFORM_OBJECT,
+        secret_key_to_env=STORE_SECRET_ENV if secrets is None else secrets,
     )
 
 
@@ -71,23 +87,16 @@ def placement(task: dsl.PipelineTask, gpu_limit: Any, node_selector: Any, tolera
 @dsl.pipeline(name=PIPELINE_NAME, description="Train, export, evaluate, gate and register.")
 def training_pipeline(
     dataset_version: str = LATEST,
-    settings_json: str = "{}",
     epochs: int = 30,
     imgsz: int = 480,
     batch: int = 16,
     seed: int = 0,
     min_map50_95: float = 0.3,
-    tracking_uri: str = "sqlite:///.qcloop/mlflow.db",
-    experiment: str = "qcloop-training",
-    model_name: str = "qcloop-detector",
-    code_version: str = "unknown",
     tolerance: float = 0.02,
-    production_alias: str = "production",
     device: str = "cpu",
     gpu_limit: int = 0,
     node_selector: dict = {},  # noqa: B006 - KFP needs a literal default
     tolerations: list = [],  # noqa: B006
-    secret_name: str = "qcloop-platform",
     int8: bool = False,
     dynamic_onnx: bool = False,
     model_size: str = "n",
@@ -95,106 +104,138 @@ def training_pipeline(
     approval: str = "manual",
     recipe: str = "reference",
     average_last: int = 0,
-) -> TrainingOutputs:
-    """version -> load -> train -> export -> evaluate (+ production) -> gate -> register."""
-    # "latest" (a recurring run) becomes the newest version when the run starts
-    resolved = steps.resolve_dataset_version(version=dataset_version, settings_json=settings_json)
-    resolved.set_caching_options(False)  # a new version may have come since the last run
-    credentials(resolved, secret_name)
-    version = resolved.output
-    data = steps.load_dataset(version=version, settings_json=settings_json)
-    # versions are immutable (their DVC pointer is content-addressed): cache on the version
-    data.set_caching_options(True)
-    credentials(data, secret_name)
-    dataset = data.outputs["dataset"]
-    trained = steps.train(
-        dataset=dataset,
+) -> str:
+    """plan -> load -> train -> export -> evaluate (+ production) -> gate -> register.
+
+    Returns the run's outcome as JSON (``RunOutcome``). Endpoints and credentials are
+    the cluster's (the ``qcloop-platform`` ConfigMap and Secret), never parameters.
+    """
+    # "latest" (a recurring run) becomes the newest version when the run starts; the
+    # same version, code and parameters as an ended run train nothing
+    planned = steps.plan(
+        version=dataset_version,
         epochs=epochs,
         imgsz=imgsz,
         batch=batch,
         seed=seed,
-        device=device,
         model_size=model_size,
         patience=patience,
         recipe=recipe,
         average_last=average_last,
-    )
-    placement(trained, gpu_limit, node_selector, tolerations)
-    onnx = steps.export(
-        model=trained.outputs["model"], dataset=dataset, imgsz=imgsz, dynamic=dynamic_onnx
-    )
-    onnx_model = onnx.outputs["onnx_model"]
-    scored = steps.evaluate(onnx_model=onnx_model, dataset=dataset, imgsz=imgsz)
-    production = steps.champion(
-        dataset=dataset, tracking_uri=tracking_uri, model_name=model_name, alias=production_alias
-    )
-    production.set_caching_options(False)  # the alias may have moved since the last run
-    credentials(production, secret_name)
-    decided = steps.gate_step(
-        metrics_json=scored.outputs["Output"],
+        dynamic_onnx=dynamic_onnx,
+        int8=int8,
         min_map50_95=min_map50_95,
-        champion_json=production.output,
         tolerance=tolerance,
     )
-    with dsl.If(decided.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
-        registered = steps.register(
-            onnx_model=onnx_model,
+    planned.set_caching_options(False)  # a new version may have come since the last run
+    platform_env(planned)
+    version = planned.outputs["version"]
+    key = planned.outputs["key"]
+    with dsl.If(planned.outputs["fresh"] == True, name="something-new"):  # noqa: E712
+        data = steps.load_dataset(version=version)
+        # versions are immutable (their DVC pointer is content-addressed): cache on the version
+        data.set_caching_options(True)
+        platform_env(data)
+        dataset = data.outputs["dataset"]
+        trained = steps.train(
             dataset=dataset,
-            report=scored.outputs["report"],
-            metrics_json=scored.outputs["Output"],
-            tracking_uri=tracking_uri,
-            experiment=experiment,
-            model_name=model_name,
-            dataset_version=version,
-            code_version=code_version,
-            imgsz=imgsz,
             epochs=epochs,
+            imgsz=imgsz,
             batch=batch,
             seed=seed,
-            pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            device=device,
             model_size=model_size,
             patience=patience,
             recipe=recipe,
             average_last=average_last,
+            gpu_limit=gpu_limit,  # also makes the condition pass it on to the GPU request
         )
-        registered.set_caching_options(False)  # a side effect: never skip it
-        credentials(registered, secret_name)
-        with dsl.If(approval == "auto", name="auto-approval"):
-            approved = steps.approve_step(
-                record_json=registered.output,
-                tracking_uri=tracking_uri,
-                alias=production_alias,
-                gate_reason=decided.outputs["reason"],
-                pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-            )
-            approved.set_caching_options(False)
-            credentials(approved, secret_name)
-        with dsl.If(int8 == True, name="int8"):  # noqa: E712
-            quantized = steps.quantize(
+        placement(trained, gpu_limit, node_selector, tolerations)
+        onnx = steps.export(
+            model=trained.outputs["model"], dataset=dataset, imgsz=imgsz, dynamic=dynamic_onnx
+        )
+        onnx_model = onnx.outputs["onnx_model"]
+        scored = steps.evaluate(onnx_model=onnx_model, dataset=dataset, imgsz=imgsz)
+        metrics_json = scored.outputs["Output"]
+        production = steps.champion(dataset=dataset)
+        production.set_caching_options(False)  # the alias may have moved since the last run
+        platform_env(production)
+        decided = steps.gate_step(
+            metrics_json=metrics_json,
+            min_map50_95=min_map50_95,
+            champion_json=production.output,
+            tolerance=tolerance,
+        )
+        with dsl.If(decided.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
+            registered = steps.register(
                 onnx_model=onnx_model,
                 dataset=dataset,
+                report=scored.outputs["report"],
+                metrics_json=metrics_json,
+                dataset_version=version,
+                training_key=key,
                 imgsz=imgsz,
-                record_json=registered.output,
-                tracking_uri=tracking_uri,
+                epochs=epochs,
+                batch=batch,
+                seed=seed,
+                pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                model_size=model_size,
+                patience=patience,
+                recipe=recipe,
+                average_last=average_last,
             )
-            quantized.set_caching_options(False)
-            credentials(quantized, secret_name)
-    with dsl.Else(name="gate-failed"):
-        skipped = steps.not_registered(reason=decided.outputs["reason"])
-    return TrainingOutputs(
-        metrics=scored.outputs["Output"],
-        gate_passed=decided.outputs["passed"],
-        gate_reason=decided.outputs["reason"],
-        model_record=dsl.OneOf(registered.output, skipped.output),
-    )
+            registered.set_caching_options(False)  # a side effect: never skip it
+            platform_env(registered)
+            with dsl.If(approval == "auto", name="auto-approval"):
+                approved = steps.approve_step(
+                    record_json=registered.output,
+                    gate_reason=decided.outputs["reason"],
+                    pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                )
+                approved.set_caching_options(False)
+                platform_env(approved)
+            with dsl.If(int8 == True, name="int8"):  # noqa: E712
+                quantized = steps.quantize(
+                    onnx_model=onnx_model,
+                    dataset=dataset,
+                    imgsz=imgsz,
+                    record_json=registered.output,
+                )
+                quantized.set_caching_options(False)
+                platform_env(quantized)
+        with dsl.Else(name="gate-failed"):
+            refused = steps.not_registered(
+                reason=decided.outputs["reason"],
+                metrics_json=metrics_json,
+                dataset_version=version,
+                training_key=key,
+            )
+            refused.set_caching_options(False)
+            platform_env(refused)
+        ended = steps.outcome(
+            metrics_json=metrics_json,
+            gate_passed=decided.outputs["passed"],
+            gate_reason=decided.outputs["reason"],
+            model_record=dsl.OneOf(registered.output, refused.output),
+        )
+        ended.set_caching_options(False)
+    with dsl.Else(name="nothing-new"):
+        skipped = steps.nothing_new(reason=planned.outputs["reason"])
+        skipped.set_caching_options(False)
+    return dsl.OneOf(ended.output, skipped.output)
 
 
-def compile_pipeline(out: Path) -> Path:
+def compile_pipeline(out: Path, settings: Settings | None = None) -> Path:
     """Compile the pipeline to KFP IR YAML at ``out`` (for the Kubeflow UI or API)."""
-    return compile_to(training_pipeline, PIPELINE_NAME, out)
+    return compile_to(training_pipeline, PIPELINE_NAME, out, settings)
 
 
 APPROVAL_MODES = ("auto", "manual")
+# the run parameters, with their defaults (the KFP UI shows the same)
+PARAMETERS: dict[str, Any] = {
+    name: param.default
+    for name, param in inspect.signature(training_pipeline.pipeline_func).parameters.items()
+}
 
 
 def check_params(params: dict[str, Any]) -> None:
@@ -205,6 +246,12 @@ def check_params(params: dict[str, Any]) -> None:
     """
     from components.train import model_config, recipe_members
 
+    unknown = sorted(set(params) - set(PARAMETERS))
+    if unknown:
+        raise PipelineError(
+            f"the training pipeline has no parameter {', '.join(unknown)}; "
+            f"it has {', '.join(sorted(PARAMETERS))}"
+        )
     if "model_size" in params:
         model_config(str(params["model_size"]))
     if "recipe" in params:
@@ -225,18 +272,18 @@ def check_params(params: dict[str, Any]) -> None:
 def run_local(
     *, pipeline_root: Path | None = None, settings: Settings | None = None, **params: Any
 ) -> dict[str, Any]:
-    """Run the pipeline with ``kfp.local`` (subprocesses of this interpreter); return its outputs.
+    """Run the pipeline with ``kfp.local`` (subprocesses of this interpreter); return its outcome.
 
-    ``params`` are the pipeline parameters. ``settings``, if given, becomes
-    ``settings_json`` and its secrets reach the steps as ``QCLOOP_*`` variables of
-    their environment, never as parameters. The result is JSON-ready:
-    ``registered``, ``gate_passed``, ``gate_reason``, ``metrics`` (``EvalMetrics``)
-    and ``model_record`` (``ModelRecord``, or ``None`` when the gate said no).
+    ``params`` are the pipeline parameters. ``settings`` (default: loaded as the CLI
+    does) reach the steps as ``QCLOOP_*`` variables of their environment, as the
+    chart's ConfigMap and Secret do on a cluster. The result is JSON-ready:
+    ``trained``, ``registered``, ``gate_passed``, ``gate_reason``, ``metrics``
+    (``EvalMetrics``, None when nothing was trained) and ``model_record``
+    (``ModelRecord``, or None when nothing was registered).
     """
-    from components.registry import code_version
-
     check_params(params)
-    params.setdefault("code_version", code_version())
+    if str(params.get("device", "cpu")) != "cpu":  # no pod here: the device is the GPU asked for
+        params.setdefault("gpu_limit", 1)
     outputs = run_locally(
         training_pipeline,
         PIPELINE_NAME,
@@ -244,20 +291,24 @@ def run_local(
         settings=settings,
         params=params,
     )
-    return _result(outputs)
+    return outcome_of(outputs["Output"])
 
 
-def _result(outputs: dict[str, Any]) -> dict[str, Any]:
-    """Validate the pipeline outputs against the contracts; return them JSON-ready."""
-    metrics = EvalMetrics.from_json(outputs["metrics"], source="evaluate step")
-    text = outputs["model_record"]
-    record = ModelRecord.from_json(text, source="register step") if text else None
+def outcome_of(text: str) -> dict[str, Any]:
+    """The pipeline's JSON outcome, validated against the contracts, JSON-ready."""
+    import json
+
+    found = json.loads(text)
+    metrics = found.get("metrics")
+    record = found.get("model_record")
+    checked = ModelRecord.model_validate(record) if record else None
     return {
-        "registered": record is not None,
-        "gate_passed": bool(outputs["gate_passed"]),
-        "gate_reason": str(outputs["gate_reason"]),
-        "metrics": metrics.model_dump(mode="json"),
-        "model_record": record.model_dump(mode="json") if record else None,
+        "trained": bool(found["trained"]),
+        "registered": checked is not None,
+        "gate_passed": bool(found["gate_passed"]),
+        "gate_reason": str(found["gate_reason"]),
+        "metrics": EvalMetrics.model_validate(metrics).model_dump(mode="json") if metrics else None,
+        "model_record": checked.model_dump(mode="json") if checked else None,
     }
 
 

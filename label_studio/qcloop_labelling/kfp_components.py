@@ -14,25 +14,25 @@ _OPTIONS = {"base_image": QCLOOP_IMAGE, "install_kfp_package": False}
 
 
 @dsl.component(**_OPTIONS)
-def sync_in_step(settings_json: str) -> int:
+def sync_in_step() -> int:
     """New raw images -> Label Studio tasks with pre-annotations; return how many."""
-    from qcloop.settings import settings_from_json
+    from qcloop.settings import step_settings
     from qcloop_labelling.jobs import sync_in_job
 
-    report = sync_in_job(settings_from_json(settings_json))
+    report = sync_in_job(step_settings())
     print(f"[labelling] {report.created} new tasks ({report.with_predictions} pre-annotated)")
     return report.created
 
 
 @dsl.component(**_OPTIONS)
-def round_step(settings_json: str) -> NamedTuple("RoundOutputs", created=bool, version=str):
+def round_step() -> NamedTuple("RoundOutputs", created=bool, version=str):
     """Verified labels -> next dataset version if anything is new."""
     from collections import namedtuple
 
-    from qcloop.settings import settings_from_json
+    from qcloop.settings import step_settings
     from qcloop_labelling.jobs import round_job
 
-    result = round_job(settings_from_json(settings_json))
+    result = round_job(step_settings())
     version = result.manifest.version if result.manifest else ""
     print(
         f"[labelling] counts {result.export.counts}; version {version or '-'}, "

@@ -36,6 +36,8 @@ class FakeKfp:
         self.packages: dict[str, bytes] = {}  # version id -> uploaded package
         self._ids = itertools.count(1)
         self.refuse: set[str] = set()  # API paths (after /apis/v2beta1) that answer 500
+        self.version = "2.5.0"  # what healthz reports as the server's release (tag_name)
+        self.run_states = ["RUNNING", "SUCCEEDED"]  # what GET runs/<id> says, one per call
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
@@ -67,7 +69,7 @@ class FakeKfp:
         if path.removeprefix(API) in self.refuse:
             return 500, {"error": "internal error (refused by the test)", "code": 13}
         if method == "GET" and path == f"{API}/healthz":
-            return 200, {"multi_user": False}
+            return 200, {"commit_sha": "0" * 40, "tag_name": self.version, "multi_user": False}
         if method == "GET" and path == f"{API}/pipelines":
             name = _filtered_name(query)
             found = [p for p in self.pipelines.values() if name in (None, p["display_name"])]
@@ -101,6 +103,16 @@ class FakeKfp:
         if method == "POST" and path == f"{API}/runs":
             run = {**body, "run_id": self._next_id("run"), "state": "PENDING"}
             self.runs.append(run)
+            return 200, run
+        run_path = re.fullmatch(rf"{API}/runs/([^/]+)", path)
+        if method == "GET" and run_path:
+            run = next((r for r in self.runs if r["run_id"] == run_path.group(1)), None)
+            if run is None:
+                return 404, {"error": "run not found"}
+            if len(self.run_states) > 1:
+                run["state"] = self.run_states.pop(0)
+            else:
+                run["state"] = self.run_states[0]
             return 200, run
         if method == "POST" and path == f"{API}/recurringruns":
             job = {**body, "recurring_run_id": self._next_id("recurring")}

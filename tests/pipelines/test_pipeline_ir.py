@@ -9,37 +9,197 @@ import pytest
 import yaml
 
 from pipelines.cli import main
-from pipelines.submit import cluster_settings_json, parse_params
-from pipelines.training import SECRET_ENV, compile_pipeline
+from pipelines.ir import check_backend, for_old_backends, parse_version
+from pipelines.submit import parse_params
+from pipelines.training import CONFIG_ENV, PLATFORM_OBJECT, STORE_SECRET_ENV, compile_pipeline
 from qcloop.errors import PipelineError
-from qcloop.settings import Settings, StoreSettings
+from qcloop.settings import PipelineSettings, Settings, StoreSettings
+
+# The fields of the Kubernetes platform spec that a KFP 2.5.0 backend knows, as protojson
+# names (kubernetes_platform/proto/kubernetes_executor_config.proto at tag 2.5.0 of
+# kubeflow/pipelines). 2.14 and 2.15 refuse a run with any other field of these messages
+# (#12049); 2.2-2.4.0 fail the step in the driver. `*NameParameter` is known from 2.5.0 but
+# not needed for a constant name; `optional` only from 2.15.0.
+KFP_2_5_FIELDS: dict[str, tuple[str, ...]] = {
+    "KubernetesExecutorConfig": (
+        "secretAsVolume",
+        "secretAsEnv",
+        "pvcMount",
+        "nodeSelector",
+        "podMetadata",
+        "imagePullSecret",
+        "imagePullPolicy",
+        "configMapAsVolume",
+        "configMapAsEnv",
+        "activeDeadlineSeconds",
+        "fieldPathAsEnv",
+        "tolerations",
+        "genericEphemeralVolume",
+        "nodeAffinity",
+        "podAffinity",
+        "enabledSharedMemory",
+        "emptyDirMounts",
+    ),
+    "SecretAsEnv": ("secretName", "keyToEnv", "secretNameParameter"),
+    "SecretAsEnv.keyToEnv": ("secretKey", "envVar"),
+    "ConfigMapAsEnv": ("configMapName", "keyToEnv", "configMapNameParameter"),
+    "ConfigMapAsEnv.keyToEnv": ("configMapKey", "envVar"),
+    "EmptyDirMount": ("volumeName", "mountPath", "medium", "sizeLimit"),
+    "Toleration": ("key", "operator", "value", "effect", "tolerationSeconds", "tolerationJson"),
+}
 
 
 @pytest.fixture(scope="module")
 def ir(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
-    path = compile_pipeline(tmp_path_factory.mktemp("ir") / "training.yaml")
+    settings = Settings(pipelines=PipelineSettings(image="ghcr.io/acme/qcloop", image_tag="c0ffee"))
+    path = compile_pipeline(tmp_path_factory.mktemp("ir") / "training.yaml", settings)
     spec, platform = yaml.safe_load_all(path.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-def test_secrets_reach_the_steps_that_need_them(ir: tuple[dict, dict]) -> None:
+# what the steps must be given to write to the store and MLflow (the rest get no secret)
+WRITERS = (
+    "exec-plan",
+    "exec-load-dataset",
+    "exec-champion",
+    "exec-register",
+    "exec-approve-step",
+    "exec-quantize",
+    "exec-not-registered",
+)
+
+
+def test_every_step_reads_the_clusters_settings_and_only_its_credentials(
+    ir: tuple[dict, dict],
+) -> None:
     _, executors = ir
-    steps = ("exec-resolve-dataset-version", "exec-load-dataset", "exec-champion", "exec-register")
-    for step in steps:
+    for step in WRITERS:
+        (config,) = executors[step]["configMapAsEnv"]
+        assert config["configMapName"] == PLATFORM_OBJECT == "qcloop-platform"
+        assert {k["configMapKey"] for k in config["keyToEnv"]} == set(CONFIG_ENV)
         (secret,) = executors[step]["secretAsEnv"]
-        assert {k["envVar"] for k in secret["keyToEnv"]} == set(SECRET_ENV.values())
-        assert "secret_name" in json.dumps(secret["secretNameParameter"])
-    assert "secretAsEnv" not in executors["exec-train"]  # training needs no credentials
+        assert secret["secretName"] == PLATFORM_OBJECT
+        assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == set(
+            STORE_SECRET_ENV.items()
+        )
+    for step in ("exec-train", "exec-export", "exec-evaluate", "exec-gate-step"):
+        assert "secretAsEnv" not in executors.get(step, {}), step  # they touch no service
+
+
+def test_the_platform_spec_keeps_to_what_kfp_2_5_accepts(ir: tuple[dict, dict]) -> None:
+    # KFP backends before 2.15 refuse fields they do not know ("unknown field "optional"
+    # in kfp_kubernetes.SecretAsEnv", kubeflow/pipelines#12495); kfp-kubernetes 2.17 writes
+    # `optional: false` and a `*NameParameter` beside the constant name
+    _, executors = ir
+    for step, config in executors.items():
+        for entry in [*config.get("secretAsEnv", []), *config.get("configMapAsEnv", [])]:
+            assert "optional" not in entry and not any(k.endswith("Parameter") for k in entry)
+        assert set(config) <= set(KFP_2_5_FIELDS["KubernetesExecutorConfig"]), step
+        selector = config.get("nodeSelector", {})
+        assert set(selector) <= {"labels", "nodeSelectorJson"}, step
+        for toleration in config.get("tolerations", []):
+            assert set(toleration) <= set(KFP_2_5_FIELDS["Toleration"]), step
+        for field, message in (
+            ("secretAsEnv", "SecretAsEnv"),
+            ("configMapAsEnv", "ConfigMapAsEnv"),
+        ):
+            for entry in config.get(field, []):
+                assert set(entry) <= set(KFP_2_5_FIELDS[message]), (step, entry)
+                for pair in entry["keyToEnv"]:
+                    assert set(pair) <= set(KFP_2_5_FIELDS[f"{message}.keyToEnv"]), (step, pair)
+        for entry in config.get("emptyDirMounts", []):
+            assert set(entry) <= set(KFP_2_5_FIELDS["EmptyDirMount"]), (step, entry)
+
+
+def test_a_parameter_where_old_backends_need_a_constant_is_refused() -> None:
+    platform = {
+        "platforms": {
+            "kubernetes": {
+                "deploymentSpec": {
+                    "executors": {
+                        "exec-x": {
+                            "secretAsEnv": [
+                                {
+                                    "secretNameParameter": {
+                                        "componentInputParameter": "secret_name"
+                                    },
+                                    "keyToEnv": [],
+                                }
+                            ]
+                        }
+                    }
+                }
+            }
+        }
+    }
+    with pytest.raises(PipelineError, match="exec-x: secretAsEnv names its object by a run"):
+        for_old_backends(platform)
+
+
+def test_no_endpoint_of_any_machine_is_compiled_in(ir: tuple[dict, dict], tmp_path: Path) -> None:
+    # the compiled pipelines (with a submitter's settings pointing at port-forwards) hold no
+    # address, file database or settings of whoever compiled them
+    from pipelines.labelling import compile_pipeline as compile_labelling
+
+    laptop = Settings(
+        store=StoreSettings(
+            kind="s3", endpoint="http://127.0.0.1:9000", access_key="AK", secret_key="SK"
+        )
+    )
+    for path in (
+        compile_pipeline(tmp_path / "training.yaml", laptop),
+        compile_labelling(tmp_path / "labelling.yaml", laptop),
+    ):
+        text = path.read_text()
+        for word in ("127.0.0.1", "localhost", "sqlite:", "settings_json"):
+            assert word not in text, (path.name, word)
+    spec, _ = ir
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert not {"settings_json", "tracking_uri", "secret_name", "code_version"} & set(params)
+
+
+def test_steps_name_the_image_of_this_code_and_training_its_cuda_variant(
+    ir: tuple[dict, dict],
+) -> None:
+    spec, _ = ir
+    images = {n: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()}
+    assert images.pop("exec-train") == "ghcr.io/acme/qcloop:c0ffee-cuda"
+    assert set(images.values()) == {"ghcr.io/acme/qcloop:c0ffee"}  # heavy deps in the image
+
+
+def test_the_backend_version_check(caplog: pytest.LogCaptureFixture) -> None:
+    assert parse_version("2.4.1") == (2, 4, 1) and parse_version("v2.15.0-rc.1") == (2, 15, 0)
+    check_backend({"tag_name": "2.5.0"}, "http://kfp")
+    check_backend({"tag_name": "2.16.1", "pipeline_store": "database"}, "http://kfp")
+    for old in ("2.2.0", "2.3.0", "2.4.1"):  # Kubeflow 1.9 and 1.10's first releases
+        with pytest.raises(PipelineError, match=rf"is {old}; .* need 2\.5\.0 or newer"):
+            check_backend({"tag_name": old}, "http://kfp")
+    # 2.14 and 2.15 were built without their version, but say pipeline_store: new enough
+    check_backend({"tag_name": "unknown", "pipeline_store": "database"}, "http://kfp")
+    assert not caplog.text
+    # 2.4.x and 2.5.0 say neither: warned, not refused
+    check_backend({"tag_name": "unknown", "multi_user": False}, "http://kfp")
+    assert "does not say its version ('unknown')" in caplog.text and "2.5.0 or newer" in caplog.text
 
 
 def test_training_placement_is_a_run_parameter(ir: tuple[dict, dict]) -> None:
     spec, executors = ir
     train = executors["exec-train"]
-    assert train["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "node_selector"
-    assert train["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "tolerations"
+    assert train["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith(
+        "node_selector"
+    )
+    assert train["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith(
+        "tolerations"
+    )
     resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert "gpu_limit" in resources["accelerator"]["resourceCount"]
+    # inside the condition that holds the train step, the GPU count is an input of the
+    # condition (KFP resolves the placeholder there, or the step cannot start)
+    holder = next(
+        c for c in spec["components"].values() if "train" in c.get("dag", {}).get("tasks", {})
+    )
+    assert "pipelinechannel--gpu_limit" in holder["inputDefinitions"]["parameters"]
     # the loader processes that feed a GPU pass batches through /dev/shm: memory-backed,
     # not the container's default 64 MiB
     assert train["emptyDirMounts"] == [
@@ -50,12 +210,13 @@ def test_training_placement_is_a_run_parameter(ir: tuple[dict, dict]) -> None:
 def test_caching_and_defaults(ir: tuple[dict, dict]) -> None:
     spec, _ = ir
     tasks = spec["root"]["dag"]["tasks"]
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    tasks = {name: task for dag in dags for name, task in dag["tasks"].items()}
     assert tasks["load-dataset"]["cachingOptions"] == {"enableCache": True}  # keyed on version
     # ... the version "latest" resolved first, uncached, to the newest one when the run starts
-    assert tasks["resolve-dataset-version"]["cachingOptions"] == {}
-    resolved = {"producerTask": "resolve-dataset-version", "outputParameterKey": "Output"}
+    assert tasks["plan"]["cachingOptions"] == {}
     load_inputs = tasks["load-dataset"]["inputs"]["parameters"]
-    assert load_inputs["version"]["taskOutputParameter"] == resolved
+    assert load_inputs["version"]["componentInputParameter"] == "pipelinechannel--plan-version"
     assert tasks["champion"]["cachingOptions"] == {}  # the alias moves: never cached
     params = spec["root"]["inputDefinitions"]["parameters"]
     for name in (
@@ -69,7 +230,6 @@ def test_caching_and_defaults(ir: tuple[dict, dict]) -> None:
         "gpu_limit",
         "node_selector",
         "tolerations",
-        "secret_name",
         "int8",
         "dynamic_onnx",
         "model_size",
@@ -82,22 +242,16 @@ def test_caching_and_defaults(ir: tuple[dict, dict]) -> None:
     assert params["approval"]["defaultValue"] == "manual"  # a person approves unless asked
     assert params["dataset_version"]["defaultValue"] == "latest"  # a run from the UI
     # the recipe and the averaging reach the train step and the lineage of the register step
-    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
-    tasks = {name: task for dag in dags for name, task in dag["tasks"].items()}
     for task in ("train", "register"):
         inputs = tasks[task]["inputs"]["parameters"]
         for name in ("recipe", "average_last"):
             assert inputs[name]["componentInputParameter"].endswith(name), (task, name)
     # the lineage names the resolved version, never "latest"
     registered = tasks["register"]["inputs"]["parameters"]["dataset_version"]
-    assert registered["componentInputParameter"] == (
-        "pipelinechannel--resolve-dataset-version-Output"
-    )
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {"ghcr.io/qcloop/qcloop:0.1.0"}  # heavy deps live in the image
+    assert registered["componentInputParameter"] == "pipelinechannel--plan-version"
 
 
-def test_params_and_secret_free_settings() -> None:
+def test_params_parse_as_json_or_text() -> None:
     assert parse_params(["epochs=3", "device=cuda:0", 'node_selector={"gpu": "h100"}']) == {
         "epochs": 3,
         "device": "cuda:0",
@@ -105,32 +259,17 @@ def test_params_and_secret_free_settings() -> None:
     }
     with pytest.raises(PipelineError, match="name=value"):
         parse_params(["epochs"])
-    settings = Settings(
-        store=StoreSettings(
-            kind="s3",
-            endpoint="http://minio:9000",
-            access_key="AK-visible",
-            secret_key="SK-visible",
-        )
-    )
-    text = cluster_settings_json(settings)
-    assert "minio:9000" in text and "AK-visible" not in text and "*****" not in text
 
 
-def test_unreachable_cluster_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_unreachable_cluster_is_named(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QCLOOP_CODE_VERSION", "abc1234abc12")
     assert (
         main(["pipeline", "submit", "--host", "http://127.0.0.1:9", "--dataset-version", "v1"]) == 1
     )
     err = capsys.readouterr().err
     assert "Kubeflow Pipelines at http://127.0.0.1:9" in err and "port-forward" in err
-
-
-def test_scheduled_submit_needs_a_dataset_version(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("QCLOOP_STORE__PATH", str(tmp_path / "empty-store"))
-    assert main(["pipeline", "submit", "--host", "http://127.0.0.1:9"]) == 1
-    assert "no dataset version in the object store" in capsys.readouterr().err
 
 
 def test_auto_approval_is_a_branch_inside_the_passed_gate(ir: tuple[dict, dict]) -> None:
@@ -139,7 +278,7 @@ def test_auto_approval_is_a_branch_inside_the_passed_gate(ir: tuple[dict, dict])
     assert "inputs.parameter_values['pipelinechannel--approval'] == 'auto'" in branches
     assert "comp-approve-step" in spec["components"]
     (secret,) = executors["exec-approve-step"]["secretAsEnv"]  # it writes to MLflow
-    assert "secret_name" in json.dumps(secret["secretNameParameter"])
+    assert secret["secretName"] == PLATFORM_OBJECT
 
 
 def test_bad_model_size_or_approval_is_refused_before_any_step(tmp_path: Path) -> None:

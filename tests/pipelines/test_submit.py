@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.train import resolve_version
+from components.attempts import resolve_version
 from pipelines.cli import main
 from pipelines.submit import submit
 from qcloop.errors import DatasetError, PipelineError
-from qcloop.settings import Settings, StoreSettings
+from qcloop.settings import PipelineSettings, Settings, StoreSettings
 from qcloop.storage import open_store
 from tests.pipelines.fake_kfp import API, FakeKfp
 
@@ -28,7 +28,7 @@ SECRET = "SK-must-not-travel"
 
 @pytest.fixture
 def kfp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeKfp]:
-    monkeypatch.setenv("QCLOOP_CODE_VERSION", "abc1234")
+    monkeypatch.setenv("QCLOOP_CODE_VERSION", "abc1234abc12")
     monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/kfp/context.json of the user
@@ -63,10 +63,15 @@ def test_submit_uploads_this_codes_version_once_and_runs_it(
     (upload,) = _posts(kfp, "/pipelines/upload_version")
     spec = next(yaml.safe_load_all(upload["file"]))
     assert spec["pipelineInfo"]["name"] == "qcloop-training"
-    assert "comp-resolve-dataset-version" in spec["components"]
+    assert "comp-plan" in spec["components"]
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {
+        "ghcr.io/qcloop/qcloop:abc1234abc12",
+        "ghcr.io/qcloop/qcloop:abc1234abc12-cuda",
+    }
     (pipeline_id,) = kfp.pipelines
     first, version = kfp.versions[pipeline_id]  # KFP's first one is named like the pipeline
-    assert (first["display_name"], version["display_name"]) == ("qcloop-training", "abc1234")
+    assert (first["display_name"], version["display_name"]) == ("qcloop-training", "abc1234abc12")
     (run,) = kfp.runs
     assert run["run_id"] == run_id and run["display_name"] == "qcloop-training-v1"
     assert run["pipeline_version_reference"] == {
@@ -75,8 +80,8 @@ def test_submit_uploads_this_codes_version_once_and_runs_it(
     }
     assert "pipeline_spec" not in run  # the run refers to the uploaded version
     params = run["runtime_config"]["parameters"]
-    assert (params["dataset_version"], params["epochs"]) == ("v1", 150)
-    assert json.loads(params["settings_json"])["store"]["path"] == str(tmp_path / "store")
+    # the run's parameters only: nothing of the submitter's settings (endpoints, paths)
+    assert params == {"dataset_version": "v1", "epochs": 150}
     (experiment,) = kfp.experiments.values()
     assert (
         experiment["display_name"] == "qcloop"
@@ -90,10 +95,10 @@ def test_submit_uploads_this_codes_version_once_and_runs_it(
     assert kfp.runs[1]["pipeline_version_reference"] == run["pipeline_version_reference"]
     assert len(_posts(kfp, "/experiments")) == 1
     # new code: a new version named after it, and the run uses it
-    monkeypatch.setenv("QCLOOP_CODE_VERSION", "def5678")
+    monkeypatch.setenv("QCLOOP_CODE_VERSION", "def5678def56")
     submit(settings, host=kfp.url, params={"dataset_version": "v2"})
     added = _posts(kfp, "/pipelines/upload_version")[-1]
-    assert (added["query"]["name"], added["query"]["pipelineid"]) == ("def5678", pipeline_id)
+    assert (added["query"]["name"], added["query"]["pipelineid"]) == ("def5678def56", pipeline_id)
     newest = kfp.versions[pipeline_id][-1]
     assert (
         kfp.runs[2]["pipeline_version_reference"]["pipeline_version_id"]
@@ -123,18 +128,72 @@ def test_schedule_is_pinned_to_a_version_and_trains_on_the_newest_data(
     assert len(kfp.recurring_runs) == 1
     submit(settings, host=kfp.url, params={}, schedule="@every 6h")
     assert kfp.recurring_runs[-1]["trigger"]["cron_schedule"]["cron"] == "@every 6h"
-    # a one-off run without a version trains on the newest one now, by name
+    # a one-off run without a version trains on the newest one when it starts, found in
+    # the cluster's store by its first step: the submitter needs no store
     submit(settings, host=kfp.url, params={})
-    assert kfp.runs[0]["runtime_config"]["parameters"]["dataset_version"] == "v2"
+    assert kfp.runs[0]["runtime_config"]["parameters"]["dataset_version"] == "latest"
 
 
 def test_latest_is_the_newest_version_in_the_store(tmp_path: Path) -> None:
     settings = _settings(tmp_path, "v1", "v10", "v2")
-    assert resolve_version(settings.model_dump_json(), "latest") == "v10"
-    assert resolve_version(settings.model_dump_json(), "v2") == "v2"
+    assert resolve_version(settings, "latest") == "v10"
+    assert resolve_version(settings, "v2") == "v2"
     empty = _settings(tmp_path / "empty")
     with pytest.raises(DatasetError, match="holds no dataset version yet; import data first"):
-        resolve_version(empty.model_dump_json(), "latest")
+        resolve_version(empty, "latest")
+
+
+def test_a_server_older_than_the_supported_backends_is_refused_before_any_upload(
+    kfp: FakeKfp, tmp_path: Path
+) -> None:
+    # Given a Kubeflow Pipelines 2.3 (Kubeflow 1.9), which fails the compiled pipeline
+    kfp.version = "2.3.0"
+    # When a run is submitted, Then it is refused naming the versions, and nothing is sent
+    with pytest.raises(
+        PipelineError, match=r"is 2\.3\.0; qcloop's pipelines need 2\.5\.0 or newer"
+    ):
+        submit(_settings(tmp_path), host=kfp.url, params={})
+    assert not kfp.pipelines and not kfp.runs
+    # a supported one takes it
+    kfp.version = "2.5.0"
+    submit(_settings(tmp_path), host=kfp.url, params={})
+    assert len(kfp.runs) == 1
+
+
+def test_uncommitted_code_is_not_uploaded_without_an_image_of_it(
+    kfp: FakeKfp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given code with local changes: CI built no image of it
+    monkeypatch.setenv("QCLOOP_CODE_VERSION", "abc1234abc12-dirty")
+    with pytest.raises(PipelineError, match="no CI build made.*QCLOOP_PIPELINES__IMAGE_TAG"):
+        submit(_settings(tmp_path), host=kfp.url, params={})
+    assert not kfp.pipelines
+    # an image built by hand and named in the settings: the pipeline names it, the version
+    # is never reused
+    settings = _settings(tmp_path).model_copy(
+        update={"pipelines": PipelineSettings(image="registry.local/qc", image_tag="dev-7")}
+    )
+    submit(settings, host=kfp.url, params={})
+    (upload,) = _posts(kfp, "/pipelines/upload_version")
+    spec = next(yaml.safe_load_all(upload["file"]))
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.local/qc:dev-7", "registry.local/qc:dev-7-cuda"}
+    assert re.fullmatch(r"dev-7-\d{8}-\d{6}", upload["query"]["name"])
+
+
+def test_wait_follows_the_run_to_its_end(
+    kfp: FakeKfp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pipelines.submit.WAIT_POLL_S", 0.01)
+    kfp.run_states = ["PENDING", "RUNNING", "SUCCEEDED"]
+    run_id = submit(_settings(tmp_path), host=kfp.url, params={}, wait_s=30)
+    assert kfp.runs[0]["run_id"] == run_id and kfp.runs[0]["state"] == "SUCCEEDED"
+    kfp.run_states = ["RUNNING", "FAILED"]
+    with pytest.raises(PipelineError, match="ended FAILED"):
+        submit(_settings(tmp_path), host=kfp.url, params={}, wait_s=30)
+    kfp.run_states = ["RUNNING"]
+    with pytest.raises(PipelineError, match="did not end within 0 s"):
+        submit(_settings(tmp_path), host=kfp.url, params={}, wait_s=0.05)
 
 
 def test_a_token_from_the_environment_or_the_service_account_is_sent(
@@ -167,12 +226,13 @@ def test_params_get_the_pipelines_types_or_a_clear_error(
     submit(settings, host=kfp.url, params=good)
     sent = kfp.runs[0]["runtime_config"]["parameters"]
     assert (sent["device"], sent["min_map50_95"], sent["int8"]) == ("0", 1.0, True)
-    assert sent["code_version"] == "abc1234"  # lineage of what the cluster runs
+    # no endpoint, secret or code version travels: the code is the image's
+    assert not {"settings_json", "tracking_uri", "code_version"} & set(sent)
     for params, message in (
         ({"epochs": "many"}, 'epochs="many": epochs takes a whole number (e.g. 30)'),
         ({"int8": 1}, "int8=1: int8 takes true or false"),
         ({"min_map50_95": "high"}, 'min_map50_95="high": min_map50_95 takes a number (e.g. 0.5)'),
-        ({"epoch": 3}, "--param epoch: the training pipeline has no such parameter"),
+        ({"epoch": 3}, "the training pipeline has no parameter epoch; it has "),
     ):
         with pytest.raises(PipelineError, match=re.escape(message)):
             submit(settings, host=kfp.url, params={"dataset_version": "v1", **params})
@@ -203,10 +263,10 @@ def test_cli_submit_prints_the_run(
     monkeypatch.setenv("QCLOOP_STORE__PATH", str(tmp_path / "store"))
     args = ["pipeline", "submit", "--host", kfp.url, "--dataset-version", "v3"]
     assert main([*args, "--param", "device=0", "--param", "gpu_limit=1"]) == 0
-    out = capsys.readouterr().out
+    said = capsys.readouterr()
     (run,) = kfp.runs
-    assert f"run {run['run_id']} created on {kfp.url}" in out
-    assert "pipeline qcloop-training version abc1234 uploaded" in out
+    assert f"run {run['run_id']} created on {kfp.url}" in said.out
+    assert "pipeline qcloop-training version abc1234abc12 uploaded" in said.err
     params = run["runtime_config"]["parameters"]
     assert (params["dataset_version"], params["device"], params["gpu_limit"]) == ("v3", "0", 1)
 

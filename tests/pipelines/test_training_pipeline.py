@@ -19,11 +19,11 @@ from pipelines.training import compile_pipeline, run_local
 from qcloop.contracts import EvalMetrics, ModelRecord
 from qcloop.dataset import import_yolo_folder
 from qcloop.errors import NotRegisteredError, PipelineError
-from qcloop.settings import Settings, StoreSettings
+from qcloop.settings import MlflowSettings, Settings, StoreSettings
 from qcloop.yolo import capture_group
 
 STEPS = [
-    "resolve-dataset-version",
+    "plan",
     "load-dataset",
     "train",
     "export",
@@ -31,15 +31,19 @@ STEPS = [
     "gate-step",
     "register",
     "not-registered",
+    "outcome",
+    "nothing-new",
 ]
 
 
 @pytest.fixture(scope="module")
 def yolo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Ultralytics settings in a temp dir, for this process and the step subprocesses."""
+    """Ultralytics settings in a temp dir, for this process and the step subprocesses; the
+    code version the steps record (as the image's QCLOOP_CODE_VERSION on a cluster)."""
     with pytest.MonkeyPatch.context() as mp:
         if not os.environ.get("YOLO_CONFIG_DIR"):
             mp.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo-config")))
+        mp.setenv("QCLOOP_CODE_VERSION", "test-1")
         yield
 
 
@@ -76,15 +80,13 @@ def dataset_v1(metal_tags: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 def _run(settings: Settings, tmp_path: Path, **params: Any) -> dict[str, Any]:
+    mlflow = MlflowSettings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", model_name="detector")
     return run_local(
         pipeline_root=tmp_path / "kfp",
-        settings=settings,
+        settings=settings.model_copy(update={"mlflow": mlflow}),
         epochs=1,
         imgsz=160,
         batch=4,
-        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-        model_name="detector",
-        code_version="test-1",
         **params,
     )
 
@@ -94,10 +96,15 @@ def test_compiled_yaml_has_every_step_and_the_gate(tmp_path: Path) -> None:
     spec = next(yaml.safe_load_all(out.read_text()))
     assert spec["pipelineInfo"]["name"] == "qcloop-training"
     assert {f"comp-{step}" for step in STEPS} <= set(spec["components"])
-    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
-    conditions = [t["triggerPolicy"]["condition"] for t in branches.values()]
-    passed = "inputs.parameter_values['pipelinechannel--gate-step-passed'] == true"
-    assert sorted(conditions) == sorted([passed, f"!({passed})"])
+    conditions = {
+        t["triggerPolicy"]["condition"]
+        for c in spec["components"].values()
+        for t in c.get("dag", {}).get("tasks", {}).values()
+        if "triggerPolicy" in t
+    }
+    for output in ("gate-step-passed", "plan-fresh"):
+        condition = f"inputs.parameter_values['pipelinechannel--{output}'] == true"
+        assert {condition, f"!({condition})"} <= conditions, conditions
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["min_map50_95"]["defaultValue"] == 0.3
     assert inputs["dataset_version"]["defaultValue"] == "latest"
@@ -208,6 +215,13 @@ def test_run_local_registers_nothing_below_the_threshold(
     assert "< threshold 1.0000" in str(result["gate_reason"])
     with pytest.raises(NotRegisteredError, match="'detector': no such registered model"):
         get_model_record(f"sqlite:///{tmp_path}/mlflow.db", "detector", "1")
+    # the same data, code and parameters again (a nightly run with nothing new): nothing is
+    # trained, registered or released, and the reason says why
+    again = _run(settings, tmp_path, dataset_version="latest", min_map50_95=1.0)
+    assert (again["trained"], again["registered"], again["metrics"]) == (False, False, None)
+    assert f"dataset {version}, code test-1 and these parameters already ran" in str(
+        again["gate_reason"]
+    )
 
 
 @pytest.mark.integration
@@ -229,25 +243,27 @@ def test_run_local_with_an_unknown_version_names_the_failed_step(
     )
 
 
-def test_secrets_reach_the_steps_through_the_environment_only(
-    monkeypatch: pytest.MonkeyPatch,
+def test_the_steps_get_the_callers_settings_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.local import secret_variables
-    from qcloop.settings import settings_from_json
+    # Given settings passed by the caller, a stray QCLOOP_* variable and a qcloop.toml
+    from pipelines.local import _step_environment, settings_variables
+    from qcloop.settings import load_settings
 
     settings = Settings(
         store=StoreSettings(
             kind="s3", endpoint="http://127.0.0.1:9000", access_key="AK", secret_key="SK"
-        )
+        ),
+        class_names=["scratch", "dent"],
     )
-    variables = secret_variables(settings)
-    assert variables == {"QCLOOP_STORE__ACCESS_KEY": "AK", "QCLOOP_STORE__SECRET_KEY": "SK"}
-    text = settings.model_dump_json()
-    assert "SK" not in text
-    for name, value in variables.items():
-        monkeypatch.setenv(name, value)
-    inside = settings_from_json(text)
-    assert (
-        inside.store.secret_key is not None and inside.store.secret_key.get_secret_value() == "SK"
-    )
-    assert inside.store.endpoint == "http://127.0.0.1:9000"
+    monkeypatch.setenv("QCLOOP_MQTT__FLEET", "stray-fleet")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qcloop.toml").write_text('[mlflow]\nmodel_name = "from-a-file"\n')
+    # When a step loads its settings inside the environment the local runner gives it
+    with _step_environment(settings_variables(settings, tmp_path)):
+        inside = load_settings()
+    # Then it has exactly the caller's settings, secrets included, as on a cluster
+    assert inside == settings
+    assert inside.store.secret_key is not None
+    assert inside.store.secret_key.get_secret_value() == "SK"
+    assert "QCLOOP_MQTT__FLEET" in os.environ  # put back afterwards
