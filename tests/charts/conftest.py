@@ -97,6 +97,29 @@ def kubernetes_validate(manifest: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def docs_values(directory: Path) -> list[Path]:
+    """`my-values.yaml` and `secrets.yaml` of docs/deploy.md, made as it says, in ``directory``."""
+    import re
+
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    after = doc[doc.index("Write `my-values.yaml`") :]
+    block = re.search(r"```yaml\n(.*?)```", after, flags=re.DOTALL)
+    assert block, "docs/deploy.md: no yaml block after `Write `my-values.yaml``"
+    values = directory / "my-values.yaml"
+    values.write_text(block.group(1).replace("<owner>", "example"))
+    command = re.search(r"bash scripts/make-secrets-values.sh ([\w .-]+) > secrets.yaml", doc)
+    assert command, "docs/deploy.md: no `bash scripts/make-secrets-values.sh ... > secrets.yaml`"
+    made = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "make-secrets-values.sh"), *command.group(1).split()],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    secrets = directory / "secrets.yaml"
+    secrets.write_text(made.stdout)
+    return [values, secrets]
+
+
 def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     """Objects of one kind by name."""
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}

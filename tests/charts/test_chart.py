@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import shutil
 import subprocess
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from qcloop.settings import load_settings
 from tests.charts.conftest import (
     CHART,
     EXTERNAL_VALUES,
@@ -21,6 +24,7 @@ from tests.charts.conftest import (
     ROOT,
     Helm,
     by_kind,
+    docs_values,
     kubernetes_validate,
     render,
     template,
@@ -273,11 +277,10 @@ def test_release_bridge_watches_with_the_mounted_signing_key(helm: Helm) -> None
     assert env["QCLOOP_MQTT__URL"] == f"mqtt://{RELEASE}-qcloop-mosquitto.{NAMESPACE}.svc:1883"
     assert env["QCLOOP_DVC__REMOTE"] == "s3://qcloop/dvc"
     assert env["QCLOOP_MQTT__USERNAME"]["secretKeyRef"]["name"] == f"{RELEASE}-qcloop-mosquitto"
-    # Settings refuse unknown QCLOOP_* variables: only known sections may be set
-    known = ("STORE", "MLFLOW", "MQTT", "DVC", "RELEASE", "HOME", "WORKSPACE", "CLASS_NAMES")
-    for name in env:
-        if name.startswith("QCLOOP_"):
-            assert name[len("QCLOOP_") :].split("__")[0] in known, name
+    # Settings refuse unknown QCLOOP_* variables: what the chart sets loads
+    plain = {k: v if isinstance(v, str) else "from-a-secret" for k, v in env.items()}
+    settings = load_settings(environ=plain)
+    assert settings.store.endpoint == env["QCLOOP_STORE__ENDPOINT"]
 
 
 def test_schedules_run_the_loop_commands(helm: Helm) -> None:
@@ -298,7 +301,13 @@ def test_schedules_run_the_loop_commands(helm: Helm) -> None:
     assert box["command"] == ["qcloop", "pipeline", "submit", "--host", "$(KFP_HOST)"]
     assert env_of(box)["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
     assert "KFP_NAMESPACE" not in env_of(box)  # single-user unless kfp.namespace is set
-    _, objects = render(helm, "kfp.namespace=team-line-3")
+    # the pipelines it submits name its own image (their GPU step, its -cuda variant)
+    assert env_of(box)["QCLOOP_PIPELINES__IMAGE"] == "ghcr.io/qcloop/qcloop"
+    assert env_of(box)["QCLOOP_PIPELINES__IMAGE_TAG"] == box["image"].rsplit(":", 1)[1]
+    # the labelling round's workspace is the writable /tmp, the root file system read-only
+    assert env_of(label_box)["QCLOOP_WORKSPACE"].startswith("/tmp/")
+    assert label_box["securityContext"]["readOnlyRootFilesystem"] is True
+    _, objects = render(helm, "kfp.namespace=team-line-3", "pipelines.namespaces={team-line-3}")
     box = pod_specs(objects)[f"{RELEASE}-qcloop-retraining"]["containers"][0]
     assert env_of(box)["KFP_NAMESPACE"] == "team-line-3"
     assert retraining["spec"]["schedule"] == "0 2 * * *"
@@ -621,7 +630,8 @@ def test_notes_name_the_next_step(helm: Helm, tmp_path: Path) -> None:
         "QCLOOP_STORE__ENDPOINT=http://127.0.0.1:9000",
         "QCLOOP_MLFLOW__TRACKING_URI=http://127.0.0.1:5000",
         "QCLOOP_MQTT__URL=mqtt://127.0.0.1:1883",
-        "Kubeflow Pipelines is a prerequisite",
+        "Kubeflow Pipelines (2.5.0 or newer) is a prerequisite",
+        "Pipeline runs in kubeflow read the cluster's endpoints",
         f"port-forward svc/{RELEASE}-qcloop-label-studio 8081:8080",
         f"logs deploy/{RELEASE}-qcloop-release-bridge",
         f"create job --from=cronjob/{RELEASE}-qcloop-retraining",
@@ -641,18 +651,131 @@ def test_notes_with_every_part_external_point_at_the_external_services(
 
 
 def test_the_values_of_docs_deploy_md_install_cleanly(helm: Helm, tmp_path: Path) -> None:
-    # Given the `my-values.yaml` of docs/deploy.md (the first yaml block after its name)
+    # Given `my-values.yaml` and `secrets.yaml` made as docs/deploy.md says
+    values = docs_values(tmp_path)
     doc = (ROOT / "docs" / "deploy.md").read_text()
-    after = doc[doc.index("Write `my-values.yaml`") :]
-    block = re.search(r"```yaml\n(.*?)```", after, flags=re.DOTALL)
-    assert block, "no yaml block after `my-values.yaml`"
-    values = tmp_path / "my-values.yaml"
-    values.write_text(block.group(1).replace("<owner>", "example"))
-    # When rendered with nothing else, as a user would
-    proc = template(helm, required=False, values=(values,))
+    # When rendered with nothing else, as the doc installs it (release qcloop in qcloop)
+    proc = helm(
+        "template", "qcloop", str(CHART), "--namespace", "qcloop",
+        *(arg for path in values for arg in ("--values", str(path))),
+    )  # fmt: skip
     # Then it renders valid objects and every Secret it names is one the doc creates
     assert proc.returncode == 0, proc.stderr
     assert kubernetes_validate(proc.stdout).returncode == 0
     created = set(re.findall(r"create secret generic ([a-z0-9-]+)", doc))
-    named = set(re.findall(r"existingSecret: ([a-z0-9-]+)", block.group(1)))
+    named = set(re.findall(r"existingSecret: ([a-z0-9-]+)", values[0].read_text()))
     assert named <= created, named - created
+    # ... and the namespace where the runs execute gets the endpoints and the credentials
+    objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
+    config = next(
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "qcloop-platform"
+    )
+    secret = next(
+        o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "qcloop-platform"
+    )
+    assert config["metadata"]["namespace"] == secret["metadata"]["namespace"] == "kubeflow"
+    assert config["data"]["QCLOOP_STORE__ENDPOINT"] == "http://qcloop-minio.qcloop.svc:9000"
+    assert config["data"]["QCLOOP_MLFLOW__TRACKING_URI"] == "http://qcloop-mlflow.qcloop.svc:5000"
+    secrets = yaml.safe_load(values[1].read_text())
+    assert (
+        base64.b64decode(secret["data"]["store-secret-key"]).decode()
+        == (secrets["minio"]["auth"]["rootPassword"])
+    )
+
+
+def test_the_run_namespaces_get_what_the_compiled_pipelines_read(helm: Helm) -> None:
+    from pipelines.training import CONFIG_ENV, PLATFORM_OBJECT, SECRET_ENV
+
+    # Given two profile namespaces of a multi-user Kubeflow
+    _, objects = render(helm, "pipelines.namespaces={team-a,team-b}")
+    for namespace in ("team-a", "team-b"):
+        config = next(
+            o
+            for o in objects
+            if o["kind"] == "ConfigMap"
+            and o["metadata"] == {**o["metadata"], "name": PLATFORM_OBJECT, "namespace": namespace}
+        )
+        secret = next(
+            o
+            for o in objects
+            if o["kind"] == "Secret"
+            and o["metadata"] == {**o["metadata"], "name": PLATFORM_OBJECT, "namespace": namespace}
+        )
+        # every key the pipelines map (KFP before 2.15 cannot make one optional) is there
+        assert set(config["data"]) == set(CONFIG_ENV)
+        assert set(secret["data"]) == set(SECRET_ENV)
+        # and the settings they make load, with no address of anybody's machine
+        env = {**config["data"], **{v: "x" for v in SECRET_ENV.values()}}
+        settings = load_settings(environ=env)
+        assert settings.store.kind == "s3" and settings.mlflow.tracking_uri.startswith("http://")
+        assert "127.0.0.1" not in json.dumps(config["data"])
+    # the servers admit the run namespaces
+    policies = by_kind(objects, "NetworkPolicy")
+    minio = policies[f"{RELEASE}-qcloop-minio"]["spec"]["ingress"][0]["from"]
+    admitted = {
+        f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for f in minio
+        if "namespaceSelector" in f
+    }
+    assert {"team-a", "team-b"} <= admitted
+
+
+def test_multi_user_retraining_is_bound_in_its_profile(helm: Helm) -> None:
+    _, objects = render(helm, "kfp.namespace=team-a", "pipelines.namespaces={team-a}")
+    (binding,) = by_kind(objects, "RoleBinding").values()
+    assert binding["metadata"]["namespace"] == "team-a"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "kubeflow-pipelines-edit",
+    }
+    (subject,) = binding["subjects"]
+    assert (subject["name"], subject["namespace"]) == (f"{RELEASE}-qcloop-retraining", NAMESPACE)
+    spec = pod_specs(objects)[f"{RELEASE}-qcloop-retraining"]
+    assert any(v["name"] == "kfp-token" for v in spec["volumes"])  # its token for the KFP API
+    # a profile the runs cannot read their settings in is refused at once
+    proc = template(helm, "kfp.namespace=team-z")
+    assert proc.returncode != 0
+    assert "kfp.namespace team-z must be one of pipelines.namespaces (kubeflow)" in proc.stderr
+
+
+def test_existing_secrets_are_copied_at_install_and_named_when_they_cannot_be(
+    helm: Helm, tmp_path: Path
+) -> None:
+    # Given the store's credentials in a Secret the chart does not make
+    sets = ("minio.auth.existingSecret=my-minio",)
+    manifest, objects = render(helm, *sets)
+    # When rendered without a cluster (helm template reads no Secret): no half Secret, and
+    # the notes say what to do
+    assert not [
+        o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "qcloop-platform"
+    ]
+    assert "qcloop-platform" in by_kind(objects, "ConfigMap")
+    existing = tmp_path / "existing.yaml"
+    existing.write_text("minio:\n  auth:\n    existingSecret: my-minio\n")
+    notes = render_notes(helm, tmp_path, REQUIRED_VALUES, existing)
+    assert "NOT rendered now: my-minio/root-user, my-minio/root-password" in notes
+    # pipelines.credentials.create=false: the user makes it; nothing rendered either
+    _, objects = render(helm, "pipelines.credentials.create=false")
+    assert "qcloop-platform" not in by_kind(objects, "Secret")
+
+
+def test_readme_cluster_settings_name_the_charts_services(helm: Helm) -> None:
+    # the README's example settings for a cluster, against what `helm install qcloop -n qcloop`
+    # names its Services
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("e.g. inside a cluster") :]
+    hosts = set(re.findall(r"https?://([a-z0-9.-]+)\.svc", block.split("```")[1]))
+    hosts |= set(re.findall(r"mqtt://([a-z0-9.-]+)\.svc", block.split("```")[1]))
+    proc = helm(
+        "template", "qcloop", str(CHART), "--namespace", "qcloop", "--values", str(REQUIRED_VALUES)
+    )
+    assert proc.returncode == 0, proc.stderr
+    services = {
+        f"{o['metadata']['name']}.{o['metadata']['namespace']}"
+        for o in yaml.safe_load_all(proc.stdout)
+        if o and o["kind"] == "Service"
+    }
+    assert hosts and hosts <= services, hosts - services

@@ -278,33 +278,104 @@ localhost (port-forward) and the Service's in-cluster names, each with any port.
 {{- default (include "qcloop.labelStudio.fullname" .) .Values.labelStudio.admin.existingSecret -}}
 {{- end -}}
 
-{{/* ---- The qcloop platform containers (bridge, schedules) ---- */}}
+{{/* ---- The platform settings: the chart's pods and the Kubeflow pipeline runs ---- */}}
 
 {{/*
-Environment of a qcloop container: the object store, DVC remote and MLflow always; MQTT,
-Label Studio and KFP when asked. Call with (dict "context" $ "mqtt" true "labelStudio" false "kfp" false).
-Core settings reject unknown QCLOOP_* sections: QCLOOP_LABEL_STUDIO__* goes only to the labelling
-schedule, whose settings (qcloop_labelling.settings) take them out before the core loads.
+The settings every qcloop process on the cluster reads (QCLOOP_<SECTION>__<FIELD>), as YAML:
+the data of the ConfigMap `qcloop-platform` of each run namespace and the env of the chart's
+own pods, from this one place. The pipelines read exactly these keys (pipelines/training.py
+CONFIG_ENV); a key without a value is rendered empty (qcloop takes empty as unset), since
+Kubeflow Pipelines before 2.15 cannot mark a key optional.
+*/}}
+{{- define "qcloop.platform.config" -}}
+{{- $endpoint := include "qcloop.s3.endpoint" . -}}
+{{- $region := ternary "" .Values.externalS3.region .Values.minio.enabled -}}
+{{- $labelStudio := "" -}}
+{{- if or .Values.labelStudio.enabled .Values.externalLabelStudio.url -}}
+{{- $labelStudio = include "qcloop.labelStudio.url" . -}}
+{{- end -}}
+QCLOOP_HOME: /tmp/qcloop
+QCLOOP_WORKSPACE: /tmp/qcloop/workspace
+QCLOOP_STORE__KIND: s3
+QCLOOP_STORE__ENDPOINT: {{ $endpoint | quote }}
+QCLOOP_STORE__BUCKET: {{ .Values.platform.bucket | quote }}
+QCLOOP_STORE__REGION: {{ $region | quote }}
+QCLOOP_DVC__REMOTE: {{ printf "s3://%s/dvc" .Values.platform.bucket | quote }}
+QCLOOP_DVC__ENDPOINT_URL: {{ $endpoint | quote }}
+QCLOOP_MLFLOW__TRACKING_URI: {{ include "qcloop.mlflow.trackingUri" . | quote }}
+QCLOOP_MLFLOW__MODEL_NAME: {{ .Values.platform.modelName | quote }}
+QCLOOP_LABEL_STUDIO__URL: {{ $labelStudio | quote }}
+{{- end -}}
+
+{{/*
+The data of the Secret `qcloop-platform` of each run namespace, as YAML of base64 values: the
+store's credentials and the Label Studio token, from the values when the chart makes those
+Secrets, else read (lookup) from the existing Secrets at install time. Installing into a
+cluster where one cannot be read fails with what to do. Rendered without a cluster (helm
+template, a client-side dry run: lookup reads nothing, not even the release's namespace),
+the key `unreadable` names them instead, and the Secret is left out.
+*/}}
+{{- define "qcloop.pipelines.credentials" -}}
+{{- $ns := .Release.Namespace -}}
+{{- $live := lookup "v1" "Namespace" "" $ns -}}
+{{- $data := dict -}}
+{{- $unreadable := list -}}
+{{- $wanted := list -}}
+{{- if and .Values.minio.enabled (not .Values.minio.auth.existingSecret) -}}
+{{- $_ := set $data "store-access-key" (.Values.minio.auth.rootUser | b64enc) -}}
+{{- $_ := set $data "store-secret-key" (.Values.minio.auth.rootPassword | b64enc) -}}
+{{- else -}}
+{{- $wanted = append $wanted (dict "secret" (include "qcloop.s3.secretName" .) "keys" (dict "store-access-key" (include "qcloop.s3.accessKeyKey" .) "store-secret-key" (include "qcloop.s3.secretKeyKey" .))) -}}
+{{- end -}}
+{{- if and .Values.labelStudio.enabled (not .Values.labelStudio.admin.existingSecret) -}}
+{{- $_ := set $data "label-studio-token" (.Values.labelStudio.admin.token | b64enc) -}}
+{{- else if or .Values.labelStudio.enabled .Values.externalLabelStudio.existingSecret -}}
+{{- $wanted = append $wanted (dict "secret" (include "qcloop.labelStudio.tokenSecretName" .) "keys" (dict "label-studio-token" "token")) -}}
+{{- else -}}
+{{- $_ := set $data "label-studio-token" "" -}}
+{{- end -}}
+{{- range $want := $wanted -}}
+{{- $found := (lookup "v1" "Secret" $ns $want.secret).data | default dict -}}
+{{- range $key, $from := $want.keys -}}
+{{- $value := index $found $from | default "" -}}
+{{- if $value -}}
+{{- $_ := set $data $key $value -}}
+{{- else if $live -}}
+{{- fail (printf "\npipelines.credentials.create: the chart copies key %s of Secret %s (namespace %s) into the Secret qcloop-platform of %s, but it is not there. Create it before `helm install`, or give the credentials as values (secrets.yaml, docs/deploy.md), or set pipelines.credentials.create=false and create the Secret qcloop-platform in each of those namespaces yourself (keys store-access-key, store-secret-key, label-studio-token)." $from $want.secret $ns (join ", " $.Values.pipelines.namespaces)) -}}
+{{- else -}}
+{{- $unreadable = append $unreadable (printf "%s/%s" $want.secret $from) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $unreadable -}}
+unreadable: {{ $unreadable | uniq | join ", " | quote }}
+{{- else -}}
+{{- toYaml $data -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Every namespace the servers admit besides this release: the allowed ones and the run namespaces. */}}
+{{- define "qcloop.clientNamespaces" -}}
+{{- concat .Values.networkPolicy.allowedNamespaces .Values.pipelines.namespaces | uniq | join " " -}}
+{{- end -}}
+
+{{/*
+Environment of a qcloop container of the chart (bridge, schedules): the platform settings above,
+the store's credentials always; MQTT, the Label Studio token and KFP when asked. Call with
+(dict "context" $ "mqtt" true "labelStudio" false "kfp" false).
 */}}
 {{- define "qcloop.platform.env" -}}
 {{- $ := .context -}}
 {{- $s3Secret := include "qcloop.s3.secretName" $ -}}
-{{- $endpoint := include "qcloop.s3.endpoint" $ -}}
 - name: HOME
   value: /tmp
-- name: QCLOOP_HOME
-  value: /tmp/qcloop
 - name: MLFLOW_DISABLE_TELEMETRY
   value: "true"
-- name: QCLOOP_STORE__KIND
-  value: s3
-- name: QCLOOP_STORE__ENDPOINT
-  value: {{ $endpoint | quote }}
-- name: QCLOOP_STORE__BUCKET
-  value: {{ $.Values.platform.bucket | quote }}
-{{- if and (not $.Values.minio.enabled) $.Values.externalS3.region }}
-- name: QCLOOP_STORE__REGION
-  value: {{ $.Values.externalS3.region | quote }}
+{{- range $name, $value := include "qcloop.platform.config" $ | fromYaml }}
+{{- if $value }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
 {{- end }}
 - name: QCLOOP_STORE__ACCESS_KEY
   valueFrom:
@@ -316,14 +387,6 @@ schedule, whose settings (qcloop_labelling.settings) take them out before the co
     secretKeyRef:
       name: {{ $s3Secret }}
       key: {{ include "qcloop.s3.secretKeyKey" $ }}
-- name: QCLOOP_DVC__REMOTE
-  value: {{ printf "s3://%s/dvc" $.Values.platform.bucket | quote }}
-- name: QCLOOP_DVC__ENDPOINT_URL
-  value: {{ $endpoint | quote }}
-- name: QCLOOP_MLFLOW__TRACKING_URI
-  value: {{ include "qcloop.mlflow.trackingUri" $ | quote }}
-- name: QCLOOP_MLFLOW__MODEL_NAME
-  value: {{ $.Values.platform.modelName | quote }}
 {{- if .mqtt }}
 {{- $mqttSecret := include "qcloop.mqtt.secretName" $ }}
 - name: QCLOOP_MQTT__URL
@@ -342,8 +405,6 @@ schedule, whose settings (qcloop_labelling.settings) take them out before the co
       key: password
 {{- end }}
 {{- if .labelStudio }}
-- name: QCLOOP_LABEL_STUDIO__URL
-  value: {{ include "qcloop.labelStudio.url" $ | quote }}
 - name: QCLOOP_LABEL_STUDIO__TOKEN
   valueFrom:
     secretKeyRef:
@@ -357,6 +418,11 @@ schedule, whose settings (qcloop_labelling.settings) take them out before the co
 - name: KFP_NAMESPACE
   value: {{ . | quote }}
 {{- end }}
+# the pipelines it submits name this very image (their GPU step its -cuda variant)
+- name: QCLOOP_PIPELINES__IMAGE
+  value: {{ $.Values.platform.image.repository | quote }}
+- name: QCLOOP_PIPELINES__IMAGE_TAG
+  value: {{ $.Values.platform.image.tag | toString | quote }}
 {{- end }}
 {{- with $.Values.platform.extraEnv }}
 {{ toYaml . }}
@@ -456,6 +522,11 @@ round trip per value. The templates keep their own `required` guards as well.
 {{- end -}}
 {{- if not .Values.externalLabelStudio.existingSecret -}}
 {{- $errors = append $errors "externalLabelStudio.existingSecret is required when labelStudio.enabled is false (the labelling schedule uses it)" -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.kfp.namespace -}}
+{{- if not (has . $.Values.pipelines.namespaces) -}}
+{{- $errors = append $errors (printf "kfp.namespace %s must be one of pipelines.namespaces (%s): the retraining runs execute there and read the ConfigMap and Secret qcloop-platform of that namespace" . (join ", " $.Values.pipelines.namespaces)) -}}
 {{- end -}}
 {{- end -}}
 {{- if $errors -}}
