@@ -1,18 +1,21 @@
 # syntax=docker/dockerfile:1
 # qcloop platform image: the Kubeflow pipeline components (train, export, evaluate, gate,
 # register), the release bridge (`qcloop release watch`) and the CronJobs of the Helm chart.
-# Build from the repository root:
-#   docker build -f docker/platform.Dockerfile --build-arg CODE_VERSION="$(git rev-parse --short HEAD)" \
-#     -t ghcr.io/qcloop/qcloop:0.1.0 .
-# The tag must match components/kfp_components.py QCLOOP_IMAGE and platform.image in the chart.
+# Build from the repository root (the tag is the commit, as CI tags it: a pipeline compiled
+# from that commit names this image, pipelines/ir.py):
+#   commit=$(git rev-parse --short=12 HEAD)
+#   docker build -f docker/platform.Dockerfile --build-arg CODE_VERSION=$commit \
+#     -t ghcr.io/qcloop/qcloop:$commit .
+# The training step runs the CUDA variant, tagged <commit>-cuda: the same build with
+# --build-arg TORCH_INDEX_URL=https://pypi.org/simple (PyPI's torch is the CUDA build).
 
 # Exact tag of the Python base (bump deliberately; `docker buildx imagetools inspect` gives a
 # digest to pin with PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:...).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-# CPU wheels of torch/torchvision (~10x smaller than the CUDA build PyPI serves). For a GPU
-# training image, build with TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128.
+# CPU wheels of torch/torchvision (~10x smaller than the CUDA build PyPI serves). The GPU
+# training image (<commit>-cuda) is built with TORCH_INDEX_URL=https://pypi.org/simple.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
