@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +18,7 @@ from urllib.parse import urlparse
 
 from qcloop.contracts import RawImageSidecar
 from qcloop.errors import ObjectNotFound, StoreError, StoreUnavailable
-from qcloop.fsutil import atomic_write, fsync_dir
+from qcloop.fsutil import atomic_write, create_exclusive
 from qcloop.settings import StoreSettings
 
 RAW_PREFIX = "raw/"
@@ -103,23 +102,8 @@ class LocalStore:
     def put_bytes_if_absent(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> bool:
-        """Write a complete temp file, then hard-link it to the key: ``link`` fails if the
-        key exists (atomically, unlike a check then a write), and readers never see a part."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        fsync_dir(path.parent)
-        return True
+        """Write ``key`` unless it exists (False then), atomically (``create_exclusive``)."""
+        return create_exclusive(self._path(key), data)
 
     def get_bytes(self, key: str) -> bytes:
         try:

@@ -20,22 +20,10 @@ from qcloop.settings import Settings, StoreSettings
 from qcloop.storage import open_store
 from qcloop.synthetic import generate_yolo_dataset
 from qcloop.versions import next_version, pointer_key
+from tests.qcloop.test_dataset import _settings
 
 pytestmark = pytest.mark.integration
 QUIET = {"progress": lambda _: None}
-
-
-def _settings(
-    tmp_path: Path, store: StoreSettings | None = None, remote: str | None = None
-) -> Settings:
-    return Settings(
-        workspace=tmp_path / "ws",
-        store=store or StoreSettings(path=tmp_path / "store"),
-        dvc={
-            "remote": remote or str(tmp_path / "remote"),
-            "endpoint_url": store.endpoint if store else None,
-        },
-    )
 
 
 def _elsewhere(settings: Settings, workspace: Path) -> Settings:
