@@ -126,7 +126,10 @@ def _stage(
     entries = {img.file: img for img in (parent.images if parent else [])}
     group_splits = {img.group: img.split for img in entries.values()}
     existing = Counter(group_splits.values())
-    group_splits.update(assign_splits((capture_group(i.stem) for i in items), existing))
+    # only captures the parent has not placed: a folder that holds old images next to new
+    # ones (every labelling round's export) must not move the old ones to another split
+    new_groups = {capture_group(i.stem) for i in items} - set(group_splits)
+    group_splits.update(assign_splits(new_groups, existing))
     if parent_dir is not None:
         for img in entries.values():
             shutil.copy2(parent_dir / img.file, staging / img.file)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ from qcloop.errors import DatasetError
 from qcloop.settings import Settings, StoreSettings
 from qcloop.storage import list_raw_images, open_store
 from qcloop.synthetic import generate_yolo_dataset
+from qcloop.yolo import capture_group
 
 pytestmark = pytest.mark.integration
 
@@ -161,3 +163,42 @@ def test_commit_names_what_changed(tmp_path: Path) -> None:
         ["git", "ls-files"], cwd=settings.workspace, capture_output=True, text=True
     ).stdout.split()
     assert "data.dvc" in tracked and not any(t.startswith("data/") for t in tracked)
+
+
+def test_splits_never_move_whatever_the_next_imports_hold(tmp_path: Path) -> None:
+    # Given a pool of captures and random sequences of imports, as labelling rounds make
+    # them: new captures, ones imported before (the whole history beside the new images),
+    # and relabelled ones (a box removed)
+    pool = generate_yolo_dataset(tmp_path / "pool", shots=12, seed=5)
+    stems = sorted(p.stem for p in (pool / "images").glob("*.jpg"))
+    captures = sorted({capture_group(s) for s in stems})
+    for seed in range(3):
+        rng = random.Random(seed)
+        settings = _settings(tmp_path / f"seq-{seed}")
+        first_split: dict[str, str] = {}
+        seen: list[str] = []
+        for step in range(4):
+            fresh = rng.sample([c for c in captures if c not in seen], 2)
+            old = rng.sample(seen, min(len(seen), rng.randint(0, 4)))
+            seen += fresh
+            folder = tmp_path / f"seq-{seed}-import-{step}"
+            for sub in ("images", "labels"):
+                (folder / sub).mkdir(parents=True)
+            shutil.copyfile(pool / "classes.txt", folder / "classes.txt")
+            for stem in (s for s in stems if capture_group(s) in {*fresh, *old}):
+                shutil.copyfile(pool / "images" / f"{stem}.jpg", folder / "images" / f"{stem}.jpg")
+                lines = (pool / "labels" / f"{stem}.txt").read_text().splitlines(keepends=True)
+                if capture_group(stem) in old and rng.random() < 0.5:
+                    lines = lines[1:]  # relabelled
+                (folder / "labels" / f"{stem}.txt").write_text("".join(lines))
+            # When it is imported as the next version
+            manifest, _ = import_yolo_folder(settings, folder, progress=lambda _: None)
+            # Then every image keeps the split of the version it first entered, and the
+            # crops of one capture share one split
+            for image in manifest.images:
+                assert first_split.setdefault(image.file, image.split) == image.split, (
+                    seed,
+                    step,
+                    image.file,
+                )
+                assert {i.split for i in manifest.images if i.group == image.group} == {image.split}
