@@ -7,10 +7,11 @@
   the image from); the training step names its CUDA variant ``<tag>-cuda``, which
   runs on a GPU node and on a CPU node alike;
 - the Kubernetes platform spec keeps to what every supported backend accepts
-  (``MIN_BACKEND`` and newer): kfp-kubernetes 2.15+ writes fields that older
-  backends refuse as unknown (``optional`` and ``*NameParameter`` in secret- and
-  ConfigMap-as-env, kubeflow/pipelines#12495), so a constant name is written only
-  in the field every backend knows, and ``optional: false`` (the default) not at all.
+  (``MIN_BACKEND`` and newer): kfp-kubernetes 2.17 writes ``optional: false`` into
+  secret- and ConfigMap-as-env, which backends before 2.15 refuse as an unknown field
+  (kubeflow/pipelines#12495; 2.14 at run creation), and a ``*NameParameter`` beside a
+  constant name, unknown before 2.5 (#11935): the name is written only in the field
+  every backend knows, and ``optional: false`` (the default) not at all.
 
 ``check_backend`` refuses a server older than ``MIN_BACKEND`` before anything is
 uploaded, with what to upgrade.

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The ConfigMap and Secret the chart renders into every namespace where runs execute
 # (value pipelines.namespaces): the cluster's endpoints and credentials. Their names
-# are constants of the compiled pipeline (KFP backends before 2.15 take no parameter
-# there); the keys of the ConfigMap are the variables they become.
+# are constants of the compiled pipeline, and every key is required (KFP backends before
+# 2.15 cannot make one optional); the keys of the ConfigMap are the variables they become.
 PLATFORM_OBJECT = "qcloop-platform"
 CONFIG_ENV = (
     "QCLOOP_HOME",
