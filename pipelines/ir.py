@@ -104,21 +104,17 @@ def name_images(spec: dict[str, Any], image: str) -> None:
 def for_old_backends(platform: dict[str, Any]) -> None:
     """The platform spec without the fields older backends refuse (see the module doc).
 
-    A ``*NameParameter`` that holds a parameter, not a constant, cannot be said the
-    old way: ``PipelineError``, so that no such pipeline is compiled by mistake.
+    A ``*NameParameter`` that holds a constant becomes the plain name; one that holds a
+    run parameter stays (every supported backend, 2.5.0 on, resolves it).
     """
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for executor, config in executors.items():
+    for config in executors.values():
         for field, name_field in _NAMED.items():
             for entry in config.get(field, []):
-                parameter = entry.pop(f"{name_field}Parameter", None)
-                constant = (parameter or {}).get("runtimeValue", {}).get("constant")
-                if parameter is not None and constant is None:
-                    raise PipelineError(
-                        f"{executor}: {field} names its object by a run parameter, which "
-                        f"Kubeflow Pipelines before 2.15 refuse; name it by a constant"
-                    )
+                parameter = entry.get(f"{name_field}Parameter") or {}
+                constant = parameter.get("runtimeValue", {}).get("constant")
                 if constant is not None:
+                    del entry[f"{name_field}Parameter"]
                     entry[name_field] = constant
                 if entry.get("optional") is False:
                     del entry["optional"]

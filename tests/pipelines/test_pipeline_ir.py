@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -111,29 +112,20 @@ def test_the_platform_spec_keeps_to_what_kfp_2_5_accepts(ir: tuple[dict, dict]) 
             assert set(entry) <= set(KFP_2_5_FIELDS["EmptyDirMount"]), (step, entry)
 
 
-def test_a_parameter_where_old_backends_need_a_constant_is_refused() -> None:
-    platform = {
-        "platforms": {
-            "kubernetes": {
-                "deploymentSpec": {
-                    "executors": {
-                        "exec-x": {
-                            "secretAsEnv": [
-                                {
-                                    "secretNameParameter": {
-                                        "componentInputParameter": "secret_name"
-                                    },
-                                    "keyToEnv": [],
-                                }
-                            ]
-                        }
-                    }
-                }
-            }
-        }
+def test_constant_names_are_written_the_old_way_and_parameters_kept() -> None:
+    def entry(parameter: dict[str, Any]) -> dict[str, Any]:
+        return {"secretNameParameter": parameter, "keyToEnv": [], "optional": False}
+
+    executors = {
+        "exec-c": {"secretAsEnv": [entry({"runtimeValue": {"constant": "s"}})]},
+        "exec-p": {"secretAsEnv": [entry({"componentInputParameter": "secret_name"})]},
     }
-    with pytest.raises(PipelineError, match="exec-x: secretAsEnv names its object by a run"):
-        for_old_backends(platform)
+    for_old_backends({"platforms": {"kubernetes": {"deploymentSpec": {"executors": executors}}}})
+    assert executors["exec-c"]["secretAsEnv"] == [{"keyToEnv": [], "secretName": "s"}]
+    # a name from a run parameter: 2.5.0 (the minimum) resolves it
+    assert executors["exec-p"]["secretAsEnv"] == [
+        {"secretNameParameter": {"componentInputParameter": "secret_name"}, "keyToEnv": []}
+    ]
 
 
 def test_no_endpoint_of_any_machine_is_compiled_in(ir: tuple[dict, dict], tmp_path: Path) -> None:
