@@ -19,11 +19,8 @@ from kfp import dsl
 
 from pipelines.ir import compile_to
 from pipelines.local import run_locally
-from pipelines.training import (
-    SECRET_ENV,
-    platform_env,
-    training_pipeline,
-)
+from pipelines.training import platform_env, training_pipeline
+from qcloop.cluster import SECRET_ENV
 from qcloop.settings import Settings
 from qcloop_labelling import kfp_components as steps
 

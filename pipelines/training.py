@@ -15,6 +15,11 @@ from components import kfp_components as steps
 from components.attempts import LATEST
 from pipelines.ir import compile_to
 from pipelines.local import run_locally
+from qcloop.cluster import (
+    CONFIG_ENV,
+    PLATFORM_OBJECT,
+    STORE_SECRET_ENV,
+)
 from qcloop.contracts import EvalMetrics, ModelRecord
 from qcloop.errors import PipelineError
 from qcloop.settings import Settings
@@ -22,33 +27,6 @@ from qcloop.settings import Settings
 PIPELINE_NAME = "qcloop-training"
 LOCAL_ROOT = Path(".qcloop") / "kfp"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# The ConfigMap and Secret the chart renders into every namespace where runs execute
-# (value pipelines.namespaces): the cluster's endpoints and credentials. Their names
-# are constants of the compiled pipeline, and every key is required (KFP backends before
-# 2.15 cannot make one optional); the keys of the ConfigMap are the variables they become.
-PLATFORM_OBJECT = "qcloop-platform"
-CONFIG_ENV = (
-    "QCLOOP_HOME",
-    "QCLOOP_WORKSPACE",
-    "QCLOOP_STORE__KIND",
-    "QCLOOP_STORE__ENDPOINT",
-    "QCLOOP_STORE__BUCKET",
-    "QCLOOP_STORE__REGION",
-    "QCLOOP_DVC__REMOTE",
-    "QCLOOP_DVC__ENDPOINT_URL",
-    "QCLOOP_MLFLOW__TRACKING_URI",
-    "QCLOOP_MLFLOW__MODEL_NAME",
-    "QCLOOP_LABEL_STUDIO__URL",
-)
-# keys of the Secret -> variables; each step gets only the credentials it uses
-STORE_SECRET_ENV = {
-    "store-access-key": "QCLOOP_STORE__ACCESS_KEY",
-    "store-secret-key": "QCLOOP_STORE__SECRET_KEY",
-}
-LABEL_STUDIO_SECRET_ENV = {"label-studio-token": "QCLOOP_LABEL_STUDIO__TOKEN"}
-SECRET_ENV = {**STORE_SECRET_ENV, **LABEL_STUDIO_SECRET_ENV}
 
 
 def platform_env(task: dsl.PipelineTask, secrets: dict[str, str] | None = None) -> None:

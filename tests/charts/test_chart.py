@@ -686,7 +686,7 @@ def test_the_values_of_docs_deploy_md_install_cleanly(helm: Helm, tmp_path: Path
 
 
 def test_the_run_namespaces_get_what_the_compiled_pipelines_read(helm: Helm) -> None:
-    from pipelines.training import CONFIG_ENV, PLATFORM_OBJECT, SECRET_ENV
+    from qcloop.cluster import CONFIG_ENV, PLATFORM_OBJECT, SECRET_ENV
 
     # Given two profile namespaces of a multi-user Kubeflow
     _, objects = render(helm, "pipelines.namespaces={team-a,team-b}")

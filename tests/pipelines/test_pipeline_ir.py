@@ -12,7 +12,8 @@ import yaml
 from pipelines.cli import main
 from pipelines.ir import check_backend, for_old_backends, parse_version
 from pipelines.submit import parse_params
-from pipelines.training import CONFIG_ENV, PLATFORM_OBJECT, STORE_SECRET_ENV, compile_pipeline
+from pipelines.training import compile_pipeline
+from qcloop.cluster import CONFIG_ENV, PLATFORM_OBJECT, STORE_SECRET_ENV
 from qcloop.errors import PipelineError
 from qcloop.settings import PipelineSettings, Settings, StoreSettings
 
