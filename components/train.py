@@ -34,9 +34,6 @@ def materialize_version(settings: Settings, version: str, dest: Path) -> Dataset
     return materialize(settings, version, Path(dest))
 
 
-LATEST = "latest"
-
-
 def load_manifest(dataset_dir: Path) -> DatasetManifest:
     """Read ``manifest.json`` of a dataset folder; ``DatasetError`` if it is missing."""
     path = Path(dataset_dir) / MANIFEST

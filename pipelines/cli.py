@@ -86,7 +86,7 @@ def _cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
-    from components.train import LATEST
+    from components.attempts import LATEST
     from qcloop.dataset import materialize, materialize_split, newest_version
 
     if args.version == LATEST:
