@@ -8,7 +8,7 @@ EPOCHS ?= 5
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults lint compile schemas check-edge check-edge-py310 bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-misses bench-label-agreement bench-train-threads clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults test-prerequisites lint typecheck compile schemas check-edge check-edge-py310 bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-misses bench-label-agreement bench-train-threads clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ $(PY):
 
 setup: $(PY) ## create .venv and install everything (platform + tests), ~5 min
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "the platform needs Python 3.11+ (constraints.txt pins for it); an edge box needs only 3.10: make setup-edge")'
-	@# torch first: ultralytics needs torchvision, and this pair is the tested one (FIELD-NOTES)
+	@# torch first: ultralytics needs torchvision, and this pair is the tested one (constraints.txt)
 	$(PIP) install -q -c constraints.txt torch torchvision
 	$(PIP) install -q -c constraints.txt -e '.[platform,test]'
 	@$(PY) -c "import qcloop, ultralytics, mlflow, kfp, onnxruntime; print('setup ok:', qcloop.__version__)"
@@ -33,17 +33,24 @@ setup-edge: $(PY) ## install only what an edge box needs (no torch/ultralytics/m
 demo: ## run the whole loop on one machine (DATA=<yolo folder> for real data)
 	$(VENV)/bin/qcloop demo --epochs $(EPOCHS) $(if $(DATA),--data $(DATA),)
 
-test: ## run the whole test suite (unit + integration against real services)
+test: test-prerequisites ## run the whole test suite (unit + integration against real services)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-faults: ## the edge fault tests: kill/restart broker, store and agent
+test-faults: test-prerequisites ## the edge fault tests: kill/restart broker, store and agent
 	$(PY) -m pytest -m faults tests/edge_agent $(PYTEST_ARGS)
+
+test-prerequisites: ## install what the tests need beyond .venv when missing: Label Studio venv, helm, system tools
+	@bash scripts/test-prerequisites.sh
 
 test-unit: ## run only the tests that need no service
 	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
-lint: ## ruff
-	$(VENV)/bin/ruff check qcloop components edge_agent pipelines label_studio scripts tests
+lint: typecheck ## ruff check + ruff format --check (scope: pyproject.toml) and mypy: what CI and pre-commit run
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
+
+typecheck: ## mypy, strict on the core and the edge agent (settings in pyproject.toml)
+	$(VENV)/bin/mypy
 
 compile: ## compile the Kubeflow pipelines to IR YAML (pipelines/compiled/)
 	$(VENV)/bin/qcloop pipeline compile --out pipelines/compiled
@@ -61,54 +68,54 @@ BENCH_MODEL := .qcloop/bench/yolov8n-480.onnx
 BENCH_DYNAMIC := .qcloop/bench/yolov8n-480-dynamic.onnx
 
 $(BENCH_MODEL):  # trains ~13 min on 2 cores; writes the .pt and both exports
-	$(PY) scripts/make_bench_model.py --imgsz 480 --epochs 12 --out $@
+	$(PY) -m benchmarks.make_bench_model --imgsz 480 --epochs 12 --out $@
 
 $(BENCH_DYNAMIC): $(BENCH_MODEL)
-	test -f $@ || $(PY) scripts/make_bench_model.py --from-weights $(BENCH_MODEL:.onnx=.pt) --out $(BENCH_MODEL)
+	test -f $@ || $(PY) -m benchmarks.make_bench_model --from-weights $(BENCH_MODEL:.onnx=.pt) --out $(BENCH_MODEL)
 
 bench-edge: $(BENCH_MODEL) $(BENCH_DYNAMIC) ## edge agent vs bare session.run vs ultralytics at 480, RSS, swap time
-	$(PY) scripts/bench_edge.py --model $(BENCH_MODEL) --frames 150 --rounds 3
-	$(PY) scripts/bench_edge.py --model $(BENCH_DYNAMIC) --frames 150 --rounds 3 \
+	$(PY) -m benchmarks.bench_edge --model $(BENCH_MODEL) --frames 150 --rounds 3
+	$(PY) -m benchmarks.bench_edge --model $(BENCH_DYNAMIC) --frames 150 --rounds 3 \
 		--paths session@w1t1,session@w1t2,agent@w2t1,ultralytics@w1t2,ultralytics-rect@w1t2,release@w2t1
-	$(PY) scripts/bench_edge.py --model $(BENCH_MODEL) --frames 150 --rounds 3 --width 1920 \
+	$(PY) -m benchmarks.bench_edge --model $(BENCH_MODEL) --frames 150 --rounds 3 --width 1920 \
 		--paths session@w1t1,session@w1t2,agent@w1t1,agent@w2t1,agent@w1t2,ultralytics@w1t2
 
 bench-int8: $(BENCH_MODEL) ## INT8 (stem, head float) vs FP32 of the bench model: speed and mAP, one run
-	$(PY) scripts/bench_int8.py --model $(BENCH_MODEL)
+	$(PY) -m benchmarks.bench_int8 --model $(BENCH_MODEL)
 
 DEVICE ?= cpu
 GPU_SEEDS := 0,1,2
 bench-recipes: ## training recipes vs the reference on one test split (GPU: make bench-recipes DEVICE=0)
-	$(PY) scripts/bench_recipes.py --variants reference,scratch+avg10 --epochs 150 \
+	$(PY) -m benchmarks.bench_recipes --variants reference,scratch --epochs 150 \
 		--device $(DEVICE) --jobs $(if $(filter cpu,$(DEVICE)),1,6) --seeds $(if $(filter cpu,$(DEVICE)),0,$(GPU_SEEDS))
 
 FOLD_IDS ?= 0,1,2,3,4,5
 bench-recipes-cv: ## the recipes and their ensemble vs the reference, cross-validated over 6 capture folds (GPU: DEVICE=0 FOLD_IDS=0,1,2)
-	$(PY) scripts/bench_recipes.py --variants reference,scratch+avg10 --ensemble reference,scratch+avg10 --epochs 150 --folds 6 \
+	$(PY) -m benchmarks.bench_recipes --variants reference,scratch --ensemble reference,scratch --epochs 150 --folds 6 \
 		--fold-ids $(FOLD_IDS) --seeds 0 --device $(DEVICE) --jobs $(if $(filter cpu,$(DEVICE)),1,6) \
 		--out .qcloop/bench/recipes-cv-folds$(FOLD_IDS)
 
 RUNS ?= .qcloop/bench/recipes-cv-folds0,1,2,3,4,5
-ENSEMBLE ?= reference,scratch+avg10
+ENSEMBLE ?= reference,scratch
 bench-fusion: ## an ensemble's members fused by NMS (as registered), WBF, mirrored runs, on bench-recipes-cv's runs (RUNS=DIR ENSEMBLE=a,b)
-	$(PY) scripts/bench_fusion.py --runs $(RUNS) --ensemble $(ENSEMBLE) --folds 6
+	$(PY) -m benchmarks.bench_fusion --runs $(RUNS) --ensemble $(ENSEMBLE) --folds 6
 
 VARIANT ?= reference
 bench-snapshots: ## one run's checkpoints pooled, its boxes rescaled on val; runs of bench_recipes --save-period (RUNS=DIR VARIANT=v FOLD_IDS=4)
-	$(PY) scripts/bench_snapshots.py --runs $(RUNS) --variant $(VARIANT) --folds 6 --fold-ids $(FOLD_IDS) \
+	$(PY) -m benchmarks.bench_snapshots --runs $(RUNS) --variant $(VARIANT) --folds 6 --fold-ids $(FOLD_IDS) \
 		--pools best,last,best+last,epoch90+epoch110+epoch130+last --box-scale
 
 bench-misses: ## where runs' mAP50-95 goes: AP by IoU, misses by kind; runs of bench_recipes (RUNS=DIR VARIANT=v FOLD_IDS=4)
-	$(PY) scripts/bench_misses.py --runs $(RUNS) --variant $(VARIANT) --folds 6 --fold-ids $(FOLD_IDS)
+	$(PY) -m benchmarks.bench_misses --runs $(RUNS) --variant $(VARIANT) --folds 6 --fold-ids $(FOLD_IDS)
 
 bench-label-agreement: ## how well the metal tags' labels agree on photos of the same tag, by block of captures (no model)
-	$(PY) scripts/bench_label_agreement.py
+	$(PY) -m benchmarks.bench_label_agreement
 
 bench-train-threads: ## CPU training: qcloop's threads (every core) vs ultralytics' own (one fewer), s/epoch
-	$(PY) scripts/bench_train_threads.py --epochs 3 --rounds 2
+	$(PY) -m benchmarks.bench_train_threads --epochs 3 --rounds 2
 
 bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after setup-label-studio)
-	$(PY) scripts/bench_labelling.py
+	$(PY) -m benchmarks.bench_labelling
 
 clean: ## remove local state of the embedded default (.qcloop/, outputs)
 	rm -rf .qcloop local_outputs demo-summary.json

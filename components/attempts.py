@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any, NamedTuple
 
-from components.registry import (
-    TRAINING_KEY_TAG,
-    _client,
-    _experiment_id,
-    _mlflow_errors,
-    code_version,
-)
+from components.provenance import code_version
+from components.recipes import recipe_members
+from components.registry import TRAINING_KEY_TAG, _client, _experiment_id, _mlflow_errors
 from qcloop.contracts import EvalMetrics
+from qcloop.params import MODEL_DECIDING, TRAINING_RECIPE, TrainingParams
 from qcloop.settings import Settings
+
+log = logging.getLogger(__name__)
 
 LATEST = "latest"
 REFUSED_TAG = "qcloop.gate_refused"
@@ -36,6 +36,7 @@ class Plan(NamedTuple):
     key: str
     fresh: bool
     reason: str
+    params_json: str  # how the model is trained, as the registry records it
 
 
 def training_key(dataset_version: str, code: str, params: dict[str, Any]) -> str:
@@ -59,27 +60,32 @@ def resolve_version(settings: Settings, version: str) -> str:
     from qcloop.dataset import newest_version
 
     newest = newest_version(settings)
-    print(f"[plan] latest dataset version: {newest}")
+    log.info("latest dataset version: %s", newest)
     return newest
 
 
-def plan_run(settings: Settings, version: str, params: dict[str, Any]) -> Plan:
-    """Resolve the version, compute the key, and look for an ended run with that key."""
+def plan_run(settings: Settings, version: str, params: TrainingParams) -> Plan:
+    """Resolve the version, compute the key, and look for an ended run with that key.
+
+    ``PipelineError`` for a recipe that names no known recipe, before anything runs.
+    """
+    recipe_members(params.recipe)
     resolved = resolve_version(settings, version)
     code = code_version()
-    key = training_key(resolved, code, params)
+    key = training_key(resolved, code, params.picked(MODEL_DECIDING))
+    recorded = json.dumps(params.picked(TRAINING_RECIPE), sort_keys=True)
     if code == "unknown" or code.endswith("-dirty"):  # not one commit: never the same code
-        return Plan(resolved, key, True, f"code {code}: trained whatever ran before")
+        return Plan(resolved, key, True, f"code {code}: trained whatever ran before", recorded)
     ended = ended_run(settings, key)
     if ended is None:
-        print(f"[plan] dataset {resolved}, code {code}: new, training (key {key})")
-        return Plan(resolved, key, True, "new dataset version, code or parameters")
+        log.info("dataset %s, code %s: new, training (key %s)", resolved, code, key)
+        return Plan(resolved, key, True, "new dataset version, code or parameters", recorded)
     reason = (
         f"dataset {resolved}, code {code} and these parameters already ran to the end "
         f"(MLflow run {ended}): nothing new to learn; change a parameter (e.g. seed) to "
         "train again on purpose"
     )
-    return Plan(resolved, key, False, reason)
+    return Plan(resolved, key, False, reason, recorded)
 
 
 def ended_run(settings: Settings, key: str) -> str | None:

@@ -7,14 +7,17 @@ only has to pass the threshold).
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
+from components.data import load_manifest
 from components.evaluate import evaluate_onnx
 from components.registry import download_onnx, get_model_record
-from components.train import load_manifest
 from qcloop.contracts import EvalMetrics, ModelRecord
 from qcloop.errors import NotRegisteredError, PipelineError
+
+log = logging.getLogger(__name__)
 
 
 def production_record(tracking_uri: str, model_name: str, alias: str) -> ModelRecord | None:
@@ -35,7 +38,7 @@ def evaluate_champion(
     """
     record = production_record(tracking_uri, model_name, alias)
     if record is None:
-        print(f"[champion] no {model_name}@{alias.lstrip('@')} yet: nothing to beat")
+        log.info("no %s@%s yet: nothing to beat", model_name, alias.lstrip("@"))
         return None
     classes = load_manifest(Path(dataset_dir)).class_names
     if record.class_names != classes:
@@ -46,6 +49,6 @@ def evaluate_champion(
         )
     with tempfile.TemporaryDirectory(prefix="qcloop-champion-") as tmp:
         onnx = download_onnx(tracking_uri, record, Path(tmp))
-        print(f"[champion] {record.name} v{record.version} on the same test split")
+        log.info("%s v%s on the same test split", record.name, record.version)
         metrics = evaluate_onnx(onnx, Path(dataset_dir), imgsz=record.input_size)
     return record, metrics

@@ -11,15 +11,18 @@ inference costs the sum of the members.
 On the metal tags, cross-validated by capture (5 folds), the ensemble of a
 ``reference`` and a ``scratch`` model scored 0.024 ± 0.011 mAP50-95 more than the
 reference alone and 0.020 ± 0.008 more than the scratch model alone. INT8 keeps the
-pooling Concat float, with each member's stem and head (docs/benchmarks.md).
+pooling Concat float, with each member's stem and head (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from qcloop.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 MEMBER_PREFIX = re.compile(r"^(m\d+)(?=/)")
 MEMBERS_KEY = "qcloop_members"  # ONNX metadata: the member count of an ensemble
@@ -101,7 +104,7 @@ def merge_onnx(members: list[Path], out_path: Path) -> Path:
     output_info = first.graph.output[0]
     nodes.append(helper.make_node("Concat", outputs, [output_info.name], axis=2, name="ensemble"))
     dims = [d.dim_value or d.dim_param for d in output_info.type.tensor_type.shape.dim]
-    # the members' anchors add up (they differ where a member has another head, e.g. n-p2)
+    # the members' anchors add up (they differ where a member has another head or input size)
     counts = [m.graph.output[0].type.tensor_type.shape.dim[2].dim_value for m in models]
     anchors: int | str = sum(counts) if all(counts) else "anchors"
     graph = helper.make_graph(
@@ -130,7 +133,7 @@ def merge_onnx(members: list[Path], out_path: Path) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(merged, str(out_path))
-    print(f"[ensemble] {len(models)} members -> {out_path} ({len(nodes)} nodes)")
+    log.info("%d members -> %s (%d nodes)", len(models), out_path, len(nodes))
     return out_path
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from components.data import copy_dataset, write_data_yaml
 from components.export import onnx_metadata
-from components.train import copy_dataset, write_data_yaml
 from components.yolo_env import configure_offline
 from qcloop.contracts import SPLITS, EvalMetrics
 from qcloop.errors import DatasetError, PipelineError
+from qcloop.stats import percentile
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_onnx(
@@ -48,7 +52,7 @@ def evaluate_onnx(
         data_yaml = write_data_yaml(work / "data", manifest, for_training=False)
         model_file = work / "model.onnx"  # ultralytics picks the backend by the suffix
         shutil.copyfile(onnx_path, model_file)
-        print(f"[evaluate] {onnx_path} on {split} ({count} images, imgsz {imgsz})")
+        log.info("%s on %s (%d images, imgsz %d)", onnx_path, split, count, imgsz)
         results = YOLO(str(model_file), task="detect").val(
             data=str(data_yaml),
             split=split,
@@ -72,7 +76,7 @@ def evaluate_onnx(
         latency_p50_ms=round(p50, 2),
         latency_p95_ms=round(p95, 2),
     )
-    print(f"[evaluate] {metrics.to_json()}")
+    log.info("%s", metrics.to_json())
     return metrics
 
 
@@ -110,7 +114,7 @@ def cpu_latency_ms(
         started = time.perf_counter()
         session.run(None, {name: tensor})
         times.append((time.perf_counter() - started) * 1000.0)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+    return percentile(times, 50), percentile(times, 95)
 
 
 def latency_canvas(image_size: tuple[int, int], imgsz: int, stride: int) -> tuple[int, int]:

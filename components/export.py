@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import logging
 import shutil
 import tempfile
 import warnings
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from components.yolo_env import configure_offline
 from qcloop.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 
 def export_onnx(weights: Path, out_path: Path, *, imgsz: int, dynamic: bool = False) -> Path:
@@ -30,7 +33,7 @@ def export_onnx(weights: Path, out_path: Path, *, imgsz: int, dynamic: bool = Fa
 
     simplify = importlib.util.find_spec("onnxslim") is not None
     shape = "dynamic" if dynamic else "static"
-    print(f"[export] {weights} -> {out_path} (imgsz {imgsz}, {shape}, simplify={simplify})")
+    log.info("%s -> %s (imgsz %d, %s, simplify=%s)", weights, out_path, imgsz, shape, simplify)
     with tempfile.TemporaryDirectory(prefix="qcloop-export-") as tmp:
         # ultralytics writes the .onnx beside the weights: work on a copy named *.pt
         local = Path(tmp) / "model.pt"
@@ -68,7 +71,7 @@ def onnx_metadata(onnx_path: Path) -> dict[str, object]:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except OSError:
         raise
-    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and kin: not ONNX
+    except Exception as exc:
         raise PipelineError(
             f"{onnx_path}: not an ONNX model ({type(exc).__name__}: {exc}); pass an exported "
             "model (the pipeline's export step, or `qcloop model pull NAME@ALIAS`)"

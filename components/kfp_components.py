@@ -33,26 +33,27 @@ def plan(
     model_size: str,
     patience: int,
     recipe: str,
-    average_last: int,
     dynamic_onnx: bool,
     int8: bool,
     min_map50_95: float,
     tolerance: float,
-) -> NamedTuple("Plan", version=str, key=str, fresh=bool, reason=str):
-    """Resolve ``latest`` to the newest dataset version; say whether anything is new.
+) -> NamedTuple("Plan", version=str, key=str, fresh=bool, reason=str, params_json=str):
+    """Check the parameters; resolve ``latest`` to the newest dataset version; say whether
+    anything is new.
 
-    The same dataset version, code and parameters as a finished run (registered or
-    refused by the gate) would only train the same model again: ``fresh`` is then
-    False and the run registers and releases nothing.
+    A run started from the Kubeflow UI comes through no client: a parameter the pipeline
+    cannot use fails here, before any data is loaded. The same dataset version, code and
+    parameters as a finished run (registered or refused by the gate) would only train the
+    same model again: ``fresh`` is then False and the run registers and releases nothing.
+    ``params_json`` is how the model is trained, for the register step's record.
     """
     from collections import namedtuple
 
     from components.attempts import plan_run
+    from qcloop.params import training_params
     from qcloop.settings import step_settings
 
-    found = plan_run(
-        step_settings(),
-        version,
+    params = training_params(
         {
             "epochs": epochs,
             "imgsz": imgsz,
@@ -61,14 +62,14 @@ def plan(
             "model_size": model_size,
             "patience": patience,
             "recipe": recipe,
-            "average_last": average_last,
             "dynamic_onnx": dynamic_onnx,
             "int8": int8,
             "min_map50_95": min_map50_95,
             "tolerance": tolerance,
-        },
+        }
     )
-    return namedtuple("Plan", ["version", "key", "fresh", "reason"])(*found)
+    found = plan_run(step_settings(), version, params)
+    return namedtuple("Plan", ["version", "key", "fresh", "reason", "params_json"])(*found)
 
 
 @dsl.component(**_OPTIONS)
@@ -76,7 +77,7 @@ def load_dataset(version: str, dataset: Output[Dataset]):
     """Materialise dataset ``version`` (DVC) into the ``dataset`` artifact folder."""
     from pathlib import Path
 
-    from components.train import materialize_version
+    from components.data import materialize_version
     from qcloop.settings import step_settings
 
     manifest = materialize_version(step_settings(), version, Path(dataset.path))
@@ -93,26 +94,23 @@ def train(
     imgsz: int,
     batch: int,
     seed: int,
+    device: str,
+    model_size: str,
+    patience: int,
+    recipe: str,
+    gpu_limit: int,
     model: Output[Model],
-    device: str = "cpu",
-    model_size: str = "n",
-    patience: int = 50,
-    recipe: str = "reference",
-    average_last: int = 0,
-    gpu_limit: int = 0,
 ):
-    """Train YOLOv8n or s (``model_size``) on the dataset; ``model`` is the chosen ``.pt``.
+    """Train YOLOv8n or s (``model_size``) on the dataset; ``model`` is its ``best.pt``.
 
     ``gpu_limit`` is the GPUs the pod asked for: a GPU ``device`` without one is refused
     at once, with what to set, instead of a CUDA error after the data is loaded.
 
-    ``recipe`` names the hyperparameters (``components.train.RECIPES``); with
-    ``average_last`` > 1 the EMA weights of the last epochs are averaged and kept
-    when they do at least as well on the val split. Several recipes joined by commas
-    (``reference,scratch``) train one model each (on a GPU all at once, on the CPU one
-    after the other): ``model`` is then a folder of ``member-K.pt`` that the export step
-    pools into one ONNX graph. A recipe named again trains with the next seed
-    (``reference,scratch,reference``).
+    ``recipe`` names the hyperparameters (``components.recipes.RECIPES``). Several
+    recipes joined by commas (``reference,scratch``) train one model each (on a GPU all
+    at once, on the CPU one after the other): ``model`` is then a folder of
+    ``member-K.pt`` that the export step pools into one ONNX graph. A recipe named again
+    trains with the next seed (``reference,scratch,reference``).
     """
     from pathlib import Path
 
@@ -130,7 +128,6 @@ def train(
         device=device,
         model_size=model_size,
         patience=patience,
-        average_last=average_last,
     )
     model.metadata.update(metadata)
 
@@ -147,9 +144,9 @@ def export(
     ``dynamic``: the edge agent then runs 3:2 frames at 480x320) and check it against them."""
     from pathlib import Path
 
+    from components.data import load_manifest
     from components.export import export_onnx
     from components.parity import check_parity
-    from components.train import load_manifest
 
     weights = Path(model.path)
     if weights.is_dir():  # an ensemble (the train step's several recipes): pool the members
@@ -219,9 +216,10 @@ def champion(dataset: Input[Dataset]) -> str:
 
 @dsl.component(**_OPTIONS)
 def gate_step(
-    metrics_json: str, min_map50_95: float, champion_json: str = "", tolerance: float = 0.0
+    metrics_json: str, min_map50_95: float, tolerance: float, champion_json: str = ""
 ) -> NamedTuple("GateOutputs", passed=bool, reason=str):
     """Decide whether the model may be registered (threshold, then champion/challenger)."""
+    import logging
     from collections import namedtuple
 
     from components.gate import gate
@@ -233,7 +231,7 @@ def gate_step(
         champion=EvalMetrics.from_json(champion_json) if champion_json else None,
         tolerance=tolerance,
     )
-    print(f"[gate] passed={decision.passed}: {decision.reason}")
+    logging.getLogger("components.gate").info("passed=%s: %s", decision.passed, decision.reason)
     return namedtuple("GateOutputs", ["passed", "reason"])(decision.passed, decision.reason)
 
 
@@ -245,23 +243,23 @@ def register(
     metrics_json: str,
     dataset_version: str,
     training_key: str,
+    params_json: str,
     imgsz: int,
-    epochs: int,
-    batch: int,
-    seed: int,
     pipeline_run: str = "",
-    model_size: str = "n",
-    patience: int = 50,
-    recipe: str = "reference",
-    average_last: int = 0,
 ) -> str:
-    """Register the ONNX in MLflow; return the ``ModelRecord`` JSON."""
+    """Register the ONNX in MLflow; return the ``ModelRecord`` JSON.
+
+    ``params_json``: how the model was trained (the plan step's), kept as the MLflow
+    run's parameters; ``imgsz`` is the ONNX input size.
+    """
+    import json
     import shutil
     import tempfile
     from pathlib import Path
 
-    from components.registry import code_version, register_model
-    from components.train import load_manifest
+    from components.data import load_manifest
+    from components.provenance import code_version
+    from components.registry import register_model
     from qcloop.contracts import EvalMetrics
     from qcloop.settings import step_settings
 
@@ -275,16 +273,7 @@ def register(
         model_name=mlflow.model_name,
         onnx_path=Path(onnx_model.path),
         metrics=EvalMetrics.from_json(metrics_json),
-        params={
-            "epochs": epochs,
-            "imgsz": imgsz,
-            "batch": batch,
-            "seed": seed,
-            "model_size": model_size,
-            "patience": patience,
-            "recipe": recipe,
-            "average_last": average_last,
-        },
+        params=json.loads(params_json),
         dataset_version=dataset_version,
         code_version=code_version(),
         class_names=manifest.class_names,
@@ -308,10 +297,10 @@ def quantize(
     """INT8 variant of the registered model (stem, head float), scored and registered beside it."""
     from pathlib import Path
 
+    from components.data import load_manifest
     from components.evaluate import evaluate_onnx
     from components.quantize import quantize_int8
     from components.registry import attach_int8
-    from components.train import load_manifest
     from qcloop.contracts import ModelRecord
     from qcloop.settings import step_settings
 
@@ -333,7 +322,7 @@ def quantize(
 @dsl.component(**_OPTIONS)
 def approve_step(record_json: str, gate_reason: str, pipeline_run: str = "") -> str:
     """Approval mode ``auto``: point the production alias at the registered version, audited."""
-    from components.registry import approve
+    from components.audit import approve
     from qcloop.contracts import ModelRecord
     from qcloop.settings import step_settings
 
@@ -353,11 +342,13 @@ def approve_step(record_json: str, gate_reason: str, pipeline_run: str = "") -> 
 def not_registered(reason: str, metrics_json: str, dataset_version: str, training_key: str) -> str:
     """The gate said no: register nothing, keep the refusal (MLflow run) so that the same
     data, code and parameters are not trained again; return an empty record."""
+    import logging
+
     from components.attempts import record_refusal
     from qcloop.contracts import EvalMetrics
     from qcloop.settings import step_settings
 
-    print(f"[gate] model not registered: {reason}")
+    logging.getLogger("components.gate").info("model not registered: %s", reason)
     record_refusal(
         step_settings(),
         training_key=training_key,
@@ -388,8 +379,9 @@ def outcome(metrics_json: str, gate_passed: bool, gate_reason: str, model_record
 def nothing_new(reason: str) -> str:
     """Nothing to train: the same data, code and parameters already ran to the end."""
     import json
+    import logging
 
-    print(f"[plan] nothing new: {reason}")
+    logging.getLogger("components.attempts").info("nothing new: %s", reason)
     return json.dumps(
         {
             "trained": False,

@@ -14,6 +14,7 @@ one, both models having the same candidates to within 0.01 px).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +23,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from components.yolo_env import configure_offline
+from qcloop.boxes import iou_matrix
 from qcloop.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 PARITY_MIN = 0.95
 BOX_TOL_PX = 1.0
@@ -48,15 +52,6 @@ class Parity(BaseModel):
         return self.matched / self.boxes if self.boxes else 1.0
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N x 4) with every box in ``b`` (M x 4), xyxy."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
 def count_matches(
     ref: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray], iou_min: float
 ) -> int:
@@ -64,7 +59,7 @@ def count_matches(
     (ref_boxes, ref_cls), (boxes, cls) = ref, other
     if len(ref_boxes) == 0 or len(boxes) == 0:
         return 0
-    ious = _iou(ref_boxes, boxes) * (ref_cls[:, None] == cls[None, :])
+    ious = iou_matrix(ref_boxes, boxes) * (ref_cls[:, None] == cls[None, :])
     return int((ious.max(axis=1) >= iou_min).sum())
 
 
@@ -163,9 +158,15 @@ def check_parity(
         worst_box_px=round(worst_box, 4),
         worst_score=round(worst_score, 5),
     )
-    print(
-        f"[parity] {matched}/{boxes} candidate boxes agree (within {box_tol} px and "
-        f"{score_tol} score; worst {worst_box:.3f} px, {worst_score:.4f}) on {len(images)} images"
+    log.info(
+        "%d/%d candidate boxes agree (within %s px and %s score; worst %.3f px, %.4f) on %d images",
+        matched,
+        boxes,
+        box_tol,
+        score_tol,
+        worst_box,
+        worst_score,
+        len(images),
     )
     if result.share < PARITY_MIN:
         raise PipelineError(

@@ -1,18 +1,19 @@
 """Static INT8 quantisation of a YOLOv8 ONNX for the edge; stem and detection head stay float.
 
-Quantising the whole graph scores mAP 0 (FIELD-NOTES): box coordinates and
+Quantising the whole graph scores mAP 0 (docs/performance.md): box coordinates and
 class scores are concatenated in one tensor whose ranges differ by orders of
 magnitude. So the backbone, the neck and the first convolutions of the head
 branches are quantised (QDQ, per-channel weights), while the last convolution
 of each branch, the DFL and the decoding stay float. The stem (the first
 convolution, on the raw image) stays float too: quantised, it cost models
-trained on the GPU 0.12-0.13 mAP50-95 on the metal tags (docs/benchmarks.md), for
+trained on the GPU 0.12-0.13 mAP50-95 on the metal tags (docs/performance.md), for
 about 1% of the compute. Calibration uses real training images, preprocessed
 exactly as at inference (letterbox).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from pathlib import Path
@@ -23,6 +24,8 @@ from components.yolo_env import configure_offline
 from qcloop.contracts import ModelRecord
 from qcloop.errors import PipelineError
 from qcloop.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # quantised: /model.22/cv2.0/cv2.0.0/..., /model.22/cv3.1/cv3.1.1/...; the rest of the head is not
 # (in an ensemble each member's nodes carry its prefix, m1/model.22/...: matched without it)
@@ -99,9 +102,10 @@ def quantize_int8(onnx_path: Path, out_path: Path, calibration: list[Path], *, i
 
     input_name = ort.InferenceSession(str(onnx_path)).get_inputs()[0].name
     keep_float = float_nodes(onnx_path)
-    print(
-        f"[quantize] INT8 from {len(calibration)} calibration images, {len(keep_float)} stem "
-        "and head nodes kept float"
+    log.info(
+        "INT8 from %d calibration images, %d stem and head nodes kept float",
+        len(calibration),
+        len(keep_float),
     )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,7 @@
-"""The model registry (MLflow): register, look up, download and approve model versions.
+"""The model registry (MLflow): register, look up and download model versions.
+
+Approval and its audit trail are in ``components.audit``; code and library versions in
+``components.provenance``.
 
 A registered version carries the ``ModelRecord`` fields as tags; its metrics
 live in the MLflow run that logged the ONNX. Approval is tags plus an alias
@@ -9,18 +12,21 @@ naming the model and reference and saying what to do.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from components.provenance import environment
 from qcloop.contracts import EvalMetrics, ModelRecord, OnnxVariant, utcnow
 from qcloop.errors import IntegrityError, NotRegisteredError, RegistryError
 from qcloop.storage import sha256_file
+
+log = logging.getLogger(__name__)
 
 ONNX_ARTIFACT = "model/model.onnx"
 INT8_ARTIFACT = "model/model-int8.onnx"
@@ -30,46 +36,6 @@ RECORD_TAGS += ("dataset_version", "code_version")
 # what a training run was made of (dataset version, code, parameters), hashed: see
 # components.attempts
 TRAINING_KEY_TAG = "qcloop.training_key"
-
-
-# hex digits of a commit that name the code (and the platform image's tag, images.yml)
-CODE_VERSION_LENGTH = 12
-
-
-def code_version() -> str:
-    """``$QCLOOP_CODE_VERSION``, else the git short hash (``-dirty`` if changed), else unknown.
-
-    The image sets the variable to the commit it was built from; its tag is the same text.
-    """
-    if os.environ.get("QCLOOP_CODE_VERSION"):
-        return os.environ["QCLOOP_CODE_VERSION"]
-    repo = Path(__file__).resolve().parent
-    try:
-        head = _git(repo, "rev-parse", f"--short={CODE_VERSION_LENGTH}", "HEAD")
-        dirty = _git(repo, "status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
-
-
-def environment() -> dict[str, str]:
-    """Versions that decide what a training run produces (logged as ``env.*`` params)."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"env.python": platform.python_version(), "env.machine": platform.machine()}
-    for package in ("torch", "ultralytics", "onnx", "onnxruntime", "numpy"):
-        try:
-            found[f"env.{package}"] = version(package)
-        except PackageNotFoundError:
-            found[f"env.{package}"] = "absent"
-    return found
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=10
-    ).stdout.strip()
 
 
 def _client(tracking_uri: str) -> Any:
@@ -177,7 +143,7 @@ def register_model(
             tags={**tags, "onnx_artifact": ONNX_ARTIFACT, "approved": "false"},
             description=f"dataset {dataset_version}, code {code_version}",
         )
-    print(f"[register] {model_name} version {version.version} (run {run_id})")
+    log.info("%s version %s (run %s)", model_name, version.version, run_id)
     return get_model_record(tracking_uri, model_name, str(version.version))
 
 
@@ -260,7 +226,7 @@ def _model_exists(client: Any, model_name: str) -> bool:
     """Whether ``model_name`` is registered (True when MLflow cannot say: keep the first error)."""
     try:
         found = client.search_registered_models(filter_string=f"name = '{model_name}'")
-    except Exception:  # noqa: BLE001 - only refines a message
+    except Exception:
         return True
     return any(model.name == model_name for model in found)
 
@@ -347,7 +313,7 @@ def attach_int8(
             ("int8_size", str(Path(int8_path).stat().st_size)),
         ):
             client.set_model_version_tag(model_name, str(version), key, value)
-    print(f"[register] {model_name} version {version}: INT8 variant attached")
+    log.info("%s version %s: INT8 variant attached", model_name, version)
     return get_model_record(tracking_uri, model_name, str(version))
 
 
@@ -381,79 +347,3 @@ def download_onnx(
             "do not deploy it; register the model again"
         )
     return local
-
-
-def approve(
-    *,
-    tracking_uri: str,
-    model_name: str,
-    version: str,
-    alias: str = "production",
-    approved_by: str,
-    reason: str = "",
-) -> ModelRecord:
-    """Tag ``version`` approved (by whom, when, UTC), point ``alias`` at it, audit the move.
-
-    MLflow keeps no history of aliases, so every move is appended to the
-    registered model's tags (``qcloop.audit.NNNNNN``: alias, from, to, by, at, why);
-    ``alias_history`` reads them back.
-    """
-    if not approved_by.strip():
-        raise RegistryError(f"model '{model_name}' version {version}: approved_by is empty")
-    get_model_record(tracking_uri, model_name, str(version))  # exists and is a qcloop record
-    client = _client(tracking_uri)
-    what = f"model '{model_name}' version {version}"
-    alias = alias.lstrip("@")
-    now = utcnow().isoformat()
-    with _mlflow_errors(tracking_uri, what, "check the version number"):
-        previous = _alias_target(client, model_name, alias)
-        for key, value in (
-            ("approved", "true"),
-            ("approved_by", approved_by),
-            ("approved_at", now),
-        ):
-            client.set_model_version_tag(model_name, str(version), key, value)
-        client.set_registered_model_alias(model_name, alias, str(version))
-        entry = {"alias": alias, "from": previous, "to": str(version), "by": approved_by}
-        entry |= {"at": now, "why": reason}
-        seq = len(alias_history(tracking_uri, model_name)) + 1
-        client.set_registered_model_tag(model_name, f"{AUDIT_PREFIX}{seq:06d}", json.dumps(entry))
-    print(f"[approve] {model_name} version {version} -> @{alias} by {approved_by}")
-    return get_model_record(tracking_uri, model_name, str(version))
-
-
-def _alias_target(client: Any, model_name: str, alias: str) -> str | None:
-    """The version an alias points at now, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
-
-
-def alias_history(tracking_uri: str, model_name: str) -> list[dict[str, Any]]:
-    """Every recorded alias move of ``model_name``, oldest first."""
-    client = _client(tracking_uri)
-    with _mlflow_errors(tracking_uri, f"model '{model_name}'", "register a version first"):
-        tags = client.get_registered_model(model_name).tags or {}
-    return [json.loads(tags[k]) for k in sorted(tags) if k.startswith(AUDIT_PREFIX)]
-
-
-def lineage(tracking_uri: str, model_name: str, ref: str) -> dict[str, Any]:
-    """Where a version came from: dataset and code version, pipeline run, params, environment."""
-    record = get_model_record(tracking_uri, model_name, ref)
-    client = _client(tracking_uri)
-    with _mlflow_errors(tracking_uri, f"model '{model_name}' version {record.version}", ""):
-        version = client.get_model_version(model_name, record.version)
-        params = dict(client.get_run(record.run_id).data.params)
-    return {
-        "model": record.name,
-        "version": record.version,
-        "run_id": record.run_id,
-        "pipeline_run": (version.tags or {}).get("pipeline_run", "unknown"),
-        "dataset_version": record.dataset_version,
-        "code_version": record.code_version,
-        "params": {k: v for k, v in params.items() if not k.startswith("env.")},
-        "environment": {k[4:]: v for k, v in params.items() if k.startswith("env.")},
-    }

@@ -9,15 +9,18 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from components.train import load_manifest
+from components.data import load_manifest
 from components.yolo_env import configure_offline
 from qcloop.contracts import EvalMetrics
+
+log = logging.getLogger(__name__)
 
 TRUE, PREDICTED = (40, 200, 80), (230, 50, 50)
 
@@ -95,5 +98,5 @@ def render_report(
         f"<p>green: true boxes, red: predicted (conf &ge; {conf})</p><pre>{summary}</pre>"
         + "".join(cards)
     )
-    print(f"[evaluate] report with {len(cards)} images -> {out_html}")
+    log.info("report with %d images -> %s", len(cards), out_html)
     return out_html

@@ -3,13 +3,16 @@
 Call ``configure_offline()`` before importing ultralytics. It sets the
 environment variables ultralytics reads at import time, pre-places the font that
 its plotting and dataset checks would otherwise fetch, and switches off its own
-MLflow/other integrations (qcloop logs to MLflow itself).
+MLflow/other integrations (qcloop logs to MLflow itself). Ultralytics' own log lines
+go to stderr (``logs_to_stderr``), so that a command's stdout carries only its result.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 _DONE: set[str] = set()
@@ -27,6 +30,7 @@ def configure_offline(config_dir: Path | None = None) -> Path:
     os.environ.setdefault("YOLO_VERBOSE", "False")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if key in _DONE:
+        logs_to_stderr()
         return base
     fonts = base / "Ultralytics"
     fonts.mkdir(parents=True, exist_ok=True)
@@ -53,4 +57,35 @@ def configure_offline(config_dir: Path | None = None) -> Path:
     # keys differ between ultralytics releases (8.4 has no 'neptune'): set the ones it knows
     settings.update({k: v for k, v in wanted.items() if k in settings})
     _DONE.add(key)
+    logs_to_stderr()
     return base
+
+
+class _CurrentStderr:
+    """A stream that writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def logs_to_stderr() -> None:
+    """Point the console handlers of ultralytics' logger (``"ultralytics"``, which it
+    sets up on sys.stdout at import) at sys.stderr; the log level is left as it is.
+
+    Its progress bars write to sys.stdout and show only when ``YOLO_VERBOSE`` is true,
+    which ultralytics reads once, at import: the variable is applied again here, so
+    that the bars stay off (``configure_offline`` sets it false unless the user set it)
+    even where ultralytics was imported before it was set.
+    """
+    from ultralytics import utils
+    from ultralytics.utils import LOGGER
+
+    utils.VERBOSE = os.environ.get("YOLO_VERBOSE", "False").lower() == "true"
+    for handler in LOGGER.handlers:
+        if type(handler) is logging.StreamHandler and not isinstance(
+            handler.stream, _CurrentStderr
+        ):
+            handler.setStream(_CurrentStderr())  # type: ignore[arg-type]

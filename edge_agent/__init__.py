@@ -4,7 +4,8 @@ It imports the core (``qcloop``) and small libraries only - onnxruntime, numpy,
 Pillow, paho-mqtt, minio, pydantic - never torch, ultralytics, mlflow, kfp, dvc,
 nor another room. Layers:
 
-- pure: ``inference`` (letterbox, decode, NMS, ``Detector``), ``config``, ``stats``,
+- pure: ``inference`` (letterbox, decode, ``Detector``; NMS is ``qcloop.boxes``),
+  ``config``, ``stats``, ``backoff`` (retry delays),
   ``policies`` (which frames go back: band, defects, count, random; limits, dedup)
 - I/O: ``sources`` (hot folder, simulated camera), ``link`` (MQTT),
   ``release`` (download, verify signature and sha256, load, smoke-test),

@@ -25,21 +25,21 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from PIL import Image
 
-from edge_agent.config import EdgeConfig, SourceConfig
+from edge_agent.config import EdgeConfig
 from edge_agent.errors import ModelError
 from edge_agent.feedback import FeedbackUploader, build_sidecar
 from edge_agent.history import forget, record_good
 from edge_agent.inference import InputPlan
+from edge_agent.inflight import InFlight, infer_now, infer_timed
 from edge_agent.link import MqttLink
 from edge_agent.memory import limit_arenas, trim_heap
 from edge_agent.policies import FeedbackPolicies, dhash
-from edge_agent.prefetch import Prefetched, Prefetcher
+from edge_agent.prefetch import Prefetcher
 from edge_agent.release import (
     ModelLoader,
     ModelOnDisk,
@@ -49,7 +49,7 @@ from edge_agent.release import (
     release_key,
 )
 from edge_agent.sdnotify import Watchdog, notify
-from edge_agent.sources import FolderSource, Frame, FrameSource, SimulatedCameraSource
+from edge_agent.sources import Frame, FrameSource, make_source
 from edge_agent.spool import Spool
 from edge_agent.stats import AgentStats, Counters, DeviceState, Status, Throughput, disk_free
 from edge_agent.store import LazyStore
@@ -62,54 +62,6 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.2  # longest the loop waits before it looks at stop/deadline/swap again
 POLL_S = 0.002  # with frames in flight: how long to wait for a new frame before a result
-
-
-Outcome = tuple[list[Detection], float]  # detections, milliseconds the model's part took
-
-
-@dataclass
-class InFlight:
-    """A frame handed to the model: with which model, and its outcome."""
-
-    item: Prefetched
-    serving: ServingModel
-    outcome: Future[Outcome]
-
-
-def _infer(item: Prefetched, serving: ServingModel) -> Outcome:
-    """The model's part of a frame (on an inference worker or inline), timed."""
-    started = time.perf_counter()
-    detections = serving.detector.infer(item.for_model(serving.detector.plan))
-    return detections, (time.perf_counter() - started) * 1000.0
-
-
-def _now_or_error(item: Prefetched, serving: ServingModel) -> Future[Outcome]:
-    """``_infer`` on this thread, as an already-finished future."""
-    outcome: Future[Outcome] = Future()
-    try:
-        outcome.set_result(_infer(item, serving))
-    except Exception as exc:  # re-raised by ``result()`` as if raised here
-        outcome.set_exception(exc)
-    return outcome
-
-
-def make_source(config: SourceConfig) -> FrameSource:
-    """The frame source the config asks for."""
-    if config.kind == "simulated":
-        return SimulatedCameraSource(seed=config.seed, interval_s=config.interval_s)
-    if config.kind == "camera":
-        from edge_agent.camera import CameraSource  # OpenCV only where a camera is used
-
-        assert config.url is not None  # guaranteed by SourceConfig
-        return CameraSource(config.url.get_secret_value(), max_fps=config.max_fps)
-    assert config.path is not None  # guaranteed by SourceConfig
-    return FolderSource(
-        config.path,
-        policy=config.processed,
-        processed_dir=config.processed_dir,
-        rejected_dir=config.rejected_dir,
-        poll_interval_s=config.poll_interval_s,
-    )
 
 
 class Agent:
@@ -276,9 +228,9 @@ class Agent:
                     self.source.reject(item.frame, item.error or "not decoded")
                     continue
                 if pool is not None:
-                    outcome = pool.submit(_infer, item, serving)
+                    outcome = pool.submit(infer_timed, item, serving)
                 else:
-                    outcome = _now_or_error(item, serving)
+                    outcome = infer_now(item, serving)
                 inflight.append(InFlight(item, serving, outcome))
         finally:
             while inflight:  # every frame handed to a model gets its result out

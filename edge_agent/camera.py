@@ -13,9 +13,11 @@ import re
 import time
 from typing import Any
 
+from edge_agent.backoff import Backoff
 from edge_agent.sources import Frame
 
 log = logging.getLogger(__name__)
+RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 30.0
 
 
@@ -42,7 +44,7 @@ class CameraSource:
         self._count = 0
         self._next_at = 0.0
         self._retry_at = 0.0
-        self._backoff = 1.0
+        self._backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
 
     def __repr__(self) -> str:
         return f"CameraSource(url={redact(self.url)!r}, max_fps={self.max_fps})"
@@ -51,13 +53,14 @@ class CameraSource:
         target: int | str = int(self.url) if self.url.isdigit() else self.url
         capture = self._cv2.VideoCapture(target)
         if capture.isOpened():
-            self._capture, self._backoff = capture, 1.0
+            self._capture = capture
+            self._backoff.reset()
             log.info("camera opened", extra={"url": redact(self.url)})
             return True
         capture.release()
-        self._retry_at = time.monotonic() + self._backoff
-        log.error("camera not available", extra={"url": redact(self.url), "retry_s": self._backoff})
-        self._backoff = min(self._backoff * 2, RECONNECT_MAX_S)
+        delay = self._backoff.failed()
+        self._retry_at = time.monotonic() + delay
+        log.error("camera not available", extra={"url": redact(self.url), "retry_s": delay})
         return False
 
     def next_frame(self, timeout: float) -> Frame | None:
@@ -75,7 +78,7 @@ class CameraSource:
             log.warning("camera stream ended or dropped", extra={"url": redact(self.url)})
             self._capture.release()
             self._capture = None
-            self._retry_at = time.monotonic() + self._backoff
+            self._retry_at = time.monotonic() + self._backoff.failed()
             return None
         self._next_at = time.monotonic() + (1.0 / self.max_fps if self.max_fps > 0 else 0.0)
         params = [self._cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from edge_agent.backoff import Backoff
 from edge_agent.inference import image_size
 from edge_agent.spool import Spool, SpoolEntry, priority_of
 from edge_agent.stats import Counters
@@ -63,23 +64,6 @@ def build_sidecar(
         model=model,
         predictions=predictions,
     )
-
-
-class Backoff:
-    """Exponential delays: ``initial``, 2x, 4x ... up to ``maximum``; ``reset`` on success."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial, self.maximum = initial, maximum
-        self._failures = 0
-
-    def failed(self) -> float:
-        """Record a failure; the delay before the next try."""
-        self._failures += 1
-        return float(min(self.initial * 2 ** (self._failures - 1), self.maximum))
-
-    def reset(self) -> None:
-        """A success: the next failure starts from ``initial`` again."""
-        self._failures = 0
 
 
 class FeedbackUploader:

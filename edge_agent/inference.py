@@ -1,6 +1,7 @@
 """YOLOv8 detection on onnxruntime with numpy and Pillow only (no torch, no ultralytics).
 
-The steps are pure functions, tested on exact numbers; ``Detector`` chains them:
+The steps are pure functions, tested on exact numbers; ``Detector`` chains them
+(``batched_nms`` is the core's, ``qcloop.boxes``):
 
     load_image -> letterbox -> to_input -> session.run -> decode -> batched_nms
                -> unletterbox -> Detection
@@ -25,16 +26,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import onnxruntime as ort  # type: ignore[import-untyped]
+import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from edge_agent.errors import ImageError, ModelError
+from qcloop.boxes import batched_nms
 from qcloop.contracts import Detection
 from qcloop.yolo import letterbox_shape
 
 PAD_VALUE = 114  # the grey ultralytics pads with
-MAX_WH = 7680.0  # per-class offset for class-wise NMS: larger than any input side
-MAX_NMS = 30000  # candidates kept (highest scores) before NMS, as ultralytics
 ORIENTATION_TAG = 0x0112  # EXIF
 FULL_SIZE = "qcloop_full_size"  # image.info key: (width, height) before a JPEG draft decode
 
@@ -47,7 +47,7 @@ def resize_backend() -> str:
     OpenCV's bilinear resize (the ``camera`` extra installs it) is ~10x Pillow's and
     the one ultralytics uses, but importing cv2 costs ~25 MB of RSS; with the
     prefetch thread the resize is off the inference path, and the default agent
-    measured no faster with it (docs/benchmarks.md), so Pillow is the default.
+    measured no faster with it (docs/performance.md), so Pillow is the default.
     """
     if os.environ.get("QCLOOP_EDGE_RESIZE", "pillow") != "opencv":
         return "pillow"
@@ -90,7 +90,7 @@ def load_image(source: ImageInput, fit: tuple[int, int] | None = None) -> Image.
         return source
     name = "bytes" if isinstance(source, bytes) else str(source)
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image: Image.Image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         orientation = image.getexif().get(ORIENTATION_TAG, 1)
         full = image.size if orientation < 5 else image.size[::-1]  # 5-8: turned 90 degrees
         if fit is not None and image.format == "JPEG":
@@ -187,43 +187,9 @@ def decode(output: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarra
     return boxes.astype(np.float32), scores[keep].astype(np.float32), class_ids[keep]
 
 
-def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box with each of ``boxes``."""
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices kept by greedy NMS, best score first (drops IoU > threshold)."""
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(int(best))
-        order = rest[iou_one_to_many(boxes[best], boxes[rest]) <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def batched_nms(
-    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float
-) -> np.ndarray:
-    """Class-wise NMS: boxes of different classes never suppress each other."""
-    top = np.argsort(-scores, kind="stable")[:MAX_NMS]
-    offsets = class_ids[top].astype(np.float32)[:, None] * MAX_WH
-    kept: np.ndarray = top[nms(boxes[top] + offsets, scores[top], iou_threshold)]
-    return kept
-
-
 def unletterbox(boxes: np.ndarray, placement: Letterbox, width: int, height: int) -> np.ndarray:
     """Map xyxy boxes from model input pixels back to the image's own, clipped to it."""
-    out = boxes.astype(np.float64).copy()
+    out = boxes.astype(np.float64)  # a new array: the caller's boxes stay as they are
     out[:, [0, 2]] = (out[:, [0, 2]] - placement.pad_x) / placement.scale_x
     out[:, [1, 3]] = (out[:, [1, 3]] - placement.pad_y) / placement.scale_y
     out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 
@@ -34,6 +34,8 @@ from qcloop.mqtt import (
 
 log = logging.getLogger(__name__)
 
+# Where a release came from: the fleet's topic or this device's own
+ReleaseOrigin = Literal["fleet", "device"]
 MAX_QUEUED = 1000  # results held while the broker is away; older ones are dropped
 
 
@@ -43,7 +45,7 @@ class MqttLink:
     def __init__(
         self,
         config: EdgeConfig,
-        on_release: Callable[[bytes, str], None],
+        on_release: Callable[[bytes, ReleaseOrigin], None],
         on_verdict: Callable[[bytes], None] | None = None,
     ) -> None:
         self._settings = config.mqtt

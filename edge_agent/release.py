@@ -20,7 +20,6 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlparse
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.config import EdgeConfig
 from edge_agent.history import read_history
 from edge_agent.inference import Detector
+from edge_agent.link import ReleaseOrigin
 from edge_agent.stats import Counters
 from edge_agent.store import LazyStore
 from qcloop.contracts import ModelRef, ReleaseMessage, Thresholds
@@ -37,7 +37,6 @@ from qcloop.storage import download_url, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
-Origin = Literal["fleet", "device"]
 _RECHECK = "recheck"
 
 __all__ = [
@@ -225,7 +224,7 @@ class ModelLoader:
         """Start the worker."""
         self._thread.start()
 
-    def submit(self, payload: bytes, origin: Origin = "fleet") -> None:
+    def submit(self, payload: bytes, origin: ReleaseOrigin = "fleet") -> None:
         """A release payload arrived (called from the MQTT thread: returns at once)."""
         self._inbox.put((origin, payload))
 
@@ -303,8 +302,8 @@ class ModelLoader:
             if self._current == (release.model, release.sha256):
                 return None
             if release.sha256 in self._bad_models:
-                error = IntegrityError(f"model {release.sha256[:12]} failed while serving")
-                return self._refuse(digest, "release of a rolled-back model ignored", error)
+                failed = IntegrityError(f"model {release.sha256[:12]} failed while serving")
+                return self._refuse(digest, "release of a rolled-back model ignored", failed)
         return self._install(release, payload, digest, origin)
 
     def _install(self, release: ReleaseMessage, payload: bytes, digest: str, origin: str) -> None:

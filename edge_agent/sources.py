@@ -14,7 +14,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from edge_agent.config import SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -203,3 +206,22 @@ class SimulatedCameraSource:
 
     def reject(self, frame: Frame, reason: str) -> None:
         log.warning("simulated frame rejected", extra={"path": frame.name, "error": reason})
+
+
+def make_source(config: SourceConfig) -> FrameSource:
+    """The frame source the config asks for."""
+    if config.kind == "simulated":
+        return SimulatedCameraSource(seed=config.seed, interval_s=config.interval_s)
+    if config.kind == "camera":
+        from edge_agent.camera import CameraSource  # OpenCV only where a camera is used
+
+        assert config.url is not None  # guaranteed by SourceConfig
+        return CameraSource(config.url.get_secret_value(), max_fps=config.max_fps)
+    assert config.path is not None  # guaranteed by SourceConfig
+    return FolderSource(
+        config.path,
+        policy=config.processed,
+        processed_dir=config.processed_dir,
+        rejected_dir=config.rejected_dir,
+        poll_interval_s=config.poll_interval_s,
+    )

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from qcloop.contracts import ModelRef, utcnow
+from qcloop.stats import percentile
 
 Status = Literal["starting", "waiting_for_model", "serving", "offline"]
 COUNTERS = (
@@ -105,13 +106,6 @@ class Counters:
                 feedback_policies=feedback_policies or {},
                 **self._values,
             )
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))  # ceil without floats drifting
-    return ordered[int(rank) - 1]
 
 
 class Throughput:

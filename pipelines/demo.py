@@ -13,12 +13,11 @@ alone.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,8 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.local import STEPS_LOGGER
+from pipelines.local import log as local_log
 from qcloop.contracts import Thresholds
 from qcloop.errors import PipelineError
+from qcloop.logs import PROJECT_LOGGERS, StderrHandler
 from qcloop.settings import DvcSettings, MlflowSettings, MqttSettings, Settings, StoreSettings
 from qcloop.storage import list_raw_images, open_store
 
@@ -48,49 +50,123 @@ class DemoOptions:
     mqtt_port: int = 0
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_STEPS = "data|train|export|parity|evaluate|champion|gate|register|pipeline"
-_PROGRESS = re.compile(rf"^\s*(\[({_STEPS})\]|.*Task '.*' finished)")
+_STEPS = "data|train|export|parity|evaluate|champion|gate|register"
+_TAGGED = re.compile(rf"^\s*\[({_STEPS})\]|.*Task '.*' finished")
+_STEP_RECORD = re.compile(r"^\s*\[KFP Executor [^\]]*\]:\s*")  # kfp's executor format
+_KFP_OWN = re.compile(
+    "Looking for component|Loading KFP component|Got executor_input|Wrote executor output"
+)
+_FILE_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+
+log = logging.getLogger(__name__)
+
+
+def _progress(line: str) -> str | None:
+    """What the console shows of a line of the pipeline's log, if anything: a step's log
+    record (kfp's own bookkeeping left out), a ``[step]`` line, a task's end."""
+    record = _STEP_RECORD.match(line)
+    if record:
+        said = line[record.end() :]
+        return None if _KFP_OWN.match(said) else said
+    return line.strip() if _TAGGED.match(line) else None
+
+
+def _on_console(record: logging.LogRecord) -> bool:
+    """The demo's own lines, the local run's, the pipeline's progress, and warnings."""
+    if record.name in (__name__, local_log.name) or record.levelno >= logging.WARNING:
+        return True
+    return record.name == STEPS_LOGGER and _progress(record.getMessage()) is not None
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """The demo's lines as they are; the pipeline's indented under their stage."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """``record``'s message, or its progress part, indented unless the demo said it."""
+        message = record.getMessage()
+        if record.name == __name__:
+            return message
+        shown = _progress(message) if record.name == STEPS_LOGGER else message
+        return f"      {shown}"
+
+
+@dataclass
+class _LoggerState:
+    """What ``_route`` changes on one logger, to put it back."""
+
+    logger: logging.Logger
+    handlers: list[logging.Handler]
+    level: int
+    propagate: bool
+
+    @classmethod
+    def of(cls, logger: logging.Logger) -> _LoggerState:
+        return cls(logger, logger.handlers[:], logger.level, logger.propagate)
+
+    def restore(self) -> None:
+        self.logger.handlers[:] = self.handlers
+        self.logger.setLevel(self.level)
+        self.logger.propagate = self.propagate
+
+
+def _route(logger: logging.Logger, handlers: list[logging.Handler], level: int) -> _LoggerState:
+    """Give ``logger`` these handlers only (no propagation) and ``level``; return its state."""
+    saved = _LoggerState.of(logger)
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = False
+    return saved
+
+
+def _libraries_own_handlers() -> list[logging.Logger]:
+    """The loggers that libraries gave console handlers of their own (mlflow, alembic,
+    ultralytics, torch, ...): their records never reach the root logger."""
+    return [
+        logger
+        for logger in list(logging.Logger.manager.loggerDict.values())
+        if isinstance(logger, logging.Logger)
+        and logger.name.split(".")[0] not in PROJECT_LOGGERS
+        and any(not isinstance(h, logging.NullHandler) for h in logger.handlers)
+    ]
+
+
+def _import_libraries() -> None:
+    """Import the libraries that this process uses during the demo and that set up their
+    loggers' handlers on import, so that ``_demo_logging`` finds those handlers."""
+    import mlflow  # noqa: F401
+
+    from components.yolo_env import configure_offline
+
+    configure_offline()  # imports ultralytics, as the training pipeline would
 
 
 @contextmanager
-def _progress_only(log_path: Path) -> Iterator[None]:
-    """Send everything written to fd 1/2 (steps are subprocesses) to ``log_path``; echo progress.
+def _demo_logging(log_path: Path) -> Iterator[None]:
+    """Within: every record, this project's and the libraries', goes to ``log_path``;
+    stderr shows only the demo's own lines, the pipeline's progress and warnings.
 
-    kfp.local prints each step's full executor input and output; the demo keeps
-    those in the log and shows the one-line progress of each step.
+    kfp.local logs each step's whole executor input and output; the demo keeps those in
+    the log file and shows one line per step.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    read_fd, write_fd = os.pipe()
-    os.dup2(write_fd, 1)
-    os.dup2(write_fd, 2)
-    os.close(write_fd)
-    console = os.fdopen(os.dup(saved[0]), "w")
-
-    def pump() -> None:
-        with open(log_path, "a") as log, os.fdopen(read_fd, errors="replace") as pipe:
-            for line in pipe:
-                log.write(line)
-                plain = _ANSI.sub("", line).strip()
-                if _PROGRESS.match(plain):
-                    console.write(f"      {plain}\n")
-                    console.flush()
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
+    to_file = logging.FileHandler(log_path)
+    to_file.setFormatter(logging.Formatter(_FILE_FORMAT))
+    console = StderrHandler()
+    console.addFilter(_on_console)
+    console.setFormatter(_ConsoleFormatter())
+    saved = [_route(logging.getLogger(), [to_file], logging.INFO)]
+    saved += [
+        _route(logging.getLogger(name), [to_file, console], logging.INFO)
+        for name in PROJECT_LOGGERS
+    ]
+    saved += [_route(lib, [to_file], lib.level) for lib in _libraries_own_handlers()]
+    logging.captureWarnings(True)
     try:
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        thread.join(timeout=10)
-        for fd in saved:
-            os.close(fd)
-        console.close()
+        logging.captureWarnings(False)
+        for state in saved:
+            state.restore()
+        to_file.close()
 
 
 class _Clock:
@@ -100,11 +176,11 @@ class _Clock:
 
     @contextmanager
     def stage(self, number: int, name: str) -> Iterator[None]:
-        print(f"\n[{number}/{STAGES}] {name}", flush=True)
+        log.info("[%d/%d] %s", number, STAGES, name)
         began = time.monotonic()
         yield
         self.stages[name] = round(time.monotonic() - began, 1)
-        print(f"      done in {self.stages[name]:.1f} s", flush=True)
+        log.info("      done in %.1f s", self.stages[name])
 
 
 def demo_settings(home: Path, mqtt_url: str) -> Settings:
@@ -169,52 +245,67 @@ def _start_agent(config: Path, frames: int, stats: Path) -> subprocess.Popen[str
 
 
 def run_demo(options: DemoOptions) -> dict[str, Any]:
-    """Run the loop end to end; print progress and a summary; return the summary."""
-    from components.registry import approve
+    """Run the loop end to end; log progress, print a summary; return the summary.
+
+    Everything said on the way goes to ``demo.log`` under the home folder; stderr shows
+    the progress, stdout the summary.
+    """
+    home = options.home.resolve()
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    _import_libraries()
+    with _demo_logging(home / "demo.log"):
+        summary = _run_loop(options, home)
+    options.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary, options.summary)
+    return summary
+
+
+def _run_loop(options: DemoOptions, home: Path) -> dict[str, Any]:
+    """The six stages, in a fresh ``home``; return the summary."""
+    from components.audit import approve
     from components.release import build_release, publish_release
     from pipelines.broker import EmbeddedBroker, free_port
     from pipelines.runs import run_training
     from qcloop.dataset import import_yolo_folder
     from qcloop.synthetic import generate_yolo_dataset
 
-    clock, home = _Clock(), options.home.resolve()
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
+    clock = _Clock()
     port = options.mqtt_port or free_port()
     with EmbeddedBroker(port) as broker:
         settings = demo_settings(home, broker.url)
-        print(f"qcloop demo: state in {home}, {broker.kind} broker on {broker.url}")
+        log.info("qcloop demo: state in %s, %s broker on %s", home, broker.kind, broker.url)
+        log.info("log: %s", home / "demo.log")
         with clock.stage(1, "dataset version (raw store + DVC)"):
             source = options.data or generate_yolo_dataset(
                 home / "synthetic", shots=options.shots, seed=0
             )
             manifest, _ = import_yolo_folder(settings, Path(source))
-            print(
-                f"      {manifest.version}: {len(manifest.images)} images, "
-                + ", ".join(f"{s} {c.images}" for s, c in manifest.counts.items())
-            )
+            counts = ", ".join(f"{s} {c.images}" for s, c in manifest.counts.items())
+            log.info("      %s: %d images, %s", manifest.version, len(manifest.images), counts)
         with clock.stage(2, f"training pipeline (kfp.local, {options.epochs} epochs)"):
-            log = home / "pipeline.log"
-            print(f"      step logs: {log}")
             try:
-                with _progress_only(log):
-                    trained = run_training(
-                        settings,
-                        dataset_version=manifest.version,
-                        epochs=options.epochs,
-                        imgsz=options.imgsz,
-                        batch=16,
-                        min_map50_95=0.0,
-                    )
+                trained = run_training(
+                    settings,
+                    dataset_version=manifest.version,
+                    epochs=options.epochs,
+                    imgsz=options.imgsz,
+                    min_map50_95=0.0,  # a smoke run of the loop: the gate lets it through
+                )
             except PipelineError as exc:
-                raise PipelineError(f"{exc} (the steps' output is in {log})") from None
+                raise PipelineError(
+                    f"{exc} (the steps' output is in {home / 'demo.log'})"
+                ) from None
             if not trained.get("registered"):
                 raise PipelineError(f"the gate refused the model: {trained['gate_reason']}")
             record = trained["model_record"]
             scores = record["metrics"]
-            print(
-                f"      registered {record['name']} v{record['version']}: "
-                f"mAP50 {scores['map50']:.3f}, mAP50-95 {scores['map50_95']:.3f}"
+            log.info(
+                "      registered %s v%s: mAP50 %.3f, mAP50-95 %.3f",
+                record["name"],
+                record["version"],
+                scores["map50"],
+                scores["map50_95"],
             )
         with clock.stage(3, "approval (MLflow alias + tags)"):
             approve(
@@ -223,7 +314,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                 version=str(record["version"]),
                 approved_by="qcloop-demo",
             )
-            print(f"      alias '{settings.mlflow.production_alias}' -> v{record['version']}")
+            log.info("      alias '%s' -> v%s", settings.mlflow.production_alias, record["version"])
         with clock.stage(4, "edge agent starts (waits for a release)"):
             inbox = (home / "edge" / "inbox") if options.data else None
             if inbox:
@@ -238,25 +329,29 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                 thresholds=Thresholds(confidence=0.25, feedback_below=0.5),
             )
             topic = publish_release(settings, message)
-            print(
-                f"      {message.model.name}/{message.model.version} on {topic}, "
-                f"sha256 {message.sha256[:12]}..., {message.size} bytes"
+            log.info(
+                "      %s/%s on %s, sha256 %s..., %d bytes",
+                message.model.name,
+                message.model.version,
+                topic,
+                message.sha256[:12],
+                message.size,
             )
         with clock.stage(6, f"edge agent: swap, inspect {options.frames} frames, feedback"):
             if inbox:
                 fed = _feed_inbox(settings.workspace / "data", inbox, options.frames)
-                print(f"      dropped {fed} real images into the hot folder {inbox}")
+                log.info("      dropped %d real images into the hot folder %s", fed, inbox)
             try:
                 agent.wait(timeout=360)
             except subprocess.TimeoutExpired:
                 agent.kill()
                 raise PipelineError("the edge agent did not finish; see edge-agent.log") from None
             if agent.returncode != 0 or not stats_path.exists():
-                log = (home / "edge-agent.log").read_text()[-2000:]
-                raise PipelineError(f"edge agent exited with {agent.returncode}:\n{log}")
+                tail = (home / "edge-agent.log").read_text()[-2000:]
+                raise PipelineError(f"edge agent exited with {agent.returncode}:\n{tail}")
             stats = json.loads(stats_path.read_text())
     feedback = [s for s in list_raw_images(open_store(settings.store)) if s.reason != "import"]
-    summary = {
+    return {
         "dataset_version": manifest.version,
         "dataset_images": len(manifest.images),
         "model_name": record["name"],
@@ -270,12 +365,10 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         "home": str(home),
         "seconds": clock.stages | {"total": round(time.monotonic() - clock.start, 1)},
     }
-    options.summary.write_text(json.dumps(summary, indent=2) + "\n")
-    _print_summary(summary, options.summary)
-    return summary
 
 
 def _print_summary(summary: dict[str, Any], path: Path) -> None:
+    """The demo's result on stdout: what each stage left behind."""
     m = summary["metrics"]
     print("\n" + "=" * 64)
     print("qcloop demo: the loop closed")

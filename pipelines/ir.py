@@ -47,7 +47,7 @@ _NAMED = {"secretAsEnv": "secretName", "configMapAsEnv": "configMapName"}
 
 def image_tag(settings: Settings) -> str:
     """The tag the compiled steps name: the setting, else this code's version."""
-    from components.registry import code_version
+    from components.provenance import code_version
 
     return settings.pipelines.image_tag or code_version()
 

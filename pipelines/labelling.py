@@ -21,6 +21,7 @@ from pipelines.ir import compile_to
 from pipelines.local import run_locally
 from pipelines.training import platform_env, training_pipeline
 from qcloop.cluster import SECRET_ENV
+from qcloop.params import DEFAULTS
 from qcloop.settings import Settings
 from qcloop_labelling import kfp_components as steps
 
@@ -49,10 +50,10 @@ def labelling_pipeline() -> LabellingOutputs:
 
 @dsl.pipeline(name=f"{PIPELINE_NAME}-and-training", description="Labelling, then training.")
 def labelling_and_training(
-    epochs: int = 30,
-    imgsz: int = 480,
-    min_map50_95: float = 0.3,
-    tolerance: float = 0.02,
+    epochs: int = DEFAULTS.epochs,
+    imgsz: int = DEFAULTS.imgsz,
+    min_map50_95: float = DEFAULTS.min_map50_95,
+    tolerance: float = DEFAULTS.tolerance,
 ) -> LabellingOutputs:
     """sync in -> round -> training pipeline if the round made a new dataset version."""
     rounded = labelling_pipeline()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import sys
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -19,6 +21,10 @@ from qcloop.errors import PipelineError
 from qcloop.settings import ENV_PREFIX, NOT_SETTINGS, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+STEPS_LOGGER = f"{__name__}.steps"
+
+log = logging.getLogger(__name__)
+steps_log = logging.getLogger(STEPS_LOGGER)
 
 
 def run_locally(
@@ -48,12 +54,12 @@ def run_locally(
         pipeline_root=str(root),
         workspace_root=str(root / "workspace"),
     )
-    print(f"[pipeline] {name} locally, outputs under {root}")
-    tail = _Tail(sys.stdout)  # kfp prints the steps' output here, line by line
+    log.info("%s locally, outputs under %s", name, root)
+    steps = _StepLines(sys.stdout)
     with (
         _step_environment(settings_variables(settings, root)),
         warnings.catch_warnings(),
-        contextlib.redirect_stdout(tail),
+        contextlib.redirect_stdout(steps),
     ):
         # the steps declare the project image; locally they run in this venv instead
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
@@ -61,7 +67,7 @@ def run_locally(
             return dict(pipeline(**params).outputs)
         except RuntimeError as exc:
             plain = _ANSI.sub("", str(exc))  # kfp colours its messages
-            found = tail.last_error()
+            found = steps.last_error()
             said = f" Its error: {found}" if found else ""
             raise PipelineError(
                 f"{name} failed locally: {plain}{said} (the step's whole log is above)"
@@ -72,24 +78,57 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ERROR_LINE = re.compile(r"\b(\w*(?:Error|Exception|Interrupt)): (.+)$")
 
 
-class _Tail(io.TextIOBase):
-    """Writes through to ``stream`` and keeps the last lines (a failed step's error)."""
+class _StepLines(io.TextIOBase):
+    """What kfp.local prints, as records of ``STEPS_LOGGER``; keeps the last lines.
+
+    kfp.local prints each step's output (the step subprocess's stdout and stderr) with
+    ``print`` and its own messages through a root handler on ``sys.stdout``, so standing
+    in for ``sys.stdout`` is the one way to receive them. While a task runs kfp replaces
+    the root logger's handlers with that one: a record of ours that propagates there
+    (nobody configured this project's loggers) comes back here, and its line goes to
+    ``stream``, the ``sys.stdout`` kfp would have printed it to.
+    """
 
     def __init__(self, stream: Any, keep: int = 400) -> None:
         self.stream = stream
         self.lines: deque[str] = deque(maxlen=keep)
         self._partial = ""
+        self._lock = threading.Lock()
+        self._logging = threading.local()  # .line: the line whose record is being handled
 
     def writable(self) -> bool:
+        """A text stream that accepts writes."""
         return True
 
     def write(self, text: str) -> int:
-        self.stream.write(text)
-        *done, self._partial = (self._partial + text).split("\n")
-        self.lines.extend(done)
+        """Log each completed line (colours removed, blank lines skipped)."""
+        if hasattr(self._logging, "line"):
+            self._echo()
+            return len(text)
+        with self._lock:
+            *done, self._partial = (self._partial + text).split("\n")
+        for line in done:
+            self._log(_ANSI.sub("", line).rstrip())
         return len(text)
 
+    def _log(self, line: str) -> None:
+        self.lines.append(line)
+        if not line.strip():
+            return
+        self._logging.line = line
+        try:
+            steps_log.info("%s", line)
+        finally:
+            del self._logging.line
+
+    def _echo(self) -> None:
+        """Print the line being logged to ``stream``, once, as kfp would have."""
+        line, self._logging.line = self._logging.line, None
+        if line is not None:
+            self.stream.write(line + "\n")
+
     def flush(self) -> None:
+        """Flush the stream records fall back to."""
         self.stream.flush()
 
     def last_error(self) -> str | None:

@@ -177,7 +177,7 @@ def kfp_errors(host: str) -> Iterator[None]:
 def version_name(settings: Settings) -> str:
     """The pipeline version's name: the image tag (the code version); with the time when the
     code is not exactly that image's (a tag set by hand), so that it is never reused."""
-    from components.registry import code_version
+    from components.provenance import code_version
     from pipelines.ir import image_tag
 
     tag = image_tag(settings)
@@ -277,7 +277,6 @@ def submit(
     """
     from pipelines.training import LATEST, PIPELINE_NAME, check_params, compile_pipeline
 
-    check_params(params)
     if schedule is not None:
         check_cron(schedule)
         if wait_s is not None:
@@ -287,6 +286,7 @@ def submit(
     with tempfile.TemporaryDirectory(prefix="qcloop-submit-") as tmp:
         package = compile_pipeline(Path(tmp) / "training.yaml", settings)
         arguments = typed_arguments(package, arguments)
+        check_params(arguments)  # the values the types allow, e.g. approval auto|manual
         with kfp_errors(host):
             client = ready_client(host, settings)
             version = upload_version(client, package, version_name(settings))

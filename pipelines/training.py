@@ -5,7 +5,6 @@
 (one subprocess per step, this interpreter, no containers, no network).
 """
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from qcloop.cluster import (
     STORE_SECRET_ENV,
 )
 from qcloop.contracts import EvalMetrics, ModelRecord
-from qcloop.errors import PipelineError
+from qcloop.params import DEFAULTS, TrainingParams, training_params
 from qcloop.settings import Settings
 
 PIPELINE_NAME = "qcloop-training"
@@ -65,23 +64,22 @@ def placement(task: dsl.PipelineTask, gpu_limit: Any, node_selector: Any, tolera
 @dsl.pipeline(name=PIPELINE_NAME, description="Train, export, evaluate, gate and register.")
 def training_pipeline(
     dataset_version: str = LATEST,
-    epochs: int = 30,
-    imgsz: int = 480,
-    batch: int = 16,
-    seed: int = 0,
-    min_map50_95: float = 0.3,
-    tolerance: float = 0.02,
-    device: str = "cpu",
-    gpu_limit: int = 0,
+    epochs: int = DEFAULTS.epochs,
+    imgsz: int = DEFAULTS.imgsz,
+    batch: int = DEFAULTS.batch,
+    seed: int = DEFAULTS.seed,
+    min_map50_95: float = DEFAULTS.min_map50_95,
+    tolerance: float = DEFAULTS.tolerance,
+    device: str = DEFAULTS.device,
+    gpu_limit: int = DEFAULTS.gpu_limit,
     node_selector: dict = {},  # noqa: B006 - KFP needs a literal default
     tolerations: list = [],  # noqa: B006
-    int8: bool = False,
-    dynamic_onnx: bool = False,
-    model_size: str = "n",
-    patience: int = 50,
-    approval: str = "manual",
-    recipe: str = "reference",
-    average_last: int = 0,
+    int8: bool = DEFAULTS.int8,
+    dynamic_onnx: bool = DEFAULTS.dynamic_onnx,
+    model_size: str = DEFAULTS.model_size,
+    patience: int = DEFAULTS.patience,
+    approval: str = DEFAULTS.approval,
+    recipe: str = DEFAULTS.recipe,
 ) -> str:
     """plan -> load -> train -> export -> evaluate (+ production) -> gate -> register.
 
@@ -99,7 +97,6 @@ def training_pipeline(
         model_size=model_size,
         patience=patience,
         recipe=recipe,
-        average_last=average_last,
         dynamic_onnx=dynamic_onnx,
         int8=int8,
         min_map50_95=min_map50_95,
@@ -125,7 +122,6 @@ def training_pipeline(
             model_size=model_size,
             patience=patience,
             recipe=recipe,
-            average_last=average_last,
             gpu_limit=gpu_limit,  # also makes the condition pass it on to the GPU request
         )
         placement(trained, gpu_limit, node_selector, tolerations)
@@ -152,15 +148,9 @@ def training_pipeline(
                 metrics_json=metrics_json,
                 dataset_version=version,
                 training_key=key,
+                params_json=planned.outputs["params_json"],
                 imgsz=imgsz,
-                epochs=epochs,
-                batch=batch,
-                seed=seed,
                 pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                model_size=model_size,
-                patience=patience,
-                recipe=recipe,
-                average_last=average_last,
             )
             registered.set_caching_options(False)  # a side effect: never skip it
             platform_env(registered)
@@ -208,43 +198,19 @@ def compile_pipeline(out: Path, settings: Settings | None = None) -> Path:
     return compile_to(training_pipeline, PIPELINE_NAME, out, settings)
 
 
-APPROVAL_MODES = ("auto", "manual")
-# the run parameters, with their defaults (the KFP UI shows the same)
-PARAMETERS: dict[str, Any] = {
-    name: param.default
-    for name, param in inspect.signature(training_pipeline.pipeline_func).parameters.items()
-}
+# run parameters that place the train step's pod, not part of TrainingParams
+PLACEMENT = ("dataset_version", "node_selector", "tolerations")
 
 
-def check_params(params: dict[str, Any]) -> None:
-    """``PipelineError`` for a parameter value the pipeline cannot use (before any step runs).
+def check_params(params: dict[str, Any]) -> TrainingParams:
+    """The run's training parameters, or ``PipelineError`` for a value the pipeline cannot
+    use (before any step runs; a run started from the Kubeflow UI is checked by its plan
+    step instead)."""
+    from components.recipes import recipe_members
 
-    A run started from the Kubeflow UI comes through no client: there the train step
-    refuses an unknown model size, and an approval other than ``auto`` moves no alias.
-    """
-    from components.train import model_config, recipe_members
-
-    unknown = sorted(set(params) - set(PARAMETERS))
-    if unknown:
-        raise PipelineError(
-            f"the training pipeline has no parameter {', '.join(unknown)}; "
-            f"it has {', '.join(sorted(PARAMETERS))}"
-        )
-    if "model_size" in params:
-        model_config(str(params["model_size"]))
-    if "recipe" in params:
-        recipe_members(str(params["recipe"]))
-    if int(params.get("average_last", 0)) < 0:
-        raise PipelineError(
-            f"average_last {params['average_last']}: use 0 (off) or the number of last "
-            "epochs whose weights are averaged"
-        )
-    approval = params.get("approval", "manual")
-    if approval not in APPROVAL_MODES:
-        raise PipelineError(
-            f"approval {approval!r}: use auto (the pipeline moves the production alias when "
-            "the gate passes) or manual (`qcloop model approve` does)"
-        )
+    checked = training_params(params, extra=PLACEMENT)
+    recipe_members(checked.recipe)
+    return checked
 
 
 def run_local(
@@ -259,9 +225,9 @@ def run_local(
     (``EvalMetrics``, None when nothing was trained) and ``model_record``
     (``ModelRecord``, or None when nothing was registered).
     """
-    check_params(params)
-    if str(params.get("device", "cpu")) != "cpu":  # no pod here: the device is the GPU asked for
-        params.setdefault("gpu_limit", 1)
+    checked = check_params(params)
+    if checked.device != "cpu" and not checked.gpu_limit:  # no pod here: the device is the GPU
+        params["gpu_limit"] = 1
     outputs = run_locally(
         training_pipeline,
         PIPELINE_NAME,

@@ -2,7 +2,9 @@
 
 It holds the contracts (the three interfaces and the release message), the
 settings, the object store, dataset versions (YOLO layout + DVC), the synthetic
-data generator and MQTT topic names. It imports no other folder of the project.
+data generator, MQTT topic names, box geometry (IoU, NMS) and percentiles. It
+imports no other folder of the project. ``__version__`` is the project's one
+version: the package metadata reads it (pyproject.toml).
 """
 
 from qcloop.errors import QcloopError

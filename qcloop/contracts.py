@@ -16,13 +16,13 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qcloop.errors import ContractError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 SHA256_RE = r"^[0-9a-f]{64}$"
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")

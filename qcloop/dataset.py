@@ -19,6 +19,7 @@ store, not the workspace, says which versions exist and names the next one
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import subprocess
 import uuid
@@ -53,6 +54,8 @@ from qcloop.versions import (
     write_pointer,
 )
 from qcloop.yolo import YoloItem, capture_group, scan_yolo_folder
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DATA_DIR",
@@ -166,7 +169,7 @@ def _stage(
 
 
 def import_yolo_folder(
-    settings: Settings, source: Path, *, progress: Progress = print, commit: bool = False
+    settings: Settings, source: Path, *, progress: Progress = log.info, commit: bool = False
 ) -> tuple[DatasetManifest, bool]:
     """Import a YOLO folder into the raw store and a new dataset version.
 
@@ -254,7 +257,7 @@ def change_summary(parent: DatasetManifest | None, new: DatasetManifest) -> str:
     )
 
 
-def commit_pointer(workspace: Path, message: str, progress: Progress = print) -> bool:
+def commit_pointer(workspace: Path, message: str, progress: Progress = log.info) -> bool:
     """``git commit`` of ``data.dvc`` (and .gitignore) in a git workspace; False if not one."""
     if not (workspace / ".git").exists():
         progress("workspace is not a git repository: data.dvc not committed")

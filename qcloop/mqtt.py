@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from qcloop.errors import BrokerUnavailable
 from qcloop.settings import MqttSettings
@@ -50,7 +51,7 @@ def verdict_topic(device_id: str) -> str:
 def make_client(settings: MqttSettings, client_id: str | None = None) -> mqtt.Client:
     """A paho client (callback API v2) configured from settings; not yet connected."""
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
+        CallbackAPIVersion.VERSION2,
         client_id=client_id or f"qcloop-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv311,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -23,10 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from qcloop import QCLOOP_IMAGE
 from qcloop.errors import ConfigError
 
-try:  # Python 3.11+; an edge box on 3.10 (Ubuntu 22.04, JetPack 6) reads TOML with tomli
+if sys.version_info >= (3, 11):
     import tomllib  # novermin (guarded: 3.10 takes tomli below)
-except ModuleNotFoundError:  # 3.10: scripts/check-edge-py310.sh runs this path
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # an edge box on 3.10 (Ubuntu 22.04, JetPack 6); scripts/check-edge-py310.sh runs this
+    import tomli as tomllib
 
 ENV_PREFIX = "QCLOOP_"
 # QCLOOP_CONFIG names the file; QCLOOP_EDGE_* belong to the edge agent's own config
@@ -226,7 +227,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     """Read a TOML file; a syntax error becomes a ``ConfigError`` naming the file."""
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            data: dict[str, Any] = tomllib.load(fh)
+            return data
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read settings file: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:

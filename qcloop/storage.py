@@ -212,7 +212,7 @@ class S3Store:
 
         def put() -> bool:
             try:
-                self._client._put_object(  # noqa: SLF001 - the call that keeps the header
+                self._client._put_object(
                     self.bucket, key, data, headers={"Content-Type": content_type, **IF_ABSENT}
                 )
             except S3Error as exc:

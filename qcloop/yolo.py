@@ -119,7 +119,8 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.size
+            size: tuple[int, int] = img.size
+            return size
     except (UnidentifiedImageError, OSError, SyntaxError, ImportError, ValueError) as exc:
         # ImportError: ultralytics, once imported, routes unknown formats to an optional plugin
         raise DatasetError(f"{path}: unreadable image ({exc}); replace or remove it") from None

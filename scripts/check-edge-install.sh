@@ -9,7 +9,7 @@ model=${1:-$(ls .qcloop/demo/store/models/*/*/model.onnx 2>/dev/null | head -n 1
 [ -n "$model" ] && [ -f "$model" ] || { echo "no model: run make demo first or pass MODEL.onnx" >&2; exit 2; }
 shift || true
 images=("$@")
-[ ${#images[@]} -gt 0 ] || images=(../shared/datasets/metal-tags/images/*-left-top.jpg)
+[ ${#images[@]} -gt 0 ] || images=(tests/data/metal-tags/images/*-left-top.jpg)  # the tests' real photos
 venv=$(mktemp -d)/edge-venv
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip

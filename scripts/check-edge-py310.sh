@@ -16,8 +16,8 @@ model=${1:-$(ls .qcloop/demo/store/models/*/*/model.onnx 2>/dev/null | head -n 1
 [ -n "$model" ] && [ -f "$model" ] || { echo "no model: run make demo first or pass MODEL.onnx" >&2; exit 2; }
 conf=${CONF:-0.05}  # score threshold of the compared boxes
 [ -x .venv/bin/qcloop-edge ] || { echo "no .venv/bin/qcloop-edge: run make setup first" >&2; exit 2; }
-# every 12th photo of the data set: captures from the whole line, most with scratches
-mapfile -t images < <(ls ../shared/datasets/metal-tags/images/*.jpg | awk 'NR % 12 == 1')
+# the tests' real photos: four captures of the line, with scratches and without
+mapfile -t images < <(ls tests/data/metal-tags/images/*.jpg)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

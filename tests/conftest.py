@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
-import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
+from qcloop.logs import PROJECT_LOGGERS
 from qcloop.settings import MqttSettings
+from tests.services import MosquittoProcess, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
-METAL_TAGS = ROOT.parent / "shared" / "datasets" / "metal-tags"
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    """Wait until something listens on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+METAL_TAGS = ROOT / "tests" / "data" / "metal-tags"
 
 
 def read_retained(settings: MqttSettings, topic: str, timeout: float = 10.0) -> bytes:
@@ -62,12 +43,45 @@ def read_retained(settings: MqttSettings, topic: str, timeout: float = 10.0) -> 
     return got[0]
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and modification time."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture(autouse=True)
+def project_logging_as_found() -> Iterator[None]:
+    """Each test starts with the project's loggers as a fresh process has them.
+
+    A CLI's ``main`` configures them (``qcloop.logs.configure_logging``: own stderr
+    handler, no propagation); without this reset, whether ``caplog`` sees a module's
+    records would depend on which test ran before.
+    """
+    yield
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+
+
 @pytest.fixture(scope="session")
-def metal_tags() -> Path:
-    """The real labelled data set (read-only: copy before training on it)."""
-    if not (METAL_TAGS / "images").is_dir():
-        pytest.fail(f"real data missing: {METAL_TAGS} (CI lays ../shared beside the repo)")
-    return METAL_TAGS
+def metal_tags() -> Iterator[Path]:
+    """The real labelled sample in the repository (16 photos, 4 captures; see its README).
+
+    Read-only: copy it before training on it (ultralytics writes caches beside labels).
+    The session fails if a test wrote into it, as it would on a read-only data folder.
+    """
+    before = _snapshot(METAL_TAGS)
+    yield METAL_TAGS
+    after = _snapshot(METAL_TAGS)
+    changed = sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
+    assert not changed, f"tests wrote into the read-only sample {METAL_TAGS}: {changed}"
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +97,7 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture()
+@pytest.fixture
 def s3_store_settings(s3_endpoint: str, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """Store settings for a fresh bucket on the S3 endpoint."""
     from qcloop.settings import StoreSettings
@@ -98,19 +112,12 @@ def s3_store_settings(s3_endpoint: str, request: pytest.FixtureRequest):  # type
 @pytest.fixture(scope="session")
 def mqtt_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MQTT broker (mosquitto) on loopback for the session."""
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.path.exists(exe):
-        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (.ci/run does)")
-    port = free_port()
-    conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    broker = MosquittoProcess(tmp_path_factory.mktemp("mosquitto"))
+    broker.up()
     try:
-        wait_port(port)
-        yield f"mqtt://127.0.0.1:{port}"
+        yield broker.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        broker.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

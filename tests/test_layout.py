@@ -43,3 +43,43 @@ def test_no_import_points_up_or_sideways(package: str) -> None:
 def test_label_studio_folder_is_not_a_package() -> None:
     # an importable `label_studio` would shadow Label Studio's own package
     assert not (ROOT / "label_studio" / "__init__.py").exists()
+
+
+PRODUCT = ("qcloop", "components", "edge_agent", "pipelines", "label_studio/qcloop_labelling")
+# a module of the product does one job: about 400 lines at most
+MAX_LINES = 400
+# command-line modules print their result on stdout; everything else logs
+CLI_MODULES = {"cli.py", "demo.py"}
+
+
+def _product_modules() -> list[Path]:
+    return sorted(path for folder in PRODUCT for path in (ROOT / folder).rglob("*.py"))
+
+
+def test_the_product_never_imports_research_or_scripts() -> None:
+    wrong = {
+        str(path.relative_to(ROOT))
+        for path in _product_modules()
+        if _imported_packages(path) & {"benchmarks", "scripts", "tests"}
+    }
+    assert not wrong, wrong
+
+
+def test_product_modules_stay_small() -> None:
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for path in _product_modules()
+        if (lines := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"split these by job: {long}"
+
+
+def test_only_command_line_modules_print() -> None:
+    printing = set()
+    for path in _product_modules():
+        if path.name in CLI_MODULES or path.parent.name == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                printing.add(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not printing, f"log instead: {sorted(printing)}"

@@ -9,6 +9,7 @@ labellers correct rather than draw from scratch.
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -21,11 +22,13 @@ from qcloop.errors import ObjectNotFound
 from qcloop.settings import Settings
 from qcloop.storage import ObjectStore, download_url, open_store, released_key, sha256_file
 
+log = logging.getLogger(__name__)
+
 Assistant = Callable[[RawImageSidecar, bytes], RawImageSidecar]
 
 
 def production_assistant(
-    settings: Settings, store: ObjectStore | None = None, progress: Callable[[str], None] = print
+    settings: Settings, store: ObjectStore | None = None, progress: Callable[[str], None] = log.info
 ) -> tuple[Assistant, Callable[[], None]] | None:
     """A predictor with the released model, and its clean-up; None if nothing is released."""
     store = store or open_store(settings.store)

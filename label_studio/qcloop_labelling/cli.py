@@ -2,7 +2,8 @@
 
 ``register(subparsers)`` adds the group to the ``qcloop`` parser. Settings come
 from the ``[label_studio]`` section (``QCLOOP_LABEL_STUDIO__URL``, ``__TOKEN``, ...).
-``python -m qcloop_labelling.cli`` runs the group on its own.
+``python -m qcloop_labelling.cli`` runs the group on its own. Each command prints one
+JSON line on stdout (its result); progress goes to stderr through ``logging``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qcloop.errors import QcloopError
+from qcloop.logs import configure_logging
 from qcloop.settings import Settings
 from qcloop_labelling.client import LabelStudioClient, connect
 from qcloop_labelling.project import ensure_project, find_project
@@ -33,6 +35,7 @@ def _open(args: argparse.Namespace, settings: Settings) -> tuple[LabelStudioClie
 
 
 def _print(payload: dict[str, Any]) -> None:
+    """The command's result: one JSON line on stdout."""
     print(json.dumps(payload, default=str))
 
 
@@ -150,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="settings TOML (default ./qcloop.toml)")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         settings, _ = load_all(args.config)
         return int(args.handler(args, settings))

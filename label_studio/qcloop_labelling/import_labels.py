@@ -10,6 +10,7 @@ an image that already has a task is left alone.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from qcloop_labelling.boxes import result_to_yolo, yolo_to_result
 from qcloop_labelling.client import LabelStudioClient
 from qcloop_labelling.sync_out import chosen_annotation
 from qcloop_labelling.tasks import batches, image_task, known_images
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
@@ -111,7 +114,7 @@ def import_yolo(
     folder: Path,
     *,
     batch_size: int = 100,
-    progress: Progress = print,
+    progress: Progress = log.info,
 ) -> ImportReport:
     """Import a YOLO folder's images and labels as annotated tasks."""
     names, items = scan_yolo_folder(Path(folder))
@@ -142,7 +145,7 @@ def import_label_studio_json(
     images_dir: Path,
     *,
     batch_size: int = 100,
-    progress: Progress = print,
+    progress: Progress = log.info,
 ) -> ImportReport:
     """Import a Label Studio JSON export; images are found in ``images_dir`` by file name.
 
@@ -229,7 +232,7 @@ def import_coco(
     images_dir: Path,
     *,
     batch_size: int = 100,
-    progress: Progress = print,
+    progress: Progress = log.info,
 ) -> ImportReport:
     """Import a COCO detection file; every listed image is labelled (no box = negative)."""
     try:

@@ -1,6 +1,6 @@
 """Start a local Label Studio headless (tests, benchmarks, the embedded default).
 
-The recipe of FIELD-NOTES: its own data dir and sqlite DB, an admin whose legacy
+A self-contained server: its own data dir and sqlite DB, an admin whose legacy
 API token is set before the first start, no calls to outside services, bound to
 loopback, a port other than 8080. First start on a new DB takes ~50 s on 2 cores.
 """

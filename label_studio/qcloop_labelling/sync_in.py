@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from qcloop.storage import list_raw_images, open_store
 from qcloop_labelling.assist import Assistant
 from qcloop_labelling.client import LabelStudioClient
 from qcloop_labelling.tasks import batches, confidence, image_task, known_images
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
@@ -50,7 +53,7 @@ def sync_in(
     include_labelled: bool = False,
     s3_bucket: str | None = None,
     assist: Assistant | None = None,
-    progress: Progress = print,
+    progress: Progress = log.info,
 ) -> SyncInReport:
     """Create a task for every raw image that has none yet (and is not labelled already).
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from qcloop.yolo import YoloBox, listed
 from qcloop_labelling.boxes import result_to_yolo
 from qcloop_labelling.client import LabelStudioClient
 from qcloop_labelling.errors import AnnotationError, LabellingError
+
+log = logging.getLogger(__name__)
 
 Status = Literal["labelled", "negative", "skipped", "pending"]
 STATUSES: tuple[Status, ...] = ("labelled", "negative", "skipped", "pending")
@@ -181,7 +184,7 @@ def _size_problem(task: dict[str, Any], data: bytes) -> str | None:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             width, height = img.size
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means the same to the user
+    except Exception as exc:
         return (
             f"task {task['id']}: image unreadable ({type(exc).__name__}); replace it in the store"
         )
@@ -243,7 +246,7 @@ def sync_out(
     project_id: int,
     out: Path,
     *,
-    progress: Progress = print,
+    progress: Progress = log.info,
 ) -> SyncOutReport:
     """Export the project and write its verified labels as a YOLO folder at ``out``."""
     out = Path(out)

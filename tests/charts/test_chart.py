@@ -746,7 +746,7 @@ def test_existing_secrets_are_copied_at_install_and_named_when_they_cannot_be(
 ) -> None:
     # Given the store's credentials in a Secret the chart does not make
     sets = ("minio.auth.existingSecret=my-minio",)
-    manifest, objects = render(helm, *sets)
+    _, objects = render(helm, *sets)
     # When rendered without a cluster (helm template reads no Secret): no half Secret, and
     # the notes say what to do
     assert not [

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.registry import CODE_VERSION_LENGTH
+from components.provenance import CODE_VERSION_LENGTH
 from pipelines.ir import CUDA_SUFFIX, MIN_BACKEND
 from qcloop.settings import PipelineSettings, read_toml
 from tests.charts.conftest import ROOT, Helm, by_kind, template
@@ -170,7 +170,7 @@ def test_ci_workflow_lints_tests_and_lints_the_chart() -> None:
     doc = _workflow("ci.yml")
     assert "pull_request" in doc["on"] and "push" in doc["on"]
     runs = _run_lines(doc)
-    assert "ruff check" in runs
+    assert "make lint" in runs
     assert "make test" in runs
     assert "helm lint --strict charts/qcloop" in runs
     assert "pytest tests/charts" in runs
@@ -225,7 +225,7 @@ def test_images_workflow_builds_the_three_images() -> None:
 
 def test_images_are_tagged_with_the_code_version() -> None:
     # the compiled pipeline names <image>:<code version>, the commit's short hash of
-    # CODE_VERSION_LENGTH digits (components/registry.py): the image must carry that tag
+    # CODE_VERSION_LENGTH digits (components/provenance.py): the image must carry that tag
     doc = _workflow("images.yml")
     build = doc["jobs"]["build"]
     commit = _step(build, run="git rev-parse")

@@ -13,7 +13,6 @@ import base64
 import os
 import pwd
 import queue
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.charts.conftest import FLEETS_VALUES, Helm, by_kind, render
-from tests.conftest import free_port, wait_port
+from tests.services import MosquittoProcess, free_port, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -143,27 +142,19 @@ def broker(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bro
         "/mosquitto/config/acl": acl,
         "/mosquitto/tls": tmp,
     }
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(_local_conf(config["mosquitto.conf"], paths, ports))
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.path.exists(exe):
-        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (.ci/run does)")
+    log = tmp / "mosquitto.log"
+    config_text = _local_conf(config["mosquitto.conf"], paths, ports)
+    server = MosquittoProcess(tmp, port=ports["1883"], config=config_text, log=log)
     # When a real mosquitto loads them
-    log = (tmp / "mosquitto.log").open("w")
-    server = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
-            wait_port(ports["1883"], timeout=10)
+            server.up(timeout=10)
             wait_port(ports["8883"], timeout=10)
         except TimeoutError:
-            pytest.fail(
-                f"mosquitto refused the rendered config:\n{(tmp / 'mosquitto.log').read_text()}"
-            )
+            pytest.fail(f"mosquitto refused the rendered config:\n{log.read_text()}")
         yield Broker(ports["1883"], {BRIDGE: bridge["password"], **devices}, ports["8883"], crt)
     finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
+        server.stop()
 
 
 class Client:
@@ -211,7 +202,7 @@ class Client:
         self.mqtt.loop_stop()
 
 
-@pytest.fixture()
+@pytest.fixture
 def clients(broker: Broker) -> Iterator[dict[str, Client]]:
     made = {user: Client(broker, user) for user in (BRIDGE, "dev-a", "dev-b")}
     for client in made.values():

@@ -49,7 +49,7 @@ def wait_http(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=2) as answer:
                 if answer.status == 200:
                     return
         except OSError:
@@ -146,7 +146,7 @@ def main(job_file: str) -> int:
             started = time.monotonic()
             try:
                 found = (run_pipeline if action["kind"] == "pipeline" else run_command)(action)
-            except Exception as exc:  # noqa: BLE001 - reported to the test, which fails on it
+            except Exception as exc:
                 found = {"error": f"{type(exc).__name__}: {exc}"}
             found["seconds"] = round(time.monotonic() - started, 1)
             results[action["name"]] = found

@@ -82,7 +82,7 @@ def scored_image(
     boxes: list[list[float]], conf: list[float], truth: list[list[float]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's (predicted xyxy, confidences, labelled xyxy), as the benchmark scripts
-    score them (scripts/bench_snapshots.py ``labelled_predictions``)."""
+    score them (``benchmarks.bench_snapshots.labelled_predictions``)."""
     return (
         np.array(boxes, dtype=float).reshape(-1, 4),
         np.array(conf, dtype=float),

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from components.audit import approve
 from components.champion import evaluate_champion
-from components.registry import approve, register_model
+from components.registry import register_model
 from qcloop.contracts import EvalMetrics
 from qcloop.errors import PipelineError
 

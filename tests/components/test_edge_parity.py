@@ -1,10 +1,10 @@
 """The edge agent's detector (numpy + onnxruntime) against ultralytics on the same export.
 
-Issue #5: same detections as ultralytics for the same model (a box matched by one of
+The promise: the same detections as ultralytics for the same model (a box matched by one of
 the same class with IoU >= 0.9, for >= 95% of the boxes), for a static and a dynamic
 export; for the dynamic one in both of its input plans (square, and the smallest
 canvas of stride multiples, which ultralytics calls ``rect``). Here, beside the
-training room, because that is where a trained model is made once per session.
+training room, whose fixtures train the model once for all these tests.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _check_both_ways(detector: Detector, model: Path, images: list[Path], rect: 
     _assert_same(ours, theirs_slack, "agent")
 
 
-@pytest.fixture()
+@pytest.fixture
 def models(exported_onnx: Path, exported_dynamic_onnx: Path, tmp_path: Path) -> dict[str, Path]:
     """Copies of both exports: ultralytics may write beside a model file."""
     return {

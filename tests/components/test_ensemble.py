@@ -98,7 +98,7 @@ def test_members_must_share_the_input(
     members: list[Path], trained_weights: Path, tmp_path: Path
 ) -> None:
     larger = export_onnx(trained_weights, tmp_path / "192.onnx", imgsz=192)
-    with pytest.raises(PipelineError, match="192.onnx: input/output .* same image size"):
+    with pytest.raises(PipelineError, match=r"192.onnx: input/output .* same image size"):
         merge_onnx([members[0], larger], tmp_path / "bad.onnx")
     with pytest.raises(PipelineError, match="2 or more members"):
         merge_onnx(members[:1], tmp_path / "one.onnx")
@@ -108,10 +108,10 @@ def test_members_must_share_the_input(
         if prop.key == "names":
             prop.value = "{0: 'dent'}"
     onnx.save(relabelled, str(tmp_path / "dent.onnx"))
-    with pytest.raises(PipelineError, match="dent.onnx: class names .* need the same classes"):
+    with pytest.raises(PipelineError, match=r"dent.onnx: class names .* need the same classes"):
         merge_onnx([members[0], tmp_path / "dent.onnx"], tmp_path / "bad.onnx")
     merge_onnx(members, tmp_path / "pair.onnx")
-    with pytest.raises(PipelineError, match="pair.onnx: already an ensemble"):
+    with pytest.raises(PipelineError, match=r"pair.onnx: already an ensemble"):
         merge_onnx([members[0], tmp_path / "pair.onnx"], tmp_path / "bad.onnx")
 
 

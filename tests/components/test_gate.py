@@ -33,13 +33,13 @@ def test_no_test_images_never_pass() -> None:
 
 def test_decision_is_frozen() -> None:
     decision = gate(_metrics(0.5), min_map50_95=0.3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="frozen"):
         decision.passed = False  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("threshold", [-0.1, 1.5])
 def test_threshold_out_of_range_is_refused(threshold: float) -> None:
-    with pytest.raises(PipelineError, match="give a value in 0..1"):
+    with pytest.raises(PipelineError, match=r"give a value in 0..1"):
         gate(_metrics(0.5), min_map50_95=threshold)
 
 

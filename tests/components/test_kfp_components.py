@@ -29,7 +29,9 @@ def test_runs_in_the_project_image_without_installs(component: Callable[..., obj
 
 def test_gate_step_runs_the_plain_gate() -> None:
     metrics = EvalMetrics(map50=0.8, map50_95=0.4, precision=0.7, recall=0.6, images=9)
-    passed, reason = steps.gate_step.python_func(metrics_json=metrics.to_json(), min_map50_95=0.5)
+    passed, reason = steps.gate_step.python_func(
+        metrics_json=metrics.to_json(), min_map50_95=0.5, tolerance=0.0
+    )
     assert passed is False and "< threshold 0.5000" in reason
 
 

@@ -23,7 +23,7 @@ def test_model_refs() -> None:
     assert split_model_ref("4", "x") == ("x", "4")
 
 
-@pytest.fixture()
+@pytest.fixture
 def registry_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exported_onnx: Path) -> str:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("QCLOOP_MLFLOW__TRACKING_URI", uri)
@@ -81,8 +81,9 @@ def test_eval_any_model_on_a_yolo_folder(
     assert main(["eval", "--model", str(exported_onnx), "--data", str(folder)]) == 0
     # the JSON alone on stdout (`qcloop eval ... > metrics.json`), the progress on stderr
     out, err = capsys.readouterr()
+    assert out.startswith("{"), repr(out[:600])
     metrics = EvalMetrics.from_json(out)
-    assert metrics.images == 4 and "[evaluate]" in err
+    assert metrics.images == 4 and "components.evaluate" in err
     junk = tmp_path / "junk.onnx"
     junk.write_text("not a model")
     assert main(["eval", "--model", str(junk), "--data", str(folder)]) == 1

@@ -71,7 +71,7 @@ def test_another_model_is_refused(
     fresh = tmp_path / "fresh.pt"
     YOLO("yolov8n.yaml").save(str(fresh))
     other = export_onnx(fresh, tmp_path / "other.onnx", imgsz=IMGSZ)
-    with pytest.raises(PipelineError, match="output shape .* differs.*export is broken"):
+    with pytest.raises(PipelineError, match=r"output shape .* differs.*export is broken"):
         check_parity(trained_weights, other, images, imgsz=IMGSZ, conf=0.01)
     # the same architecture with a damaged head: its candidate boxes move
     import torch
@@ -84,5 +84,5 @@ def test_another_model_is_refused(
     damaged = tmp_path / "damaged.pt"
     torch.save(ckpt, damaged)
     broken = export_onnx(damaged, tmp_path / "damaged.onnx", imgsz=IMGSZ)
-    with pytest.raises(PipelineError, match="candidate boxes .* agree.*export is broken"):
+    with pytest.raises(PipelineError, match=r"candidate boxes .* agree.*export is broken"):
         check_parity(trained_weights, broken, images, imgsz=IMGSZ, conf=0.01)

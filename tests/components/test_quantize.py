@@ -10,9 +10,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from components.audit import approve
 from components.export import onnx_metadata
 from components.quantize import float_nodes, quantize_int8, quantize_registered
-from components.registry import approve, download_onnx, register_model
+from components.registry import download_onnx, register_model
 from components.release import build_release, check_int8_accuracy, model_key
 from qcloop.contracts import EvalMetrics, ModelRecord, OnnxVariant
 from qcloop.dataset import import_yolo_folder
@@ -54,7 +55,7 @@ def test_int8_model_runs_with_the_same_interface(
     assert fp.shape == q.shape
 
 
-@pytest.fixture()
+@pytest.fixture
 def registered_on_dvc(
     tmp_path: Path, tiny_dataset: Path, exported_onnx: Path
 ) -> tuple[Settings, ModelRecord]:

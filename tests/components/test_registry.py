@@ -9,17 +9,13 @@ from urllib.parse import urlparse
 
 import pytest
 
-from components.registry import (
-    approve,
-    code_version,
-    download_onnx,
-    get_model_record,
-    register_model,
-)
+from components.audit import approve
+from components.provenance import code_version
+from components.registry import download_onnx, get_model_record, register_model
 from qcloop.contracts import EvalMetrics, ModelRecord
 from qcloop.errors import IntegrityError, RegistryError
 from qcloop.storage import sha256_file
-from tests.conftest import free_port
+from tests.services import free_port
 
 METRICS = EvalMetrics(map50=0.61, map50_95=0.33, precision=0.7, recall=0.55, images=4)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from components.registry import approve, register_model
+from components.audit import approve
+from components.registry import register_model
 from components.release import build_release, model_key, publish_release
 from qcloop.contracts import EvalMetrics, ModelRecord, ReleaseMessage, Thresholds
 from qcloop.errors import IntegrityError, RegistryError

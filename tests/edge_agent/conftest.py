@@ -1,11 +1,10 @@
 """Fixtures of the edge agent tests: real ONNX models, real images, an MQTT listener, and
-per-test mosquitto / moto processes that fault tests kill and restart."""
+per-test mosquitto / moto processes (tests.services) that fault tests kill and restart."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -14,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from qcloop.settings import StoreSettings
-from tests.conftest import free_port, wait_port
 from tests.edge_agent.edge_helpers import Listener
+from tests.services import MosquittoProcess, Service, free_port
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +43,7 @@ def yolo_onnx(offline_ultralytics: Path, tmp_path_factory: pytest.TempPathFactor
     return exported
 
 
-@pytest.fixture()
+@pytest.fixture
 def tag_images(metal_tags: Path, tmp_path: Path) -> list[Path]:
     """Three real metal-tag images copied out of the read-only data set."""
     out = tmp_path / "tags"
@@ -53,7 +52,7 @@ def tag_images(metal_tags: Path, tmp_path: Path) -> list[Path]:
     return [Path(shutil.copy(metal_tags / "images" / n, out / n)) for n in names]
 
 
-@pytest.fixture()
+@pytest.fixture
 def listen(mqtt_url: str) -> Iterator[Callable[[str], Listener]]:
     """Factory of listeners, closed at the end of the test."""
     listeners: list[Listener] = []
@@ -65,49 +64,6 @@ def listen(mqtt_url: str) -> Iterator[Callable[[str], Listener]]:
     yield _listen
     for listener in listeners:
         listener.close()
-
-
-class Service:
-    """A real server process on a fixed loopback port that a test can kill -9 and restart."""
-
-    def __init__(self, name: str, command: list[str]) -> None:
-        self.name = name
-        self.command = command
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, port: int) -> None:
-        """Start it and wait until it listens."""
-        self.proc = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_port(port)
-
-    def kill(self) -> None:
-        """SIGKILL, no goodbye (a crash or a pulled cable)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-
-class MosquittoProcess(Service):
-    """Own mosquitto (not the session broker): ``url`` stays the same across restarts."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        conf = folder / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        )
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not os.path.exists(exe):
-            pytest.fail("mosquitto is not installed: apt-get install -y mosquitto")
-        super().__init__("mosquitto", [exe, "-c", str(conf)])
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-
-    def up(self) -> None:
-        """Start (again) on the same port."""
-        self.start(self.port)
 
 
 class MotoProcess(Service):
@@ -130,7 +86,7 @@ class MotoProcess(Service):
         )
 
 
-@pytest.fixture()
+@pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
     """A mosquitto of this test only, started; killed at the end."""
     broker = MosquittoProcess(tmp_path)
@@ -139,7 +95,7 @@ def own_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
     broker.kill()
 
 
-@pytest.fixture()
+@pytest.fixture
 def own_s3() -> Iterator[MotoProcess]:
     """A moto S3 server of this test only, NOT started (the test decides); killed at the end."""
     server = MotoProcess()

@@ -21,7 +21,6 @@ from qcloop.contracts import InferenceResult, ModelRef, Thresholds
 from qcloop.mqtt import results_topic, state_topic
 from qcloop.settings import StoreSettings
 from qcloop.storage import list_raw_images, open_store, sha256_file
-from tests.conftest import free_port
 from tests.edge_agent.edge_helpers import (
     Listener,
     make_config,
@@ -30,6 +29,7 @@ from tests.edge_agent.edge_helpers import (
     wait_until,
     write_toml,
 )
+from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 

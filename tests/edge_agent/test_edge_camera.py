@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,20 @@ def test_unavailable_stream_is_retried_not_raised(tmp_path: Path) -> None:
     assert source.next_frame(0.05) is None and source.next_frame(0.05) is None
 
 
+def test_unavailable_stream_waits_longer_each_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a stream that cannot be opened
+    source = CameraSource(str(tmp_path / "no-such-stream.avi"))
+    # when it is tried three times
+    with caplog.at_level(logging.ERROR, logger="edge_agent.camera"):
+        for _ in range(3):
+            source._retry_at = 0.0  # as if each wait had passed
+            assert source.next_frame(0.0) is None
+    # then each retry waits twice as long as the one before
+    assert [r.retry_s for r in caplog.records] == [1.0, 2.0, 4.0]
+
+
 def test_stream_credentials_stay_out_of_logs_and_config_dumps(tmp_path: Path) -> None:
     assert redact("rtsp://admin:s3cret@10.0.0.5/stream1") == "rtsp://admin:****@10.0.0.5/stream1"
     config = make_config(
@@ -53,7 +68,7 @@ def test_stream_credentials_stay_out_of_logs_and_config_dumps(tmp_path: Path) ->
         source={"kind": "camera", "url": "rtsp://admin:s3cret@cam/stream1"},
     )
     assert "s3cret" not in str(config.masked()) and "s3cret" not in repr(config)
-    with pytest.raises((ConfigError, ValueError), match="source.url"):
+    with pytest.raises((ConfigError, ValueError), match=r"source.url"):
         EdgeConfig.model_validate({"device_id": "x", "source": {"kind": "camera"}})
 
 

@@ -109,7 +109,7 @@ def test_mqtt_fleet_alone_sets_the_fleet(tmp_path: Path) -> None:
 
 def test_config_is_frozen(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL), environ={})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="frozen"):
         config.device_id = "other"  # type: ignore[misc]
     assert isinstance(config, EdgeConfig)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig
@@ -26,7 +27,7 @@ from qcloop.mqtt import device_release_topic, publish_retained, results_topic
 from qcloop.settings import MqttSettings, StoreSettings
 from qcloop.signing import generate_keypair
 from qcloop.storage import open_store
-from tests.edge_agent.conftest import MosquittoProcess, MotoProcess
+from tests.edge_agent.conftest import MotoProcess
 from tests.edge_agent.edge_helpers import (
     Listener,
     make_config,
@@ -37,6 +38,7 @@ from tests.edge_agent.edge_helpers import (
     wait_until,
     write_toml,
 )
+from tests.services import MosquittoProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -50,11 +52,33 @@ def blank_model(tmp_path: Path, n: int = 0) -> Path:
     return make_constant_model(tmp_path / f"blank{n}.onnx", np.full((1, 84, 10), n / 1e4))
 
 
+# once the photos run out: their mirror images, other bytes but the same kind of frame
+MIRRORS = (
+    Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.ROTATE_180,
+)
+
+
 def copy_frames(metal_tags: Path, inbox: Path, count: int, start: int = 0) -> list[Path]:
-    """``count`` distinct real images into the hot folder."""
+    """``count`` distinct real frames into the hot folder: the sample's photos (sorted), then
+    their mirror images (up to four times the sample)."""
     inbox.mkdir(parents=True, exist_ok=True)
-    names = sorted(p.name for p in (metal_tags / "images").glob("*.jpg"))[start : start + count]
-    return [Path(shutil.copy(metal_tags / "images" / n, inbox / n)) for n in names]
+    photos = sorted((metal_tags / "images").glob("*.jpg"))
+    return [_frame(photos, n, inbox) for n in range(start, start + count)]
+
+
+def _frame(photos: list[Path], n: int, inbox: Path) -> Path:
+    """Frame number ``n``: a photo as it is, or one of its mirror images, whole in ``inbox``."""
+    turn, index = divmod(n, len(photos))
+    source = photos[index]
+    if turn == 0:
+        return Path(shutil.copy(source, inbox / source.name))
+    name = f"{source.stem}-mirror{turn}.jpg"
+    staged = inbox.parent / name  # then renamed: the agent never sees half a file
+    with Image.open(source) as image:
+        image.transpose(MIRRORS[turn - 1]).save(staged, quality=95)
+    return staged.replace(inbox / name)
 
 
 def spooled(config: EdgeConfig) -> int:
@@ -213,7 +237,7 @@ def test_a_full_spool_drops_and_counts(mqtt_url: str, metal_tags: Path, tmp_path
 # ------------------------------------------------------------------ bad releases and files
 
 
-@pytest.fixture()
+@pytest.fixture
 def keyed(tmp_path: Path, mqtt_url: str) -> tuple[EdgeConfig, Path]:
     """A config trusting a fresh release key, and the private key file."""
     key, pub = generate_keypair(tmp_path / "keys")

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge_agent.backoff import Backoff
 from edge_agent.config import EdgeConfig
-from edge_agent.feedback import Backoff, FeedbackUploader, build_sidecar
+from edge_agent.feedback import FeedbackUploader, build_sidecar
 from edge_agent.release import (
     ModelLoader,
     fetch_model,

@@ -11,16 +11,10 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.cli import main
 from edge_agent.config import load_config
-from edge_agent.stats import AgentStats, DeviceState, Throughput, percentile
+from edge_agent.stats import AgentStats, DeviceState, Throughput
 from qcloop.mqtt import state_topic
-from tests.conftest import free_port
 from tests.edge_agent.edge_helpers import Listener, wait_until, write_toml
-
-
-def test_percentile_is_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert (percentile(values, 50), percentile(values, 95)) == (50.0, 95.0)
-    assert percentile([7.0], 95) == 7.0
+from tests.services import free_port
 
 
 def test_throughput_reads_fps_and_latencies() -> None:

@@ -16,19 +16,17 @@ from edge_agent.inference import (
     Detector,
     InputPlan,
     Letterbox,
-    batched_nms,
     decode,
     image_size,
-    iou_one_to_many,
     letterbox,
     load_image,
-    nms,
     parse_imgsz,
     parse_names,
     prepare_input,
     to_input,
     unletterbox,
 )
+from qcloop.boxes import batched_nms
 from tests.edge_agent.edge_helpers import make_constant_model
 
 # ------------------------------------------------------------------ letterbox
@@ -131,29 +129,6 @@ def test_decode_with_nothing_above_confidence_is_empty() -> None:
     assert boxes.shape == (0, 4) and scores.shape == (0,) and class_ids.shape == (0,)
 
 
-def test_iou_exact() -> None:
-    a = np.array([0, 0, 10, 10], np.float32)
-    others = np.array([[1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 5]], np.float32)
-    assert iou_one_to_many(a, others).tolist() == pytest.approx([90 / 110, 0.0, 0.5])
-
-
-def test_nms_keeps_the_best_and_what_overlaps_it_little() -> None:
-    # given A, B (IoU A-B 0.82), C (apart) and D (IoU D-A 0.5, D-B 0.43), D best
-    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 5]], np.float32)
-    scores = np.array([0.9, 0.8, 0.7, 0.95], np.float32)
-    # when NMS runs at IoU 0.45
-    keep = nms(boxes, scores, 0.45)
-    # then D suppresses A, B survives D (0.43 <= 0.45), C stays; best first
-    assert keep.tolist() == [3, 1, 2]
-
-
-def test_batched_nms_never_suppresses_across_classes() -> None:
-    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
-    scores = np.array([0.9, 0.8, 0.7], np.float32)
-    keep = batched_nms(boxes, scores, np.array([0, 0, 1]), 0.45)
-    assert keep.tolist() == [0, 2]
-
-
 def test_decode_and_nms_match_ultralytics_on_random_output(offline_ultralytics: Path) -> None:
     import torch
     from ultralytics.utils.nms import non_max_suppression
@@ -210,7 +185,7 @@ def _one_box_output() -> np.ndarray:
     )
 
 
-@pytest.fixture()
+@pytest.fixture
 def constant_model(tmp_path: Path) -> Path:
     return make_constant_model(tmp_path / "c.onnx", _one_box_output(), names="{0: 'scratch'}")
 
@@ -290,7 +265,7 @@ def test_detector_refuses_a_file_that_is_not_onnx(tmp_path: Path) -> None:
 def test_load_image_names_an_unreadable_file(tmp_path: Path) -> None:
     text = tmp_path / "notes.jpg"
     text.write_text("hello")
-    with pytest.raises(ImageError, match="notes.jpg: not a readable image"):
+    with pytest.raises(ImageError, match=r"notes.jpg: not a readable image"):
         load_image(text)
 
 

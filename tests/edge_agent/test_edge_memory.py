@@ -52,7 +52,7 @@ def test_a_replaced_model_is_not_kept_alive(mqtt_url: str, tmp_path: Path) -> No
         gc.collect()
         # then no session of the first model is alive any more (only its file, to roll back)
         alive = [o.path.name for o in gc.get_objects() if isinstance(o, Detector)]
-        assert "first.onnx" not in alive and alive.count(agent._serving.path.name) >= 1  # noqa: SLF001
+        assert "first.onnx" not in alive and alive.count(agent._serving.path.name) >= 1
     finally:
         agent.stop()
         thread.join(10)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from edge_agent.agent import Agent
 from edge_agent.config import FeedbackConfig, RateLimits
@@ -150,7 +151,7 @@ def test_sample_every_still_samples_without_limits() -> None:
     ],
 )
 def test_bad_policy_settings_fail_at_start(bad: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="policies"):
         FeedbackConfig.model_validate({"policies": bad})
 
 

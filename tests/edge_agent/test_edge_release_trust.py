@@ -27,7 +27,6 @@ from qcloop.errors import ConfigError, IntegrityError
 from qcloop.mqtt import device_release_topic, publish_retained
 from qcloop.settings import MqttSettings, StoreSettings
 from qcloop.signing import generate_keypair
-from tests.conftest import free_port
 from tests.edge_agent.edge_helpers import (
     make_config,
     make_constant_model,
@@ -38,6 +37,7 @@ from tests.edge_agent.edge_helpers import (
     wait_until,
     write_toml,
 )
+from tests.services import free_port
 
 
 def model(tmp_path: Path, n: int) -> Path:
@@ -100,7 +100,7 @@ def test_with_a_public_key_only_correctly_signed_releases_load(tmp_path: Path) -
 
 def test_an_unreadable_public_key_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "bad.pub").write_text("not a key")
-    with pytest.raises(ConfigError, match="bad.pub"):
+    with pytest.raises(ConfigError, match=r"bad.pub"):
         release_key(config_for(tmp_path, public_key=tmp_path / "bad.pub"))
 
 

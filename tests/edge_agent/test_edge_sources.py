@@ -21,7 +21,7 @@ def drain(source: FolderSource, timeout: float = 0.3) -> list[str]:
     return names
 
 
-@pytest.fixture()
+@pytest.fixture
 def inbox(tmp_path: Path) -> Path:
     return tmp_path / "inbox"
 

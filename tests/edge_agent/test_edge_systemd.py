@@ -66,7 +66,7 @@ def test_the_unit_is_a_hardened_notify_service() -> None:
     assert int(settings["WatchdogSec"][0]) > 0
 
 
-@pytest.fixture()
+@pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     """A real AF_UNIX datagram socket standing in for systemd's."""
     path = str(tmp_path / "notify.sock")

@@ -21,7 +21,6 @@ from qcloop.contracts import Thresholds
 from qcloop.mqtt import connect, make_client, state_topic, verdict_topic
 from qcloop.settings import MqttSettings, StoreSettings
 from qcloop.storage import list_raw_images, open_store, sha256_bytes
-from tests.conftest import free_port
 from tests.edge_agent.edge_helpers import (
     Listener,
     make_config,
@@ -29,6 +28,7 @@ from tests.edge_agent.edge_helpers import (
     wait_until,
     write_toml,
 )
+from tests.services import free_port
 
 
 def frame(name: str, size: int = 10) -> RecentFrame:

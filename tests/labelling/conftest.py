@@ -1,7 +1,7 @@
 """A real Label Studio server for the session, and the settings the sync needs.
 
 The server runs from its own venv (``scripts/install-label-studio.sh``), headless,
-on loopback, with its own sqlite data dir; see FIELD-NOTES (Label Studio).
+on loopback, with its own sqlite data dir (``qcloop_labelling.server``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from qcloop_labelling.errors import LabelStudioUnavailable
 from qcloop_labelling.project import ensure_project
 from qcloop_labelling.server import find_binary, local_server
 from qcloop_labelling.settings import LabelStudioSettings
-from tests.conftest import free_port
+from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         pytest.fail(str(exc))
 
 
-@pytest.fixture()
+@pytest.fixture
 def ls_settings(
     label_studio: LabelStudioServer, request: pytest.FixtureRequest
 ) -> LabelStudioSettings:
@@ -54,7 +54,7 @@ def ls_settings(
     return LabelStudioSettings(url=label_studio.url, token=label_studio.token, project_title=title)
 
 
-@pytest.fixture()
+@pytest.fixture
 def client(ls_settings: LabelStudioSettings) -> Iterator[LabelStudioClient]:
     """A checked client of the session server."""
     c = connect(ls_settings)
@@ -62,7 +62,7 @@ def client(ls_settings: LabelStudioSettings) -> Iterator[LabelStudioClient]:
     c.close()
 
 
-@pytest.fixture()
+@pytest.fixture
 def project_id(
     client: LabelStudioClient, ls_settings: LabelStudioSettings, settings: Settings
 ) -> int:
@@ -70,7 +70,7 @@ def project_id(
     return ensure_project(client, ls_settings.project_title, list(settings.class_names)).id
 
 
-@pytest.fixture()
+@pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Core settings: a fresh local store, workspace and DVC remote under tmp_path."""
     return Settings(

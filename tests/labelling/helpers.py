@@ -12,14 +12,18 @@ from qcloop.contracts import Detection, ModelRef, RawImageSidecar
 from qcloop.settings import Settings
 from qcloop.storage import open_store, put_raw_image, raw_key, sha256_bytes
 from qcloop.yolo import image_size
+from tests.conftest import METAL_TAGS
 
-METAL_TAGS = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "metal-tags"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def metal_tag_images(n: int, skip: int = 0) -> list[Path]:
-    """``n`` real images of the metal-tags set (sorted by name)."""
-    return sorted((METAL_TAGS / "images").glob("*.jpg"))[skip : skip + n]
+    """``n`` real images of the metal-tags sample (sorted by name: 4 crops a capture, the
+    first capture holds the 3 defect-free ones)."""
+    images = sorted((METAL_TAGS / "images").glob("*.jpg"))
+    if skip + n > len(images):
+        raise ValueError(f"{n} images after {skip}: the sample has only {len(images)}")
+    return images[skip : skip + n]
 
 
 def put_feedback_image(

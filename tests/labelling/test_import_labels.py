@@ -32,7 +32,7 @@ def test_label_studio_json_export_imports_with_its_counted_annotation(
     settings: Settings, client: LabelStudioClient, project_id: int, tmp_path: Path
 ) -> None:
     # given an export from another server: older + newer annotation, a skip, a negative, nothing
-    a, b, c, d = metal_tag_images(4, skip=40)
+    a, b, c, d = metal_tag_images(4, skip=4)
     old = {"id": 1, "updated_at": "2026-01-01T00:00:00Z", "result": [rect(1, 1, 5, 5)]}
     new = {"id": 2, "updated_at": "2026-02-01T00:00:00Z", "result": [rect(10, 20, 30, 40)]}
     skip = {"id": 3, "was_cancelled": True, "result": []}
@@ -71,7 +71,7 @@ def test_cli_import_labels_sync_out_and_round(
     monkeypatch.setenv("QCLOOP_STORE__PATH", str(settings.store.path))
     monkeypatch.setenv("QCLOOP_WORKSPACE", str(settings.workspace))
     monkeypatch.setenv("QCLOOP_DVC__REMOTE", str(tmp_path / "remote"))
-    folder = yolo_subset(tmp_path / "yolo", 3, skip=60)
+    folder = yolo_subset(tmp_path / "yolo", 3, skip=12)
     assert cli.main(["labelling", "import-labels", str(folder)]) == 0
     assert '"created": 3' in capsys.readouterr().out
     assert cli.main(["labelling", "sync-in"]) == 0
@@ -89,7 +89,7 @@ def test_coco_file_imports_as_annotated_tasks(
     settings: Settings, client: LabelStudioClient, project_id: int, tmp_path: Path
 ) -> None:
     # given a COCO file: one image with two boxes, one listed without boxes (a negative)
-    a, b = metal_tag_images(2, skip=50)
+    a, b = metal_tag_images(2, skip=8)
     coco = {
         "images": [
             {"id": 1, "file_name": f"some/where/{a.name}", "width": 450, "height": 300},

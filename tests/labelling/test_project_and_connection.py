@@ -11,8 +11,8 @@ from qcloop_labelling.client import connect
 from qcloop_labelling.errors import LabelStudioAuthError, LabelStudioUnavailable
 from qcloop_labelling.project import ensure_project, label_config
 from qcloop_labelling.settings import LabelStudioSettings
-from tests.conftest import free_port
 from tests.labelling.conftest import LabelStudioServer
+from tests.services import free_port
 
 pytestmark = [pytest.mark.label_studio, pytest.mark.integration]
 

@@ -121,7 +121,7 @@ def test_a_task_whose_image_is_gone_is_named(tmp_path) -> None:  # type: ignore[
     from qcloop_labelling.sync_out import _image_bytes
 
     task = {"id": 5, "data": {"raw_key": "raw/aa/gone.jpg", "image": "s3://bucket/raw/aa/gone.jpg"}}
-    with pytest.raises(LabellingError, match="task 5: image 'raw/aa/gone.jpg' is neither"):
+    with pytest.raises(LabellingError, match=r"task 5: image 'raw/aa/gone.jpg' is neither"):
         _image_bytes(task, LocalStore(tmp_path))
 
 

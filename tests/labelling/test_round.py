@@ -35,8 +35,8 @@ def test_round_with_nothing_new_creates_no_version(
 ) -> None:
     token = ls_settings.token.get_secret_value()
     # given only pending tasks: a round makes no version
-    put_feedback_image(settings, metal_tag_images(1, skip=20)[0], [0.3])
-    put_feedback_image(settings, metal_tag_images(1, skip=21)[0], [])
+    put_feedback_image(settings, metal_tag_images(1, skip=12)[0], [0.3])
+    put_feedback_image(settings, metal_tag_images(1, skip=13)[0], [])
     pending = sync_in(settings, client, project_id, **QUIET).task_ids
     first = run_round(settings, client, project_id, **QUIET)
     assert (first.created, first.manifest, first.export.counts["pending"]) == (False, None, 2)
@@ -68,7 +68,7 @@ def test_bad_boxes_name_the_task_and_create_no_version(
 ) -> None:
     token = ls_settings.token.get_secret_value()
     for n in range(4):
-        put_feedback_image(settings, metal_tag_images(1, skip=30 + n)[0], [0.2])
+        put_feedback_image(settings, metal_tag_images(1, skip=8 + n)[0], [0.2])
     ok, outside, flat, unknown = sync_in(settings, client, project_id, **QUIET).task_ids
     annotate(ls_settings.url, token, ok, [rect(10, 10, 20, 20)])
     annotate(ls_settings.url, token, outside, [rect(90, 10, 30, 20)])

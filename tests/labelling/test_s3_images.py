@@ -29,7 +29,7 @@ def test_s3_tasks_resolve_through_the_project_storage(
     # given raw images in an S3 bucket (moto's server) and the project's S3 storage
     settings = settings.model_copy(update={"store": s3_store_settings})
     ls = ls_settings.model_copy(update={"images": "s3"})
-    images = metal_tag_images(2, skip=80)
+    images = metal_tag_images(2, skip=14)
     for n, image in enumerate(images):
         put_feedback_image(settings, image, [0.3 + n / 10])
     first = ensure_s3_storage(client, project_id, settings.store, ls)

@@ -8,7 +8,8 @@ from pipelines.broker import EmbeddedBroker
 from qcloop.errors import BrokerUnavailable
 from qcloop.mqtt import publish_retained, release_topic
 from qcloop.settings import MqttSettings
-from tests.conftest import free_port, read_retained
+from tests.conftest import read_retained
+from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -23,12 +24,14 @@ def test_retained_release_reaches_late_subscriber(kind: str) -> None:
 
 
 def test_taken_port_is_named() -> None:
-    with EmbeddedBroker(free_port()) as first:
-        with pytest.raises(BrokerUnavailable, match=f"port {first.port}"):
-            EmbeddedBroker(first.port).start()
+    with (
+        EmbeddedBroker(free_port()) as first,
+        pytest.raises(BrokerUnavailable, match=f"port {first.port}"),
+    ):
+        EmbeddedBroker(first.port).start()
 
 
 def test_unreachable_broker_is_named() -> None:
     settings = MqttSettings(url=f"mqtt://127.0.0.1:{free_port()}")
-    with pytest.raises(BrokerUnavailable, match="127.0.0.1"):
+    with pytest.raises(BrokerUnavailable, match=r"127.0.0.1"):
         publish_retained(settings, "x/y", b"z")

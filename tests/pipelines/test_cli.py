@@ -20,8 +20,9 @@ def test_schemas_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 @pytest.mark.integration
 def test_synth_import_list_pull(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    capsys = capfd  # what reaches the process's stdout, subprocesses' output included
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QCLOOP_WORKSPACE", str(tmp_path / "ws"))
     assert main(["dataset", "synth", "--out", "yolo", "--shots", "3"]) == 0
@@ -53,6 +54,34 @@ def test_synth_import_list_pull(
     assert main(["dataset", "pull", "v1", "--split", "val", "--out", "val-split"]) == 1
     assert "the val split is empty" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir() if "split" in p.name) == ["test-split"]
+
+
+def test_train_options_default_to_the_training_parameters() -> None:
+    from pipelines.cli import build_parser
+    from qcloop.params import DEFAULTS
+
+    args = build_parser().parse_args(["train", "--dataset-version", "v1"])
+    for name in ("epochs", "imgsz", "batch", "seed", "model_size", "patience", "recipe"):
+        assert getattr(args, name) == getattr(DEFAULTS, name), name
+    assert (args.min_map, args.tolerance, args.device) == (
+        DEFAULTS.min_map50_95,
+        DEFAULTS.tolerance,
+        DEFAULTS.device,
+    )
+    assert (args.int8, args.dynamic_onnx, args.approval) == (False, False, "manual")
+    labelling = build_parser().parse_args(["pipeline", "labelling"])
+    assert (labelling.epochs, labelling.imgsz, labelling.min_map) == (
+        DEFAULTS.epochs,
+        DEFAULTS.imgsz,
+        DEFAULTS.min_map50_95,
+    )
+
+
+def test_removed_training_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    for option in (["--average-last", "10"], ["--model-size", "n-p2"]):
+        with pytest.raises(SystemExit):
+            main(["train", "--dataset-version", "v1", *option])
+        assert option[0] in capsys.readouterr().err
 
 
 def test_errors_are_one_line_and_exit_1(

@@ -30,7 +30,7 @@ def test_loop_on_real_metal_tags(tmp_path: Path, metal_tags: Path) -> None:
     assert json.loads(options.summary.read_text()) == summary
     manifest = DatasetManifest.load(options.home / "workspace" / "data" / "manifest.json")
     assert summary["dataset_version"] == manifest.version == "v1"
-    assert len(manifest.images) == 188
+    assert len(manifest.images) == 16
     assert summary["model_version"] == summary["serving_model_version"] == "1"
     assert summary["frames_inferred"] == 8
     assert 0 < summary["metrics"]["images"] == manifest.counts["test"].images

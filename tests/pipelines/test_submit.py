@@ -123,7 +123,7 @@ def test_schedule_is_pinned_to_a_version_and_trains_on_the_newest_data(
     (pipeline_id,) = kfp.pipelines
     assert job["pipeline_version_reference"]["pipeline_id"] == pipeline_id
     # a crontab line of 5 fields would run at the wrong times: refused, with the fix
-    with pytest.raises(PipelineError, match="6-field cron with seconds first.*'0 0 2 \\* \\* \\*'"):
+    with pytest.raises(PipelineError, match=r"6-field cron with seconds first.*'0 0 2 \* \* \*'"):
         submit(settings, host=kfp.url, params={}, schedule="0 2 * * *")
     assert len(kfp.recurring_runs) == 1
     submit(settings, host=kfp.url, params={}, schedule="@every 6h")
@@ -165,7 +165,7 @@ def test_uncommitted_code_is_not_uploaded_without_an_image_of_it(
 ) -> None:
     # Given code with local changes: CI built no image of it
     monkeypatch.setenv("QCLOOP_CODE_VERSION", "abc1234abc12-dirty")
-    with pytest.raises(PipelineError, match="no CI build made.*QCLOOP_PIPELINES__IMAGE_TAG"):
+    with pytest.raises(PipelineError, match=r"no CI build made.*QCLOOP_PIPELINES__IMAGE_TAG"):
         submit(_settings(tmp_path), host=kfp.url, params={})
     assert not kfp.pipelines
     # an image built by hand and named in the settings: the pipeline names it, the version
@@ -232,7 +232,7 @@ def test_params_get_the_pipelines_types_or_a_clear_error(
         ({"epochs": "many"}, 'epochs="many": epochs takes a whole number (e.g. 30)'),
         ({"int8": 1}, "int8=1: int8 takes true or false"),
         ({"min_map50_95": "high"}, 'min_map50_95="high": min_map50_95 takes a number (e.g. 0.5)'),
-        ({"epoch": 3}, "the training pipeline has no parameter epoch; it has "),
+        ({"epoch": 3}, "--param epoch: the training pipeline has no such parameter; it has "),
     ):
         with pytest.raises(PipelineError, match=re.escape(message)):
             submit(settings, host=kfp.url, params={"dataset_version": "v1", **params})

@@ -29,7 +29,7 @@ def test_toml_then_environment(tmp_path: Path) -> None:
 
 
 def test_s3_needs_credentials_named() -> None:
-    with pytest.raises(ConfigError, match="store.access_key"):
+    with pytest.raises(ConfigError, match=r"store.access_key"):
         load_settings(
             environ={"QCLOOP_STORE__KIND": "s3", "QCLOOP_STORE__ENDPOINT": "http://x:9000"}
         )
@@ -51,14 +51,14 @@ def test_secrets_are_masked() -> None:
 def test_bad_toml_names_file(tmp_path: Path) -> None:
     conf = tmp_path / "bad.toml"
     conf.write_text("[mqtt\n")
-    with pytest.raises(ConfigError, match="bad.toml"):
+    with pytest.raises(ConfigError, match=r"bad.toml"):
         load_settings(conf, environ={})
 
 
 def test_unknown_key_is_refused(tmp_path: Path) -> None:
     conf = tmp_path / "q.toml"
     conf.write_text("[mqtt]\nurll = 'mqtt://x'\n")
-    with pytest.raises(ConfigError, match="mqtt.urll"):
+    with pytest.raises(ConfigError, match=r"mqtt.urll"):
         load_settings(conf, environ={})
 
 

@@ -61,7 +61,7 @@ def test_unreachable_s3_is_named() -> None:
     settings = StoreSettings(
         kind="s3", endpoint="http://127.0.0.1:9", access_key="a", secret_key="b", bucket="bkt"
     )
-    with pytest.raises(StoreUnavailable, match="127.0.0.1:9"):
+    with pytest.raises(StoreUnavailable, match=r"127.0.0.1:9"):
         S3Store(settings).put_bytes("x", b"y")
 
 

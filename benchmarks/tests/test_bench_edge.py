@@ -1,0 +1,39 @@
+"""The edge benchmark script runs end to end (tiny sizes) and prints its targets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_edge_prints_each_path_and_the_targets(
+    yolo_onnx: Path, metal_tags: Path, tmp_path: Path
+) -> None:
+    paths = "session@w1t1,agent@w2t1,detect@w1t1,ultralytics-rect@w1t1,release@w1t1"
+    cmd = [sys.executable, "-m", "benchmarks.bench_edge", "--model", str(yolo_onnx)]
+    cmd += ["--images", str(metal_tags / "images"), "--frames", "6", "--rounds", "1"]
+    out = subprocess.run(
+        [*cmd, "--paths", paths], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [r["path"] for r in rows] == paths.split(",")
+    agent = rows[1]
+    assert agent["per_frame_ms"] > 0 and agent["peak_rss_mb"] > 0
+    assert "agent@w2t1     / session@w1t1" in out.stdout and "(target <= 1.10x" in out.stdout
+    assert "agent@w2t1     / ultralytics-rect@w1t1" in out.stdout
+    assert "release -> serving p50" in out.stdout
+
+
+def test_bench_edge_refuses_a_bad_path_spec(yolo_onnx: Path) -> None:
+    cmd = [sys.executable, "-m", "benchmarks.bench_edge", "--model", str(yolo_onnx)]
+    out = subprocess.run([*cmd, "--paths", "agent@2"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and "bad path 'agent@2'" in out.stderr

@@ -1,0 +1,147 @@
+"""``qcloop release``, ``keys``, ``broker``, ``fleet`` and ``demo``: models to the shop floor."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+from pathlib import Path
+
+from pipelines.cli.common import SubParsers, add, group
+from qcloop.settings import Settings
+
+
+def _release(args: argparse.Namespace, settings: Settings) -> int:
+    from components.release import (
+        MAX_INT8_DROP,
+        build_release,
+        publish_release,
+        watch_and_release,
+    )
+    from qcloop.contracts import Thresholds
+
+    thresholds = Thresholds(confidence=args.conf, iou=args.iou, feedback_below=args.feedback_below)
+    max_int8_drop = MAX_INT8_DROP if args.max_int8_drop is None else args.max_int8_drop
+    if args.action == "watch":
+        watch_and_release(
+            settings,
+            interval_s=args.interval,
+            released_by=args.by or "qcloop-release-bridge",
+            thresholds=thresholds,
+            fleet=args.fleet,
+            variant=args.variant,
+            max_int8_drop=max_int8_drop,
+        )
+        return 0
+    message = build_release(
+        settings,
+        ref=args.ref,
+        released_by=args.by or getpass.getuser(),
+        thresholds=thresholds,
+        fleet=args.fleet,
+        variant=args.variant,
+        max_int8_drop=max_int8_drop,
+    )
+    topic = publish_release(settings, message)
+    print(f"released {message.model.name}/{message.model.version} on {topic} ({message.url})")
+    return 0
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from qcloop.signing import generate_keypair
+
+    private, public = generate_keypair(Path(args.out), args.name)
+    print(f"private key (bridge, keep secret): {private}\npublic key (devices): {public}")
+    return 0
+
+
+def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from pipelines.broker import EmbeddedBroker
+
+    with EmbeddedBroker(args.port, prefer=args.kind) as broker:
+        print(f"{broker.kind} broker on {broker.url}; Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _fleet(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.fleet import fleet_states, fleet_table
+
+    states = fleet_states(settings.mqtt, fleet=args.fleet, wait_s=args.wait)
+    if args.json:
+        for state in states:
+            print(json.dumps(state))
+    else:
+        print(fleet_table(states) if states else "no device has reported yet")
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        data=Path(args.data) if args.data else None,
+        home=Path(args.home),
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        frames=args.frames,
+        summary=Path(args.summary),
+    )
+    run_demo(options)
+    return 0
+
+
+def _add_release(sub: SubParsers) -> None:
+    p = add(sub, "release", _release, "publish the approved model to the fleet over MQTT")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["once", "watch"],
+        default="once",
+        help="once (default), or watch: the bridge service, publishing whenever the alias moves",
+    )
+    p.add_argument("--interval", type=float, default=30.0, help="watch: seconds between polls")
+    p.add_argument("--variant", choices=["fp32", "int8"], default="fp32", help="which ONNX to ship")
+    p.add_argument(
+        "--max-int8-drop",
+        type=float,
+        help="int8: refuse it if its test mAP50-95 is more than this below the FP32's "
+        "(default: components.release.MAX_INT8_DROP, 0.02)",
+    )
+    p.add_argument("--ref", help="version or alias (default: production alias)")
+    p.add_argument("--fleet", help="fleet (default: mqtt.fleet)")
+    p.add_argument("--by", help="who releases (default: current user)")
+    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold on devices")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU on devices")
+    p.add_argument(
+        "--feedback-below", type=float, default=0.5, help="send back if best score below"
+    )
+
+
+def register(sub: SubParsers) -> None:
+    """Add the release, keys, broker, fleet and demo commands to the ``qcloop`` parser."""
+    _add_release(sub)
+    keys = group(sub, "keys", "release signing keys (Ed25519)")
+    p = add(keys, "generate", _keys, "write a new key pair: NAME.key (bridge) + NAME.pub")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", default="release")
+    p = add(sub, "broker", _broker, "run the embedded MQTT broker in the foreground")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--kind", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    p = add(sub, "fleet", _fleet, "list the devices: which model each runs, since when, health")
+    p.add_argument("--fleet", help="only this fleet")
+    p.add_argument("--json", action="store_true", help="one JSON line per device")
+    p.add_argument("--wait", type=float, default=2.0, help="seconds to collect retained states")
+    p = add(sub, "demo", _demo, "run the whole loop on one machine (the quickstart)")
+    p.add_argument("--data", help="YOLO folder to use instead of synthetic images")
+    p.add_argument("--home", default=".qcloop/demo", help="state folder (reset each run)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--frames", type=int, default=24, help="frames the edge agent inspects")
+    p.add_argument("--summary", default="demo-summary.json")
