@@ -23,7 +23,6 @@ import io
 import json
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from pipelines.broker import free_port
 from qcloop.contracts import Detection, ModelRef, RawImageSidecar
 from qcloop.settings import Settings, StoreSettings
 from qcloop.storage import open_store, put_raw_image, raw_key, sha256_bytes
@@ -45,12 +45,6 @@ from qcloop_labelling.sync_in import sync_in
 ROOT = Path(__file__).resolve().parents[1]
 
 METAL_TAGS = ROOT.parent / "shared" / "datasets" / "metal-tags"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _stamped(n: int) -> tuple[str, bytes, list[str]]:
@@ -129,7 +123,7 @@ def main() -> int:
         _, t_prepare = _timed(lambda: [_feedback(settings, n, rng) for n in range(args.images)])
         folder = _yolo_folder(tmp / "yolo", args.images, offset=args.images)
         start = time.perf_counter()
-        with local_server(find_binary(ROOT), tmp / "ls", _free_port()) as server:
+        with local_server(find_binary(ROOT), tmp / "ls", free_port()) as server:
             t_start = round(time.perf_counter() - start, 1)
             base = {"url": server.url, "token": server.token}
             ls_in = LabelStudioSettings(**base, project_title="bench sync-in")

@@ -20,7 +20,8 @@ from types import TracebackType
 from qcloop.errors import BrokerUnavailable
 
 
-def _wait_port(port: int, timeout: float) -> bool:
+def listening(port: int, timeout: float) -> bool:
+    """Whether something listens on 127.0.0.1:port within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:
@@ -80,7 +81,7 @@ class EmbeddedBroker:
             self._start_mosquitto(exe)
         else:
             self._start_amqtt()
-        if not _wait_port(self.port, 15):
+        if not listening(self.port, 15):
             self.stop()
             raise BrokerUnavailable(f"the embedded {self.kind} broker did not start on {self.url}")
         return self

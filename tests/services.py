@@ -1,22 +1,23 @@
 """Real server processes for tests: free loopback ports, and one way to start mosquitto.
 
-The session broker (``mqtt_url``), the fault tests' own brokers that are killed and
-restarted, and the chart's rendered broker config all start mosquitto through
-:class:`MosquittoProcess`. A missing binary fails the test (CI counts a skip as a
+Ports and the mosquitto binary are found as the product's embedded broker finds them
+(``pipelines.broker``). The session broker (``mqtt_url``), the fault tests' own brokers
+that are killed and restarted, and the chart's rendered broker config all start
+mosquitto through :class:`MosquittoProcess`. A missing binary fails the test (CI counts a skip as a
 failure); ``make test`` installs it first (``scripts/test-prerequisites.sh``).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import IO
 
 import pytest
+
+from pipelines.broker import free_port, listening, mosquitto_path
+
+__all__ = ["MosquittoProcess", "Service", "free_port", "mosquitto_binary", "wait_port"]
 
 MOSQUITTO_MISSING = (
     "mosquitto is not installed: `make test` installs it (scripts/test-prerequisites.sh), "
@@ -24,28 +25,16 @@ MOSQUITTO_MISSING = (
 )
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_port(port: int, timeout: float = 20.0) -> None:
     """Wait until something listens on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+    if not listening(port, timeout):
+        raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
 def mosquitto_binary() -> str:
     """The mosquitto executable (Debian puts it in /usr/sbin, often off a user's PATH)."""
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.path.exists(exe):
+    exe = mosquitto_path()
+    if exe is None:
         pytest.fail(MOSQUITTO_MISSING)
     return exe
 
