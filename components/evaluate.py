@@ -7,13 +7,18 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from components.bootstrap import ImageStats, grouped_interval, map50_95
 from components.data import copy_dataset, write_data_yaml
 from components.export import onnx_metadata
 from components.yolo_env import configure_offline
-from qcloop.contracts import SPLITS, EvalMetrics
+from qcloop.contracts import SPLITS, DatasetManifest, EvalMetrics
 from qcloop.errors import DatasetError, PipelineError
 from qcloop.stats import percentile
+from qcloop.yolo import capture_group
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +29,9 @@ def evaluate_onnx(
     """mAP50, mAP50-95, precision and recall of ``onnx_path`` on ``split`` of ``dataset_dir``.
 
     Runs ultralytics' validator through onnxruntime on a copy of the dataset (it
-    writes label caches). ``DatasetError`` if the split is unknown or empty.
+    writes label caches). mAP50-95 comes with a capture-grouped bootstrap 95%
+    interval (``components.bootstrap``); with a single capture the bounds are None.
+    ``DatasetError`` if the split is unknown or empty.
     """
     if split not in SPLITS:
         raise DatasetError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
@@ -53,31 +60,106 @@ def evaluate_onnx(
         model_file = work / "model.onnx"  # ultralytics picks the backend by the suffix
         shutil.copyfile(onnx_path, model_file)
         log.info("%s on %s (%d images, imgsz %d)", onnx_path, split, count, imgsz)
-        results = YOLO(str(model_file), task="detect").val(
-            data=str(data_yaml),
-            split=split,
-            imgsz=imgsz,
-            batch=1,
-            device="cpu",
-            workers=0,
-            plots=False,
-            project=str(work),
-            name="val",
+        results, per_image = validate_per_image(
+            YOLO(str(model_file), task="detect"), data_yaml, split=split, imgsz=imgsz, work=work
         )
+        groups = capture_groups([f for f, _ in per_image], manifest, work / "data")
         test_images = [work / "data" / i.file for i in manifest.images if i.split == split]
         p50, p95 = cpu_latency_ms(model_file, test_images[:LATENCY_IMAGES], imgsz)
     box = results.box
+    interval = _interval_around(float(box.map), [s for _, s in per_image], groups)
     metrics = EvalMetrics(
         map50=_unit(box.map50),
         map50_95=_unit(box.map),
+        map50_95_low=_unit(interval[0]) if interval else None,
+        map50_95_high=_unit(interval[1]) if interval else None,
+        captures=len(set(groups)),
         precision=_unit(box.mp),
         recall=_unit(box.mr),
         images=count,
         latency_p50_ms=round(p50, 2),
         latency_p95_ms=round(p95, 2),
     )
+    log.info("%s on %s: %s", onnx_path.name, split, map_summary(metrics))
     log.info("%s", metrics.to_json())
     return metrics
+
+
+def validate_per_image(
+    model: Any, data_yaml: Path, *, split: str, imgsz: int, work: Path
+) -> tuple[Any, list[tuple[str, ImageStats]]]:
+    """Ultralytics' validation results and each image's statistics, with its file.
+
+    The validator pools per-image entries in ``metrics.stats`` and clears them
+    once it has computed the figures, so a batch-end callback copies each new
+    entry; entry ``i`` is image ``i`` of the (unshuffled) validation dataset.
+    """
+    per_image: list[tuple[str, ImageStats]] = []
+
+    def snapshot(validator: Any) -> None:
+        stats, files = validator.metrics.stats, validator.dataloader.dataset.im_files
+        for i in range(len(per_image), len(stats["tp"])):
+            per_image.append((files[i], _image_stats(stats, i)))
+
+    model.add_callback("on_val_batch_end", snapshot)
+    results = model.val(
+        data=str(data_yaml),
+        split=split,
+        imgsz=imgsz,
+        batch=1,
+        device="cpu",
+        workers=0,
+        plots=False,
+        project=str(work),
+        name="val",
+    )
+    return results, per_image
+
+
+def capture_groups(files: list[str], manifest: DatasetManifest, root: Path) -> list[str]:
+    """The manifest's capture group of each image file under ``root`` (the copy validated);
+    a file the manifest does not list falls back to the group of its name."""
+    base = Path(root).resolve()
+    group_of = {str(base / i.file): i.group for i in manifest.images}
+    return [group_of.get(str(Path(f).resolve()), capture_group(Path(f).stem)) for f in files]
+
+
+def _image_stats(stats: dict[str, list[Any]], index: int) -> ImageStats:
+    return ImageStats(
+        tp=np.asarray(stats["tp"][index], dtype=bool),
+        conf=np.asarray(stats["conf"][index]),
+        pred_cls=np.asarray(stats["pred_cls"][index]),
+        target_cls=np.asarray(stats["target_cls"][index]),
+    )
+
+
+def _interval_around(
+    reported: float, images: list[ImageStats], groups: list[str]
+) -> tuple[float, float] | None:
+    """The capture-grouped interval, or None if the per-image statistics do not give back
+    the validator's figure (an ultralytics change): an interval around another figure
+    would mislead."""
+    recomputed = map50_95(images)
+    if abs(recomputed - reported) > 1e-9:
+        log.warning(
+            "per-image statistics give mAP50-95 %.6f, the validator %.6f: no interval",
+            recomputed,
+            reported,
+        )
+        return None
+    return grouped_interval(images, groups)
+
+
+def map_summary(metrics: EvalMetrics) -> str:
+    """``mAP50-95 0.56 (95% interval 0.49-0.62 over 7 captures)``, as people read it."""
+    figure = f"mAP50-95 {metrics.map50_95:.2f}"
+    if metrics.map50_95_low is not None and metrics.map50_95_high is not None:
+        bounds = f"{metrics.map50_95_low:.2f}-{metrics.map50_95_high:.2f}"
+        return f"{figure} (95% interval {bounds} over {metrics.captures} captures)"
+    if metrics.captures is not None:
+        plural = "capture" if metrics.captures == 1 else "captures"
+        return f"{figure} ({metrics.captures} {plural}: no interval)"
+    return figure
 
 
 LATENCY_IMAGES = 20
@@ -139,9 +221,9 @@ def evaluate_yolo_folder(onnx_path: Path, folder: Path, *, imgsz: int | None = N
     The folder is validated like an import (``qcloop.yolo``); its images form the
     test split of a throw-away dataset. ``imgsz`` defaults to the export size.
     """
-    from qcloop.contracts import DatasetManifest, ManifestImage, count_splits
+    from qcloop.contracts import ManifestImage, count_splits
     from qcloop.storage import sha256_file
-    from qcloop.yolo import capture_group, scan_yolo_folder
+    from qcloop.yolo import scan_yolo_folder
 
     names, items = scan_yolo_folder(Path(folder))
     exported = onnx_metadata(Path(onnx_path)).get("imgsz") if Path(onnx_path).is_file() else None

@@ -239,8 +239,6 @@ def _record(model_name: str, version: Any, run: Any, what: str) -> ModelRecord:
             f"{what}: lacks qcloop record tags {missing or ['run']}; "
             "register versions through qcloop (components.registry.register_model)"
         )
-    metrics = {k: v for k, v in run.data.metrics.items() if k in EvalMetrics.model_fields}
-    metrics["images"] = int(metrics.get("images", 0))
     return ModelRecord(
         name=model_name,
         version=str(version.version),
@@ -250,7 +248,7 @@ def _record(model_name: str, version: Any, run: Any, what: str) -> ModelRecord:
         onnx_size=int(tags["onnx_size"]),
         input_size=int(tags["input_size"]),
         class_names=json.loads(tags["class_names"]),
-        metrics=EvalMetrics.model_validate(metrics),
+        metrics=_eval_metrics(run.data.metrics),
         dataset_version=tags["dataset_version"],
         code_version=tags["code_version"],
         approved=tags.get("approved") == "true",
@@ -264,14 +262,23 @@ def _int8_variant(tags: dict[str, str], run_metrics: dict[str, float]) -> OnnxVa
     if "int8_sha256" not in tags:
         return None
     metrics = {k[len("int8_") :]: v for k, v in run_metrics.items() if k.startswith("int8_")}
-    metrics = {k: v for k, v in metrics.items() if k in EvalMetrics.model_fields}
-    metrics["images"] = int(metrics.get("images", 0))
     return OnnxVariant(
         artifact=tags["int8_artifact"],
         sha256=tags["int8_sha256"],
         size=int(tags["int8_size"]),
-        metrics=EvalMetrics.model_validate(metrics),
+        metrics=_eval_metrics(metrics),
     )
+
+
+def _eval_metrics(run_metrics: dict[str, float]) -> EvalMetrics:
+    """``EvalMetrics`` from MLflow run metrics (all floats there; counts back to ints)."""
+    metrics: dict[str, float | int] = {
+        k: v for k, v in run_metrics.items() if k in EvalMetrics.model_fields
+    }
+    metrics["images"] = int(metrics.get("images", 0))
+    if "captures" in metrics:
+        metrics["captures"] = int(metrics["captures"])
+    return EvalMetrics.model_validate(metrics)
 
 
 def variant_of(record: ModelRecord, variant: str) -> tuple[str, str, int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from components.data import load_manifest
+from components.evaluate import map_summary
 from components.yolo_env import configure_offline
 from qcloop.contracts import EvalMetrics
 
@@ -87,6 +88,7 @@ def render_report(
                 f'<figure><img src="data:image/png;base64,{_png(image)}">'
                 f"<figcaption>{caption}</figcaption></figure>"
             )
+    headline = f"<p><b>{html.escape(map_summary(metrics))}</b></p>" if metrics else ""
     summary = html.escape(metrics.to_json()) if metrics else ""
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
@@ -95,8 +97,8 @@ def render_report(
         "<style>body{font-family:sans-serif}figure{display:inline-block;margin:6px}"
         "img{max-width:460px}</style>"
         f"<h1>{html.escape(Path(onnx_path).name)} on {manifest.version} (test split)</h1>"
-        f"<p>green: true boxes, red: predicted (conf &ge; {conf})</p><pre>{summary}</pre>"
-        + "".join(cards)
+        f"{headline}<p>green: true boxes, red: predicted (conf &ge; {conf})</p>"
+        f"<pre>{summary}</pre>" + "".join(cards)
     )
     log.info("report with %d images -> %s", len(cards), out_html)
     return out_html

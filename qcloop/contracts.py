@@ -204,6 +204,30 @@ class EvalMetrics(Contract):
     images: int = Field(ge=0, description="test images evaluated")
     latency_p50_ms: float | None = Field(default=None, ge=0, description="CPU, batch 1")
     latency_p95_ms: float | None = Field(default=None, ge=0, description="CPU, batch 1")
+    map50_95_low: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="capture-grouped bootstrap 95% interval of map50_95: lower bound",
+    )
+    map50_95_high: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="capture-grouped bootstrap 95% interval of map50_95: upper bound",
+    )
+    captures: int | None = Field(
+        default=None, ge=0, description="capture groups in the evaluated split"
+    )
+
+    @model_validator(mode="after")
+    def _interval(self) -> EvalMetrics:
+        low, high = self.map50_95_low, self.map50_95_high
+        if (low is None) != (high is None):
+            raise ValueError("give both map50_95_low and map50_95_high, or neither")
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"map50_95_low {low} > map50_95_high {high}")
+        return self
 
 
 class OnnxVariant(Contract):

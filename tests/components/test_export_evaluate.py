@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
 
+from components.bootstrap import ImageStats, map50_95
 from components.evaluate import evaluate_onnx
 from components.export import check_onnx, export_onnx, onnx_metadata
 from qcloop.contracts import EvalMetrics
 from qcloop.errors import DatasetError, PipelineError
 from tests.components.conftest import IMGSZ
+from tests.components.datasets import build_dataset
 
 
 def test_missing_weights_say_what_to_do(tmp_path: Path) -> None:
@@ -59,6 +62,42 @@ def test_evaluate_onnx_on_the_test_split(exported_onnx: Path, tiny_dataset: Path
     assert metrics.latency_p50_ms is not None and metrics.latency_p95_ms is not None
     assert 0.0 < metrics.latency_p50_ms <= metrics.latency_p95_ms
     assert not list(tiny_dataset.rglob("*.cache")), "evaluation must run on a copy"
+    # one test capture: no interval to give
+    assert metrics.captures == 1
+    assert metrics.map50_95_low is None and metrics.map50_95_high is None
+
+
+@pytest.mark.integration
+def test_evaluate_gives_a_capture_grouped_interval(
+    exported_onnx: Path,
+    metal_tags: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a test split of every capture of the sample, and a spy on the validation
+    import components.evaluate as evaluate
+
+    manifest = build_dataset(metal_tags, tmp_path / "data", {"test": 4})
+    seen: list[tuple[Any, list[tuple[str, ImageStats]]]] = []
+    real = evaluate.validate_per_image
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[Any, list[tuple[str, ImageStats]]]:
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(evaluate, "validate_per_image", spy)
+    # when it is evaluated
+    metrics = evaluate_onnx(exported_onnx, tmp_path / "data", imgsz=IMGSZ)
+    # then the per-image statistics give back ultralytics' own figure, one entry per image
+    results, per_image = seen[0]
+    assert len(per_image) == metrics.images == 16
+    assert abs(map50_95([s for _, s in per_image]) - results.box.map) <= 1e-9
+    boxes = {Path(i.file).name: i.boxes for i in manifest.images}
+    assert [len(s.target_cls) for _, s in per_image] == [boxes[Path(f).name] for f, _ in per_image]
+    # and the figure comes with its interval over the split's captures
+    assert metrics.captures == len({i.group for i in manifest.images if i.split == "test"}) == 4
+    assert metrics.map50_95_low is not None and metrics.map50_95_high is not None
+    assert metrics.map50_95_low <= metrics.map50_95 <= metrics.map50_95_high
 
 
 @pytest.mark.integration
@@ -119,3 +158,30 @@ def test_latency_of_a_dynamic_export_is_timed_at_the_rect_canvas(
     assert 0.0 < p50 <= p95
     # the 450x300 tags run at 160x107 -> 160x128 (32-multiples), not 160x160
     assert set(shapes) == {(1, 3, 128, 160)}
+
+
+@pytest.mark.parametrize(
+    ("interval", "captures", "expected"),
+    [
+        ((0.49, 0.62), 7, "mAP50-95 0.56 (95% interval 0.49-0.62 over 7 captures)"),
+        (None, 1, "mAP50-95 0.56 (1 capture: no interval)"),
+        (None, None, "mAP50-95 0.56"),
+    ],
+)
+def test_map_summary_says_the_interval_when_there_is_one(
+    interval: tuple[float, float] | None, captures: int | None, expected: str
+) -> None:
+    from components.evaluate import map_summary
+
+    low, high = interval or (None, None)
+    metrics = EvalMetrics(
+        map50=0.8,
+        map50_95=0.56,
+        precision=0.7,
+        recall=0.6,
+        images=28,
+        map50_95_low=low,
+        map50_95_high=high,
+        captures=captures,
+    )
+    assert map_summary(metrics) == expected

@@ -17,7 +17,16 @@ from qcloop.errors import IntegrityError, RegistryError
 from qcloop.storage import sha256_file
 from tests.services import free_port
 
-METRICS = EvalMetrics(map50=0.61, map50_95=0.33, precision=0.7, recall=0.55, images=4)
+METRICS = EvalMetrics(
+    map50=0.61,
+    map50_95=0.33,
+    precision=0.7,
+    recall=0.55,
+    images=4,
+    map50_95_low=0.28,
+    map50_95_high=0.39,
+    captures=3,
+)
 
 
 def _uri(tmp_path: Path) -> str:

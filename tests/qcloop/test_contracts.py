@@ -11,6 +11,7 @@ from qcloop.contracts import (
     CONTRACTS,
     DatasetManifest,
     Detection,
+    EvalMetrics,
     ManifestImage,
     ModelRef,
     ReleaseMessage,
@@ -134,3 +135,23 @@ def test_published_schemas_are_current(tmp_path: Path) -> None:
         assert (published / path.name).read_text() == path.read_text(), (
             f"run make schemas ({path.name})"
         )
+
+
+def test_eval_metrics_of_registered_models_without_an_interval_still_validate() -> None:
+    old = '{"map50": 0.6, "map50_95": 0.3, "precision": 0.7, "recall": 0.5, "images": 4}'
+    metrics = EvalMetrics.from_json(old)
+    assert metrics.map50_95_low is None and metrics.map50_95_high is None
+    assert metrics.captures is None
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "message"),
+    [(0.2, None, "give both map50_95_low and map50_95_high"), (0.4, 0.2, "0.4 > map50_95_high")],
+)
+def test_eval_metrics_interval_is_both_bounds_in_order(
+    low: float | None, high: float | None, message: str
+) -> None:
+    base = {"map50": 0.6, "map50_95": 0.3, "precision": 0.7, "recall": 0.5, "images": 4}
+    payload = json.dumps({**base, "map50_95_low": low, "map50_95_high": high})
+    with pytest.raises(ContractError, match=message):
+        EvalMetrics.from_json(payload)
