@@ -47,21 +47,22 @@ ROOT = Path(__file__).resolve().parents[1]
 METAL_TAGS = ROOT.parent / "shared" / "datasets" / "metal-tags"
 
 
-def _stamped(n: int) -> tuple[str, bytes, list[str]]:
-    """Image ``n``: a metal tag with a 2-pixel stamp (distinct bytes) and its YOLO lines."""
-    sources = sorted((METAL_TAGS / "images").glob("*.jpg"))
+def _stamped(n: int, data: Path) -> tuple[str, bytes, list[str]]:
+    """Image ``n``: a photo of YOLO folder ``data`` with a 2-pixel stamp (distinct bytes)
+    and its YOLO lines."""
+    sources = sorted((data / "images").glob("*.jpg"))
     src = sources[n % len(sources)]
     with Image.open(src) as img:
         img = img.convert("RGB")
         ImageDraw.Draw(img).point([(n % img.width, 0), (n // img.width, 1)], fill=(255, 0, 0))
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=90)
-    lines = (METAL_TAGS / "labels" / f"{src.stem}.txt").read_text().splitlines()
+    lines = (data / "labels" / f"{src.stem}.txt").read_text().splitlines()
     return f"{src.stem}-b{n:05d}", buf.getvalue(), [ln for ln in lines if ln.strip()]
 
 
-def _feedback(settings: Settings, n: int, rng: random.Random) -> None:
-    name, data, _ = _stamped(n)
+def _feedback(settings: Settings, n: int, rng: random.Random, source: Path) -> None:
+    name, data, _ = _stamped(n, source)
     digest = sha256_bytes(data)
     boxes = [
         (x, y, x + rng.uniform(10, 120), y + rng.uniform(10, 80))
@@ -87,12 +88,12 @@ def _feedback(settings: Settings, n: int, rng: random.Random) -> None:
     )
 
 
-def _yolo_folder(dest: Path, count: int, offset: int) -> Path:
+def _yolo_folder(dest: Path, count: int, offset: int, source: Path) -> Path:
     (dest / "images").mkdir(parents=True)
     (dest / "labels").mkdir()
     (dest / "classes.txt").write_text("scratch\n")
     for n in range(offset, offset + count):
-        name, data, lines = _stamped(n)
+        name, data, lines = _stamped(n, source)
         (dest / "images" / f"{name}.jpg").write_bytes(data)
         (dest / "labels" / f"{name}.txt").write_text("".join(f"{ln}\n" for ln in lines))
     return dest
@@ -109,7 +110,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=METAL_TAGS,
+        help="YOLO folder whose photos are stamped into distinct images (default: %(default)s)",
+    )
     args = parser.parse_args()
+    if not sorted((args.data / "images").glob("*.jpg")):
+        parser.error(f"no *.jpg in {args.data / 'images'}: give a YOLO folder with --data")
     quiet = {"progress": lambda _: None}
     tmp = Path(tempfile.mkdtemp(prefix="qcloop-bench-labelling-"))
     try:
@@ -120,8 +129,10 @@ def main() -> int:
             dvc={"remote": str(tmp / "remote")},
         )
         rng = random.Random(0)
-        _, t_prepare = _timed(lambda: [_feedback(settings, n, rng) for n in range(args.images)])
-        folder = _yolo_folder(tmp / "yolo", args.images, offset=args.images)
+        _, t_prepare = _timed(
+            lambda: [_feedback(settings, n, rng, args.data) for n in range(args.images)]
+        )
+        folder = _yolo_folder(tmp / "yolo", args.images, offset=args.images, source=args.data)
         start = time.perf_counter()
         with local_server(find_binary(ROOT), tmp / "ls", free_port()) as server:
             t_start = round(time.perf_counter() - start, 1)

@@ -33,7 +33,8 @@ def test_bench_edge_prints_each_path_and_the_targets(
     assert "release -> serving p50" in out.stdout
 
 
-def test_bench_edge_refuses_a_bad_path_spec(yolo_onnx: Path) -> None:
+def test_bench_edge_refuses_a_bad_path_spec(yolo_onnx: Path, metal_tags: Path) -> None:
     cmd = [sys.executable, "-m", "benchmarks.bench_edge", "--model", str(yolo_onnx)]
+    cmd += ["--images", str(metal_tags / "images")]
     out = subprocess.run([*cmd, "--paths", "agent@2"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0 and "bad path 'agent@2'" in out.stderr

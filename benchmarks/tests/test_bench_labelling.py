@@ -14,11 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.integration
-def test_bench_labelling_prints_figures_and_the_baseline_ratio() -> None:
+def test_bench_labelling_prints_figures_and_the_baseline_ratio(metal_tags: Path) -> None:
     # given the script with a real Label Studio of its own (first start: migrations)
     cmd = [sys.executable, "-m", "benchmarks.bench_labelling"]
     out = subprocess.run(
-        [*cmd, "--images", "6", "--batch-size", "4"],
+        [*cmd, "--images", "6", "--batch-size", "4", "--data", str(metal_tags)],
         cwd=ROOT,
         capture_output=True,
         text=True,
