@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -93,3 +94,73 @@ def _pool_by_group(images: Sequence[ImageStats], groups: Sequence[str]) -> list[
     for stats, group in zip(images, groups, strict=True):
         members.setdefault(group, []).append(stats)
     return [pool(members[g]) for g in sorted(members)]
+
+
+def paired_interval(
+    challenger: Sequence[ImageStats],
+    champion: Sequence[ImageStats],
+    groups: Sequence[str],
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> tuple[float, float] | None:
+    """Interval of mAP50-95 (challenger) - mAP50-95 (champion) on the same images.
+
+    Both models' statistics are for the same images in the same order; each resample
+    draws the same captures for both, so what the two have in common (hard captures,
+    loose labels) cancels out of the difference. None with fewer than two captures.
+    """
+    if not len(challenger) == len(champion) == len(groups):
+        raise ValueError(
+            f"{len(challenger)} and {len(champion)} image stats for {len(groups)} group labels"
+        )
+    ours, theirs = _pool_by_group(challenger, groups), _pool_by_group(champion, groups)
+    if len(ours) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(ours), size=(resamples, len(ours)))
+    values = np.array(
+        [map50_95([ours[g] for g in draw]) - map50_95([theirs[g] for g in draw]) for draw in draws]
+    )
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    point = map50_95(ours) - map50_95(theirs)
+    return min(float(low), point), max(float(high), point)
+
+
+def stats_to_json(files: Sequence[str], groups: Sequence[str], images: Sequence[ImageStats]) -> str:
+    """Per-image statistics as JSON (one object an image, keyed by file name), to hand from
+    the evaluation step to the champion step."""
+    import json
+
+    return json.dumps(
+        [
+            {
+                "file": Path(file).name,
+                "group": group,
+                "tp": stats.tp.astype(int).tolist(),
+                "conf": stats.conf.tolist(),
+                "pred_cls": stats.pred_cls.tolist(),
+                "target_cls": stats.target_cls.tolist(),
+            }
+            for file, group, stats in zip(files, groups, images, strict=True)
+        ]
+    )
+
+
+def stats_from_json(text: str) -> dict[str, tuple[str, ImageStats]]:
+    """``stats_to_json``'s images: file name -> (capture group, statistics)."""
+    import json
+
+    found = {}
+    for row in json.loads(text):
+        tp = np.asarray(row["tp"], dtype=bool).reshape(-1, 10)
+        stats = ImageStats(
+            tp=tp,
+            conf=np.asarray(row["conf"], dtype=float),
+            pred_cls=np.asarray(row["pred_cls"], dtype=float),
+            target_cls=np.asarray(row["target_cls"], dtype=float),
+        )
+        found[str(row["file"])] = (str(row["group"]), stats)
+    return found

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from components.bootstrap import ImageStats, grouped_interval, map50_95
+from components.bootstrap import ImageStats, grouped_interval, map50_95, stats_to_json
 from components.data import copy_dataset, write_data_yaml
 from components.export import onnx_metadata
 from components.yolo_env import configure_offline
@@ -24,13 +24,20 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_onnx(
-    onnx_path: Path, dataset_dir: Path, *, imgsz: int, split: str = "test"
+    onnx_path: Path,
+    dataset_dir: Path,
+    *,
+    imgsz: int,
+    split: str = "test",
+    image_stats: Path | None = None,
 ) -> EvalMetrics:
     """mAP50, mAP50-95, precision and recall of ``onnx_path`` on ``split`` of ``dataset_dir``.
 
     Runs ultralytics' validator through onnxruntime on a copy of the dataset (it
     writes label caches). mAP50-95 comes with a capture-grouped bootstrap 95%
     interval (``components.bootstrap``); with a single capture the bounds are None.
+    ``image_stats``: also write each image's statistics there (``stats_to_json``), for a
+    paired comparison with another model on the same images (``components.champion``).
     ``DatasetError`` if the split is unknown or empty.
     """
     if split not in SPLITS:
@@ -67,6 +74,9 @@ def evaluate_onnx(
         test_images = [work / "data" / i.file for i in manifest.images if i.split == split]
         p50, p95 = cpu_latency_ms(model_file, test_images[:LATENCY_IMAGES], imgsz)
     box = results.box
+    if image_stats is not None:
+        files = [f for f, _ in per_image]
+        Path(image_stats).write_text(stats_to_json(files, groups, [s for _, s in per_image]))
     interval = _interval_around(float(box.map), [s for _, s in per_image], groups)
     metrics = EvalMetrics(
         map50=_unit(box.map50),

@@ -16,7 +16,7 @@ No endpoint travels as a run parameter.
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from qcloop import QCLOOP_IMAGE
 
@@ -182,15 +182,19 @@ def evaluate(
     imgsz: int,
     metrics: Output[Metrics],
     report: Output[HTML],
+    image_stats: Output[Artifact],
 ) -> str:
     """Evaluate the ONNX on the test split; return ``EvalMetrics`` JSON, log them as metrics,
-    and render the visual report (true vs predicted boxes) for the Kubeflow UI."""
+    render the visual report (true vs predicted boxes) for the Kubeflow UI, and keep each
+    image's statistics (``image_stats``) for the paired comparison with production."""
     from pathlib import Path
 
     from components.evaluate import evaluate_onnx
     from components.report import render_report
 
-    result = evaluate_onnx(Path(onnx_model.path), Path(dataset.path), imgsz=imgsz)
+    result = evaluate_onnx(
+        Path(onnx_model.path), Path(dataset.path), imgsz=imgsz, image_stats=Path(image_stats.path)
+    )
     render_report(
         Path(onnx_model.path), Path(dataset.path), Path(report.path), imgsz=imgsz, metrics=result
     )
@@ -200,37 +204,44 @@ def evaluate(
 
 
 @dsl.component(**_OPTIONS)
-def champion(dataset: Input[Dataset]) -> str:
-    """``EvalMetrics`` JSON of the production model on this test split; "" if there is none."""
+def champion(dataset: Input[Dataset], image_stats: Input[Artifact]) -> str:
+    """The production model on this test split, paired with the challenger (its per-image
+    ``image_stats``): JSON ``{"metrics": EvalMetrics, "paired": Paired}``; "" if there is
+    no production model."""
+    import json
     from pathlib import Path
 
-    from components.champion import evaluate_champion
+    from components.champion import compare_with_production
     from qcloop.settings import step_settings
 
     mlflow = step_settings().mlflow
-    found = evaluate_champion(
-        mlflow.tracking_uri, mlflow.model_name, mlflow.production_alias, Path(dataset.path)
+    found = compare_with_production(
+        mlflow.tracking_uri,
+        mlflow.model_name,
+        mlflow.production_alias,
+        Path(dataset.path),
+        Path(image_stats.path),
     )
-    return found[1].to_json() if found else ""
+    if found is None:
+        return ""
+    production, paired = found
+    return json.dumps(
+        {"metrics": production.model_dump(mode="json"), "paired": paired.model_dump(mode="json")}
+    )
 
 
 @dsl.component(**_OPTIONS)
 def gate_step(
     metrics_json: str, min_map50_95: float, tolerance: float, champion_json: str = ""
 ) -> NamedTuple("GateOutputs", passed=bool, reason=str):
-    """Decide whether the model may be registered (threshold, then champion/challenger)."""
+    """Decide whether the model may be registered (threshold, then champion/challenger:
+    ``champion_json`` is the champion step's output)."""
     import logging
     from collections import namedtuple
 
-    from components.gate import gate
-    from qcloop.contracts import EvalMetrics
+    from components.gate import decide
 
-    decision = gate(
-        EvalMetrics.from_json(metrics_json),
-        min_map50_95=min_map50_95,
-        champion=EvalMetrics.from_json(champion_json) if champion_json else None,
-        tolerance=tolerance,
-    )
+    decision = decide(metrics_json, champion_json, min_map50_95=min_map50_95, tolerance=tolerance)
     logging.getLogger("components.gate").info("passed=%s: %s", decision.passed, decision.reason)
     return namedtuple("GateOutputs", ["passed", "reason"])(decision.passed, decision.reason)
 

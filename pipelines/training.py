@@ -131,7 +131,7 @@ def training_pipeline(
         onnx_model = onnx.outputs["onnx_model"]
         scored = steps.evaluate(onnx_model=onnx_model, dataset=dataset, imgsz=imgsz)
         metrics_json = scored.outputs["Output"]
-        production = steps.champion(dataset=dataset)
+        production = steps.champion(dataset=dataset, image_stats=scored.outputs["image_stats"])
         production.set_caching_options(False)  # the alias may have moved since the last run
         platform_env(production)
         decided = steps.gate_step(

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.bootstrap import ImageStats, grouped_interval, map50_95
+from components.bootstrap import (
+    ImageStats,
+    grouped_interval,
+    map50_95,
+    paired_interval,
+    stats_from_json,
+    stats_to_json,
+)
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
@@ -106,3 +113,48 @@ def test_a_group_label_per_image_is_required() -> None:
     images, groups = synthetic_split(2)
     with pytest.raises(ValueError, match="8 image stats but 7 group labels"):
         grouped_interval(images, groups[:-1])
+
+
+def test_a_model_paired_with_itself_differs_by_nothing() -> None:
+    images, groups = synthetic_split(6)
+    assert paired_interval(images, images, groups, resamples=100) == (0.0, 0.0)
+
+
+def test_paired_interval_is_narrower_than_the_two_intervals_apart() -> None:
+    # given two models that share each capture's difficulty, the second a little better
+    images, groups = synthetic_split(8, seed=3)
+    rng = np.random.default_rng(4)
+    better = [
+        ImageStats(
+            tp=i.tp | (rng.uniform(size=i.tp.shape) < 0.15),
+            conf=i.conf,
+            pred_cls=i.pred_cls,
+            target_cls=i.target_cls,
+        )
+        for i in images
+    ]
+    # then the paired difference is sure of its sign, though each model's own interval
+    # overlaps the other's
+    low, high = paired_interval(better, images, groups, resamples=300) or (0.0, 0.0)
+    assert 0.0 < low <= map50_95(better) - map50_95(images) <= high
+    ours = grouped_interval(better, groups, resamples=300)
+    theirs = grouped_interval(images, groups, resamples=300)
+    assert ours is not None and theirs is not None and ours[0] < theirs[1]
+
+
+def test_paired_needs_the_same_images() -> None:
+    images, groups = synthetic_split(3)
+    with pytest.raises(ValueError, match="image stats for"):
+        paired_interval(images, images[:-1], groups)
+    assert paired_interval(images[:4], images[:4], groups[:4]) is None  # one capture
+
+
+def test_statistics_survive_the_step_boundary() -> None:
+    images, groups = synthetic_split(2)
+    files = [f"/tmp/x/images/img-{i}.jpg" for i in range(len(images))]
+    back = stats_from_json(stats_to_json(files, groups, images))
+    assert sorted(back) == sorted(f"img-{i}.jpg" for i in range(len(images)))
+    group, stats = back["img-5.jpg"]
+    assert group == groups[5]
+    assert (stats.tp == images[5].tp).all() and np.allclose(stats.conf, images[5].conf)
+    assert map50_95([s for _, s in back.values()]) == pytest.approx(map50_95(images))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from components.gate import GateDecision, gate
+from components.gate import GateDecision, Paired, decide, gate
 from qcloop.contracts import EvalMetrics
 from qcloop.errors import PipelineError
 
@@ -68,3 +70,61 @@ def test_champion_challenger(
 def test_tolerance_must_be_a_fraction() -> None:
     with pytest.raises(PipelineError, match="tolerance"):
         gate(_m(0.5), min_map50_95=0.3, champion=_m(0.5), tolerance=2)
+
+
+def _paired(difference: float, low: float | None, high: float | None, *, new_data: bool) -> Paired:
+    return Paired(
+        production_version="3",
+        difference=difference,
+        low=low,
+        high=high,
+        captures=7,
+        new_data=new_data,
+    )
+
+
+@pytest.mark.parametrize(
+    ("paired", "passed", "fragment"),
+    [
+        # better beyond the noise: replaces production, on old data or new
+        (_paired(0.05, 0.01, 0.09, new_data=False), True, "better beyond the noise"),
+        # the same data and inside the noise: a lucky seed is no reason to swap the line's model
+        (_paired(0.01, -0.02, 0.04, new_data=False), False, "not better beyond the noise"),
+        # more data and within tolerance: the model that learnt more goes on
+        (_paired(-0.01, -0.05, 0.03, new_data=True), True, "trained on new data, within"),
+        # more data, but worse than tolerance allows
+        (_paired(-0.05, -0.09, -0.01, new_data=True), False, "more than tolerance 0.0200 below"),
+    ],
+)
+def test_a_paired_comparison_decides_against_production(
+    paired: Paired, passed: bool, fragment: str
+) -> None:
+    decision = gate(
+        _metrics(0.5), min_map50_95=0.3, champion=_metrics(0.5), tolerance=0.02, paired=paired
+    )
+    assert decision.passed is passed, decision.reason
+    assert fragment in decision.reason
+    assert "production v3 on the same images" in decision.reason
+    assert "over 7 captures" in decision.reason
+
+
+def test_without_an_interval_the_point_figures_decide() -> None:
+    # one capture in the test split: no interval, so the tolerance rule of the point figures
+    paired = _paired(0.01, None, None, new_data=False)
+    decision = gate(
+        _metrics(0.49), min_map50_95=0.3, champion=_metrics(0.5), tolerance=0.02, paired=paired
+    )
+    assert decision.passed and "and >= production 0.5000 - tolerance 0.0200" in decision.reason
+
+
+def test_decide_reads_the_pipelines_json() -> None:
+    champion = json.dumps(
+        {
+            "metrics": _metrics(0.5).model_dump(mode="json"),
+            "paired": _paired(0.01, -0.02, 0.04, new_data=False).model_dump(mode="json"),
+        }
+    )
+    refused = decide(_metrics(0.51).to_json(), champion, min_map50_95=0.3, tolerance=0.02)
+    assert not refused.passed and "not better beyond the noise" in refused.reason
+    first = decide(_metrics(0.51).to_json(), "", min_map50_95=0.3, tolerance=0.02)
+    assert first.passed and "no production model to beat" in first.reason

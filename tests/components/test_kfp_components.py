@@ -37,5 +37,10 @@ def test_gate_step_runs_the_plain_gate() -> None:
 
 def test_outputs_are_named_for_the_pipeline() -> None:
     assert set(steps.gate_step.component_spec.outputs) == {"passed", "reason"}
-    assert set(steps.evaluate.component_spec.outputs) == {"Output", "metrics", "report"}
+    assert set(steps.evaluate.component_spec.outputs) == {
+        "Output",
+        "metrics",
+        "report",
+        "image_stats",
+    }
     assert set(steps.train.component_spec.outputs) == {"model"}
