@@ -7,6 +7,7 @@ only has to pass the threshold).
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -85,6 +86,17 @@ def compare_with_production(
         new_data=record.dataset_version != load_manifest(Path(dataset_dir)).version,
     )
     return metrics, paired
+
+
+def comparison_json(found: tuple[EvalMetrics, Paired] | None) -> str:
+    """``compare_with_production``'s answer as the gate step reads it
+    (``components.gate.decide``): ``{"metrics": ..., "paired": ...}``, or "" without one."""
+    if found is None:
+        return ""
+    production, paired = found
+    return json.dumps(
+        {"metrics": production.model_dump(mode="json"), "paired": paired.model_dump(mode="json")}
+    )
 
 
 def comparable_production(

@@ -208,10 +208,9 @@ def champion(dataset: Input[Dataset], image_stats: Input[Artifact]) -> str:
     """The production model on this test split, paired with the challenger (its per-image
     ``image_stats``): JSON ``{"metrics": EvalMetrics, "paired": Paired}``; "" if there is
     no production model."""
-    import json
     from pathlib import Path
 
-    from components.champion import compare_with_production
+    from components.champion import compare_with_production, comparison_json
     from qcloop.settings import step_settings
 
     mlflow = step_settings().mlflow
@@ -222,12 +221,7 @@ def champion(dataset: Input[Dataset], image_stats: Input[Artifact]) -> str:
         Path(dataset.path),
         Path(image_stats.path),
     )
-    if found is None:
-        return ""
-    production, paired = found
-    return json.dumps(
-        {"metrics": production.model_dump(mode="json"), "paired": paired.model_dump(mode="json")}
-    )
+    return comparison_json(found)
 
 
 @dsl.component(**_OPTIONS)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from components.gate import GateDecision, Paired, decide, gate
@@ -117,14 +115,13 @@ def test_without_an_interval_the_point_figures_decide() -> None:
     assert decision.passed and "and >= production 0.5000 - tolerance 0.0200" in decision.reason
 
 
-def test_decide_reads_the_pipelines_json() -> None:
-    champion = json.dumps(
-        {
-            "metrics": _metrics(0.5).model_dump(mode="json"),
-            "paired": _paired(0.01, -0.02, 0.04, new_data=False).model_dump(mode="json"),
-        }
-    )
+def test_decide_reads_the_champion_steps_json() -> None:
+    from components.champion import comparison_json
+
+    champion = comparison_json((_metrics(0.5), _paired(0.01, -0.02, 0.04, new_data=False)))
     refused = decide(_metrics(0.51).to_json(), champion, min_map50_95=0.3, tolerance=0.02)
     assert not refused.passed and "not better beyond the noise" in refused.reason
-    first = decide(_metrics(0.51).to_json(), "", min_map50_95=0.3, tolerance=0.02)
+    first = decide(
+        _metrics(0.51).to_json(), comparison_json(None), min_map50_95=0.3, tolerance=0.02
+    )
     assert first.passed and "no production model to beat" in first.reason
