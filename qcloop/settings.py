@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -24,10 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from qcloop import QCLOOP_IMAGE
 from qcloop.errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib  # novermin (guarded: 3.10 takes tomli below)
-else:  # an edge box on 3.10 (Ubuntu 22.04, JetPack 6); scripts/check-edge-py310.sh runs this
-    import tomli as tomllib
+# Python 3.11+; an edge box on 3.10 (Ubuntu 22.04, JetPack 6) reads TOML with tomli. Tried,
+# not decided by sys.version_info: scripts/check-edge-py310.sh runs this on 3.11 with the
+# modules a 3.10 box lacks hidden, and takes the tomli path only this way.
+try:
+    import tomllib  # type: ignore[import-not-found,unused-ignore]  # novermin (guarded)
+except ModuleNotFoundError:
+    import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
 
 ENV_PREFIX = "QCLOOP_"
 # QCLOOP_CONFIG names the file; QCLOOP_EDGE_* belong to the edge agent's own config

@@ -94,7 +94,7 @@ import sys
 
 import numpy as np
 
-from edge_agent.inference import iou_one_to_many
+from qcloop.boxes import iou_one_to_many
 
 
 def iou(p: list[float], q: list[float]) -> float:
