@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,14 +51,20 @@ def pool(images: Sequence[ImageStats]) -> ImageStats:
 
 def map50_95(images: Sequence[ImageStats]) -> float:
     """mAP50-95 of ``images`` pooled, computed as ultralytics' ``DetMetrics.process`` does."""
+    pooled = pool(images)
+    ap = _ap_per_class()(pooled.tp, pooled.conf, pooled.pred_cls, pooled.target_cls)[5]
+    return float(ap.mean()) if len(ap) else 0.0
+
+
+@cache
+def _ap_per_class() -> Any:
+    """ultralytics' ``ap_per_class``, imported once (a bootstrap calls it thousands of times)."""
     from components.yolo_env import configure_offline
 
     configure_offline()
     from ultralytics.utils.metrics import ap_per_class
 
-    pooled = pool(images)
-    ap = ap_per_class(pooled.tp, pooled.conf, pooled.pred_cls, pooled.target_cls)[5]
-    return float(ap.mean()) if len(ap) else 0.0
+    return ap_per_class
 
 
 def grouped_interval(

@@ -50,8 +50,7 @@ class DemoOptions:
     mqtt_port: int = 0
 
 
-_STEPS = "data|train|export|parity|evaluate|champion|gate|register"
-_TAGGED = re.compile(rf"^\s*\[({_STEPS})\]|.*Task '.*' finished")
+_TASK_END = re.compile(r".*Task '.*' finished")  # kfp.local's line when a step ends
 _STEP_RECORD = re.compile(r"^\s*\[KFP Executor [^\]]*\]:\s*")  # kfp's executor format
 _KFP_OWN = re.compile(
     "Looking for component|Loading KFP component|Got executor_input|Wrote executor output"
@@ -63,12 +62,12 @@ log = logging.getLogger(__name__)
 
 def _progress(line: str) -> str | None:
     """What the console shows of a line of the pipeline's log, if anything: a step's log
-    record (kfp's own bookkeeping left out), a ``[step]`` line, a task's end."""
+    record (kfp's own bookkeeping left out), or a task's end."""
     record = _STEP_RECORD.match(line)
     if record:
         said = line[record.end() :]
         return None if _KFP_OWN.match(said) else said
-    return line.strip() if _TAGGED.match(line) else None
+    return line.strip() if _TASK_END.match(line) else None
 
 
 def _on_console(record: logging.LogRecord) -> bool:

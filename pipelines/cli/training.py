@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cli.common import SubParsers, add, group
-from qcloop.params import DEFAULTS, help_of
+from qcloop.params import DEFAULTS, TrainingParams, help_of
 from qcloop.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # ``qcloop train`` option -> training parameter, where the option's name is shorter
 _OPTION_NAMES = {"min_map50_95": "min_map"}
+# training parameters a local run sets itself (the GPUs of a pod: none here)
+_NOT_OPTIONS = ("gpu_limit",)
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
@@ -28,21 +30,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     values: dict[str, Any] = {
         name: getattr(args, _OPTION_NAMES.get(name, name))
-        for name in (
-            "epochs",
-            "imgsz",
-            "batch",
-            "seed",
-            "model_size",
-            "patience",
-            "recipe",
-            "dynamic_onnx",
-            "int8",
-            "min_map50_95",
-            "tolerance",
-            "device",
-            "approval",
-        )
+        for name in TrainingParams.model_fields
+        if name not in _NOT_OPTIONS
     }
     result = run_training(settings, dataset_version=args.dataset_version, **values)
     print(json.dumps(result, indent=2, default=str))
