@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DATA ?=
 EPOCHS ?= 5
+ROUNDS ?= 1
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -30,8 +31,8 @@ setup-label-studio: ## install the Label Studio server into its own venv (.qcloo
 setup-edge: $(PY) ## install only what an edge box needs (no torch/ultralytics/mlflow/kfp)
 	$(PIP) install -q -c constraints.txt -e '.[edge]'
 
-demo: ## run the whole loop on one machine (DATA=<yolo folder> for real data)
-	$(VENV)/bin/qcloop demo --epochs $(EPOCHS) $(if $(DATA),--data $(DATA),)
+demo: ## run the whole loop on one machine (DATA=<yolo folder> for real data, ROUNDS=2 to turn it twice)
+	$(VENV)/bin/qcloop demo --epochs $(EPOCHS) --rounds $(ROUNDS) $(if $(DATA),--data $(DATA),)
 
 test: test-prerequisites ## run the whole test suite (unit + integration against real services)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -118,4 +119,4 @@ bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after 
 	$(PY) -m benchmarks.bench_labelling
 
 clean: ## remove local state of the embedded default (.qcloop/, outputs)
-	rm -rf .qcloop local_outputs demo-summary.json
+	rm -rf .qcloop local_outputs demo-summary.json demo-report.md demo-report.html

@@ -67,6 +67,11 @@ def gate(
         return _paired_decision(reason, paired, tolerance)
     floor = champion.map50_95 - tolerance
     versus = f"production {champion.map50_95:.4f} - tolerance {tolerance:.4f} = {floor:.4f}"
+    if paired is not None:  # the same images, too few captures for an interval
+        versus += (
+            f" (production v{paired.production_version} on the same images; "
+            f"{paired.captures} capture(s): no interval)"
+        )
     if metrics.map50_95 < floor:
         return GateDecision(passed=False, reason=f"{score} < {versus}")
     return GateDecision(passed=True, reason=f"{reason} and >= {versus}")

@@ -286,6 +286,7 @@ def register(
         extra_artifacts=(staged,),
         pipeline_run=pipeline_run,
         training_key=training_key,
+        parent_dataset_version=manifest.parent or "",
     )
     shutil.rmtree(staged.parent, ignore_errors=True)
     return record.to_json()

@@ -107,12 +107,15 @@ def register_model(
     extra_artifacts: tuple[Path, ...] = (),
     pipeline_run: str = "",
     training_key: str = "",
+    parent_dataset_version: str = "",
 ) -> ModelRecord:
     """Log a run (params, metrics, ONNX at ``model/model.onnx``, ``extra_artifacts`` such as
     the evaluation report at the run's root) and register it as a version.
 
     ``training_key`` (``components.attempts.training_key``) marks the run, so that the
-    same data, code and parameters are not trained again."""
+    same data, code and parameters are not trained again. The run carries its dataset
+    version and that version's parent as tags, so the runs of a loop link up in MLflow
+    (search ``tags.dataset_version = 'v2'``, follow ``parent_dataset_version``)."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise RegistryError(f"{onnx_path}: no such ONNX file to register; export the model first")
@@ -122,6 +125,7 @@ def register_model(
         "input_size": str(input_size),
         "class_names": json.dumps(class_names),
         "dataset_version": dataset_version,
+        "parent_dataset_version": parent_dataset_version or "none",
         "code_version": code_version,
         "pipeline_run": pipeline_run or "unknown",
     }
@@ -158,7 +162,7 @@ def _log_run(
 ) -> str:
     from mlflow.entities import Metric, Param
 
-    run_tags = ("dataset_version", "code_version", TRAINING_KEY_TAG)
+    run_tags = ("dataset_version", "parent_dataset_version", "code_version", TRAINING_KEY_TAG)
     run = client.create_run(
         _experiment_id(client, tracking_uri, experiment),
         tags={k: tags[k] for k in run_tags if k in tags},

@@ -3,11 +3,16 @@
     data (synthetic or a YOLO folder) -> dataset version (DVC) -> training pipeline
     (kfp.local: train, export ONNX, evaluate, gate, register in MLflow) -> approval ->
     release over MQTT -> edge agent swaps to the model, inspects frames, sends
-    low-confidence frames back to the raw store -> summary (demo-summary.json)
+    low-confidence frames back to the raw store
+    [-> with --rounds N, each further round: feedback -> Label Studio tasks -> a
+    stand-in annotator labels them -> labelling pipeline (next dataset version,
+    training, gate against production) -> release -> the same agent swaps]
+    -> summary (demo-summary.json) and loop report (demo-report.md / .html)
 
-All state lives under ``--home`` (default ``.qcloop/demo``), which is reset on
-every run, so the demo is repeatable and leaves the project's own ``data.dvc``
-alone.
+The rounds themselves are in ``pipelines.demo_loop``; this module sets up logging,
+runs them and reports. All state lives under ``--home`` (default ``.qcloop/demo``),
+which is reset on every run, so the demo is repeatable and leaves the project's own
+``data.dvc`` alone.
 """
 
 from __future__ import annotations
@@ -16,24 +21,34 @@ import json
 import logging
 import re
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
 
 from pipelines.local import STEPS_LOGGER
 from pipelines.local import log as local_log
-from qcloop.contracts import Thresholds
+from pipelines.loop_report import write_reports
 from qcloop.errors import PipelineError
 from qcloop.logs import PROJECT_LOGGERS, StderrHandler
-from qcloop.settings import DvcSettings, MlflowSettings, MqttSettings, Settings, StoreSettings
-from qcloop.storage import list_raw_images, open_store
+from qcloop.settings import (
+    DvcSettings,
+    LabelStudioSettings,
+    MlflowSettings,
+    MqttSettings,
+    Settings,
+    StoreSettings,
+)
 
-STAGES = 6
+if TYPE_CHECKING:
+    from pipelines.demo_data import LoopData
+    from pipelines.demo_loop import Clock
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+AGENT_TIMEOUT_S = 3600  # the agent runs for the whole demo; stopped by SIGTERM at the end
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,10 @@ class DemoOptions:
     shots: int = 12
     summary: Path = Path("demo-summary.json")
     mqtt_port: int = 0
+    rounds: int = 1
+    # a smoke run of the loop: the gate lets every model through, and says how it compared
+    min_map50_95: float = 0.0
+    tolerance: float = 1.0
 
 
 _TASK_END = re.compile(r".*Task '.*' finished")  # kfp.local's line when a step ends
@@ -168,20 +187,6 @@ def _demo_logging(log_path: Path) -> Iterator[None]:
         to_file.close()
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-        self.stages: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, number: int, name: str) -> Iterator[None]:
-        log.info("[%d/%d] %s", number, STAGES, name)
-        began = time.monotonic()
-        yield
-        self.stages[name] = round(time.monotonic() - began, 1)
-        log.info("      done in %.1f s", self.stages[name])
-
-
 def demo_settings(home: Path, mqtt_url: str) -> Settings:
     """Settings of the embedded default, all under ``home``."""
     home = home.resolve()
@@ -193,54 +198,6 @@ def demo_settings(home: Path, mqtt_url: str) -> Settings:
         dvc=DvcSettings(remote=str(home / "dvc-remote")),
         mqtt=MqttSettings(url=mqtt_url, fleet="demo"),
     )
-
-
-def _edge_config(settings: Settings, home: Path, inbox: Path | None) -> Path:
-    source = (
-        f'kind = "folder"\npath = "{inbox}"\nprocessed = "move"\npoll_interval_s = 0.2\n'
-        if inbox
-        else 'kind = "simulated"\nseed = 7\ninterval_s = 0.0\n'
-    )
-    path = home / "edge.toml"
-    path.write_text(
-        f'device_id = "demo-cam-1"\nfleet = "{settings.mqtt.fleet}"\n'
-        f'model_dir = "{home / "edge" / "models"}"\n\n[source]\n{source}\n'
-        f'[mqtt]\nurl = "{settings.mqtt.url}"\n\n'
-        f'[store]\nkind = "local"\npath = "{settings.store.path}"\n'
-    )
-    return path
-
-
-def _feed_inbox(dataset_dir: Path, inbox: Path, frames: int) -> int:
-    """Drop real test-split images into the hot folder (write + rename: atomic)."""
-    from qcloop.contracts import DatasetManifest
-
-    manifest = DatasetManifest.load(dataset_dir / "manifest.json")
-    ordered = sorted(manifest.images, key=lambda i: (i.split != "test", i.file))[:frames]
-    for img in ordered:
-        tmp = inbox / f".{Path(img.file).name}.part"
-        shutil.copyfile(dataset_dir / img.file, tmp)
-        tmp.rename(inbox / Path(img.file).name)
-    return len(ordered)
-
-
-def _start_agent(config: Path, frames: int, stats: Path) -> subprocess.Popen[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "edge_agent",
-        "run",
-        "--config",
-        str(config),
-        "--max-frames",
-        str(frames),
-        "--timeout",
-        "300",
-        "--stats-out",
-        str(stats),
-    ]
-    log = open(config.with_name("edge-agent.log"), "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
 
 
 def run_demo(options: DemoOptions) -> dict[str, Any]:
@@ -256,126 +213,148 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     with _demo_logging(home / "demo.log"):
         summary = _run_loop(options, home)
     options.summary.write_text(json.dumps(summary, indent=2) + "\n")
-    _print_summary(summary, options.summary)
+    reports = write_reports(summary["rounds"], options.summary.with_name("demo-report"))
+    _print_summary(summary, options.summary, reports)
+    if "stopped" in summary:
+        raise PipelineError(
+            f"the demo stopped after round {len(summary['rounds'])}: {summary['stopped']}"
+        )
     return summary
 
 
-def _run_loop(options: DemoOptions, home: Path) -> dict[str, Any]:
-    """The six stages, in a fresh ``home``; return the summary."""
-    from components.audit import approve
-    from components.release import build_release, publish_release
-    from pipelines.broker import EmbeddedBroker, free_port
-    from pipelines.runs import run_training
-    from qcloop.dataset import import_yolo_folder
-    from qcloop.synthetic import generate_yolo_dataset
+def _label_studio_binary(rounds: int) -> Path | None:
+    """Label Studio's binary when later rounds need it; None (and a warning) if missing."""
+    if rounds < 2:
+        return None
+    from qcloop_labelling.errors import LabelStudioUnavailable
+    from qcloop_labelling.server import find_binary
 
-    clock = _Clock()
+    try:
+        return find_binary(REPO_ROOT)
+    except LabelStudioUnavailable as exc:
+        log.warning(
+            "rounds 2..%d need Label Studio: %s; round 1 runs, then the demo stops", rounds, exc
+        )
+        return None
+
+
+def _run_loop(options: DemoOptions, home: Path) -> dict[str, Any]:
+    """Round 1, then the labelling rounds, in a fresh ``home``; return the summary."""
+    from pipelines.broker import EmbeddedBroker, free_port
+    from pipelines.demo_edge import EdgeBox
+    from pipelines.demo_loop import Clock, RoundParams, first_round, labelling_round
+    from qcloop_labelling.server import INSTALL_HINT
+
+    clock = Clock()
+    params = RoundParams(options.epochs, options.imgsz, options.min_map50_95, options.tolerance)
+    label_studio = _label_studio_binary(options.rounds)
+    data = _loop_data(options, home)
     port = options.mqtt_port or free_port()
-    with EmbeddedBroker(port) as broker:
+    rounds: list[dict[str, Any]] = []
+    stopped: str | None = None
+    with EmbeddedBroker(port) as broker, ExitStack() as stack:
         settings = demo_settings(home, broker.url)
         log.info("qcloop demo: state in %s, %s broker on %s", home, broker.kind, broker.url)
         log.info("log: %s", home / "demo.log")
-        with clock.stage(1, "dataset version (raw store + DVC)"):
-            source = options.data or generate_yolo_dataset(
-                home / "synthetic", shots=options.shots, seed=0
-            )
-            manifest, _ = import_yolo_folder(settings, Path(source))
-            counts = ", ".join(f"{s} {c.images}" for s, c in manifest.counts.items())
-            log.info("      %s: %d images, %s", manifest.version, len(manifest.images), counts)
-        with clock.stage(2, f"training pipeline (kfp.local, {options.epochs} epochs)"):
-            try:
-                trained = run_training(
+        edge = EdgeBox(settings, home)
+        edge.start(timeout_s=AGENT_TIMEOUT_S)
+        stack.callback(edge.stop)  # on the way out after a failure; a no-op after stop()
+        rounds.append(first_round(settings, data, params, edge, clock, options.rounds))
+        if options.rounds > 1 and label_studio is None:
+            stopped = f"Label Studio is not installed: {INSTALL_HINT}, then run the demo again"
+        elif label_studio is not None:
+            settings = _with_label_studio(stack, settings, label_studio, home)
+            feedback = set(rounds[0]["feedback_sha256"])
+            for number in range(2, options.rounds + 1):
+                done = labelling_round(
+                    number,
                     settings,
-                    dataset_version=manifest.version,
-                    epochs=options.epochs,
-                    imgsz=options.imgsz,
-                    min_map50_95=0.0,  # a smoke run of the loop: the gate lets it through
+                    data,
+                    params,
+                    edge,
+                    clock,
+                    options.rounds,
+                    production=rounds[-1]["production_version"],
+                    feedback_so_far=feedback,
                 )
-            except PipelineError as exc:
-                raise PipelineError(
-                    f"{exc} (the steps' output is in {home / 'demo.log'})"
-                ) from None
-            if not trained.get("registered"):
-                raise PipelineError(f"the gate refused the model: {trained['gate_reason']}")
-            record = trained["model_record"]
-            scores = record["metrics"]
-            log.info(
-                "      registered %s v%s: mAP50 %.3f, mAP50-95 %.3f",
-                record["name"],
-                record["version"],
-                scores["map50"],
-                scores["map50_95"],
-            )
-        with clock.stage(3, "approval (MLflow alias + tags)"):
-            approve(
-                tracking_uri=settings.mlflow.tracking_uri,
-                model_name=settings.mlflow.model_name,
-                version=str(record["version"]),
-                approved_by="qcloop-demo",
-            )
-            log.info("      alias '%s' -> v%s", settings.mlflow.production_alias, record["version"])
-        with clock.stage(4, "edge agent starts (waits for a release)"):
-            inbox = (home / "edge" / "inbox") if options.data else None
-            if inbox:
-                inbox.mkdir(parents=True)
-            stats_path = home / "edge" / "stats.json"
-            stats_path.parent.mkdir(parents=True, exist_ok=True)
-            agent = _start_agent(_edge_config(settings, home, inbox), options.frames, stats_path)
-        with clock.stage(5, "release over MQTT (retained, per fleet)"):
-            message = build_release(
-                settings,
-                released_by="qcloop-demo",
-                thresholds=Thresholds(confidence=0.25, feedback_below=0.5),
-            )
-            topic = publish_release(settings, message)
-            log.info(
-                "      %s/%s on %s, sha256 %s..., %d bytes",
-                message.model.name,
-                message.model.version,
-                topic,
-                message.sha256[:12],
-                message.size,
-            )
-        with clock.stage(6, f"edge agent: swap, inspect {options.frames} frames, feedback"):
-            if inbox:
-                fed = _feed_inbox(settings.workspace / "data", inbox, options.frames)
-                log.info("      dropped %d real images into the hot folder %s", fed, inbox)
-            try:
-                agent.wait(timeout=360)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                raise PipelineError("the edge agent did not finish; see edge-agent.log") from None
-            if agent.returncode != 0 or not stats_path.exists():
-                tail = (home / "edge-agent.log").read_text()[-2000:]
-                raise PipelineError(f"edge agent exited with {agent.returncode}:\n{tail}")
-            stats = json.loads(stats_path.read_text())
-    feedback = [s for s in list_raw_images(open_store(settings.store)) if s.reason != "import"]
-    return {
-        "dataset_version": manifest.version,
-        "dataset_images": len(manifest.images),
-        "model_name": record["name"],
-        "model_version": str(record["version"]),
-        "metrics": record["metrics"],
-        "serving_model_version": (stats.get("serving_model") or {}).get("version"),
-        "frames_inferred": stats.get("frames_inferred", 0),
-        "feedback_images": len(feedback),
-        "model_swaps": stats.get("swaps", 0),
-        "broker": broker.kind,
+                feedback |= set(done["feedback_sha256"])
+                rounds.append(done)
+        agent = edge.stop()
+    return _summary(rounds, agent, broker.kind, home, clock, stopped)
+
+
+def _loop_data(options: DemoOptions, home: Path) -> LoopData:
+    from pipelines.demo_data import folder_loop_data, synthetic_loop_data
+
+    if options.data is not None:
+        return folder_loop_data(
+            options.data, home / "data", frames=options.frames, rounds=options.rounds
+        )
+    return synthetic_loop_data(
+        home, shots=options.shots, frames=options.frames, rounds=options.rounds
+    )
+
+
+def _with_label_studio(stack: ExitStack, settings: Settings, binary: Path, home: Path) -> Settings:
+    """Start Label Studio for the demo (as the tests do); settings that point at it."""
+    from pipelines.broker import free_port
+    from qcloop_labelling.server import local_server
+
+    log.info("[labelling] starting Label Studio (first start ~1 min)")
+    server = stack.enter_context(local_server(binary, home / "label-studio", free_port()))
+    log.info("      Label Studio at %s (data in %s)", server.url, server.data_dir)
+    studio = LabelStudioSettings(
+        url=server.url, token=SecretStr(server.token), project_title="qcloop demo", assist=False
+    )
+    return settings.model_copy(update={"label_studio": studio})
+
+
+def _summary(
+    rounds: list[dict[str, Any]],
+    agent: dict[str, Any],
+    broker: str,
+    home: Path,
+    clock: Clock,
+    stopped: str | None,
+) -> dict[str, Any]:
+    """The demo's summary: the last round's figures at the top, then every round."""
+    last = rounds[-1]
+    for row in rounds:
+        row.pop("feedback_sha256", None)
+    production = last["production_version"]
+    summary: dict[str, Any] = {
+        "dataset_version": last["dataset_version"],
+        "dataset_images": last["dataset_images"],
+        "model_name": next(r["model_name"] for r in rounds if r.get("model_name")),
+        "model_version": production,
+        "metrics": next(r["metrics"] for r in reversed(rounds) if r["model_version"] == production),
+        "serving_model_version": last["serving_model_version"],
+        "frames_inferred": sum(r["frames_inferred"] for r in rounds),
+        "feedback_images": sum(r["feedback_images"] for r in rounds),
+        "model_swaps": agent.get("swaps", 0),
+        "rounds": rounds,
+        "broker": broker,
         "home": str(home),
-        "seconds": clock.stages | {"total": round(time.monotonic() - clock.start, 1)},
+        "seconds": clock.stages | {"total": clock.total()},
     }
+    if stopped:
+        summary["stopped"] = stopped
+    return summary
 
 
-def _print_summary(summary: dict[str, Any], path: Path) -> None:
-    """The demo's result on stdout: what each stage left behind."""
+def _print_summary(summary: dict[str, Any], path: Path, reports: tuple[Path, Path]) -> None:
+    """The demo's result on stdout: what each round left behind."""
     m = summary["metrics"]
-    print("\n" + "=" * 64)
-    print("qcloop demo: the loop closed")
+    print("\n" + "=" * 72)
+    print(
+        "qcloop demo: the loop closed"
+        + (f" {len(summary['rounds'])} times" if len(summary["rounds"]) > 1 else "")
+    )
     print(
         f"  dataset version      {summary['dataset_version']} ({summary['dataset_images']} images)"
     )
     print(
-        f"  model                {summary['model_name']} v{summary['model_version']} "
+        f"  model in production  {summary['model_name']} v{summary['model_version']} "
         f"(mAP50 {m['map50']:.3f}, mAP50-95 {m['map50_95']:.3f}, test images {m['images']})"
     )
     print(
@@ -384,6 +363,16 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
     )
     print(f"  frames inferred      {summary['frames_inferred']}")
     print(f"  feedback images      {summary['feedback_images']} (raw store, next labelling tasks)")
+    for row in summary["rounds"]:
+        model = f"v{row['model_version']}" if row["model_version"] else "none registered"
+        print(
+            f"  round {row['round']}: {row['dataset_version']} "
+            f"(parent {row['parent_version'] or '-'}), "
+            f"{row['images_labelled']} labelled -> model {model}, gate "
+            f"{'passed' if row['gate_passed'] else 'refused'}; edge served "
+            f"v{row['serving_model_version']}, sent back {row['feedback_images']}"
+        )
     print(f"  total time           {summary['seconds']['total']:.0f} s")
     print(f"  summary written to   {path}")
-    print("=" * 64)
+    print(f"  loop report          {reports[0]} ({reports[1].name})")
+    print("=" * 72)

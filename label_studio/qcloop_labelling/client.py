@@ -4,7 +4,8 @@ Why not ``label-studio-sdk``: its 2.1.x releases pin ``opencv-python-headless<4.
 which pins ``numpy<2.3``; the platform stack is tested on numpy 2.4, so the SDK
 cannot share the venv. The REST calls below are the ones the SDK makes
 (``projects.create``, ``projects.import_tasks``, ``projects.exports.download_sync``,
-``tasks.list``), on ``requests``, which the platform stack already carries.
+``tasks.list``, ``annotations.create``), on ``requests``, which the platform stack
+already carries.
 """
 
 from __future__ import annotations
@@ -144,6 +145,16 @@ class LabelStudioClient:
             if len(tasks) < TASK_PAGE or page * TASK_PAGE >= int(data.get("total", 0)):
                 return
             page += 1
+
+    def create_annotation(self, task_id: int, result: list[dict[str, Any]]) -> int:
+        """Submit an annotation of a task as the token's user; its id (an empty ``result``
+        says the image has no defect)."""
+        data = self._send(
+            "POST",
+            f"/api/tasks/{task_id}/annotations/",
+            json={"result": result, "was_cancelled": False},
+        )
+        return int(data["id"])
 
     def s3_storages(self, project_id: int) -> list[dict[str, Any]]:
         """S3 import storages of a project."""

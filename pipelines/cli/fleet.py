@@ -92,9 +92,19 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         imgsz=args.imgsz,
         frames=args.frames,
         summary=Path(args.summary),
+        rounds=args.rounds,
+        min_map50_95=args.min_map,
+        tolerance=args.tolerance,
     )
     run_demo(options)
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give 1 or more")
+    return value
 
 
 def _add_release(sub: SubParsers) -> None:
@@ -138,10 +148,37 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--fleet", help="only this fleet")
     p.add_argument("--json", action="store_true", help="one JSON line per device")
     p.add_argument("--wait", type=float, default=2.0, help="seconds to collect retained states")
+    from pipelines.demo import DemoOptions as Demo
+
     p = add(sub, "demo", _demo, "run the whole loop on one machine (the quickstart)")
     p.add_argument("--data", help="YOLO folder to use instead of synthetic images")
-    p.add_argument("--home", default=".qcloop/demo", help="state folder (reset each run)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--imgsz", type=int, default=320)
-    p.add_argument("--frames", type=int, default=24, help="frames the edge agent inspects")
-    p.add_argument("--summary", default="demo-summary.json")
+    p.add_argument("--home", default=str(Demo.home), help="state folder (reset each run)")
+    p.add_argument("--epochs", type=int, default=Demo.epochs, help="training epochs a round")
+    p.add_argument("--imgsz", type=int, default=Demo.imgsz, help="training image size")
+    p.add_argument(
+        "--frames", type=int, default=Demo.frames, help="frames the camera shows a round"
+    )
+    p.add_argument(
+        "--rounds",
+        type=_positive,
+        default=Demo.rounds,
+        help="turns of the loop; each after the first labels the edge's feedback in a "
+        "Label Studio the demo starts (scripts/install-label-studio.sh), trains, gates, "
+        "releases",
+    )
+    p.add_argument(
+        "--min-map",
+        type=float,
+        default=Demo.min_map50_95,
+        help="gate: minimum mAP50-95 (default: a smoke run's 0)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=Demo.tolerance,
+        help="gate: how far below production a model on new data may score (default: a "
+        "smoke run's 1.0, every model passes; the gate's reason still says how it compared)",
+    )
+    p.add_argument(
+        "--summary", default=str(Demo.summary), help="summary JSON; the loop report beside it"
+    )

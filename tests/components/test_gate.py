@@ -113,6 +113,7 @@ def test_without_an_interval_the_point_figures_decide() -> None:
         _metrics(0.49), min_map50_95=0.3, champion=_metrics(0.5), tolerance=0.02, paired=paired
     )
     assert decision.passed and "and >= production 0.5000 - tolerance 0.0200" in decision.reason
+    assert "production v3 on the same images; 7 capture(s): no interval" in decision.reason
 
 
 def test_decide_reads_the_champion_steps_json() -> None:

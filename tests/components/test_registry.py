@@ -118,6 +118,7 @@ def _check_mlflow_side(uri: str, record: ModelRecord) -> None:
     }
     assert params["env.ultralytics"] and params["env.onnxruntime"]  # the environment, for lineage
     assert run.data.tags["dataset_version"] == "v1" and run.data.tags["code_version"] == "abc1234"
+    assert run.data.tags["parent_dataset_version"] == "none"  # v1 has no parent
     assert [a.path for a in client.list_artifacts(record.run_id, "model")] == ["model/model.onnx"]
 
 

@@ -1,4 +1,8 @@
-"""The whole loop on real metal-tags images: dataset -> pipeline -> MLflow -> MQTT -> agent."""
+"""The whole loop on real metal-tags images: dataset -> pipeline -> MLflow -> MQTT -> agent.
+
+Here Label Studio is missing: round 1 runs in full, then the demo stops with an error that
+says how to install it, and its summary says so too (never a pretended round 2).
+"""
 
 from __future__ import annotations
 
@@ -9,30 +13,40 @@ import pytest
 
 from pipelines.demo import DemoOptions, run_demo
 from qcloop.contracts import DatasetManifest, RawImageSidecar
+from qcloop.errors import PipelineError
 from qcloop.storage import LocalStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_loop_on_real_metal_tags(tmp_path: Path, metal_tags: Path) -> None:
-    # given the real data and a 1-epoch training budget
+def test_loop_on_real_metal_tags_stops_after_round_1_without_label_studio(
+    tmp_path: Path, metal_tags: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the real data, a 1-epoch training budget, and no Label Studio
+    monkeypatch.setenv("QCLOOP_LABEL_STUDIO_BIN", str(tmp_path / "no-label-studio"))
     options = DemoOptions(
         data=metal_tags,
         home=tmp_path / "home",
         epochs=1,
         imgsz=320,
         frames=8,
+        rounds=2,
         summary=tmp_path / "summary.json",
     )
-    # when the loop runs end to end
-    summary = run_demo(options)
-    # then every stage left its mark
-    assert json.loads(options.summary.read_text()) == summary
+    # when the loop is asked to turn twice
+    with pytest.raises(
+        PipelineError, match=r"stopped after round 1: Label Studio is not installed"
+    ):
+        run_demo(options)
+    # then round 1 left its mark at every stage, and the summary says why it stopped
+    summary = json.loads(options.summary.read_text())
+    assert "install-label-studio.sh" in summary["stopped"]
+    assert [r["round"] for r in summary["rounds"]] == [1]
     manifest = DatasetManifest.load(options.home / "workspace" / "data" / "manifest.json")
     assert summary["dataset_version"] == manifest.version == "v1"
-    assert len(manifest.images) == 16
+    assert len(manifest.images) == 12  # three captures; the fourth is what the camera sees
     assert summary["model_version"] == summary["serving_model_version"] == "1"
-    assert summary["frames_inferred"] == 8
+    assert summary["frames_inferred"] == 2  # half the fourth capture a round
     assert 0 < summary["metrics"]["images"] == manifest.counts["test"].images
     store = LocalStore(options.home / "store")
     feedback = [
