@@ -9,7 +9,7 @@ ROUNDS ?= 1
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults test-prerequisites lint typecheck compile schemas check-edge check-edge-py310 bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-misses bench-label-agreement bench-train-threads clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults test-prerequisites lint typecheck compile schemas check-edge check-edge-py310 bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-misses bench-label-agreement bench-train-threads bench-soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -114,6 +114,9 @@ bench-label-agreement: ## how well the metal tags' labels agree on photos of the
 
 bench-train-threads: ## CPU training: qcloop's threads (every core) vs ultralytics' own (one fewer), s/epoch
 	$(PY) -m benchmarks.bench_train_threads --epochs 3 --rounds 2
+
+bench-soak: ## the edge agent for an hour of paced frames, store and broker down on a schedule: RSS, disk, lost, duplicates, log lines
+	$(PY) -m benchmarks.bench_soak --duration 3600 --fps 2
 
 bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after setup-label-studio)
 	$(PY) -m benchmarks.bench_labelling

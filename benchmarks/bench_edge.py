@@ -165,8 +165,12 @@ def _broker() -> Iterator[tuple[str, Path]]:
 
 
 def _agent_config(work: Path, url: str, threads: int, **extra: Any) -> Any:
+    """A bench agent trusting a release key made in ``work`` (``work/keys/release.key``)."""
     from edge_agent.config import EdgeConfig
+    from qcloop.signing import generate_keypair
 
+    if not (work / "keys" / "release.key").exists():
+        generate_keypair(work / "keys")
     return EdgeConfig.model_validate(
         {
             "device_id": "bench",
@@ -176,6 +180,7 @@ def _agent_config(work: Path, url: str, threads: int, **extra: Any) -> Any:
             "source": {"kind": "simulated", "interval_s": 0.05},
             "mqtt": {"url": url},
             "store": {"kind": "local", "path": work / "store"},
+            "release": {"public_key": work / "keys" / "release.pub"},
             **extra,
         }
     )
@@ -256,10 +261,15 @@ def bench_release(
 
 
 def _release_rounds(agent: Any, model: Path, work: Path, url: str, rounds: int) -> dict[str, Any]:
-    from qcloop.contracts import ModelRef, ReleaseMessage
+    from datetime import timedelta
+
+    from qcloop.contracts import ModelRef, ReleaseMessage, utcnow
     from qcloop.mqtt import publish_retained, release_topic
     from qcloop.settings import MqttSettings
+    from qcloop.signing import load_private_key, seal
     from qcloop.storage import sha256_file
+
+    key = load_private_key(work / "keys" / "release.key")
 
     thread = threading.Thread(target=agent.run, daemon=True)
     try:
@@ -282,11 +292,12 @@ def _release_rounds(agent: Any, model: Path, work: Path, url: str, rounds: int) 
                 input_size=imgsz[0],
                 class_names=names,
                 released_by="bench",
+                sequence=version,
+                expires_at=utcnow() + timedelta(days=1),
             )
+            payload = seal(release, key).payload()
             started = time.perf_counter()
-            publish_retained(
-                MqttSettings(url=url), release_topic("bench"), release.to_json().encode()
-            )
+            publish_retained(MqttSettings(url=url), release_topic("bench"), payload)
             while agent.serving_model != release.model:
                 time.sleep(0.002)
             times.append((time.perf_counter() - started) * 1000)

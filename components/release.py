@@ -1,27 +1,52 @@
-"""Release bridge: an approved MLflow model version -> a retained release message on MQTT.
+"""Release bridge: an approved MLflow model version -> a signed, retained release on MQTT.
 
 The ONNX is copied from MLflow into the object store under
 ``models/<name>/<version>/model.onnx`` (where devices can fetch it without
-MLflow credentials), its sha256 is checked, and a ``ReleaseMessage`` naming it
-is published retained on ``qcloop/fleets/<fleet>/release``.
+MLflow credentials), its sha256 is checked, and a ``ReleaseMessage`` naming it is
+signed (``qcloop.signing``: an envelope over its exact bytes) and published retained
+on ``qcloop/fleets/<fleet>/release``.
+
+Each release of a fleet gets the next ``sequence``: one more than the highest published
+for it, as recorded in the store (``releases/<fleet>/latest.json``) and as retained on
+the broker. Every number is claimed once, create-only (``releases/<fleet>/<sequence>.json``,
+which also keeps every release published), so a restarted bridge, a new one, or two at
+once never reuse one. Devices refuse a sequence lower than one they took: going back to
+an older model is a new release of it (``qcloop release --ref 3``). A release expires
+``release.expires_after_days`` after it is published; the watching bridge publishes the
+same model anew (next sequence) at half that age.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import tempfile
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from components.registry import download_onnx, get_model_record, variant_of
-from qcloop.contracts import ModelRecord, ModelRef, ReleaseMessage, Thresholds
-from qcloop.errors import QcloopError, RegistryError
-from qcloop.mqtt import publish_retained, release_topic
+from qcloop.contracts import (
+    ModelRecord,
+    ModelRef,
+    ReleaseEnvelope,
+    ReleaseMessage,
+    Thresholds,
+    utcnow,
+)
+from qcloop.errors import ContractError, ObjectNotFound, QcloopError, RegistryError, StoreError
+from qcloop.mqtt import publish_retained, read_retained, release_topic
 from qcloop.settings import Settings
-from qcloop.signing import load_private_key, sign_release
-from qcloop.storage import open_store, released_key
+from qcloop.signing import SealedRelease, load_private_key, seal, unverified
+from qcloop.storage import ObjectStore, open_store, released_key
+
+log = logging.getLogger(__name__)
 
 MAX_INT8_DROP = 0.02  # mAP50-95 an INT8 variant may lose against its FP32 before it ships
+MAX_CLAIMS = 100  # sequence numbers tried when other bridges claimed the next ones
 
 
 def check_int8_accuracy(record: ModelRecord, max_drop: float = MAX_INT8_DROP) -> None:
@@ -44,6 +69,62 @@ def model_key(name: str, version: str, variant: str = "fp32") -> str:
     return f"models/{name}/{version}/model{'' if variant == 'fp32' else '-' + variant}.onnx"
 
 
+def sequence_key(fleet: str, sequence: int) -> str:
+    """Object-store key of the release of ``fleet`` numbered ``sequence`` (its envelope)."""
+    return f"releases/{fleet}/{sequence:010d}.json"
+
+
+def latest_key(fleet: str) -> str:
+    """Object-store key of the newest release of ``fleet`` (its envelope)."""
+    return f"releases/{fleet}/latest.json"
+
+
+def highest_sequence(settings: Settings, store: ObjectStore, fleet: str) -> int:
+    """The highest sequence published for ``fleet``: recorded in the store, retained on the
+    broker (read, not trusted: it can only raise the number); 0 before the first."""
+    return max(_recorded_sequence(store, fleet), _retained_sequence(settings, fleet))
+
+
+def _recorded_sequence(store: ObjectStore, fleet: str) -> int:
+    try:
+        latest = ReleaseEnvelope.from_json(store.get_bytes(latest_key(fleet)), source=fleet)
+        return unverified(latest).message.sequence
+    except (ObjectNotFound, ContractError):  # lost or broken: the claimed numbers say it too
+        names = (key.rsplit("/", 1)[-1] for key in store.list(f"releases/{fleet}/"))
+        return max((int(n[:-5]) for n in names if re.fullmatch(r"\d+\.json", n)), default=0)
+
+
+def _retained_sequence(settings: Settings, fleet: str) -> int:
+    topic = release_topic(fleet)
+    try:
+        payload = read_retained(settings.mqtt, topic)
+        if payload is None:
+            return 0
+        return unverified(ReleaseEnvelope.from_json(payload, source=topic)).message.sequence
+    except QcloopError as exc:  # broker down (the publish will say so), or no envelope there
+        log.warning("retained release not read", extra={"topic": topic, "error": str(exc)})
+        return 0
+
+
+def claim_sequence(
+    settings: Settings,
+    store: ObjectStore,
+    fleet: str,
+    make: Callable[[int], ReleaseMessage],
+    key: Ed25519PrivateKey | None,
+) -> SealedRelease:
+    """Seal ``make(sequence)`` under the next free sequence of ``fleet``, claimed in the store."""
+    sequence = highest_sequence(settings, store, fleet) + 1
+    for _ in range(MAX_CLAIMS):
+        sealed = seal(make(sequence), key)
+        payload = sealed.payload()
+        if store.put_bytes_if_absent(sequence_key(fleet, sequence), payload, "application/json"):
+            store.put_bytes(latest_key(fleet), payload, "application/json")
+            return sealed
+        sequence += 1  # another bridge took it
+    raise StoreError(f"no free release sequence for fleet {fleet} after {MAX_CLAIMS} tries")
+
+
 def build_release(
     settings: Settings,
     *,
@@ -53,10 +134,11 @@ def build_release(
     fleet: str | None = None,
     variant: str = "fp32",
     max_int8_drop: float = MAX_INT8_DROP,
-) -> ReleaseMessage:
+) -> SealedRelease:
     """Copy the approved model's ONNX (``variant`` fp32 or int8) into the object store;
-    return its release message. An INT8 that lost more than ``max_int8_drop``
-    mAP50-95 against the FP32 is refused (``check_int8_accuracy``)."""
+    return its release, signed with ``release.signing_key``, under the fleet's next
+    sequence. An INT8 that lost more than ``max_int8_drop`` mAP50-95 against the FP32
+    is refused (``check_int8_accuracy``)."""
     mlflow = settings.mlflow
     ref = ref or mlflow.production_alias
     record = get_model_record(mlflow.tracking_uri, mlflow.model_name, ref)
@@ -64,6 +146,13 @@ def build_release(
         raise RegistryError(
             f"model {record.name} version {record.version} is not approved; "
             f"run `qcloop model approve {record.version}` first"
+        )
+    signing_key = settings.release.signing_key
+    private = load_private_key(signing_key) if signing_key else None
+    if private is None:
+        log.warning(
+            "release.signing_key is not set: this release is unsigned, and devices take it "
+            "only with release.insecure_unsigned = true (`qcloop keys generate` makes a key)"
         )
     _, sha256, _ = variant_of(record, variant)
     if variant == "int8":
@@ -73,36 +162,47 @@ def build_release(
     store = open_store(settings.store)
     key = model_key(record.name, record.version, variant)
     store.put_bytes(key, data, "application/octet-stream")
-    message = ReleaseMessage(
-        fleet=fleet or settings.mqtt.fleet,
-        model=ModelRef(name=record.name, version=record.version),
-        sha256=sha256,
-        size=len(data),
-        variant=variant,
-        url=store.url(key),
-        input_size=record.input_size,
-        class_names=record.class_names,
-        thresholds=thresholds or Thresholds(),
-        released_by=released_by,
-    )
-    if settings.release.signing_key:
-        message = sign_release(message, load_private_key(settings.release.signing_key))
-    return message
+    fleet = fleet or settings.mqtt.fleet
+    now = utcnow()
+
+    def make(sequence: int) -> ReleaseMessage:
+        return ReleaseMessage(
+            fleet=fleet,
+            model=ModelRef(name=record.name, version=record.version),
+            sha256=sha256,
+            size=len(data),
+            variant=variant,
+            url=store.url(key),
+            input_size=record.input_size,
+            class_names=record.class_names,
+            thresholds=thresholds or Thresholds(),
+            released_at=now,
+            released_by=released_by,
+            sequence=sequence,
+            expires_at=now + timedelta(days=settings.release.expires_after_days),
+        )
+
+    return claim_sequence(settings, store, fleet, make, private)
 
 
-def publish_release(settings: Settings, message: ReleaseMessage) -> str:
-    """Publish ``message`` retained on its fleet's release topic; return the topic.
+def publish_release(settings: Settings, release: SealedRelease) -> str:
+    """Publish ``release``'s envelope retained on its fleet's release topic; the topic.
 
-    The message is also kept in the object store (``released_key``), where the
+    The envelope is also kept in the object store (``released_key``), where the
     platform side finds the model in production (model-assisted labelling).
     """
+    message, payload = release.message, release.payload()
     topic = release_topic(message.fleet)
-    publish_retained(settings.mqtt, topic, message.to_json().encode())
+    publish_retained(settings.mqtt, topic, payload)
     store = open_store(settings.store)
-    store.put_bytes(
-        released_key(message.model.name), message.to_json().encode(), "application/json"
-    )
+    store.put_bytes(released_key(message.model.name), payload, "application/json")
     return topic
+
+
+def renewal_due(release: SealedRelease) -> bool:
+    """Whether ``release`` is past half its validity: time to publish it anew."""
+    message = release.message
+    return utcnow() >= message.released_at + (message.expires_at - message.released_at) / 2
 
 
 def watch_and_release(
@@ -120,21 +220,22 @@ def watch_and_release(
     """The release bridge as a service: publish whenever the production alias moves.
 
     Polls MLflow every ``interval_s``; a new (approved) version behind the alias is
-    copied and published once. MLflow, store or broker failures are logged and
-    retried at the next poll, so the bridge outlives outages. Returns when ``stop``
-    is set.
+    copied and published once, and published anew (next sequence) when half its
+    validity is gone. MLflow, store or broker failures are logged and retried at the
+    next poll, so the bridge outlives outages. Returns when ``stop`` is set.
     """
     stop = stop or threading.Event()
     alias = settings.mlflow.production_alias
-    published: str | None = None
+    published: SealedRelease | None = None
     log(f"[bridge] watching {settings.mlflow.model_name}@{alias} every {interval_s:g} s")
     while not stop.is_set():
         try:
             record = get_model_record(
                 settings.mlflow.tracking_uri, settings.mlflow.model_name, alias
             )
-            if record.version != published:
-                message = build_release(
+            current = published.message.model.version if published else None
+            if record.version != current or (published is not None and renewal_due(published)):
+                release = build_release(
                     settings,
                     ref=record.version,
                     released_by=released_by,
@@ -143,9 +244,10 @@ def watch_and_release(
                     variant=variant,
                     max_int8_drop=max_int8_drop,
                 )
-                topic = publish_release(settings, message)
-                published = record.version
-                log(f"[bridge] released {record.name}/{record.version} on {topic}")
+                topic = publish_release(settings, release)
+                published = release
+                sequence = release.message.sequence
+                log(f"[bridge] released {record.name}/{record.version} on {topic} (#{sequence})")
         except QcloopError as exc:
             log(f"[bridge] not released this round: {exc}")
         stop.wait(interval_s)

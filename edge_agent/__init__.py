@@ -8,10 +8,13 @@ nor another room. Layers:
   ``config``, ``stats``, ``backoff`` (retry delays),
   ``policies`` (which frames go back: band, defects, count, random; limits, dedup)
 - I/O: ``sources`` (hot folder, simulated camera), ``link`` (MQTT),
-  ``release`` (download, verify signature and sha256, load, smoke-test),
-  ``history`` (last good models), ``spool`` (on-disk store and forward),
+  ``trust`` (a release's signature, fleet, expiry and sequence; the sequence on disk),
+  ``release`` (download capped at the signed size, sha256, load, smoke-test),
+  ``history`` (last good models, with their signed envelopes),
+  ``spool`` (on-disk store and forward),
   ``feedback`` (spool -> raw store, with backoff), ``verdicts`` (operator verdicts on
-  recent frames), ``sdnotify`` (systemd), ``fsutil``
+  recent frames), ``sdnotify`` (systemd), ``fsutil``, ``guard`` (a frame that killed the
+  agent is set aside), ``retention`` (set-aside folders pruned), ``health`` (the heartbeat)
 - job: ``agent`` (the loop), ``cli`` (``qcloop-edge``)
 
 ``qcloop-edge.service`` is the systemd unit (docs/edge.md).

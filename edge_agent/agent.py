@@ -32,7 +32,9 @@ from PIL import Image
 
 from edge_agent.config import EdgeConfig
 from edge_agent.errors import ModelError
-from edge_agent.feedback import FeedbackUploader, build_sidecar
+from edge_agent.feedback import FeedbackUploader, build_sidecar, make_uploader
+from edge_agent.guard import DecodeGuard, set_aside_culprit
+from edge_agent.health import Health
 from edge_agent.history import forget, record_good
 from edge_agent.inference import InputPlan
 from edge_agent.inflight import InFlight, infer_now, infer_timed
@@ -46,13 +48,13 @@ from edge_agent.release import (
     ServingModel,
     load_last_good,
     load_local,
-    release_key,
 )
+from edge_agent.retention import Retention, set_aside_folders
 from edge_agent.sdnotify import Watchdog, notify
 from edge_agent.sources import Frame, FrameSource, make_source
-from edge_agent.spool import Spool
-from edge_agent.stats import AgentStats, Counters, DeviceState, Status, Throughput, disk_free
+from edge_agent.stats import AgentStats, Counters, DeviceState, Status
 from edge_agent.store import LazyStore
+from edge_agent.trust import ReleaseGate
 from edge_agent.verdicts import VerdictInbox
 from qcloop.contracts import Detection, InferenceResult, ModelRef, utcnow
 from qcloop.errors import QcloopError
@@ -86,9 +88,8 @@ class Agent:
         self._status: Status = "starting"
         self._since = utcnow()
         self._initial_model = Path(initial_model) if initial_model else None
-        self._throughput = Throughput()
-        self._spool: Spool | None = None
         self.policies = FeedbackPolicies(config.feedback)
+        self._health = Health(config, self._counters, self.policies)
         self.verdicts = VerdictInbox(config.verdicts, self._counters, config.device_id)
 
     def __repr__(self) -> str:
@@ -111,21 +112,34 @@ class Agent:
     def run(self, max_frames: int | None = None, timeout_s: float | None = None) -> AgentStats:
         """Inspect frames until ``stop()``, ``max_frames`` inferred or ``timeout_s`` passed.
 
-        A bad ``release.public_key`` or ``--model`` raises before anything starts.
+        A bad ``release.public_key``/``public_keys`` or ``--model`` raises before anything
+        starts (``release.insecure_unsigned`` logs a warning).
         """
         deadline = time.monotonic() + timeout_s if timeout_s is not None else None
         limit_arenas()  # before the agent's threads start: they would each get one
-        key = release_key(self.config)
+        gate = ReleaseGate(self.config)
         initial = load_local(self._initial_model, self.config) if self._initial_model else None
         self.config.model_dir.mkdir(parents=True, exist_ok=True)
         if initial is None:
-            initial = load_last_good(self.config, key, self._counters)
-        self._spool = Spool(self.config.state_dir / "spool", self.config.feedback.spool_max_bytes)
-        loader = ModelLoader(self.config, self._store, self._counters, key)
+            initial = load_last_good(self.config, gate, self._counters)
+        feedback = make_uploader(self.config, self._store, self._counters)
+        self._health.spool = spool = feedback.spool
+        loader = ModelLoader(self.config, self._store, self._counters, gate)
         on_verdict = self.verdicts.receive if self.config.verdicts.enabled else None
-        link = MqttLink(self.config, on_release=loader.submit, on_verdict=on_verdict)
-        feedback = self._make_uploader(self._spool)
-        frames = Prefetcher(self.source, self._input_plan, self.config.prefetch_frames, TICK_S)
+        link = MqttLink(self.config, loader.submit, on_verdict, self._counters)
+        guard = DecodeGuard.in_state_dir(self.config.state_dir)
+        set_aside_culprit(guard, self.source, self._counters)  # a frame the last run died on
+        frames = Prefetcher(
+            self.source,
+            self._input_plan,
+            self.config.prefetch_frames,
+            TICK_S,
+            max_pixels=self.config.source.max_pixels,
+            guard=guard,
+        )
+        retention = Retention(set_aside_folders(self.source, spool.bad_dir), self.config.retention)
+        self._health.watch()
+        retention.start()
         link.start()
         self._publish_state(link, "starting")
         loader.start()
@@ -145,19 +159,11 @@ class Agent:
             feedback.close(self.config.feedback.drain_timeout_s)
             loader.close()
             link.close(self._state("offline"))
+            retention.close()
+            self._health.close()
         stats = self.stats()
         log.info("agent stopped", extra=stats.model_dump(mode="json"))
         return stats
-
-    def _make_uploader(self, spool: Spool) -> FeedbackUploader:
-        settings = self.config.feedback
-        return FeedbackUploader(
-            self._store,
-            self._counters,
-            spool,
-            backoff_initial_s=settings.backoff_initial_s,
-            backoff_max_s=settings.backoff_max_s,
-        )
 
     def _input_plan(self) -> InputPlan | None:
         """Input plan of the serving model (read by the prefetch thread)."""
@@ -221,10 +227,10 @@ class Agent:
                 if item is None:
                     finish(POLL_S)
                     continue
-                if item.image is None:  # not an image: set aside, in frame order
+                if item.image is None:  # not an image, too large, empty: set aside, in order
                     while inflight:
                         finish(TICK_S)
-                    self._counters.add("errors")
+                    self._counters.add("frames_rejected")
                     self.source.reject(item.frame, item.error or "not decoded")
                     continue
                 if pool is not None:
@@ -250,16 +256,16 @@ class Agent:
         if counted:
             self._counters.add("swaps")
         log.info("serving model", extra={"model": model.ref.name, "version": model.ref.version})
-        if model.release is not None:
+        if model.envelope is not None:
             self._remember(model)
         self._publish_state(link, "serving")
 
     def _remember(self, model: ServingModel) -> None:
         """Record a good model; only the last ``release.keep_models`` stay on disk."""
-        assert model.release is not None
+        assert model.envelope is not None
         try:
             record_good(
-                self.config.model_dir, model.release, model.path, self.config.release.keep_models
+                self.config.model_dir, model.envelope, model.path, self.config.release.keep_models
             )
         except OSError as exc:
             log.error("cannot record the last good model", extra={"error": str(exc)})
@@ -319,7 +325,7 @@ class Agent:
             return
         if serving is self._serving:
             self._failures = 0
-        self._throughput.add(latency_ms)
+        self._health.throughput.add(latency_ms)
         self._counters.add("frames_inferred")
         if self.config.verdicts.enabled:
             self.verdicts.remember(frame.name, frame.data, detections, serving.ref)
@@ -369,24 +375,7 @@ class Agent:
     def _state(self, status: Status) -> DeviceState:
         if status != self._status:
             self._status, self._since = status, utcnow()
-        fps, p50, p95 = self._throughput.read()
-        spool = self._spool
-        return DeviceState(
-            status=status,
-            device_id=self.config.device_id,
-            fleet=self.config.fleet,
-            model=self.serving_model,
-            since=self._since,
-            frames=self._counters.get("frames_inferred"),
-            fps=fps,
-            latency_p50_ms=p50,
-            latency_p95_ms=p95,
-            spool_depth=spool.depth() if spool else 0,
-            spool_bytes=spool.size() if spool else 0,
-            disk_free_bytes=disk_free(self.config.state_dir),
-            errors=self._counters.get("errors"),
-            feedback_policies=self.policies.counts(),
-        )
+        return self._health.state(status, self._since, self.serving_model)
 
     def _publish_state(self, link: MqttLink, status: Status) -> None:
         link.publish_state(self._state(status))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.agent import Agent
-from edge_agent.config import EdgeConfig, load_config
+from edge_agent.config import EdgeConfig, OperatorConfig, load_config, load_operator_config
 from edge_agent.errors import ImageError
 from edge_agent.inference import Detector
 from edge_agent.link import publish_verdict, read_retained_state
@@ -98,6 +98,14 @@ def _load(path: Path) -> EdgeConfig | int:
         return _fail(str(exc))
 
 
+def _load_operator(path: Path) -> OperatorConfig | int:
+    """The device and broker only: status and verdict need no store or source secrets."""
+    try:
+        return load_operator_config(path)
+    except QcloopError as exc:
+        return _fail(str(exc))
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate the config; print it with secrets masked."""
     config = _load(args.config)
@@ -109,7 +117,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the device's retained state (heartbeat) as the broker holds it."""
-    config = _load(args.config)
+    config = _load_operator(args.config)
     if isinstance(config, int):
         return config
     try:
@@ -140,11 +148,20 @@ def print_state(state: DeviceState) -> None:
         "latency p50/p95": f"{_ms(state.latency_p50_ms)} / {_ms(state.latency_p95_ms)}",
         "spool": f"{state.spool_depth} images, {state.spool_bytes} bytes",
         "disk free": _size(state.disk_free_bytes),
-        "errors": str(state.errors),
+        "releases refused": _refused(state),
+        "upload failures": str(state.upload_failures),
+        "frames rejected": str(state.frames_rejected),
+        "mqtt dropped": str(state.mqtt_dropped),
+        "errors (all)": str(state.errors),
         "updated": state.updated_at.isoformat(timespec="seconds"),
     }
     for key, value in rows.items():
         print(f"{key + ':':17} {value}")
+
+
+def _refused(state: DeviceState) -> str:
+    last = state.release_last_error
+    return f"{state.releases_refused}" + (f" (last: {last})" if last else "")
 
 
 def _ms(value: float | None) -> str:
@@ -181,8 +198,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             agent = Agent(config, initial_model=args.model)
             with _stop_on_signals(agent):
                 stats = agent.run(max_frames=args.max_frames, timeout_s=args.timeout)
-        except (QcloopError, OSError) as exc:
-            return _fail(str(exc))
+        except (QcloopError, OSError) as exc:  # inside the JSON log: a JSON line too
+            logging.getLogger("edge_agent").error("agent stopped", extra={"error": str(exc)})
+            return 1
     text = stats.model_dump_json()
     print(text, flush=True)
     if args.stats_out:
@@ -192,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_verdict(args: argparse.Namespace) -> int:
     """Publish an operator verdict on a recent frame to the device."""
-    config = _load(args.config)
+    config = _load_operator(args.config)
     if isinstance(config, int):
         return config
     try:

@@ -50,6 +50,18 @@ class SourceConfig(_Section):
         default=None, description="camera: device index, rtsp:// or http:// stream, video file"
     )
     max_fps: float = Field(default=0.0, ge=0.0, description="camera: frame rate cap (0: none)")
+    max_pixels: int = Field(
+        default=40_000_000,
+        ge=1,
+        description="frames with more pixels (width x height, read from the file's header "
+        "before decoding) are rejected",
+    )
+    max_file_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="hot-folder files larger are rejected unread"
+    )
+    empty_settle_s: float = Field(
+        default=10.0, ge=0.0, description="a hot-folder file still empty after this is rejected"
+    )
 
     @model_validator(mode="after")
     def _folder_has_path(self) -> SourceConfig:
@@ -150,6 +162,11 @@ class FeedbackConfig(_Section):
     spool_max_bytes: int = Field(
         default=512 * 1024 * 1024, ge=1024, description="spool bound; lowest priority dropped"
     )
+    disk_reserve_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="free disk the spool never takes: it holds at most free space minus this",
+    )
     backoff_initial_s: float = Field(default=1.0, gt=0.0, description="first retry delay")
     backoff_max_s: float = Field(default=300.0, gt=0.0, description="longest retry delay")
     store_timeout_s: float = Field(default=10.0, gt=0.0, description="per S3 request")
@@ -162,11 +179,30 @@ class FeedbackConfig(_Section):
         return self
 
 
+NO_RELEASE_KEY = (
+    "release.public_key is required: the release bridge's Ed25519 public key (PEM), e.g. "
+    "/etc/qcloop-edge/release.pub; `qcloop keys generate --out keys/` makes the pair on the "
+    "platform (keys/release.pub goes to the boxes). A lab without signed releases may set "
+    "release.insecure_unsigned = true instead"
+)
+
+
 class ReleaseConfig(_Section):
-    """How releases are trusted, kept and rolled back."""
+    """How releases are trusted, kept and rolled back (``edge_agent.trust``)."""
 
     public_key: Path | None = Field(
-        default=None, description="Ed25519 PEM; when set, unsigned or badly signed releases fail"
+        default=None,
+        description="the release bridge's Ed25519 public key (PEM); releases it did not sign "
+        "are refused. This or public_keys is required",
+    )
+    public_keys: list[Path] = Field(
+        default_factory=list,
+        description="more trusted public keys, e.g. the old and the new one while keys rotate",
+    )
+    insecure_unsigned: bool = Field(
+        default=False,
+        description="LABS ONLY: take unsigned releases too (a warning each time): whoever "
+        "can publish on the broker then decides what this device runs",
     )
     keep_models: int = Field(default=3, ge=2, le=50, description="verified models kept on disk")
     max_payload_bytes: int = Field(default=65536, ge=512, description="larger payloads refused")
@@ -177,10 +213,25 @@ class ReleaseConfig(_Section):
 
 
 class LinkConfig(_Section):
-    """MQTT reconnection pacing (the broker itself is ``[mqtt]``)."""
+    """MQTT reconnection pacing and queue (the broker itself is ``[mqtt]``)."""
 
     reconnect_min_s: int = Field(default=1, ge=1)
     reconnect_max_s: int = Field(default=30, ge=1)
+    max_queued: int = Field(
+        default=1000,
+        ge=1,
+        description="messages held while the broker is away; beyond, new ones are dropped",
+    )
+
+
+class RetentionConfig(_Section):
+    """How long set-aside files stay: the hot folder's processed/ and rejected/, spool/bad/."""
+
+    max_age_s: float = Field(default=7 * 86400.0, gt=0.0, description="older files are deleted")
+    max_bytes: int = Field(
+        default=2 * 1024**3, ge=0, description="per folder: the oldest files beyond are deleted"
+    )
+    interval_s: float = Field(default=300.0, gt=0.0, description="how often the folders are pruned")
 
 
 class EdgeConfig(_Section):
@@ -221,6 +272,7 @@ class EdgeConfig(_Section):
     release: ReleaseConfig = ReleaseConfig()
     verdicts: VerdictConfig = VerdictConfig()
     link: LinkConfig = LinkConfig()
+    retention: RetentionConfig = RetentionConfig()
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()
 
@@ -235,21 +287,64 @@ class EdgeConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _one_fleet(cls, data: Any) -> Any:
-        """``fleet`` is set once; ``mqtt.fleet`` follows it (or supplies it)."""
-        if not isinstance(data, dict) or not isinstance(data.get("mqtt", {}), dict):
-            return data
-        mqtt = dict(data.get("mqtt", {}))
-        top, inner = data.get("fleet"), mqtt.get("fleet")
-        if top is not None and inner is not None and top != inner:
-            raise ValueError(f"fleet '{top}' and mqtt.fleet '{inner}' differ: set only fleet")
-        fleet = top if top is not None else inner
-        if fleet is None:
-            return data
-        return {**data, "fleet": fleet, "mqtt": {**mqtt, "fleet": fleet}}
+        return one_fleet(data)
+
+    @model_validator(mode="after")
+    def _release_key_given(self) -> EdgeConfig:
+        """No key, no agent: releases are verified, or unsigned ones taken on purpose."""
+        release = self.release
+        keys = [release.public_key] if release.public_key else []
+        if not keys + release.public_keys and not release.insecure_unsigned:
+            raise ValueError(NO_RELEASE_KEY)
+        return self
 
     def masked(self) -> dict[str, Any]:
         """JSON-able dump with secrets shown as ``**********``."""
         return self.model_dump(mode="json")
+
+
+def one_fleet(data: Any) -> Any:
+    """``fleet`` is set once; ``mqtt.fleet`` follows it (or supplies it)."""
+    if not isinstance(data, dict) or not isinstance(data.get("mqtt", {}), dict):
+        return data
+    mqtt = dict(data.get("mqtt", {}))
+    top, inner = data.get("fleet"), mqtt.get("fleet")
+    if top is not None and inner is not None and top != inner:
+        raise ValueError(f"fleet '{top}' and mqtt.fleet '{inner}' differ: set only fleet")
+    fleet = top if top is not None else inner
+    if fleet is None:
+        return data
+    return {**data, "fleet": fleet, "mqtt": {**mqtt, "fleet": fleet}}
+
+
+class OperatorConfig(BaseModel):
+    """What the operator commands (``status``, ``verdict``) need: the device and its broker.
+
+    The other sections (store, source, ...) are not read: their secrets live in the
+    unit's environment file, and these commands never use them (``check-config``
+    and ``run`` validate the whole file).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    device_id: str = Field(pattern=NAME_PATTERN)
+    fleet: str = Field(default="default", pattern=NAME_PATTERN)
+    mqtt: MqttSettings = MqttSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_fleet(cls, data: Any) -> Any:
+        return one_fleet(data)
+
+
+def load_operator_config(path: Path, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+    """Like ``load_config``, reading only ``device_id``, ``fleet`` and ``[mqtt]``."""
+    environ = os.environ if environ is None else environ
+    data = deep_merge(read_toml(Path(path)), env_overrides(environ, ENV_PREFIX))
+    try:
+        return OperatorConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(f"{path} + environment", exc)) from None
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> EdgeConfig:

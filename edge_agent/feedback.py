@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from edge_agent.backoff import Backoff
+from edge_agent.config import EdgeConfig
 from edge_agent.inference import image_size
 from edge_agent.spool import Spool, SpoolEntry, priority_of
 from edge_agent.stats import Counters
@@ -63,6 +64,19 @@ def build_sidecar(
         original_name=Path(frame_name).name,
         model=model,
         predictions=predictions,
+    )
+
+
+def make_uploader(config: EdgeConfig, store: LazyStore, counters: Counters) -> FeedbackUploader:
+    """The uploader of ``config``, on its spool in ``<state_dir>/spool`` (not started)."""
+    settings = config.feedback
+    spool = Spool(config.state_dir / "spool", settings.spool_max_bytes, settings.disk_reserve_bytes)
+    return FeedbackUploader(
+        store,
+        counters,
+        spool,
+        backoff_initial_s=settings.backoff_initial_s,
+        backoff_max_s=settings.backoff_max_s,
     )
 
 
@@ -130,17 +144,22 @@ class FeedbackUploader:
             )
         return left
 
-    def _sleep(self, seconds: float) -> bool:
-        """Wait (woken early by submit/close); False once it is time to stop."""
+    def _sleep(self, seconds: float, *, wakeable: bool = True) -> bool:
+        """Wait ``seconds``; False once it is time to stop.
+
+        ``wakeable``: a new frame (``submit``) ends the wait early. A backoff is not
+        wakeable, so a store outage is retried at the backoff's pace, not the
+        camera's; ``close`` still shortens it to its drain deadline.
+        """
+        end = time.monotonic() + seconds
         with self._wake:
-            if self._over():
-                return False
-            limit = (
-                seconds
-                if self._deadline is None
-                else min(seconds, self._deadline - time.monotonic())
-            )
-            self._wake.wait(max(limit, 0.0))
+            while not self._over():
+                limit = end if self._deadline is None else min(end, self._deadline)
+                remaining = limit - time.monotonic()
+                if remaining <= 0:
+                    break
+                if self._wake.wait(remaining) and wakeable:
+                    break
             return not self._over()
 
     def _over(self) -> bool:
@@ -158,7 +177,7 @@ class FeedbackUploader:
                     return
                 continue
             delay = self._upload(entry)
-            if delay and not self._sleep(delay):
+            if delay and not self._sleep(delay, wakeable=False):
                 return
 
     def _upload(self, entry: SpoolEntry) -> float:
@@ -172,7 +191,7 @@ class FeedbackUploader:
         try:
             put_raw_image(self._store.get(), data, sidecar)
         except Exception as exc:  # any store failure: keep the entry, back off, inspection goes on
-            self._counters.add("errors")
+            self._counters.add("upload_failures")
             self._store.reset()
             delay = self._backoff.failed()
             log.error(

@@ -1,9 +1,11 @@
 """The last good models, newest first, in ``<model_dir>/last-good.json`` (written atomically).
 
 A model becomes *good* once it passed verification and the smoke test and was
-swapped in. At start the agent serves the newest good model that still verifies,
-so a box that boots without the broker inspects at once. Only the last
-``release.keep_models`` good models stay on disk.
+swapped in. Each entry keeps the signed envelope its release came in, so at start
+the agent serves the newest good model whose release still verifies with the keys
+trusted then (after a key rotation too) and whose file still matches: a box that
+boots without the broker inspects at once. Only the last ``release.keep_models``
+good models stay on disk.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from qcloop.contracts import ReleaseMessage
+from qcloop.contracts import ReleaseEnvelope, ReleaseMessage
 from qcloop.fsutil import atomic_write
+from qcloop.signing import unverified
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +25,17 @@ HISTORY_FILE = "last-good.json"
 
 
 class GoodModel(BaseModel):
-    """A model that served: its file in ``model_dir`` and the release it came from."""
+    """A model that served: its file in ``model_dir`` and the signed release it came in."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     file: str
-    release: ReleaseMessage
+    envelope: ReleaseEnvelope
+
+    @property
+    def release(self) -> ReleaseMessage:
+        """The release, NOT verified (to show it; ``ReleaseGate.verify_stored`` to use it)."""
+        return unverified(self.envelope).message
 
 
 class History(BaseModel):
@@ -58,14 +66,16 @@ def write_history(model_dir: Path, models: list[GoodModel]) -> None:
     atomic_write(Path(model_dir) / HISTORY_FILE, text.encode())
 
 
-def record_good(model_dir: Path, release: ReleaseMessage, path: Path, keep: int) -> list[GoodModel]:
+def record_good(
+    model_dir: Path, envelope: ReleaseEnvelope, path: Path, keep: int
+) -> list[GoodModel]:
     """Put ``path`` first, keep ``keep`` entries, delete the files of those that fell off.
 
     Only those: a model the loader is verifying at this moment is not touched.
     """
     before = read_history(model_dir)
     others = [m for m in before if m.file != path.name]
-    entries = [GoodModel(file=path.name, release=release), *others][:keep]
+    entries = [GoodModel(file=path.name, envelope=envelope), *others][:keep]
     write_history(model_dir, entries)
     kept = {m.file for m in entries}
     for old in before:

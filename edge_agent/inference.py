@@ -78,19 +78,25 @@ class Letterbox(NamedTuple):
     pad_y: int
 
 
-def load_image(source: ImageInput, fit: tuple[int, int] | None = None) -> Image.Image:
+def load_image(
+    source: ImageInput, fit: tuple[int, int] | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Decode bytes or a file (EXIF orientation applied); ``ImageError`` if unreadable.
 
     With ``fit`` (a model input's height, width), a JPEG at least twice as large as
     the model needs is decoded at 1/2, 1/4 or 1/8 scale (the decoder's DCT scaling
     skips detail the input cannot hold: a 1920x1280 frame for 480 decodes ~3x
-    faster). ``image_size`` still gives the frame's own size.
+    faster). ``image_size`` still gives the frame's own size. An image of more than
+    ``max_pixels`` is refused from its header, before anything is decoded.
     """
     if isinstance(source, Image.Image):
         return source
     name = "bytes" if isinstance(source, bytes) else str(source)
     try:
         image: Image.Image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            pixels = f"{image.width}x{image.height} = {image.width * image.height} pixels"
+            raise ImageError(f"{name}: {pixels} > source.max_pixels {max_pixels}")
         orientation = image.getexif().get(ORIENTATION_TAG, 1)
         full = image.size if orientation < 5 else image.size[::-1]  # 5-8: turned 90 degrees
         if fit is not None and image.format == "JPEG":
@@ -99,6 +105,8 @@ def load_image(source: ImageInput, fit: tuple[int, int] | None = None) -> Image.
                 wanted = (math.ceil(image.width * ratio), math.ceil(image.height * ratio))
                 image.draft("RGB", wanted)
         image.load()
+    except ImageError:
+        raise
     except Exception as exc:  # decoders raise OSError, SyntaxError, struct.error, ...
         raise ImageError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
     if orientation != 1:

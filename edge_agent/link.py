@@ -7,6 +7,12 @@ agent still starts (a ``--model`` or the last good model keeps inspecting) and
 connects when it can. Two release topics are followed: the fleet's and the
 device's own override; the loader decides which one applies. Operator verdicts
 (``qcloop/devices/<id>/verdict``) are handed to the agent as raw bytes.
+
+While the broker is away paho holds up to ``link.max_queued`` QoS-1 messages
+(results and heartbeats). When that queue is full paho refuses the *new*
+message (``MQTT_ERR_QUEUE_SIZE``): the oldest are kept and sent first on
+reconnect, the newest are dropped, counted in ``mqtt_dropped`` and logged once
+per outage.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.config import EdgeConfig
-from edge_agent.stats import DeviceState
+from edge_agent.config import EdgeConfig, OperatorConfig
+from edge_agent.stats import Counters, DeviceState
 from qcloop.errors import BrokerUnavailable, ContractError
 from qcloop.mqtt import (
     connect,
@@ -36,7 +42,6 @@ log = logging.getLogger(__name__)
 
 # Where a release came from: the fleet's topic or this device's own
 ReleaseOrigin = Literal["fleet", "device"]
-MAX_QUEUED = 1000  # results held while the broker is away; older ones are dropped
 
 
 class MqttLink:
@@ -47,8 +52,11 @@ class MqttLink:
         config: EdgeConfig,
         on_release: Callable[[bytes, ReleaseOrigin], None],
         on_verdict: Callable[[bytes], None] | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self._settings = config.mqtt
+        self._counters = counters or Counters()
+        self._dropping = False  # the queue is full: logged once until a message is queued
         self.device_id = config.device_id
         self.release_topic = release_topic(config.fleet)
         self.device_release_topic = device_release_topic(config.device_id)
@@ -63,7 +71,7 @@ class MqttLink:
         self._client.reconnect_delay_set(
             min_delay=config.link.reconnect_min_s, max_delay=config.link.reconnect_max_s
         )
-        self._client.max_queued_messages_set(MAX_QUEUED)
+        self._client.max_queued_messages_set(config.link.max_queued)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -81,11 +89,26 @@ class MqttLink:
 
     def publish_result(self, payload: str) -> None:
         """One InferenceResult (QoS 1; queued by paho while disconnected)."""
-        self._client.publish(self.results_topic, payload, qos=1)
+        self._queued(self._client.publish(self.results_topic, payload, qos=1))
 
     def publish_state(self, state: DeviceState) -> mqtt.MQTTMessageInfo:
         """The retained device state (the heartbeat)."""
-        return self._client.publish(self.state_topic, state.model_dump_json(), qos=1, retain=True)
+        info = self._client.publish(self.state_topic, state.model_dump_json(), qos=1, retain=True)
+        return self._queued(info)
+
+    def _queued(self, info: mqtt.MQTTMessageInfo) -> mqtt.MQTTMessageInfo:
+        """Count a message paho refused because its queue is full (the newest is dropped)."""
+        if info.rc != mqtt.MQTT_ERR_QUEUE_SIZE:
+            self._dropping = False
+            return info
+        self._counters.add("mqtt_dropped")
+        if not self._dropping:
+            self._dropping = True
+            log.warning(
+                "MQTT queue full, dropping new messages until the broker takes them",
+                extra={"max_queued": self._client.max_queued_messages},
+            )
+        return info
 
     def close(self, final_state: DeviceState, timeout: float = 3.0) -> None:
         """Publish the final (offline) state, then disconnect cleanly."""
@@ -124,14 +147,18 @@ class MqttLink:
             self._on_verdict(bytes(message.payload))
 
 
-def publish_verdict(config: EdgeConfig, payload: str, timeout: float = 10.0) -> None:
+def publish_verdict(
+    config: EdgeConfig | OperatorConfig, payload: str, timeout: float = 10.0
+) -> None:
     """Publish one operator verdict (QoS 1, not retained) to the device; wait for the broker."""
     publish_once(
         config.mqtt, verdict_topic(config.device_id), payload, retain=False, timeout=timeout
     )
 
 
-def read_retained_state(config: EdgeConfig, timeout: float = 5.0) -> DeviceState | None:
+def read_retained_state(
+    config: EdgeConfig | OperatorConfig, timeout: float = 5.0
+) -> DeviceState | None:
     """The device's retained state as the broker holds it (None if none within ``timeout``).
 
     ``BrokerUnavailable`` if the broker cannot be reached; ``ContractError`` if the

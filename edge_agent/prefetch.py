@@ -13,7 +13,9 @@ stops is not marked done, so a hot-folder file stays for the next start.
 The thread prepares for the input plan (size, stride) of the model serving when
 it reads the frame; after a swap to a model with another plan the inspection
 thread prepares the few frames already queued again (``Prefetched.for_model``). Errors stay with
-their frame (``error``): the inspection thread rejects it, in order.
+their frame (``error``): the inspection thread rejects it, in order. A frame of more than
+``max_pixels`` is refused from its header; a ``DecodeGuard`` marks each frame while it is
+decoded, so one that kills the agent is set aside at the next start.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from PIL import Image
 
 from edge_agent.errors import ImageError
+from edge_agent.guard import DecodeGuard
 from edge_agent.inference import FULL_SIZE, InputPlan, ModelInput, load_image, prepare_input
 from edge_agent.sources import Frame, FrameSource
 
@@ -55,10 +59,18 @@ class Prefetched:
         return prepare_input(self.frame.data if reduced else self.image, plan)
 
 
-def prefetch(frame: Frame, plan: InputPlan | None) -> Prefetched:
+def prefetch(
+    frame: Frame,
+    plan: InputPlan | None,
+    max_pixels: int | None = None,
+    guard: DecodeGuard | None = None,
+) -> Prefetched:
     """Decode ``frame`` and, if the model's ``plan`` is known, prepare the model input."""
+    if frame.rejected is not None:  # the source refused it unread
+        return Prefetched(frame, error=frame.rejected)
     try:
-        image = load_image(frame.data, fit=plan.imgsz if plan else None)
+        with guard.decoding(frame) if guard is not None else nullcontext():
+            image = load_image(frame.data, fit=plan.imgsz if plan else None, max_pixels=max_pixels)
     except ImageError as exc:
         return Prefetched(frame, error=str(exc))
     prepared = prepare_input(image, plan) if plan is not None else None
@@ -79,9 +91,14 @@ class Prefetcher:
         plan: Callable[[], InputPlan | None],
         depth: int,
         tick_s: float,
+        *,
+        max_pixels: int | None = None,
+        guard: DecodeGuard | None = None,
     ) -> None:
         self.source = source
         self.depth = depth
+        self._max_pixels = max_pixels
+        self._guard = guard
         self._plan = plan
         self._tick = tick_s
         self._queue: queue.Queue[Prefetched] = queue.Queue(maxsize=max(depth, 1))
@@ -99,7 +116,7 @@ class Prefetcher:
         """The next frame, ready for the model, or None if none within ``timeout`` s."""
         if self._thread is None:
             frame = self._read(timeout)
-            return prefetch(frame, self._plan()) if frame is not None else None
+            return self._prepare(frame) if frame is not None else None
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -110,6 +127,9 @@ class Prefetcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def _prepare(self, frame: Frame) -> Prefetched:
+        return prefetch(frame, self._plan(), self._max_pixels, self._guard)
 
     def _read(self, timeout: float) -> Frame | None:
         try:
@@ -126,7 +146,7 @@ class Prefetcher:
             if frame is None:
                 continue
             try:
-                item = prefetch(frame, self._plan())
+                item = self._prepare(frame)
             except Exception as exc:  # a bug in preparing must not kill the thread
                 item = Prefetched(frame, error=f"cannot prepare: {type(exc).__name__}: {exc}")
             while not self._stop.is_set():

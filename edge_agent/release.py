@@ -3,12 +3,12 @@
 ``ModelLoader`` takes raw release payloads from two topics: the fleet's and this
 device's own (``qcloop/devices/<id>/release``), which wins while a message is
 retained there (an empty retained message removes it, and the fleet's release
-applies again). A payload is refused - logged, counted, the served model stays -
-when it is too large, not a valid ``ReleaseMessage``, for another fleet, unsigned
-or badly signed while ``release.public_key`` is set, or when its model does not
-download, verify (size, sha256), load or pass the smoke test. Only a model that
-passed all of this is offered to the loop (``take_ready``), which swaps it in
-between two frames.
+applies again if it is not older than the override). A payload is refused -
+logged, counted, the served model stays - when it is too large, or fails the
+``ReleaseGate`` (``edge_agent.trust``: signature, fleet, expiry, sequence), or
+when its model does not download within its signed size, verify (sha256), load
+or pass the smoke test. Only a model that passed all of this is offered to the
+loop (``take_ready``), which swaps it in between two frames.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from edge_agent.config import EdgeConfig
 from edge_agent.history import read_history
 from edge_agent.inference import Detector
 from edge_agent.link import ReleaseOrigin
 from edge_agent.stats import Counters
 from edge_agent.store import LazyStore
-from qcloop.contracts import ModelRef, ReleaseMessage, Thresholds
+from edge_agent.trust import ReleaseGate
+from qcloop.contracts import ModelRef, ReleaseEnvelope, ReleaseMessage, Thresholds
+from qcloop.download import download_url
 from qcloop.errors import ContractError, IntegrityError, QcloopError, StoreError
-from qcloop.signing import load_public_key, verify_release
-from qcloop.storage import download_url, sha256_bytes, sha256_file
+from qcloop.signing import SealedRelease
+from qcloop.storage import sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ServingModel:
-    """A model ready to serve: its detector, name/version, thresholds, file and release."""
+    """A model ready to serve: its detector, name/version, thresholds, file and release
+    (with the signed envelope it came in, kept in ``last-good.json``)."""
 
     detector: Detector
     ref: ModelRef
@@ -59,6 +60,7 @@ class ServingModel:
     sha256: str
     path: Path
     release: ReleaseMessage | None = None
+    envelope: ReleaseEnvelope | None = None
 
 
 @dataclass(frozen=True)
@@ -69,16 +71,17 @@ class ModelOnDisk:
     sha256: str
     path: Path
     release: ReleaseMessage | None = None
+    envelope: ReleaseEnvelope | None = None
 
     @classmethod
     def of(cls, model: ServingModel) -> ModelOnDisk:
-        return cls(model.ref, model.sha256, model.path, model.release)
+        return cls(model.ref, model.sha256, model.path, model.release, model.envelope)
 
     def reopen(self, config: EdgeConfig) -> ServingModel:
         """Verify the file again, load and smoke-test it (``QcloopError`` if any fails)."""
         if self.release is not None:
             verify_file(self.path, self.release.size, self.release.sha256)
-            return open_model(self.release, self.path, config)
+            return open_model(self.release, self.path, config, self.envelope)
         if not self.path.is_file() or sha256_file(self.path) != self.sha256:
             raise IntegrityError(f"{self.path}: gone or changed since it was served")
         return load_local(self.path, config)
@@ -110,7 +113,10 @@ def verify_file(path: Path, size: int, sha256: str) -> None:
 
 
 def fetch_model(release: ReleaseMessage, model_dir: Path, store: LazyStore) -> Path:
-    """Download (unless already there and intact) and verify; the verified path."""
+    """Download (unless already there and intact) and verify; the verified path.
+
+    The download stops at the first byte beyond the signed size and is renamed into
+    place only once size and sha256 match (``qcloop.download``)."""
     final = model_dir / model_filename(release)
     if final.is_file():
         try:
@@ -120,17 +126,18 @@ def fetch_model(release: ReleaseMessage, model_dir: Path, store: LazyStore) -> P
             final.unlink()
     incoming = model_dir / "incoming" / final.name
     needs_store = urlparse(release.url).scheme == "s3"
-    download_url(release.url, incoming, store.get() if needs_store else None)
-    try:
-        verify_file(incoming, release.size, release.sha256)
-    except IntegrityError:
-        incoming.unlink(missing_ok=True)
-        raise
+    source = store.get() if needs_store else None
+    download_url(release.url, incoming, source, size=release.size, sha256=release.sha256)
     os.replace(incoming, final)
     return final
 
 
-def open_model(release: ReleaseMessage, path: Path, config: EdgeConfig) -> ServingModel:
+def open_model(
+    release: ReleaseMessage,
+    path: Path,
+    config: EdgeConfig,
+    envelope: ReleaseEnvelope | None = None,
+) -> ServingModel:
     """Load the verified file of ``release`` and smoke-test it (``ModelError`` if it fails)."""
     thresholds = release_thresholds(config.thresholds, release)
     detector = Detector(
@@ -143,14 +150,15 @@ def open_model(release: ReleaseMessage, path: Path, config: EdgeConfig) -> Servi
         rect=config.rect_input,
     )
     detector.warmup()
-    return ServingModel(detector, release.model, thresholds, release.sha256, path, release)
+    ref, sha256 = release.model, release.sha256
+    return ServingModel(detector, ref, thresholds, sha256, path, release, envelope)
 
 
-def load_release(release: ReleaseMessage, config: EdgeConfig, store: LazyStore) -> ServingModel:
+def load_release(sealed: SealedRelease, config: EdgeConfig, store: LazyStore) -> ServingModel:
     """Fetch, verify, load and smoke-test the released model; a file that fails is deleted."""
-    path = fetch_model(release, config.model_dir, store)
+    path = fetch_model(sealed.message, config.model_dir, store)
     try:
-        return open_model(release, path, config)
+        return open_model(sealed.message, path, config, sealed.envelope)
     except QcloopError:
         path.unlink(missing_ok=True)
         raise
@@ -170,28 +178,23 @@ def load_local(path: Path, config: EdgeConfig) -> ServingModel:
     return ServingModel(detector, ref, config.thresholds, sha256_file(path), path)
 
 
-def release_key(config: EdgeConfig) -> Ed25519PublicKey | None:
-    """The release verification key, if configured (``ConfigError`` naming the file)."""
-    path = config.release.public_key
-    return load_public_key(path) if path is not None else None
-
-
 def load_last_good(
-    config: EdgeConfig, key: Ed25519PublicKey | None, counters: Counters
+    config: EdgeConfig, gate: ReleaseGate, counters: Counters
 ) -> ServingModel | None:
-    """The newest good model on disk that still verifies and loads, if any."""
+    """The newest good model on disk whose release still verifies with today's keys and
+    whose file still verifies and loads, if any."""
     for entry in read_history(config.model_dir):
         path = config.model_dir / entry.file
         try:
-            if key is not None:
-                verify_release(entry.release, key)
-            verify_file(path, entry.release.size, entry.release.sha256)
-            model = open_model(entry.release, path, config)
+            sealed = gate.verify_stored(entry.envelope, source=f"last good {entry.file}")
+            release = sealed.message
+            verify_file(path, release.size, release.sha256)
+            model = open_model(release, path, config, entry.envelope)
         except (QcloopError, OSError) as exc:
             log.error("last good model unusable, trying an older one", extra=_failed(entry, exc))
             counters.add("errors")
             continue
-        log.info("starting with the last good model", extra=_describe(entry.release))
+        log.info("starting with the last good model", extra=_describe(release))
         return model
     return None
 
@@ -204,12 +207,12 @@ class ModelLoader:
         config: EdgeConfig,
         store: LazyStore,
         counters: Counters,
-        key: Ed25519PublicKey | None = None,
+        gate: ReleaseGate | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._counters = counters
-        self._key = key
+        self._gate = gate if gate is not None else ReleaseGate(config)
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._ready: ServingModel | None = None
@@ -287,29 +290,32 @@ class ModelLoader:
             error = ContractError(f"{origin} release payload of {len(payload)} bytes > {limit}")
             return self._refuse(digest, "oversized release ignored", error)
         try:
-            release = ReleaseMessage.from_json(payload, source=f"{origin} release message")
-        except QcloopError as exc:
+            sealed = self._gate.admit(payload, origin)
+        except ContractError as exc:
             return self._refuse(digest, "invalid release ignored, keeping the current model", exc)
-        if release.fleet != self._config.fleet:
-            error = ContractError(f"release is for fleet '{release.fleet}'")
-            return self._refuse(digest, "release for another fleet ignored", error)
-        if self._key is not None:
-            try:
-                verify_release(release, self._key)
-            except IntegrityError as exc:
-                return self._refuse(digest, "untrusted release refused, keeping the model", exc)
+        except QcloopError as exc:  # signature, expiry, sequence
+            return self._refuse(digest, "untrusted release refused, keeping the model", exc)
+        try:
+            self._gate.accept(sealed)
+        except OSError as exc:  # not recorded, not installed: tried again later
+            self._refuse(None, "cannot record the release sequence, keeping the model", exc)
+            self._retry_later()
+            return None
+        release = sealed.message
         with self._lock:
             if self._current == (release.model, release.sha256):
                 return None
             if release.sha256 in self._bad_models:
                 failed = IntegrityError(f"model {release.sha256[:12]} failed while serving")
                 return self._refuse(digest, "release of a rolled-back model ignored", failed)
-        return self._install(release, payload, digest, origin)
+        return self._install(sealed, digest, origin)
 
-    def _install(self, release: ReleaseMessage, payload: bytes, digest: str, origin: str) -> None:
-        log.info("release received", extra={**_describe(release), "origin": origin})
+    def _install(self, sealed: SealedRelease, digest: str, origin: str) -> None:
+        release = sealed.message
+        extra = {**_describe(release), "origin": origin, "sequence": release.sequence}
+        log.info("release received", extra=extra)
         try:
-            model = load_release(release, self._config, self._store)
+            model = load_release(sealed, self._config, self._store)
         except StoreError as exc:  # maybe transient: try again later
             self._refuse(None, "release download failed, keeping the current model", exc)
             self._retry_later()

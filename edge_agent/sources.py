@@ -1,8 +1,10 @@
 """Where frames come from: a hot folder, or the simulated camera.
 
 A source hands out ``Frame``s one at a time and is told how each ended:
-``done`` (inferred) or ``reject`` (not an image). Sources never raise on a bad
-file: they log it and move on, so the inspection loop keeps running.
+``done`` (inferred) or ``reject`` (not an image, too large, empty). Sources never
+raise on a bad file: they log it and move on, so the inspection loop keeps running.
+A frame the source already refuses (a file too large to read, one that stays
+empty) comes with its ``rejected`` reason, and the loop sets it aside in order.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Frame:
     name: str
     data: bytes
     path: Path | None = None
+    rejected: str | None = None  # why the source refuses it (then ``data`` is empty)
 
 
 class FrameSource(Protocol):
@@ -43,7 +46,7 @@ class FrameSource(Protocol):
         """The frame was inferred: apply the processed-file policy."""
 
     def reject(self, frame: Frame, reason: str) -> None:
-        """The frame is not an image: set it aside."""
+        """The frame cannot be inspected (``reason``): set it aside."""
 
 
 def is_temporary(path: Path) -> bool:
@@ -69,7 +72,9 @@ class FolderSource:
 
     A file is complete when its size and mtime did not change between two scans
     and its name is not a temporary one. After inference it is kept, moved to
-    ``processed_dir`` or deleted (``policy``); a non-image goes to ``rejected_dir``.
+    ``processed_dir`` or deleted (``policy``); a non-image goes to ``rejected_dir``,
+    and so does a file over ``max_file_bytes`` (not read) or one still empty after
+    ``empty_settle_s``.
     ``next_frame`` may run on the prefetch thread while ``done``/``reject`` run on
     the inspection thread: the bookkeeping of handled files is under a lock.
     """
@@ -79,7 +84,10 @@ class FolderSource:
     processed_dir: Path | None = None
     rejected_dir: Path | None = None
     poll_interval_s: float = 0.5
+    max_file_bytes: int = 64 * 1024 * 1024
+    empty_settle_s: float = 10.0
     _seen: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _empty_since: dict[Path, float] = field(default_factory=dict, repr=False)
     _handled: set[tuple[Path, int, int]] = field(default_factory=set, repr=False)
     _ready: list[Path] = field(default_factory=list, repr=False)
     _last_scan: float = field(default=0.0, repr=False)
@@ -122,7 +130,16 @@ class FolderSource:
                 continue
             stat = entry.stat()
             current[path] = (stat.st_size, stat.st_mtime_ns)
-        stable = [p for p, sig in current.items() if self._seen.get(p) == sig and sig[0] > 0]
+        now = time.monotonic()
+        self._empty_since = {
+            p: self._empty_since.get(p, now) for p, sig in current.items() if sig[0] == 0
+        }
+        stable = [
+            p
+            for p, sig in current.items()
+            if self._seen.get(p) == sig
+            and (sig[0] > 0 or now - self._empty_since[p] >= self.empty_settle_s)
+        ]
         self._seen = current
         with self._lock:
             fresh = [p for p in stable if (p, *current[p]) not in self._handled]
@@ -130,14 +147,20 @@ class FolderSource:
 
     def _read(self, path: Path) -> Frame | None:
         try:
-            data = path.read_bytes()
             stat = path.stat()
+            too_large = stat.st_size > self.max_file_bytes
+            data = b"" if too_large else path.read_bytes()
         except OSError as exc:  # vanished or unreadable: not ours to crash on
             log.warning("cannot read file", extra={"path": str(path), "error": str(exc)})
             return None
         with self._lock:
             self._handled.add((path, stat.st_size, stat.st_mtime_ns))
-        return Frame(name=str(path), data=data, path=path)
+        rejected = None
+        if too_large:
+            rejected = f"{stat.st_size} bytes > source.max_file_bytes {self.max_file_bytes}"
+        elif not data:
+            rejected = f"empty file (0 bytes for {self.empty_settle_s} s)"
+        return Frame(name=str(path), data=data, path=path, rejected=rejected)
 
     def done(self, frame: Frame) -> None:
         if frame.path is None or self.policy == "keep":
@@ -154,7 +177,7 @@ class FolderSource:
             )
 
     def reject(self, frame: Frame, reason: str) -> None:
-        log.warning("not an image, set aside", extra={"path": frame.name, "error": reason})
+        log.warning("frame set aside", extra={"path": frame.name, "error": reason})
         if frame.path is None:
             return
         try:
@@ -224,4 +247,6 @@ def make_source(config: SourceConfig) -> FrameSource:
         processed_dir=config.processed_dir,
         rejected_dir=config.rejected_dir,
         poll_interval_s=config.poll_interval_s,
+        max_file_bytes=config.max_file_bytes,
+        empty_settle_s=config.empty_settle_s,
     )

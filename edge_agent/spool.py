@@ -4,9 +4,10 @@ One entry = one file ``entries/p<priority>-<seq>-<sha256>.entry`` holding a magi
 line, the sidecar JSON on one line, then the image bytes - written to ``tmp/``,
 fsynced and renamed, so an entry is either whole or absent, even after kill -9.
 The name carries the priority and the order, so a restart rebuilds the index
-from a directory listing. The spool is bounded in bytes: when a new entry does
-not fit, the lowest-priority (then oldest) entries are dropped first; a new entry
-less important than everything spooled is itself dropped. Entries are keyed by
+from a directory listing. The spool is bounded in bytes (``max_bytes``, and never
+more than the disk's free space minus ``reserve_bytes``): when a new entry does not
+fit, the lowest-priority (then oldest) entries are dropped first; a new entry less
+important than everything spooled is itself dropped. Entries are keyed by
 the image's sha256: the same image twice is spooled once (a higher priority
 replaces the entry, so an operator verdict wins over an earlier low-confidence one).
 """
@@ -17,9 +18,11 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.stats import disk_free
 from qcloop.contracts import CaptureReason, RawImageSidecar
 from qcloop.errors import IntegrityError
 from qcloop.fsutil import atomic_write, fsync_dir
@@ -72,12 +75,20 @@ def decode(blob: bytes, name: str) -> tuple[bytes, RawImageSidecar]:
 class Spool:
     """A bounded, crash-safe folder of feedback entries (thread-safe)."""
 
-    def __init__(self, folder: Path, max_bytes: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        max_bytes: int,
+        reserve_bytes: int = 0,
+        free_bytes: Callable[[Path], int | None] = disk_free,
+    ) -> None:
         self.folder = Path(folder)
         self.max_bytes = max_bytes
+        self.reserve_bytes = reserve_bytes
+        self._free_bytes = free_bytes  # a parameter so tests can fill a disk
         self._entries_dir = self.folder / "entries"
         self._tmp_dir = self.folder / "tmp"
-        self._bad_dir = self.folder / "bad"
+        self.bad_dir = self.folder / "bad"
         self._lock = threading.Lock()
         self._index: dict[str, SpoolEntry] = {}
         self._seq = 0
@@ -138,11 +149,12 @@ class Spool:
 
     def _make_room(self, new: SpoolEntry) -> list[SpoolEntry]:
         """Drop lowest-priority, oldest entries until ``new`` fits (lock held)."""
-        if new.size > self.max_bytes:
-            return [new]
         total = sum(e.size for e in self._index.values())
+        limit = self._limit(total)
+        if new.size > limit:
+            return [new]
         dropped: list[SpoolEntry] = []
-        while total + new.size > self.max_bytes:
+        while total + new.size > limit:
             victim = min(self._index.values(), key=lambda e: (e.priority, e.seq))
             if victim.priority > new.priority:
                 return [*dropped, new]  # everything left matters more than the newcomer
@@ -151,6 +163,13 @@ class Spool:
             total -= victim.size
             dropped.append(victim)
         return dropped
+
+    def _limit(self, total: int) -> int:
+        """The most bytes the spool may hold now: ``max_bytes``, less if the disk is fuller."""
+        free = self._free_bytes(self.folder)
+        if free is None:
+            return self.max_bytes
+        return min(self.max_bytes, total + free - self.reserve_bytes)
 
     def next(self) -> SpoolEntry | None:
         """The entry to upload next: highest priority, then oldest."""
@@ -178,8 +197,8 @@ class Spool:
 
     def _set_aside(self, path: Path, reason: str) -> None:
         log.error("spool entry set aside", extra={"path": str(path), "error": reason})
-        self._bad_dir.mkdir(parents=True, exist_ok=True)
+        self.bad_dir.mkdir(parents=True, exist_ok=True)
         try:
-            os.replace(path, self._bad_dir / path.name)
+            os.replace(path, self.bad_dir / path.name)
         except OSError:
             path.unlink(missing_ok=True)

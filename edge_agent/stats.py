@@ -24,11 +24,16 @@ COUNTERS = (
     "swaps",
     "rollbacks",
     "releases_refused",
+    "upload_failures",
+    "frames_rejected",
+    "mqtt_dropped",
     "errors",
     "verdicts_sent",
     "verdicts_unknown_frame",
     "verdicts_ignored",
 )
+# troubles counted apart that also count in ``errors``, the total of every failure
+ALSO_ERRORS = frozenset({"upload_failures", "frames_rejected"})
 
 
 class AgentStats(BaseModel):
@@ -44,7 +49,12 @@ class AgentStats(BaseModel):
     swaps: int = Field(default=0, description="models switched to (the first release counts)")
     rollbacks: int = Field(default=0, description="back to the previous model after failures")
     releases_refused: int = Field(default=0, description="invalid, untrusted or broken releases")
-    errors: int = Field(default=0, description="refused releases, bad files, failed uploads")
+    upload_failures: int = Field(default=0, description="failed uploads to the store (retried)")
+    frames_rejected: int = Field(
+        default=0, description="frames set aside: not an image, too large, empty, crashed on"
+    )
+    mqtt_dropped: int = Field(default=0, description="MQTT messages dropped: queue full")
+    errors: int = Field(default=0, description="every failure, all kinds together")
     verdicts_sent: int = Field(default=0, description="frames spooled for an operator verdict")
     verdicts_unknown_frame: int = Field(default=0, description="verdicts on a frame not kept")
     verdicts_ignored: int = Field(default=0, description="malformed or oversized verdicts")
@@ -70,7 +80,14 @@ class DeviceState(BaseModel):
     spool_depth: int = Field(default=0, description="feedback images waiting for upload")
     spool_bytes: int = 0
     disk_free_bytes: int | None = Field(default=None, description="free space of the state dir")
-    errors: int = 0
+    releases_refused: int = Field(default=0, description="invalid, untrusted or broken releases")
+    release_last_error: str | None = Field(
+        default=None, description="why the last release was refused (or failed to download)"
+    )
+    upload_failures: int = Field(default=0, description="failed uploads to the store (retried)")
+    frames_rejected: int = Field(default=0, description="frames set aside to rejected/")
+    mqtt_dropped: int = Field(default=0, description="MQTT messages dropped: queue full")
+    errors: int = Field(default=0, description="every failure, all kinds together")
     feedback_policies: dict[str, dict[str, int]] = Field(
         default_factory=dict, description="per policy: sent, limited, deduplicated"
     )
@@ -85,9 +102,11 @@ class Counters:
         self._values = dict.fromkeys(COUNTERS, 0)
 
     def add(self, name: str, amount: int = 1) -> None:
-        """Increase one counter."""
+        """Increase one counter (those in ``ALSO_ERRORS`` increase ``errors`` too)."""
         with self._lock:
             self._values[name] += amount
+            if name in ALSO_ERRORS:
+                self._values["errors"] += amount
 
     def get(self, name: str) -> int:
         """Current value of one counter."""

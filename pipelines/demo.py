@@ -39,6 +39,7 @@ from qcloop.settings import (
     LabelStudioSettings,
     MlflowSettings,
     MqttSettings,
+    ReleaseSettings,
     Settings,
     StoreSettings,
 )
@@ -188,8 +189,14 @@ def _demo_logging(log_path: Path) -> Iterator[None]:
 
 
 def demo_settings(home: Path, mqtt_url: str) -> Settings:
-    """Settings of the embedded default, all under ``home``."""
+    """Settings of the embedded default, all under ``home``; releases are signed with a
+    key pair made there (``keys/release.key``; the edge agent trusts ``release.pub``)."""
+    from qcloop.signing import generate_keypair
+
     home = home.resolve()
+    signing_key = home / "keys" / "release.key"
+    if not signing_key.exists():
+        generate_keypair(signing_key.parent)
     return Settings(
         home=home,
         workspace=home / "workspace",
@@ -197,6 +204,7 @@ def demo_settings(home: Path, mqtt_url: str) -> Settings:
         mlflow=MlflowSettings(tracking_uri=f"sqlite:///{home / 'mlflow.db'}"),
         dvc=DvcSettings(remote=str(home / "dvc-remote")),
         mqtt=MqttSettings(url=mqtt_url, fleet="demo"),
+        release=ReleaseSettings(signing_key=signing_key),
     )
 
 

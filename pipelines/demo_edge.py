@@ -34,13 +34,18 @@ DEVICE_ID = "demo-cam-1"
 
 
 def edge_config(settings: Settings, home: Path, inbox: Path) -> Path:
-    """The agent's TOML: the hot folder as camera, the demo's broker and store."""
+    """The agent's TOML: the hot folder as camera, the demo's broker and store, and the
+    public half of the demo's release key (``release.signing_key`` with ``.pub``)."""
+    if settings.release.signing_key is None:
+        raise PipelineError("the demo signs its releases: release.signing_key must be set")
+    public_key = settings.release.signing_key.with_suffix(".pub")
     path = home / "edge.toml"
     path.write_text(
         f'device_id = "{DEVICE_ID}"\nfleet = "{settings.mqtt.fleet}"\n'
         f'model_dir = "{home / "edge" / "models"}"\nstate_interval_s = 1.0\n\n'
         f'[source]\nkind = "folder"\npath = "{inbox}"\nprocessed = "move"\n'
         "poll_interval_s = 0.2\n\n"
+        f'[release]\npublic_key = "{public_key}"\n\n'
         f'[mqtt]\nurl = "{settings.mqtt.url}"\n\n'
         f'[store]\nkind = "local"\npath = "{settings.store.path}"\n'
     )

@@ -117,15 +117,18 @@ def _rollout(settings: Settings, edge: EdgeBox, version: str) -> None:
         reason="qcloop demo: the gate passed",
     )
     log.info("      approved: alias '%s' -> v%s", settings.mlflow.production_alias, version)
-    message = build_release(settings, released_by=DEMO_USER, thresholds=THRESHOLDS)
-    topic = publish_release(settings, message)
+    release = build_release(settings, released_by=DEMO_USER, thresholds=THRESHOLDS)
+    topic = publish_release(settings, release)
+    message = release.message
     log.info(
-        "      released %s/%s on %s (sha256 %s..., %d bytes)",
+        "      released %s/%s on %s (sha256 %s..., %d bytes, #%d signed by key %s)",
         message.model.name,
         message.model.version,
         topic,
         message.sha256[:12],
         message.size,
+        message.sequence,
+        message.key_id,
     )
     edge.wait_serving(version)
     log.info("      the edge agent serves v%s", version)

@@ -2,7 +2,10 @@
 
 Devices keep their state retained on ``qcloop/devices/<id>/state`` (heartbeat,
 and ``offline`` as their last will), so one subscription shows which device runs
-which model, and since when, without any database.
+which model, and since when, without any database. Each state is checked against
+the ``DeviceState`` contract and keyed by the device id of its topic: a device cannot
+fill another's row, and a payload that is not a state is listed as ``unreadable``
+with the reason instead of breaking the listing for the whole fleet.
 """
 
 from __future__ import annotations
@@ -13,11 +16,43 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from pydantic import ValidationError
 
+from edge_agent.stats import DeviceState
 from qcloop.mqtt import ROOT, connect, make_client
 from qcloop.settings import MqttSettings
 
 STATE_FILTER = f"{ROOT}/devices/+/state"
+
+
+def read_state(device: str, payload: bytes) -> dict[str, Any]:
+    """The row of ``device`` (its topic's id) from its retained payload.
+
+    A valid ``DeviceState`` comes back as JSON-able fields (those a newer agent adds are
+    left out); an empty payload is ``cleared``; anything else - not JSON, not an object,
+    a field of the wrong type, another device's id - is ``unreadable`` with an ``error``.
+    """
+    if not payload:
+        return {"device_id": device, "status": "cleared"}
+    try:
+        data = json.loads(payload)
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        claimed = data.get("device_id", device)
+        if claimed != device:
+            raise ValueError(f"device_id '{str(claimed)[:64]}' is not the topic's")
+        known = {k: v for k, v in data.items() if k in DeviceState.model_fields}
+        state = DeviceState.model_validate({**known, "device_id": device})
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, ValidationError
+        return {"device_id": device, "status": "unreadable", "error": _reason(exc)}
+    return state.model_dump(mode="json")
+
+
+def _reason(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3]]
+        return "; ".join(problems)
+    return str(exc)[:200]
 
 
 def fleet_states(
@@ -26,7 +61,7 @@ def fleet_states(
     """Retained states of all devices (of ``fleet`` if given), sorted by device id.
 
     Waits until no new state arrived for ``quiet_s`` (retained messages come at
-    once) or ``wait_s`` passed. A payload that is not JSON is listed as unreadable.
+    once) or ``wait_s`` passed. Each row is ``read_state``'s.
     """
     states: dict[str, dict[str, Any]] = {}
     last = [time.monotonic()]
@@ -34,12 +69,9 @@ def fleet_states(
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         device = msg.topic.split("/")[2]
-        try:
-            state = json.loads(msg.payload) if msg.payload else {"status": "cleared"}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            state = {"status": "unreadable"}
+        state = read_state(device, bytes(msg.payload))
         with lock:
-            states[device] = {"device_id": device, **state}
+            states[device] = state
             last[0] = time.monotonic()
 
     client = make_client(settings)
@@ -59,7 +91,7 @@ def fleet_states(
 
 
 def fleet_table(states: list[dict[str, Any]]) -> str:
-    """A fixed-width table for people."""
+    """A fixed-width table for people; unreadable states are explained below it."""
     rows = [("DEVICE", "FLEET", "STATUS", "MODEL", "SINCE", "FPS", "P50 MS", "SPOOL")]
     for s in states:
         model = s.get("model") or {}
@@ -78,4 +110,6 @@ def fleet_table(states: list[dict[str, Any]]) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    notes = [f"{s['device_id']}: unreadable state: {s['error']}" for s in states if "error" in s]
+    return "\n".join(lines + (["", *notes] if notes else []))

@@ -3,7 +3,8 @@
 1. ``RawImageSidecar``  - JSON beside every image in the raw store.
 2. ``DatasetManifest``  - ``manifest.json`` of a labelled, DVC-versioned dataset.
 3. ``ModelRecord``      - what a registered model version carries (MLflow tags/metrics).
-4. ``ReleaseMessage``   - the retained MQTT message that tells a fleet what to run.
+4. ``ReleaseMessage``   - what a fleet must run, published inside a signed
+                          ``ReleaseEnvelope`` (the retained MQTT message).
 
 Every part reads and writes these through ``to_json``/``from_json`` so that a
 payload that breaks the contract fails loudly, naming the field.
@@ -18,12 +19,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from qcloop.errors import ContractError
 
 SCHEMA_VERSION: Final = 1
 SHA256_RE = r"^[0-9a-f]{64}$"
+KEY_ID_RE = r"^[0-9a-f]{16}$"  # the first 16 hex digits of the public key's sha256
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
@@ -286,10 +296,16 @@ class ReleaseMessage(Contract):
     class_names: list[str] = Field(min_length=1)
     variant: Literal["fp32", "int8"] = Field(default="fp32", description="which ONNX this is")
     thresholds: Thresholds = Field(default_factory=Thresholds)
-    released_at: datetime = Field(default_factory=utcnow)
+    released_at: AwareDatetime = Field(default_factory=utcnow)
     released_by: str = Field(min_length=1)
-    signature: str | None = Field(
-        default=None, description="base64 Ed25519 signature of qcloop.signing.signed_bytes"
+    sequence: int = Field(
+        ge=1, description="one more than the fleet's previous release; devices refuse lower ones"
+    )
+    expires_at: AwareDatetime = Field(description="devices refuse the release after this time")
+    key_id: str | None = Field(
+        default=None,
+        pattern=KEY_ID_RE,
+        description="qcloop.signing.key_id of the key that signs it; none: unsigned",
     )
 
     @field_validator("url")
@@ -298,6 +314,31 @@ class ReleaseMessage(Contract):
         if not re.match(r"^(file|https?|s3)://", url):
             raise ValueError(f"url '{url}' must start with file://, http(s):// or s3://")
         return url
+
+    @model_validator(mode="after")
+    def _expires_after_release(self) -> ReleaseMessage:
+        if self.expires_at <= self.released_at:
+            raise ValueError("expires_at must be after released_at")
+        return self
+
+
+class ReleaseSignature(Contract):
+    """One signature of a ``ReleaseEnvelope``'s signed bytes."""
+
+    keyid: str = Field(pattern=KEY_ID_RE, description="qcloop.signing.key_id of the signer")
+    sig: str = Field(min_length=1, description="base64 Ed25519 signature of the signed bytes")
+
+
+class ReleaseEnvelope(Contract):
+    """What the release topics carry: a release's exact bytes and their signatures.
+
+    ``signed`` is the base64 of the ``ReleaseMessage`` JSON exactly as the bridge wrote it;
+    signatures cover those bytes, which are parsed only once one verifies
+    (``qcloop.signing``). No signatures: an unsigned release (labs only).
+    """
+
+    signed: str = Field(min_length=1, description="base64 of the exact ReleaseMessage JSON")
+    signatures: list[ReleaseSignature] = Field(default_factory=list, max_length=8)
 
 
 # ---------------------------------------------------------------- inference result
@@ -321,6 +362,7 @@ CONTRACTS: dict[str, type[Contract]] = {
     "dataset-manifest": DatasetManifest,
     "model-record": ModelRecord,
     "release-message": ReleaseMessage,
+    "release-envelope": ReleaseEnvelope,
     "inference-result": InferenceResult,
 }
 

@@ -1,10 +1,10 @@
 """MQTT topic names and a small client factory shared by the bridge and the agent.
 
 Topics (``<fleet>`` and ``<device>`` match ``[A-Za-z0-9_.-]+``):
-  qcloop/fleets/<fleet>/release     retained ReleaseMessage for the fleet
+  qcloop/fleets/<fleet>/release     retained signed release (qcloop.signing) for the fleet
   qcloop/devices/<device>/results   InferenceResult per frame
   qcloop/devices/<device>/state     retained device state (serving model, status)
-  qcloop/devices/<device>/release   retained ReleaseMessage for one device; wins over the
+  qcloop/devices/<device>/release   retained signed release for one device; wins over the
                                     fleet's while present (an empty retained message clears it)
   qcloop/devices/<device>/verdict   operator verdict on a recent frame: JSON {frame, verdict,
                                     by, note}; the device sends that frame back
@@ -12,7 +12,9 @@ Topics (``<fleet>`` and ``<device>`` match ``[A-Za-z0-9_.-]+``):
 
 from __future__ import annotations
 
+import threading
 import uuid
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -21,6 +23,7 @@ from qcloop.errors import BrokerUnavailable
 from qcloop.settings import MqttSettings
 
 ROOT = "qcloop"
+RETAINED_GRACE_S = 0.5  # a broker sends the retained message right after the SUBACK
 
 
 def release_topic(fleet: str) -> str:
@@ -96,3 +99,33 @@ def publish_retained(
 ) -> None:
     """Publish one retained QoS-1 message and wait until the broker has it."""
     publish_once(settings, topic, payload, retain=True, timeout=timeout)
+
+
+def read_retained(settings: MqttSettings, topic: str, timeout: float = 5.0) -> bytes | None:
+    """The message retained on ``topic``, or None when the broker holds none.
+
+    ``BrokerUnavailable`` if it cannot be reached or does not acknowledge the subscription
+    within ``timeout`` seconds.
+    """
+    got: list[bytes] = []
+    subscribed, arrived = threading.Event(), threading.Event()
+
+    def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == topic and message.retain:
+            got.append(bytes(message.payload))
+            arrived.set()
+
+    client = make_client(settings)
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_message = on_message
+    connect(client, settings)
+    client.loop_start()
+    try:
+        if not subscribed.wait(timeout):
+            raise BrokerUnavailable(f"MQTT broker {settings.url} did not let us read {topic}")
+        arrived.wait(RETAINED_GRACE_S)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[0] if got else None

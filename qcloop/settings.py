@@ -122,7 +122,21 @@ class ReleaseSettings(_Section):
     """Release bridge: signing key (PEM, Ed25519) and what devices are told."""
 
     signing_key: Path | None = Field(
-        default=None, description="private key file; releases are signed when set"
+        default=None,
+        description="private key file; releases are signed when set (devices refuse "
+        "unsigned ones unless set to release.insecure_unsigned)",
+    )
+    public_keys: list[Path] = Field(
+        default_factory=list,
+        description="public keys trusted where the platform reads a release back "
+        "(model-assisted labelling); the signing key's own is always trusted",
+    )
+    expires_after_days: float = Field(
+        default=30.0,
+        gt=0.0,
+        le=3650.0,
+        description="a release expires this long after it is published; "
+        "`qcloop release watch` publishes it anew (next sequence) at half that age",
     )
 
 
@@ -190,10 +204,13 @@ class Settings(_Section):
     pipelines: PipelineSettings = PipelineSettings()
 
 
+LIST_FIELDS = ("class_names", "public_keys")  # variables holding a comma-separated list
+
+
 def env_overrides(
     environ: Mapping[str, str], prefix: str = ENV_PREFIX, skip: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """Nested dict from ``<PREFIX><SECTION>__<FIELD>`` variables (``class_names`` split on ',').
+    """Nested dict from ``<PREFIX><SECTION>__<FIELD>`` variables (lists split on ',').
 
     An empty value counts as unset (a Kubernetes ConfigMap key left empty). Names
     without ``__`` that are Kubernetes service links (``QCLOOP_MINIO_SERVICE_HOST``)
@@ -210,7 +227,7 @@ def env_overrides(
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = value.split(",") if path[-1] == "class_names" else value
+        node[path[-1]] = value.split(",") if path[-1] in LIST_FIELDS else value
     return tree
 
 

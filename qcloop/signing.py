@@ -1,8 +1,21 @@
-"""Ed25519 signatures of release messages: the bridge signs, every device verifies.
+"""Signed release envelopes, as TUF signs its metadata: the bridge signs, devices verify.
 
-The signed bytes are the message without its ``signature`` field, as JSON with
-sorted keys and no spaces, so that any implementation can reproduce them. The
-signature travels base64-encoded in ``ReleaseMessage.signature``.
+What a release topic carries (``qcloop.contracts.ReleaseEnvelope``)::
+
+    {"signed": "<base64 of the ReleaseMessage JSON: the exact bytes the bridge wrote>",
+     "signatures": [{"keyid": "<16 hex digits>", "sig": "<base64 Ed25519 signature>"}]}
+
+A signature covers the decoded ``signed`` bytes themselves, not a re-serialisation of
+the message: a reader verifies them first and only then parses them as a
+``ReleaseMessage``, so no field can be added, changed or stripped without breaking the
+signature, and the envelope itself may be re-serialised freely (``last-good.json``).
+The message names the ``key_id`` that signs it, its fleet ``sequence`` and when it
+``expires_at``; ``edge_agent.trust`` says what a device does with them. A key id is the
+first 16 hex digits of the sha256 of the public key's 32 raw bytes, so a device can
+trust several keys at once (rotation: the old and the new). An envelope without
+signatures is an unsigned release, which only devices set to
+``release.insecure_unsigned`` take.
+
 Keys are PEM files: PKCS#8 private key (bridge, from a Secret), SubjectPublicKeyInfo
 public key (devices). ``qcloop keys generate`` makes a pair.
 """
@@ -11,22 +24,43 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import hashlib
 import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from qcloop.contracts import ReleaseMessage
-from qcloop.errors import ConfigError, IntegrityError
+from qcloop.contracts import ReleaseEnvelope, ReleaseMessage, ReleaseSignature
+from qcloop.errors import ConfigError, ContractError, IntegrityError
+
+KEY_ID_HEX = 16
+TrustedKeys = Mapping[str, Ed25519PublicKey]  # key id -> public key
 
 
-def signed_bytes(message: ReleaseMessage) -> bytes:
-    """The canonical bytes a signature covers (everything but ``signature``)."""
-    body = message.model_dump(mode="json", exclude={"signature"})
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+@dataclass(frozen=True)
+class SealedRelease:
+    """A release and the envelope that carries it byte for byte.
+
+    ``verified_by``: the key id whose signature verified; None for an unsigned release
+    (or one read without checking, ``unverified``)."""
+
+    message: ReleaseMessage
+    envelope: ReleaseEnvelope
+    verified_by: str | None = None
+
+    def payload(self) -> bytes:
+        """The bytes to publish."""
+        return self.envelope.to_json().encode()
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """First 16 hex digits of the sha256 of the key's raw bytes."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:KEY_ID_HEX]
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -51,22 +85,99 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def sign_release(message: ReleaseMessage, key: Ed25519PrivateKey) -> ReleaseMessage:
-    """A copy of ``message`` carrying its signature."""
-    signature = base64.b64encode(key.sign(signed_bytes(message))).decode()
-    return message.model_copy(update={"signature": signature})
+def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
+    """The public keys in ``paths`` by key id (``ConfigError`` naming a bad file)."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for path in paths:
+        key = load_public_key(path)
+        keys[key_id(key)] = key
+    return keys
 
 
-def verify_release(message: ReleaseMessage, key: Ed25519PublicKey) -> None:
-    """Raise ``IntegrityError`` unless ``message`` carries a valid signature by ``key``."""
-    where = f"release {message.model.name}/{message.model.version} for fleet {message.fleet}"
-    if not message.signature:
-        raise IntegrityError(f"{where}: unsigned; the bridge must sign releases")
+def seal(message: ReleaseMessage, key: Ed25519PrivateKey | None) -> SealedRelease:
+    """Write ``message`` once (naming ``key``'s id) and sign those bytes; unsigned without key."""
+    if key is not None:
+        message = message.model_copy(update={"key_id": key_id(key.public_key())})
+    body = message.to_json().encode()
+    signatures = []
+    if key is not None:
+        sig = base64.b64encode(key.sign(body)).decode()
+        signatures.append(ReleaseSignature(keyid=key_id(key.public_key()), sig=sig))
+    envelope = ReleaseEnvelope(signed=base64.b64encode(body).decode(), signatures=signatures)
+    verified_by = signatures[0].keyid if signatures else None
+    return SealedRelease(ReleaseMessage.from_json(body), envelope, verified_by)
+
+
+def signed_bytes(envelope: ReleaseEnvelope, source: str = "release") -> bytes:
+    """The exact bytes an envelope's signatures cover (``ContractError`` if not base64)."""
     try:
-        raw = base64.b64decode(message.signature, validate=True)
-        key.verify(raw, signed_bytes(message))
-    except (InvalidSignature, binascii.Error, ValueError):
-        raise IntegrityError(f"{where}: bad signature; not trusted, not installed") from None
+        return base64.b64decode(envelope.signed, validate=True)
+    except (binascii.Error, ValueError):
+        raise ContractError(f"{source}: field 'signed' is not base64") from None
+
+
+def open_envelope(
+    payload: bytes | str | ReleaseEnvelope,
+    trusted: TrustedKeys,
+    *,
+    allow_unsigned: bool = False,
+    source: str = "release",
+) -> SealedRelease:
+    """Verify an envelope's signed bytes with ``trusted`` keys, then parse them.
+
+    ``IntegrityError`` when a trusted key's signature fails (altered bytes), or when no
+    trusted key signed it, unless ``allow_unsigned`` (then ``verified_by`` is None);
+    ``ContractError`` when the envelope or the message in it breaks its contract.
+    """
+    envelope = (
+        payload
+        if isinstance(payload, ReleaseEnvelope)
+        else ReleaseEnvelope.from_json(payload, source=source)
+    )
+    body = signed_bytes(envelope, source)
+    verified_by = _verify(envelope, body, trusted, allow_unsigned, source)
+    message = ReleaseMessage.from_json(body, source=source)
+    if verified_by is not None and message.key_id != verified_by:
+        raise IntegrityError(
+            f"{source}: signed by key {verified_by} but names key {message.key_id}; not trusted"
+        )
+    return SealedRelease(message, envelope, verified_by)
+
+
+def unverified(envelope: ReleaseEnvelope) -> SealedRelease:
+    """The release an envelope carries, NOT verified: for display and bookkeeping only."""
+    message = ReleaseMessage.from_json(signed_bytes(envelope), source="release envelope")
+    return SealedRelease(message, envelope)
+
+
+def _verify(
+    envelope: ReleaseEnvelope, body: bytes, trusted: TrustedKeys, allow_unsigned: bool, source: str
+) -> str | None:
+    """The id of a trusted key whose signature verifies; None if allowed unsigned."""
+    failed: list[str] = []
+    for signature in envelope.signatures:
+        key = trusted.get(signature.keyid)
+        if key is None:
+            continue
+        try:
+            key.verify(base64.b64decode(signature.sig, validate=True), body)
+            return signature.keyid
+        except (InvalidSignature, binascii.Error, ValueError):
+            failed.append(signature.keyid)
+    if failed:
+        raise IntegrityError(
+            f"{source}: bad signature by key {failed[0]}: altered or forged bytes; not installed"
+        )
+    if allow_unsigned:
+        return None
+    if not envelope.signatures:
+        raise IntegrityError(f"{source}: unsigned; the bridge must sign releases")
+    signers = ", ".join(s.keyid for s in envelope.signatures)
+    known = ", ".join(sorted(trusted)) or "none"
+    raise IntegrityError(
+        f"{source}: signed by key {signers}, which is not trusted (trusted: {known}); "
+        "add the bridge's public key to release.public_keys"
+    )
 
 
 def generate_keypair(out_dir: Path, name: str = "release") -> tuple[Path, Path]:

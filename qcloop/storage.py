@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +22,7 @@ from qcloop.settings import StoreSettings
 
 RAW_PREFIX = "raw/"
 IF_ABSENT = {"If-None-Match": "*"}  # S3 conditional write: create the key only if absent
+CHUNK_BYTES = 1 << 20  # downloads are read, hashed and written this much at a time
 
 
 def released_key(model_name: str) -> str:
@@ -45,6 +45,9 @@ class ObjectStore(Protocol):
 
     def get_bytes(self, key: str) -> bytes:
         """Return the object; ``ObjectNotFound`` if absent."""
+
+    def stream(self, key: str, limit: int | None = None) -> Iterator[bytes]:
+        """The object in chunks, no more than ``limit`` bytes of it read; ``ObjectNotFound``."""
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists."""
@@ -110,6 +113,13 @@ class LocalStore:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise ObjectNotFound(f"{self.url(key)}: no such object") from None
+
+    def stream(self, key: str, limit: int | None = None) -> Iterator[bytes]:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(f"{self.url(key)}: no such object")
+        with open(path, "rb") as fh:
+            yield from read_chunks(fh, limit)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -231,6 +241,17 @@ class S3Store:
             response.close()
             response.release_conn()
 
+    def stream(self, key: str, limit: int | None = None) -> Iterator[bytes]:
+        """A ranged GET when ``limit`` is given: the server sends no more than that."""
+        get = self._client.get_object
+        response = self._call(_check_key(key), get, self.bucket, key, length=limit or 0)
+        try:
+            while chunk := self._call(key, response.read, CHUNK_BYTES):
+                yield bytes(chunk)
+        finally:
+            response.close()
+            response.release_conn()
+
     def exists(self, key: str) -> bool:
         try:
             self._call(_check_key(key), self._client.stat_object, self.bucket, key)
@@ -309,32 +330,20 @@ def _ext(sidecar: RawImageSidecar) -> str:
     return sidecar.key.rsplit(".", 1)[-1]
 
 
-def download_url(url: str, dest: Path, store: ObjectStore | None = None) -> Path:
-    """Fetch ``file://``, ``http(s)://`` or ``s3://`` (through ``store``) into ``dest``."""
-    parsed = urlparse(url)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part")
-    try:
-        if parsed.scheme == "file":
-            shutil.copyfile(Path(parsed.path), tmp)
-        elif parsed.scheme in ("http", "https"):
-            import urllib.request
+class Readable(Protocol):
+    """A file or an HTTP response: anything with ``read(n)``."""
 
-            with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as fh:
-                shutil.copyfileobj(resp, fh)
-        elif parsed.scheme == "s3":
-            if store is None:
-                raise StoreError(
-                    f"{url}: an s3:// location needs store settings (store.kind = 's3')"
-                )
-            tmp.write_bytes(store.get_bytes(parsed.path.lstrip("/")))
-        else:
-            raise StoreError(f"{url}: unsupported scheme '{parsed.scheme}'")
-        tmp.replace(dest)
-    except FileNotFoundError:
-        raise ObjectNotFound(f"{url}: no such file") from None
-    except OSError as exc:
-        raise StoreUnavailable(f"{url}: download failed: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    def read(self, n: int, /) -> bytes:
+        """Up to ``n`` bytes; empty at the end."""
+
+
+def read_chunks(fh: Readable, limit: int | None) -> Iterator[bytes]:
+    """Chunks of ``fh`` until its end or ``limit`` bytes."""
+    left = limit
+    while left is None or left > 0:
+        chunk = fh.read(CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
+        if not chunk:
+            return
+        if left is not None:
+            left -= len(chunk)
+        yield chunk

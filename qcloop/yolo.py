@@ -5,7 +5,9 @@
     <folder>/classes.txt            class names, one per line (optional if given)
 
 Every problem is collected and reported at once, each naming the file and
-line, so a user fixes the folder in one go.
+line, so a user fixes the folder in one go. Symbolic links are refused, never
+followed (a link's target is not echoed in a message), and an image over Pillow's
+decompression-bomb limit is reported like any unreadable one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from qcloop.errors import DatasetError
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 _CAPTURE_RE = re.compile(r"^(?P<group>.+)-cropped-[a-z]+(?:-[a-z]+)?$")
 MAX_REPORTED = 20
+SYMLINK = "a symbolic link, not followed; copy the file itself into the folder"
 
 
 def listed(problems: list[str]) -> str:
@@ -70,6 +73,8 @@ def capture_group(stem: str) -> str:
 def read_class_names(folder: Path) -> list[str]:
     """Class names from ``classes.txt``."""
     path = folder / "classes.txt"
+    if path.is_symlink():
+        raise DatasetError(f"{path}: {SYMLINK}")
     if not path.is_file():
         raise DatasetError(
             f"{path}: missing; write the class names in it, one per line, in the order of "
@@ -121,6 +126,8 @@ def image_size(path: Path) -> tuple[int, int]:
             img.load()
             size: tuple[int, int] = img.size
             return size
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{path}: too many pixels to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ImportError, ValueError) as exc:
         # ImportError: ultralytics, once imported, routes unknown formats to an optional plugin
         raise DatasetError(f"{path}: unreadable image ({exc}); replace or remove it") from None
@@ -136,15 +143,20 @@ def scan_yolo_folder(
         if not needed.is_dir():
             raise DatasetError(f"{needed}: missing; a YOLO folder has images/ and labels/")
     names = class_names or read_class_names(folder)
-    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
-    labels = {p.stem: p for p in sorted(labels_dir.glob("*.txt"))}
-    problems = [
+    files = [p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+    files += sorted(labels_dir.glob("*.txt"))
+    problems = [f"{p}: {SYMLINK}" for p in files if p.is_symlink()]
+    linked = {p.stem for p in files if p.is_symlink()}
+    files = [p for p in files if not p.is_symlink()]
+    images = {p.stem: p for p in files if p.parent == images_dir}
+    labels = {p.stem: p for p in files if p.parent == labels_dir}
+    problems += [
         f"{labels[s]}: label without image (no images/{s}.jpg); add the image or delete the label"
-        for s in sorted(labels.keys() - images.keys())
+        for s in sorted(labels.keys() - images.keys() - linked)
     ]
     problems += [
         f"{images[s]}: image without label; add labels/{s}.txt (empty if it has no defect)"
-        for s in sorted(images.keys() - labels.keys())
+        for s in sorted(images.keys() - labels.keys() - linked)
     ]
     items = []
     for stem in sorted(images.keys() & labels.keys()):

@@ -2,8 +2,10 @@
 
 Edge feedback arrives with the device's predictions; imported or manually
 added images arrive with none. For those, the model in production (the last
-release the bridge published, kept in the object store) predicts boxes, so
-labellers correct rather than draw from scratch.
+release the bridge published, kept in the object store as its signed envelope)
+predicts boxes, so labellers correct rather than draw from scratch. With a key
+configured (``release.public_keys``, or the bridge's own ``release.signing_key``)
+the envelope must verify; the model's download is capped at its signed size.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from pathlib import Path
 from PIL import Image
 
 from qcloop.contracts import Detection, ModelRef, RawImageSidecar, ReleaseMessage
-from qcloop.errors import ObjectNotFound
+from qcloop.download import download_url
+from qcloop.errors import ContractError, IntegrityError, ObjectNotFound
 from qcloop.settings import Settings
-from qcloop.storage import ObjectStore, download_url, open_store, released_key, sha256_file
+from qcloop.signing import key_id, load_private_key, load_public_keys, open_envelope
+from qcloop.storage import ObjectStore, open_store, released_key
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +38,21 @@ def production_assistant(
     store = store or open_store(settings.store)
     name = settings.mlflow.model_name
     try:
-        release = ReleaseMessage.from_json(store.get_bytes(released_key(name)))
+        release = read_released(settings, store.get_bytes(released_key(name)))
     except ObjectNotFound:
         progress(f"no released {name} yet: images without predictions get no pre-annotation")
         return None
+    except (IntegrityError, ContractError) as exc:  # not the bridge's, or not an envelope
+        progress(f"{exc}; no model-assisted labelling")
+        return None
     tmp = Path(tempfile.mkdtemp(prefix="qcloop-assist-"))
-    model_file = download_url(release.url, tmp / "model.onnx", store)
-    if sha256_file(model_file) != release.sha256:
+    try:
+        model_file = download_url(
+            release.url, tmp / "model.onnx", store, size=release.size, sha256=release.sha256
+        )
+    except IntegrityError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        progress(f"{release.url}: sha256 differs from the release; no model-assisted labelling")
+        progress(f"{exc}; no model-assisted labelling")
         return None
     from ultralytics import YOLO
 
@@ -63,3 +73,14 @@ def production_assistant(
         return sidecar.model_copy(update={"model": ref, "predictions": detections})
 
     return predict, lambda: shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_released(settings: Settings, payload: bytes) -> ReleaseMessage:
+    """The release in the bridge's envelope, verified when a key is configured
+    (``release.public_keys``, or the public half of ``release.signing_key``)."""
+    keys = load_public_keys(settings.release.public_keys)
+    if settings.release.signing_key is not None:
+        public = load_private_key(settings.release.signing_key).public_key()
+        keys[key_id(public)] = public
+    sealed = open_envelope(payload, keys, allow_unsigned=not keys, source="released model")
+    return sealed.message

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from qcloop.contracts import Detection
@@ -80,10 +81,15 @@ def result_to_yolo(result: dict[str, Any], names: list[str]) -> YoloBox:
     labels = value.get("rectanglelabels") or []
     if len(labels) != 1 or labels[0] not in names:
         raise ValueError(f"label {labels} is not one of the known classes {names}")
-    if abs(float(value.get("rotation") or 0.0)) > 1e-6:
-        raise ValueError(f"box is rotated by {value['rotation']} degrees; draw it unrotated")
     x, y = float(value["x"]), float(value["y"])
     w, h = float(value["width"]), float(value["height"])
+    rotation = float(value.get("rotation") or 0.0)
+    numbers = {"x": x, "y": y, "width": w, "height": h, "rotation": rotation}
+    broken = [f"{k}={v}" for k, v in numbers.items() if not math.isfinite(v)]
+    if broken:  # NaN passes every comparison below and would become a full-image box
+        raise ValueError(f"box has {', '.join(broken)}, not a finite number; redraw it")
+    if abs(rotation) > 1e-6:
+        raise ValueError(f"box is rotated by {value['rotation']} degrees; draw it unrotated")
     if w <= 0 or h <= 0:
         raise ValueError(f"box x={x:.2f}% y={y:.2f}% has no area (width {w}%, height {h}%)")
     tol = EDGE_TOLERANCE

@@ -33,7 +33,7 @@ def _release(args: argparse.Namespace, settings: Settings) -> int:
             max_int8_drop=max_int8_drop,
         )
         return 0
-    message = build_release(
+    release = build_release(
         settings,
         ref=args.ref,
         released_by=args.by or getpass.getuser(),
@@ -42,8 +42,13 @@ def _release(args: argparse.Namespace, settings: Settings) -> int:
         variant=args.variant,
         max_int8_drop=max_int8_drop,
     )
-    topic = publish_release(settings, message)
-    print(f"released {message.model.name}/{message.model.version} on {topic} ({message.url})")
+    topic = publish_release(settings, release)
+    message = release.message
+    signer = f"signed by key {message.key_id}" if message.key_id else "UNSIGNED"
+    print(
+        f"released {message.model.name}/{message.model.version} on {topic} ({message.url}); "
+        f"sequence {message.sequence}, {signer}, expires {message.expires_at:%Y-%m-%d %H:%M} UTC"
+    )
     return 0
 
 

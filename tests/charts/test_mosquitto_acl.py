@@ -273,6 +273,45 @@ def test_device_cannot_publish_as_another_device_or_as_the_bridge(
     assert [m for m in seen if m[1] == forged] == []
 
 
+def test_device_cannot_retain_on_its_own_release_topic_nor_write_other_topics(
+    clients: dict[str, Client],
+) -> None:
+    # Given a release the bridge retained on device A's override topic, the bridge watching
+    # the devices' states and releases, and each device its own verdict topic (readable)
+    bridge, device, other = clients[BRIDGE], clients["dev-a"], clients["dev-b"]
+    release, forged, own = _token("release"), _token("forged"), _token("state")
+    bridge.publish("qcloop/devices/dev-a/release", release, retain=True)
+    bridge.subscribe("qcloop/devices/+/state")
+    bridge.subscribe("qcloop/devices/+/release")
+    device.subscribe("qcloop/devices/dev-a/verdict")
+    other.subscribe("qcloop/devices/dev-b/verdict")
+    # When device A retains a release of its own, writes its own verdict topic and device
+    # B's verdict and release topics, then its state (allowed)
+    device.publish("qcloop/devices/dev-a/release", forged, retain=True)
+    device.publish("qcloop/devices/dev-a/verdict", forged)
+    device.publish("qcloop/devices/dev-b/verdict", forged)
+    device.publish("qcloop/devices/dev-b/release", forged, retain=True)
+    device.publish("qcloop/devices/dev-a/state", own, retain=True)
+    # Then only its state went through: nobody got a forged message
+    seen = bridge.until("qcloop/devices/dev-a/state", own)
+    assert [m for m in seen if m[1] == forged] == []
+    assert [m for m in _drain(device) + _drain(other) if m[1] == forged] == []
+    # And the release retained on device A's topic is still the bridge's
+    device.subscribe("qcloop/devices/dev-a/release")
+    retained = device.until("qcloop/devices/dev-a/release", release)
+    assert [m for m in retained if m[1] == forged] == []
+
+
+def _drain(client: Client) -> list[tuple[str, bytes]]:
+    """What the client received within QUIET_S."""
+    seen: list[tuple[str, bytes]] = []
+    try:
+        while True:
+            seen.append(client.messages.get(timeout=QUIET_S))
+    except queue.Empty:
+        return seen
+
+
 def test_wrong_password_and_unknown_user_are_refused(broker: Broker) -> None:
     for user, password in (("dev-a", "not-its-password"), ("stranger", "whatever")):
         client = Client(broker, user, password)

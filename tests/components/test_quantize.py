@@ -105,7 +105,7 @@ def test_registered_version_gets_an_int8_variant_and_release(
     with pytest.raises(RegistryError, match="INT8 variant of model det version 1 scores"):
         build_release(settings, released_by="t", variant="int8", max_int8_drop=-1.0)
     assert not store.exists(key)
-    message = build_release(settings, released_by="t", variant="int8")
+    message = build_release(settings, released_by="t", variant="int8").message
     assert (message.variant, message.sha256) == ("int8", quantised.int8.sha256)
     assert message.url.endswith("model-int8.onnx") and store.exists(key)
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from components.audit import approve
 from components.registry import register_model
-from components.release import build_release, model_key, publish_release
-from qcloop.contracts import EvalMetrics, ModelRecord, ReleaseMessage, Thresholds
+from components.release import (
+    build_release,
+    latest_key,
+    model_key,
+    publish_release,
+    sequence_key,
+)
+from qcloop.contracts import EvalMetrics, ModelRecord, ReleaseEnvelope, ReleaseMessage, Thresholds
+from qcloop.download import download_url
 from qcloop.errors import IntegrityError, RegistryError
 from qcloop.mqtt import release_topic
 from qcloop.settings import (
@@ -19,7 +27,8 @@ from qcloop.settings import (
     Settings,
     StoreSettings,
 )
-from qcloop.storage import S3Store, download_url, open_store, sha256_file
+from qcloop.signing import load_public_keys, open_envelope, unverified
+from qcloop.storage import S3Store, open_store, released_key, sha256_file
 from tests.conftest import read_retained
 
 pytestmark = pytest.mark.integration
@@ -34,6 +43,23 @@ def _settings(
         mlflow=MlflowSettings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", model_name="det"),
         mqtt=MqttSettings(url=mqtt_url, fleet=fleet),
     )
+
+
+def _retained(settings: Settings, fleet: str) -> ReleaseMessage:
+    """The release retained on the fleet's topic (its signature not checked here)."""
+    payload = read_retained(settings.mqtt, release_topic(fleet))
+    return unverified(ReleaseEnvelope.from_json(payload)).message
+
+
+def _approved(settings: Settings, onnx: Path) -> ModelRecord:
+    record = _register(settings, onnx)
+    approve(
+        tracking_uri=settings.mlflow.tracking_uri,
+        model_name=settings.mlflow.model_name,
+        version=record.version,
+        approved_by="qa-lead",
+    )
+    return record
 
 
 def _register(settings: Settings, onnx: Path) -> ModelRecord:
@@ -75,18 +101,24 @@ def test_approved_model_is_released_retained(
         approved_by="qa-lead",
     )
     # when the bridge releases it
-    message = build_release(settings, released_by="ops", thresholds=Thresholds(confidence=0.3))
-    topic = publish_release(settings, message)
-    # then a late subscriber gets the retained message, and its bytes check out
+    release = build_release(settings, released_by="ops", thresholds=Thresholds(confidence=0.3))
+    topic = publish_release(settings, release)
+    # then a late subscriber gets the envelope byte for byte, also kept in the store
     assert topic == release_topic("line-1")
-    got = ReleaseMessage.from_json(read_retained(settings.mqtt, topic))
-    assert got == message
+    assert read_retained(settings.mqtt, topic) == release.payload()
+    store = open_store(settings.store)
+    assert store.get_bytes(released_key("det")) == release.payload()
+    got = unverified(ReleaseEnvelope.from_json(release.payload())).message
+    assert got == release.message and got.key_id is None  # no signing key set: unsigned
     assert (got.model.version, got.input_size, got.class_names) == (
         record.version,
         160,
         ["scratch"],
     )
-    fetched = download_url(got.url, tmp_path / "fetched.onnx", open_store(settings.store))
+    assert got.expires_at - got.released_at == timedelta(days=30)
+    fetched = download_url(
+        got.url, tmp_path / "fetched.onnx", store, size=got.size, sha256=got.sha256
+    )
     assert sha256_file(fetched) == got.sha256 == sha256_file(exported_onnx)
     assert got.size == exported_onnx.stat().st_size
 
@@ -102,7 +134,7 @@ def test_release_through_s3(
         version=record.version,
         approved_by="qa-lead",
     )
-    message = build_release(settings, released_by="ops")
+    message = build_release(settings, released_by="ops").message
     assert message.url == f"s3://{s3_store_settings.bucket}/{model_key('det', record.version)}"
     store = S3Store(s3_store_settings)
     assert store.get_bytes(model_key("det", record.version)) == exported_onnx.read_bytes()
@@ -111,26 +143,55 @@ def test_release_through_s3(
 def test_signed_release_verifies_and_tampering_is_caught(
     tmp_path: Path, mqtt_url: str, exported_onnx: Path
 ) -> None:
-    from qcloop.signing import generate_keypair, load_public_key, verify_release
+    from qcloop.signing import generate_keypair
 
     private, public = generate_keypair(tmp_path / "keys")
-    settings = _settings(tmp_path, mqtt_url).model_copy(
-        update={"release": ReleaseSettings(signing_key=private)}
+    release_settings = ReleaseSettings(signing_key=private, expires_after_days=7)
+    settings = _settings(tmp_path, mqtt_url, fleet="signed").model_copy(
+        update={"release": release_settings}
     )
-    record = _register(settings, exported_onnx)
-    approve(
-        tracking_uri=settings.mlflow.tracking_uri,
-        model_name="det",
-        version=record.version,
-        approved_by="qa-lead",
-    )
-    message = build_release(settings, released_by="ops")
-    verify_release(message, load_public_key(public))
-    forged = message.model_copy(update={"url": "http://evil.example/model.onnx"})
+    _approved(settings, exported_onnx)
+    release = build_release(settings, released_by="ops")
+    # the envelope opens with the public key, naming its id, a sequence and an expiry
+    trusted = load_public_keys([public])
+    opened = open_envelope(release.payload(), trusted)
+    assert opened.verified_by == opened.message.key_id == next(iter(trusted))
+    assert opened.message.expires_at - opened.message.released_at == timedelta(days=7)
+    # and the same envelope with other signed bytes, or without signatures, does not
+    envelope = release.envelope
+    forged = envelope.model_copy(update={"signed": envelope.signed[:-8] + "AAAAAAA="})
     with pytest.raises(IntegrityError, match="bad signature"):
-        verify_release(forged, load_public_key(public))
+        open_envelope(forged, trusted)
     with pytest.raises(IntegrityError, match="unsigned"):
-        verify_release(message.model_copy(update={"signature": None}), load_public_key(public))
+        open_envelope(envelope.model_copy(update={"signatures": []}), trusted)
+
+
+def test_the_fleet_sequence_only_grows_across_builds_restarts_and_a_lost_record(
+    tmp_path: Path, mqtt_url: str, exported_onnx: Path
+) -> None:
+    # given an approved model and a bridge for a fleet of its own
+    settings = _settings(tmp_path, mqtt_url, fleet="seq-line")
+    _approved(settings, exported_onnx)
+    # when it builds twice, publishing the second
+    first = build_release(settings, released_by="ops").message.sequence
+    second = build_release(settings, released_by="ops")
+    publish_release(settings, second)
+    # then the numbers follow each other, each claimed in the store
+    assert (first, second.message.sequence) == (1, 2)
+    store = open_store(settings.store)
+    assert store.get_bytes(sequence_key("seq-line", 2)) == second.payload()
+    assert store.get_bytes(latest_key("seq-line")) == second.payload()
+    # and a restarted bridge (fresh settings and store objects) goes on from there
+    fresh = _settings(tmp_path, mqtt_url, fleet="seq-line")
+    assert build_release(fresh, released_by="ops").message.sequence == 3
+    # and one that lost the store's record goes on from the release retained on the broker
+    for key in list(store.list("releases/seq-line/")):
+        (tmp_path / "store" / key).unlink()
+    assert _retained(fresh, "seq-line").sequence == 2
+    assert build_release(fresh, released_by="ops").message.sequence == 3
+    # and a number another bridge claimed first is skipped
+    store.put_bytes(sequence_key("seq-line", 4), b"{}")
+    assert build_release(fresh, released_by="ops").message.sequence == 5
 
 
 def test_bridge_publishes_each_alias_move_once(
@@ -161,9 +222,7 @@ def test_bridge_publishes_each_alias_move_once(
             )
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                got = ReleaseMessage.from_json(
-                    read_retained(settings.mqtt, release_topic("bridge-test"))
-                )
+                got = _retained(settings, "bridge-test")
                 if got.model.version == record.version:
                     break
                 time.sleep(0.2)
@@ -173,4 +232,5 @@ def test_bridge_publishes_each_alias_move_once(
         bridge.join(timeout=10)
     released = [line for line in lines if line.startswith("[bridge] released")]
     assert len(released) == 2, lines
+    assert [line.rsplit(" ", 1)[1] for line in released] == ["(#1)", "(#2)"]
     assert any("not released this round" in line for line in lines)  # before the first approval

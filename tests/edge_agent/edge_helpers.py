@@ -1,10 +1,20 @@
-"""Helpers of the edge agent tests (not fixtures): models, releases, configs, MQTT."""
+"""Helpers of the edge agent tests (not fixtures): models, releases, configs, MQTT.
+
+Configs made here trust the tests' release key (``release_keys``), and ``publish``
+signs a ``ReleaseMessage`` with it, as the bridge would.
+"""
 
 from __future__ import annotations
 
+import atexit
+import base64
+import json
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +22,23 @@ import numpy as np
 import pytest
 
 from edge_agent.config import EdgeConfig
-from qcloop.contracts import ModelRef, ReleaseMessage, Thresholds
+from qcloop.contracts import ModelRef, ReleaseEnvelope, ReleaseMessage, Thresholds, utcnow
 from qcloop.mqtt import publish_retained, release_topic
 from qcloop.settings import MqttSettings, StoreSettings
+from qcloop.signing import generate_keypair, load_private_key, seal
 from qcloop.storage import sha256_file
 
 YOLO_CLASSES = [f"class{i}" for i in range(80)]  # yolov8n.yaml: 80 classes
+_KEYS: list[tuple[Path, Path]] = []
+
+
+def release_keys() -> tuple[Path, Path]:
+    """The tests' release key pair (private, public), made once per test session."""
+    if not _KEYS:
+        folder = Path(tempfile.mkdtemp(prefix="qcloop-test-keys-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _KEYS.append(generate_keypair(folder))
+    return _KEYS[0]
 
 
 def make_constant_model(
@@ -57,7 +78,9 @@ def make_constant_model(
 
 
 def release_for(model: Path, fleet: str, version: str = "1", **changes: Any) -> ReleaseMessage:
-    """A valid release of ``model`` (file:// URL) for ``fleet``; ``changes`` override fields."""
+    """A valid release of ``model`` (file:// URL) for ``fleet``; ``changes`` override fields.
+
+    Its sequence is the version's number (1 otherwise); it expires in a day."""
     fields: dict[str, Any] = {
         "fleet": fleet,
         "model": ModelRef(name="scratch-detector", version=version),
@@ -68,13 +91,41 @@ def release_for(model: Path, fleet: str, version: str = "1", **changes: Any) -> 
         "class_names": YOLO_CLASSES,
         "thresholds": Thresholds(),
         "released_by": "tests",
+        "sequence": int(version) if version.isdigit() else 1,
+        "expires_at": utcnow() + timedelta(days=1),
     }
     fields.update(changes)
     return ReleaseMessage(**fields)
 
 
-def publish(mqtt_url: str, fleet: str, payload: bytes | str) -> None:
-    """Publish a retained payload on the fleet's release topic."""
+def envelope_of(release: ReleaseMessage, key_file: Path | None = None) -> ReleaseEnvelope:
+    """``release`` sealed as the bridge does, signed with ``key_file`` (the tests' key)."""
+    return seal(release, load_private_key(key_file or release_keys()[0])).envelope
+
+
+def signed(release: ReleaseMessage, key_file: Path | None = None) -> bytes:
+    """The payload the bridge publishes for ``release``, signed with ``key_file``."""
+    return envelope_of(release, key_file).to_json().encode()
+
+
+def unsigned(release: ReleaseMessage) -> bytes:
+    """The payload of ``release`` without any signature."""
+    return seal(release, None).payload()
+
+
+def tampered(payload: bytes, *, drop: tuple[str, ...] = (), **changes: Any) -> bytes:
+    """``payload`` with fields of its signed release changed or dropped, signatures kept."""
+    envelope = ReleaseEnvelope.from_json(payload)
+    body = {k: v for k, v in json.loads(base64.b64decode(envelope.signed)).items() if k not in drop}
+    body.update(changes)
+    forged = base64.b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+    return envelope.model_copy(update={"signed": forged}).to_json().encode()
+
+
+def publish(mqtt_url: str, fleet: str, payload: ReleaseMessage | bytes | str) -> None:
+    """Publish a retained payload on the fleet's release topic (a release: signed)."""
+    if isinstance(payload, ReleaseMessage):
+        payload = signed(payload)
     data = payload.encode() if isinstance(payload, str) else payload
     publish_retained(MqttSettings(url=mqtt_url), release_topic(fleet), data)
 
@@ -86,7 +137,8 @@ def make_config(
     device_id: str,
     **overrides: Any,
 ) -> EdgeConfig:
-    """An agent config for tests: hot folder ``tmp_path/inbox``, fast polling."""
+    """An agent config for tests: hot folder ``tmp_path/inbox``, fast polling, the tests'
+    release key trusted."""
     data: dict[str, Any] = {
         "device_id": device_id,
         "fleet": device_id + "-fleet",
@@ -98,6 +150,7 @@ def make_config(
         "link": {"reconnect_min_s": 1, "reconnect_max_s": 1},
         "mqtt": {"url": mqtt_url},
         "store": store,
+        "release": {"public_key": release_keys()[1]},
     }
     data.update(overrides)
     return EdgeConfig.model_validate(data)
@@ -180,13 +233,6 @@ def make_flaky_model(path: Path, imgsz: int = 320, classes: int = 80) -> Path:
     return path
 
 
-def signed(release: ReleaseMessage, key_file: Path) -> ReleaseMessage:
-    """``release`` signed with the private key in ``key_file``."""
-    from qcloop.signing import load_private_key, sign_release
-
-    return sign_release(release, load_private_key(key_file))
-
-
 def write_toml(
     tmp_path: Path,
     device: str,
@@ -199,14 +245,16 @@ def write_toml(
 ) -> Path:
     """``tmp_path/edge.toml`` for the CLI: fleet ``<device>-fleet``, state under ``tmp_path``.
 
-    ``top`` adds top-level lines, ``sections`` whole sections; the store is a local
-    folder unless an S3 ``store`` is given.
+    ``top`` adds top-level lines, ``sections`` whole sections (without ``[release]``, one
+    trusting the tests' key); the store is a local folder unless an S3 ``store`` is given.
     """
     if store is not None and store.kind == "s3":
         where = f'kind = "s3"\nendpoint = "{store.endpoint}"\nbucket = "{store.bucket}"\n'
         where += 'access_key = "k"\nsecret_key = "s"'
     else:
         where = f'kind = "local"\npath = "{store.path if store else tmp_path / "store"}"'
+    if "[release]" not in sections:
+        sections += f'\n[release]\npublic_key = "{release_keys()[1]}"\n'
     path = tmp_path / "edge.toml"
     path.write_text(
         f'device_id = "{device}"\nfleet = "{device}-fleet"\n{top}\n'

@@ -72,7 +72,7 @@ def test_release_download_serve_infer_and_feedback(
     # given a retained release (file:// URL), three real frames and a non-image in the hot folder
     device = f"cam-{store.kind}"
     config = make_config(tmp_path, mqtt_url, store, device)
-    publish(mqtt_url, config.fleet, release_for(yolo_onnx, config.fleet).to_json())
+    publish(mqtt_url, config.fleet, release_for(yolo_onnx, config.fleet))
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "readme.txt").write_text("not an image")  # oldest: handed out first
@@ -120,14 +120,14 @@ def test_a_sha256_mismatch_is_refused_and_the_old_model_keeps_serving(
     # given an agent serving v1
     store = StoreSettings(kind="local", path=tmp_path / "store")
     config = make_config(tmp_path, mqtt_url, store, "cam-sha")
-    publish(mqtt_url, config.fleet, release_for(yolo_onnx, config.fleet).to_json())
+    publish(mqtt_url, config.fleet, release_for(yolo_onnx, config.fleet))
     listener = listen(results_topic("cam-sha"))
     agent = Agent(config)
     thread, out = start(agent, timeout_s=30)
     wait_until(lambda: agent.serving_model == V1, what="v1 served")
     # when v2 is released with a sha256 that does not match its file
     bad = release_for(yolo_onnx, config.fleet, version="2", sha256="0" * 64)
-    publish(mqtt_url, config.fleet, bad.to_json())
+    publish(mqtt_url, config.fleet, bad)
     wait_until(lambda: agent.stats().errors == 1, what="the refusal")
     # and frames arrive
     for image in tag_images[:2]:
@@ -151,9 +151,7 @@ def test_malformed_releases_are_ignored_and_a_new_one_swaps_in(
     store = StoreSettings(kind="local", path=tmp_path / "store")
     config = make_config(tmp_path, mqtt_url, store, "cam-bad")
     quiet = Thresholds(feedback_below=0.0)
-    publish(
-        mqtt_url, config.fleet, release_for(yolo_onnx, config.fleet, thresholds=quiet).to_json()
-    )
+    publish(mqtt_url, config.fleet, release_for(yolo_onnx, config.fleet, thresholds=quiet))
     agent = Agent(config)
     thread, out = start(agent, timeout_s=30)
     wait_until(lambda: agent.serving_model == V1, what="v1 served")
@@ -163,7 +161,7 @@ def test_malformed_releases_are_ignored_and_a_new_one_swaps_in(
     wait_until(lambda: agent.stats().errors == 2, what="two ignored payloads")
     assert agent.serving_model == V1
     v2 = release_for(yolo_onnx, config.fleet, version="2", thresholds=quiet)
-    publish(mqtt_url, config.fleet, v2.to_json())
+    publish(mqtt_url, config.fleet, v2)
     wait_until(lambda: agent.serving_model == V2, what="v2 swapped in")
     shutil.copy(tag_images[0], tmp_path / "inbox")
     wait_until(lambda: agent.stats().frames_inferred == 1, what="one frame")
@@ -195,7 +193,7 @@ def test_an_unreachable_store_does_not_stop_inference(
     config = make_config(
         tmp_path, mqtt_url, store, "cam-nostore", feedback={"drain_timeout_s": 0.5}
     )
-    publish(mqtt_url, config.fleet, release_for(yolo_onnx, config.fleet).to_json())
+    publish(mqtt_url, config.fleet, release_for(yolo_onnx, config.fleet))
     (tmp_path / "inbox").mkdir()
     for image in tag_images:
         shutil.copy(image, tmp_path / "inbox")
@@ -242,7 +240,7 @@ def test_cli_run_prints_and_writes_the_stats(
     # given a config file, a retained release and two frames
     source = f'kind = "folder"\npath = "{tmp_path / "inbox"}"\npoll_interval_s = 0.05'
     config = write_toml(tmp_path, "cam-cli", mqtt_url, source=source)
-    publish(mqtt_url, "cam-cli-fleet", release_for(yolo_onnx, "cam-cli-fleet").to_json())
+    publish(mqtt_url, "cam-cli-fleet", release_for(yolo_onnx, "cam-cli-fleet"))
     (tmp_path / "inbox").mkdir()
     for image in tag_images[:2]:
         shutil.copy(image, tmp_path / "inbox")

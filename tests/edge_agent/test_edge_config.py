@@ -22,7 +22,9 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-MINIMAL = 'device_id = "cam1"\n[source]\nkind = "simulated"\n'
+MINIMAL = (
+    'device_id = "cam1"\n[source]\nkind = "simulated"\n[release]\npublic_key = "release.pub"\n'
+)
 
 
 def test_the_example_loads_with_secrets_from_the_environment() -> None:

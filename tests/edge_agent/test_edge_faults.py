@@ -35,6 +35,8 @@ from tests.edge_agent.edge_helpers import (
     publish,
     release_for,
     signed,
+    tampered,
+    unsigned,
     wait_until,
     write_toml,
 )
@@ -256,7 +258,7 @@ def keyed(tmp_path: Path, mqtt_url: str) -> tuple[EdgeConfig, Path]:
 
 
 def publish_signed(mqtt_url: str, config: EdgeConfig, release: ReleaseMessage, key: Path) -> None:
-    publish(mqtt_url, config.fleet, signed(release, key).to_json())
+    publish(mqtt_url, config.fleet, signed(release, key))
 
 
 @contextmanager
@@ -308,10 +310,10 @@ def test_bad_signatures_are_refused(
     stranger, _ = generate_keypair(tmp_path / "stranger")
     with serving_v1(keyed, mqtt_url, tmp_path) as (agent, _):
         v2 = release_for(blank_model(tmp_path, 2), config.fleet, version="2")
-        publish(mqtt_url, config.fleet, signed(v2, stranger).to_json())
+        publish(mqtt_url, config.fleet, signed(v2, stranger))
         still_v1(agent, 1)
-        forged = signed(v2, key).model_copy(update={"released_by": "mallory"})
-        publish(mqtt_url, config.fleet, forged.to_json())
+        forged = tampered(signed(v2, key), released_by="mallory")
+        publish(mqtt_url, config.fleet, forged)
         still_v1(agent, 2)
         publish_signed(mqtt_url, config, v2, key)  # the real one swaps in
         wait_until(lambda: agent.serving_model == v2.model, what="v2 served")
@@ -346,8 +348,8 @@ def test_malformed_oversized_and_unsigned_payloads_are_refused(
         b"\xff\xfe not json",
         b'{"fleet": "' + config.fleet.encode() + b'", "model": "v9"}',
         b"[]",
-        signed(v2.model_copy(update={"released_by": "x" * 9000}), key).to_json().encode(),
-        v2.to_json().encode(),  # unsigned
+        signed(v2.model_copy(update={"released_by": "x" * 9000}), key),
+        unsigned(v2),
     ]
     with serving_v1(keyed, mqtt_url, tmp_path) as (agent, out):
         for n, payload in enumerate(bad_payloads, start=1):

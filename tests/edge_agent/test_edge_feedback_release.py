@@ -27,7 +27,14 @@ from qcloop.contracts import Detection, ModelRef, RawImageSidecar, ReleaseMessag
 from qcloop.errors import IntegrityError
 from qcloop.settings import StoreSettings
 from qcloop.storage import list_raw_images, open_store, sha256_bytes
-from tests.edge_agent.edge_helpers import YOLO_CLASSES, make_constant_model, release_for, wait_until
+from tests.edge_agent.edge_helpers import (
+    YOLO_CLASSES,
+    make_constant_model,
+    release_for,
+    release_keys,
+    signed,
+    wait_until,
+)
 
 REF = ModelRef(name="scratch-detector", version="3")
 
@@ -154,6 +161,7 @@ def loader_for(tmp_path: Path) -> tuple[ModelLoader, Counters]:
             "fleet": "f",
             "model_dir": tmp_path / "m",
             "source": {"kind": "simulated"},
+            "release": {"public_key": release_keys()[1]},
         }
     )
     counters = Counters()
@@ -169,8 +177,9 @@ def test_loader_ignores_bad_payloads_and_loads_a_good_one(tmp_path: Path) -> Non
     # when it gets garbage, a contract-breaking JSON, another fleet's release, then a good one
     loader.submit(b"{not json")
     loader.submit(b'{"fleet": "f"}')
-    loader.submit(release_for(model, "other", class_names=YOLO_CLASSES).to_json().encode())
-    loader.submit(release_for(model, "f").to_json().encode())
+    loader.submit(signed(release_for(model, "other", class_names=YOLO_CLASSES)))
+    good = signed(release_for(model, "f"))
+    loader.submit(good)
     # then only the good one is offered, and the three others counted as errors
     assert loader.wait_ready(10)
     ready = loader.take_ready()
@@ -178,7 +187,7 @@ def test_loader_ignores_bad_payloads_and_loads_a_good_one(tmp_path: Path) -> Non
     assert counters.get("errors") == 3
     # and the same release again is not reloaded once served
     loader.serving(ready)
-    loader.submit(release_for(model, "f").to_json().encode())
+    loader.submit(good)
     loader.close()
     assert loader.take_ready() is None
 
@@ -186,7 +195,7 @@ def test_loader_ignores_bad_payloads_and_loads_a_good_one(tmp_path: Path) -> Non
 def test_loader_refuses_a_model_that_does_not_match_its_release(tmp_path: Path) -> None:
     loader, counters = loader_for(tmp_path)
     model = constant_model(tmp_path)
-    loader.submit(release_for(model, "f", class_names=["scratch"]).to_json().encode())
+    loader.submit(signed(release_for(model, "f", class_names=["scratch"])))
     wait_until(lambda: counters.get("errors") == 1, what="the refusal")
     loader.close()
     assert loader.take_ready() is None

@@ -44,7 +44,7 @@ def test_a_replaced_model_is_not_kept_alive(mqtt_url: str, tmp_path: Path) -> No
         wait_until(lambda: agent.stats().frames_inferred >= 2, what="the first model inferring")
         # when a release replaces it and frames go on
         second = make_constant_model(tmp_path / "second.onnx", np.zeros((1, 84, 7), np.float32))
-        publish(mqtt_url, config.fleet, release_for(second, config.fleet).to_json())
+        publish(mqtt_url, config.fleet, release_for(second, config.fleet))
         wanted = ModelRef(name="scratch-detector", version="1")
         wait_until(lambda: agent.serving_model == wanted, what="the release served")
         frames = agent.stats().frames_inferred

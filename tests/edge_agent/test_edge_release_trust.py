@@ -18,22 +18,26 @@ from edge_agent.release import (
     load_last_good,
     load_local,
     open_model,
-    release_key,
 )
 from edge_agent.stats import AgentStats, Counters
 from edge_agent.store import LazyStore
-from qcloop.contracts import ModelRef, ReleaseMessage
+from edge_agent.trust import ReleaseGate
+from qcloop.contracts import ModelRef
 from qcloop.errors import ConfigError, IntegrityError
 from qcloop.mqtt import device_release_topic, publish_retained
 from qcloop.settings import MqttSettings, StoreSettings
 from qcloop.signing import generate_keypair
 from tests.edge_agent.edge_helpers import (
+    envelope_of,
     make_config,
     make_constant_model,
     make_flaky_model,
     publish,
     release_for,
+    release_keys,
     signed,
+    tampered,
+    unsigned,
     wait_until,
     write_toml,
 )
@@ -47,20 +51,22 @@ def model(tmp_path: Path, n: int) -> Path:
 
 
 def config_for(tmp_path: Path, **release: object) -> EdgeConfig:
+    """A device of fleet ``f`` trusting the tests' key unless ``release`` says otherwise."""
+    keys = {} if {"public_key", "public_keys"} & set(release) else {"public_key": release_keys()[1]}
     return EdgeConfig.model_validate(
         {
             "device_id": "cam1",
             "fleet": "f",
             "model_dir": tmp_path / "m",
             "source": {"kind": "simulated"},
-            "release": release,
+            "release": {**keys, **release},
         }
     )
 
 
 def loader_with(config: EdgeConfig) -> tuple[ModelLoader, Counters]:
     counters = Counters()
-    loader = ModelLoader(config, LazyStore(config.store), counters, release_key(config))
+    loader = ModelLoader(config, LazyStore(config.store), counters, ReleaseGate(config))
     loader.start()
     return loader, counters
 
@@ -73,10 +79,6 @@ def ready_version(loader: ModelLoader) -> str:
     return ready.ref.version
 
 
-def payload(release: ReleaseMessage) -> bytes:
-    return release.to_json().encode()
-
-
 # ------------------------------------------------------------------ signatures
 
 
@@ -87,11 +89,10 @@ def test_with_a_public_key_only_correctly_signed_releases_load(tmp_path: Path) -
     loader, counters = loader_with(config_for(tmp_path, public_key=pub))
     good = release_for(model(tmp_path, 1), "f", version="1")
     # when it gets an unsigned release, one signed by a stranger, a tampered one, then a good one
-    loader.submit(payload(good))
-    loader.submit(payload(signed(good, stranger)))
-    tampered = signed(good, key).model_copy(update={"url": "file:///elsewhere.onnx"})
-    loader.submit(payload(tampered))
-    loader.submit(payload(signed(good, key)))
+    loader.submit(unsigned(good))
+    loader.submit(signed(good, stranger))
+    loader.submit(tampered(signed(good, key), url="file:///elsewhere.onnx"))
+    loader.submit(signed(good, key))
     # then only the signed one is offered; three refusals counted
     assert ready_version(loader) == "1"
     assert counters.get("releases_refused") == 3 and counters.get("errors") == 3
@@ -101,7 +102,7 @@ def test_with_a_public_key_only_correctly_signed_releases_load(tmp_path: Path) -
 def test_an_unreadable_public_key_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "bad.pub").write_text("not a key")
     with pytest.raises(ConfigError, match=r"bad.pub"):
-        release_key(config_for(tmp_path, public_key=tmp_path / "bad.pub"))
+        ReleaseGate(config_for(tmp_path, public_key=tmp_path / "bad.pub"))
 
 
 # ------------------------------------------------------------------ device override
@@ -110,11 +111,11 @@ def test_an_unreadable_public_key_is_a_config_error(tmp_path: Path) -> None:
 def test_the_device_release_wins_while_present(tmp_path: Path) -> None:
     loader, counters = loader_with(config_for(tmp_path))
     v1, v2, v3 = (release_for(model(tmp_path, n), "f", version=str(n)) for n in (1, 2, 3))
-    loader.submit(payload(v1))  # fleet
+    loader.submit(signed(v1))  # fleet
     assert ready_version(loader) == "1"
-    loader.submit(payload(v2), "device")  # the override wins
+    loader.submit(signed(v2), "device")  # the override wins
     assert ready_version(loader) == "2"
-    loader.submit(payload(v3))  # a new fleet release waits while the override is present
+    loader.submit(signed(v3))  # a new fleet release waits while the override is present
     assert not loader.wait_ready(0.5)
     loader.submit(b"", "device")  # the override is cleared: the fleet's release applies
     assert ready_version(loader) == "3"
@@ -126,9 +127,9 @@ def test_oversized_payloads_are_refused(tmp_path: Path) -> None:
     loader, counters = loader_with(config_for(tmp_path, max_payload_bytes=4096))
     good = release_for(model(tmp_path, 1), "f")
     huge = good.model_copy(update={"released_by": "x" * 5000})
-    loader.submit(payload(huge))
+    loader.submit(signed(huge))
     wait_until(lambda: counters.get("releases_refused") == 1, what="the refusal")
-    loader.submit(payload(good))
+    loader.submit(signed(good))
     assert ready_version(loader) == "1"
     loader.close()
 
@@ -141,7 +142,8 @@ def test_history_keeps_the_last_n_models_on_disk(tmp_path: Path) -> None:
     model_dir.mkdir()
     for n in range(1, 5):
         path = shutil.copy(model(tmp_path, n), model_dir / f"v{n}.onnx")
-        record_good(model_dir, release_for(Path(path), "f", version=str(n)), Path(path), keep=2)
+        envelope = envelope_of(release_for(Path(path), "f", version=str(n)))
+        record_good(model_dir, envelope, Path(path), keep=2)
     assert [m.release.model.version for m in read_history(model_dir)] == ["4", "3"]
     assert sorted(p.name for p in model_dir.glob("*.onnx")) == ["v3.onnx", "v4.onnx"]
     assert not list(model_dir.glob(".*tmp"))  # written atomically, nothing left behind
@@ -155,11 +157,12 @@ def test_start_falls_back_past_a_corrupted_last_good_model(tmp_path: Path) -> No
     config.model_dir.mkdir()
     for n in (1, 2):
         path = shutil.copy(model(tmp_path, n), config.model_dir / f"v{n}.onnx")
-        record_good(config.model_dir, release_for(Path(path), "f", version=str(n)), Path(path), 3)
+        envelope = envelope_of(release_for(Path(path), "f", version=str(n)))
+        record_good(config.model_dir, envelope, Path(path), 3)
     (config.model_dir / "v2.onnx").write_bytes(b"garbage")
     # when the agent looks for the last good model
     counters = Counters()
-    serving = load_last_good(config, None, counters)
+    serving = load_last_good(config, ReleaseGate(config), counters)
     # then it takes the older one, counting the broken one
     assert serving is not None and serving.ref.version == "1"
     assert counters.get("errors") == 1
@@ -173,7 +176,8 @@ def test_offline_start_serves_the_last_good_model(tmp_path: Path, tag_images: li
     config = make_config(tmp_path, dead, store, "cam-offline", feedback={"enabled": False})
     config.model_dir.mkdir()
     path = Path(shutil.copy(model(tmp_path, 7), config.model_dir / "v7.onnx"))
-    record_good(config.model_dir, release_for(path, config.fleet, version="7"), path, 3)
+    v7 = envelope_of(release_for(path, config.fleet, version="7"))
+    record_good(config.model_dir, v7, path, 3)
     (tmp_path / "inbox").mkdir()
     for image in tag_images[:2]:
         shutil.copy(image, tmp_path / "inbox")
@@ -204,7 +208,7 @@ def test_a_model_failing_on_real_frames_is_rolled_back(
         feedback={"enabled": False},
         inference_workers=workers,
     )
-    publish(mqtt_url, config.fleet, release_for(model(tmp_path, 1), config.fleet).to_json())
+    publish(mqtt_url, config.fleet, release_for(model(tmp_path, 1), config.fleet))
     agent = Agent(config)
     out: list[AgentStats] = []
     thread = threading.Thread(target=lambda: out.append(agent.run(timeout_s=30)), daemon=True)
@@ -214,7 +218,7 @@ def test_a_model_failing_on_real_frames_is_rolled_back(
     flaky = make_flaky_model(tmp_path / "flaky.onnx")
     v2 = release_for(flaky, config.fleet, version="2")
     settings = MqttSettings(url=mqtt_url)
-    publish_retained(settings, device_release_topic(config.device_id), v2.to_json().encode())
+    publish_retained(settings, device_release_topic(config.device_id), signed(v2))
     wait_until(lambda: agent.stats().rollbacks == 1, what="the rollback")
     frames = agent.stats().frames_inferred
     wait_until(lambda: agent.stats().frames_inferred > frames + 2, what="v1 inferring again")

@@ -66,6 +66,25 @@ def test_the_unit_is_a_hardened_notify_service() -> None:
     assert int(settings["WatchdogSec"][0]) > 0
 
 
+def test_a_camera_works_under_the_unit_and_a_missing_secrets_file_is_an_error() -> None:
+    settings = unit_settings()
+    # /dev/video* stays visible (PrivateDevices=yes would hide it), and only cameras are allowed
+    assert settings["PrivateDevices"] == ["no"] and settings["DevicePolicy"] == ["closed"]
+    assert settings["DeviceAllow"] == ["char-video4linux rw"]
+    assert "video" in settings["SupplementaryGroups"][0].split()
+    # no "-": systemd refuses to start the agent without its secrets instead of hiding it
+    assert settings["EnvironmentFile"] == ["/etc/qcloop-edge/secrets.env"]
+
+
+def test_the_docs_and_the_unit_name_the_same_config_paths() -> None:
+    config = unit_settings()["ExecStart"][0].split("--config ")[1]
+    secrets = unit_settings()["EnvironmentFile"][0]
+    for doc in ("docs/edge.md", "docs/deploy.md"):
+        text = (ROOT / doc).read_text()
+        assert config in text and secrets in text, doc
+        assert "/etc/qcloop/" not in text, doc  # the old paths of deploy.md
+
+
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     """A real AF_UNIX datagram socket standing in for systemd's."""

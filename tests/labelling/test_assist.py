@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from qcloop.contracts import ModelRef, RawImageSidecar, ReleaseMessage
-from qcloop.settings import LabelStudioSettings, Settings
+from qcloop.contracts import ModelRef, RawImageSidecar, ReleaseMessage, utcnow
+from qcloop.settings import LabelStudioSettings, ReleaseSettings, Settings
+from qcloop.signing import generate_keypair, load_private_key, seal
 from qcloop.storage import open_store, put_raw_image, raw_key, released_key, sha256_bytes
 from qcloop.yolo import image_size
 from qcloop_labelling.assist import production_assistant
@@ -31,7 +33,8 @@ def scratch_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_onnx(weights, tmp / "model.onnx", imgsz=160)
 
 
-def _release(settings: Settings, onnx: Path) -> None:
+def _release(settings: Settings, onnx: Path, key: Path) -> None:
+    """What the bridge keeps in the store: the release's envelope, signed with ``key``."""
     store = open_store(settings.store)
     store.put_bytes("models/qcloop-detector/7/model.onnx", onnx.read_bytes())
     message = ReleaseMessage(
@@ -43,8 +46,11 @@ def _release(settings: Settings, onnx: Path) -> None:
         input_size=160,
         class_names=["scratch"],
         released_by="test",
+        sequence=1,
+        expires_at=utcnow() + timedelta(days=30),
     )
-    store.put_bytes(released_key("qcloop-detector"), message.to_json().encode())
+    envelope = seal(message, load_private_key(key))
+    store.put_bytes(released_key("qcloop-detector"), envelope.payload())
 
 
 def test_unseen_images_get_the_released_models_boxes(
@@ -53,6 +59,7 @@ def test_unseen_images_get_the_released_models_boxes(
     project_id: int,
     ls_settings: LabelStudioSettings,
     scratch_onnx: Path,
+    tmp_path: Path,
 ) -> None:
     # given an edge image (with its device's predictions) and an imported one (none)
     edge = put_feedback_image(settings, metal_tag_images(1, skip=12)[0], [0.4])
@@ -75,10 +82,19 @@ def test_unseen_images_get_the_released_models_boxes(
     )
     # and nothing released yet: no assistant
     assert production_assistant(settings, progress=print) is None
-    # when a model is released and sync-in runs with the assistant (low floor: 1-epoch model)
-    _release(settings, scratch_onnx)
+    # when a model is released (signed by the bridge's key, which labelling trusts)...
+    key, public = generate_keypair(tmp_path / "keys")
+    _release(settings, scratch_onnx, key)
+    # ...a labelling side trusting another key does not use it
+    _, stranger = generate_keypair(tmp_path / "stranger")
+    other = settings.model_copy(update={"release": ReleaseSettings(public_keys=[stranger])})
+    assert production_assistant(other, progress=print) is None
+    # and sync-in runs with the assistant (low floor: 1-epoch model)
     low = settings.model_copy(
-        update={"label_studio": ls_settings.model_copy(update={"assist_conf": 1e-4})}
+        update={
+            "label_studio": ls_settings.model_copy(update={"assist_conf": 1e-4}),
+            "release": ReleaseSettings(public_keys=[public]),
+        }
     )
     assist, cleanup = production_assistant(low, progress=print)  # type: ignore[misc]
     try:

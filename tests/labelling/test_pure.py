@@ -37,11 +37,22 @@ def test_yolo_round_trips_through_label_studio() -> None:
         (rect(90, 10, 30, 20), "outside the image"),
         (rect(10, 10, 0, 5), "no area"),
         (rect(10, 10, 5, 5, "dent"), "not one of the known classes"),
+        (rect(float("nan"), 10, 5, 5), "x=nan, not a finite number"),
+        (rect(10, 10, float("inf"), float("nan")), "width=inf, height=nan, not a finite"),
     ],
 )
 def test_bad_rectangles_are_refused(result: dict, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         result_to_yolo(result, ["scratch"])
+
+
+def test_a_nan_box_is_refused_naming_the_task_not_turned_into_a_full_image_box() -> None:
+    annotation = {"id": 3, "result": [rect(10, 10, 5, 5), rect(float("nan"), 0, 100, 100)]}
+    outcome, problems = classify({"id": 41, "annotations": [annotation]}, ["scratch"])
+    assert problems == [
+        "task 41 (annotation 3, box 2): box has x=nan, not a finite number; redraw it"
+    ]
+    assert len(outcome.boxes) == 1
 
 
 def test_box_dragged_a_hair_past_the_border_is_clipped() -> None:

@@ -46,3 +46,32 @@ def test_unreachable_broker_is_named(
     monkeypatch.setenv("QCLOOP_MQTT__URL", "mqtt://127.0.0.1:9")
     assert main(["fleet"]) == 1
     assert "127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_a_device_cannot_fake_another_or_break_the_listing(
+    mqtt_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a genuine state, and three devices publishing what is not their state: one
+    # claiming the genuine one's id, a JSON list, and an fps that is not a number
+    settings = MqttSettings(url=mqtt_url)
+    genuine = {"status": "serving", "device_id": "real-1", "fleet": "line-8", "fps": 4.0}
+    fake = {**genuine, "device_id": "real-1", "fps": 99.0}
+    for device, payload in [
+        ("real-1", json.dumps(genuine)),
+        ("fake-1", json.dumps(fake)),
+        ("list-1", "[1, 2]"),
+        ("text-1", json.dumps({**genuine, "device_id": "text-1", "fps": "x"})),
+    ]:
+        publish_retained(settings, state_topic(device), payload.encode())
+    monkeypatch.setenv("QCLOOP_MQTT__URL", mqtt_url)
+    # when the fleet is listed as JSON and as a table
+    assert main(["fleet", "--json"]) == 0
+    rows = {s["device_id"]: s for s in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert main(["fleet"]) == 0
+    table = capsys.readouterr().out
+    # then each row is the topic's device; what is not a state is unreadable, with the reason
+    assert rows["real-1"]["fps"] == 4.0 and rows["real-1"]["fleet"] == "line-8"
+    assert rows["fake-1"]["status"] == "unreadable" and "real-1" in rows["fake-1"]["error"]
+    assert rows["list-1"]["status"] == "unreadable" and "not an object" in rows["list-1"]["error"]
+    assert rows["text-1"]["status"] == "unreadable" and "fps" in rows["text-1"]["error"]
+    assert "text-1: unreadable state: fps" in table and "99.0" not in table

@@ -32,7 +32,10 @@ def _release(**over: object) -> dict:
         "url": "file:///tmp/m.onnx",
         "input_size": 320,
         "class_names": ["scratch"],
+        "released_at": "2026-01-01T00:00:00Z",
         "released_by": "me",
+        "sequence": 1,
+        "expires_at": "2026-01-31T00:00:00Z",
     }
     base.update(over)
     return base
@@ -52,6 +55,10 @@ def test_release_round_trip() -> None:
         ("url", "ftp://x/y", "field 'url'"),
         ("input_size", 300, "field 'input_size'"),
         ("fleet", "a/b", "field 'fleet'"),
+        ("sequence", 0, "field 'sequence'"),
+        ("key_id", "not-hex", "field 'key_id'"),
+        ("expires_at", "2026-01-31T00:00:00", "field 'expires_at'"),  # no time zone
+        ("expires_at", "2025-12-31T00:00:00Z", "expires_at must be after released_at"),
     ],
 )
 def test_release_rejects_bad_field_naming_it(field: str, value: object, fragment: str) -> None:
@@ -63,6 +70,13 @@ def test_release_rejects_bad_field_naming_it(field: str, value: object, fragment
 def test_unknown_field_is_refused() -> None:
     with pytest.raises(ContractError, match=r"surprise.*Extra"):
         ReleaseMessage.from_json(json.dumps(_release(surprise=1)))
+
+
+def test_a_release_needs_its_sequence_and_expiry() -> None:
+    for field in ("sequence", "expires_at"):
+        fields = {k: v for k, v in _release().items() if k != field}
+        with pytest.raises(ContractError, match=f"field '{field}': Field required"):
+            ReleaseMessage.from_json(json.dumps(fields))
 
 
 def test_detection_box_must_be_ordered() -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from qcloop.contracts import RawImageSidecar
-from qcloop.errors import ObjectNotFound, StoreError, StoreUnavailable
+from qcloop.download import download_url
+from qcloop.errors import IntegrityError, ObjectNotFound, StoreError, StoreUnavailable
 from qcloop.settings import StoreSettings
 from qcloop.storage import (
     LocalStore,
     S3Store,
-    download_url,
     list_raw_images,
     put_raw_image,
     raw_key,
@@ -55,6 +55,11 @@ def test_s3_download_url(s3_store_settings: StoreSettings, tmp_path: Path) -> No
     store.put_bytes("models/m.onnx", b"model-bytes")
     dest = download_url(store.url("models/m.onnx"), tmp_path / "m.onnx", store)
     assert dest.read_bytes() == b"model-bytes"
+    # a ranged GET: no more than the signed size and one byte are asked for
+    assert b"".join(store.stream("models/m.onnx", limit=6)) == b"model-"
+    with pytest.raises(IntegrityError, match="more than the 5 bytes"):
+        download_url(store.url("models/m.onnx"), tmp_path / "n.onnx", store, size=5)
+    assert not (tmp_path / "n.onnx").exists()
 
 
 def test_unreachable_s3_is_named() -> None:
@@ -81,6 +86,32 @@ def test_download_file_url(tmp_path: Path) -> None:
     with pytest.raises(ObjectNotFound):
         download_url((tmp_path / "nope").as_uri(), tmp_path / "y.bin")
     assert not (tmp_path / "y.bin").exists()
+
+
+def test_a_download_is_checked_against_its_size_and_sha256(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"abcdef")
+    out = tmp_path / "out" / "x.bin"
+    # a file larger than the signed size is refused before it is read, one smaller after
+    with pytest.raises(IntegrityError, match="6 bytes, the release says 5; not downloaded"):
+        download_url(src.as_uri(), out, size=5)
+    with pytest.raises(IntegrityError, match="6 bytes, the release says 7"):
+        download_url(src.as_uri(), out, size=7)
+    with pytest.raises(IntegrityError, match="sha256"):
+        download_url(src.as_uri(), out, size=6, sha256="0" * 64)
+    # nothing is left behind, neither the file nor its part
+    assert list(out.parent.iterdir()) == []
+    right = sha256_bytes(b"abcdef")
+    assert download_url(src.as_uri(), out, size=6, sha256=right).read_bytes() == b"abcdef"
+
+
+def test_a_store_streams_at_most_the_limit(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_bytes("m/big.bin", b"x" * (3 << 20))
+    assert sum(len(c) for c in store.stream("m/big.bin", limit=1000)) == 1000
+    assert sum(len(c) for c in store.stream("m/big.bin")) == 3 << 20
+    with pytest.raises(ObjectNotFound):
+        list(store.stream("m/none.bin"))
 
 
 def test_an_import_keeps_the_sidecar_of_an_earlier_capture(tmp_path: Path) -> None:

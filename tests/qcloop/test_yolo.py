@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from qcloop.errors import DatasetError
 from qcloop.synthetic import generate_yolo_dataset
@@ -84,3 +85,33 @@ def test_all_problems_reported_at_once(folder: Path) -> None:
     with pytest.raises(DatasetError, match="3 problem"):
         scan_yolo_folder(folder)
     shutil.rmtree(folder / "labels")
+
+
+def test_symlinks_are_refused_without_echoing_their_target(folder: Path, tmp_path: Path) -> None:
+    # given a label linked to a file outside the folder, and an image linked likewise
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:TOPSECRET:0:0\n")
+    label = sorted((folder / "labels").iterdir())[0]
+    label.unlink()
+    label.symlink_to(secret)
+    image = sorted((folder / "images").iterdir())[1]
+    image.rename(tmp_path / image.name)
+    image.symlink_to(tmp_path / image.name)
+    # when the folder is scanned
+    with pytest.raises(DatasetError) as err:
+        scan_yolo_folder(folder)
+    # then each link is named as one, the target never read or shown
+    message = str(err.value)
+    assert "TOPSECRET" not in message and "2 problem(s)" in message
+    assert f"{label}: a symbolic link" in message and f"{image}: a symbolic link" in message
+
+
+def test_a_decompression_bomb_is_a_problem_of_its_file(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given Pillow's bomb limit far below the size of the folder's images
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    # when scanned: each image is reported, nothing crashes
+    with pytest.raises(DatasetError, match="too many pixels to decode safely") as err:
+        scan_yolo_folder(folder)
+    assert "8 problem(s)" in str(err.value)
