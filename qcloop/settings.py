@@ -32,8 +32,9 @@ except ModuleNotFoundError:
     import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
 
 ENV_PREFIX = "QCLOOP_"
-# QCLOOP_CONFIG names the file; QCLOOP_EDGE_* belong to the edge agent's own config
-NOT_SETTINGS = ("QCLOOP_CONFIG", "QCLOOP_EDGE_", "QCLOOP_CODE_VERSION")
+# QCLOOP_CONFIG names the file; QCLOOP_EDGE_* belong to the edge agent's own config;
+# QCLOOP_CODE_VERSION stamps images; QCLOOP_LABEL_STUDIO_BIN points at a local Label Studio
+NOT_SETTINGS = ("QCLOOP_CONFIG", "QCLOOP_EDGE_", "QCLOOP_CODE_VERSION", "QCLOOP_LABEL_STUDIO_BIN")
 # The variables Kubernetes injects into every pod for each Service of its namespace
 # (unless the pod sets enableServiceLinks: false, which Kubeflow's run pods do not): a
 # release named qcloop gives QCLOOP_MINIO_SERVICE_HOST, QCLOOP_MINIO_PORT_9000_TCP_ADDR, ...

@@ -115,3 +115,15 @@ def test_a_step_in_a_pod_with_the_one_machine_default_stops_with_what_to_do() ->
     assert step_settings(cluster).store.endpoint == "http://qcloop-minio.qcloop.svc:9000"
     # outside a pod, the one-machine default is what a local run wants
     assert step_settings({}).store.kind == "local"
+
+
+def test_the_tools_own_variables_are_not_settings(tmp_path: Path) -> None:
+    # a shell that points the tests and the demo at a Label Studio binary, or stamps a code
+    # version, still loads its settings
+    environ = {
+        "QCLOOP_LABEL_STUDIO_BIN": str(tmp_path / "ls" / "bin" / "label-studio"),
+        "QCLOOP_CODE_VERSION": "abc1234",
+        "QCLOOP_EDGE_DEVICE_ID": "cam-1",
+        "QCLOOP_MQTT__URL": "mqtt://broker:1883",
+    }
+    assert load_settings(None, environ=environ).mqtt.url == "mqtt://broker:1883"
