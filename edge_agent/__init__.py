@@ -10,7 +10,8 @@ nor another room. Layers:
 - I/O: ``sources`` (hot folder, simulated camera), ``link`` (MQTT),
   ``trust`` (a release's signature, fleet, expiry and sequence; the sequence on disk),
   ``release`` (download capped at the signed size, sha256, load, smoke-test),
-  ``history`` (last good models, with their signed envelopes),
+  ``history`` (last good models, with their signed envelopes), ``trial`` (a new model
+  on trial until it served), ``rejected`` (models never loaded again),
   ``spool`` (on-disk store and forward),
   ``feedback`` (spool -> raw store, with backoff), ``verdicts`` (operator verdicts on
   recent frames), ``sdnotify`` (systemd), ``fsutil``, ``guard`` (a frame that killed the

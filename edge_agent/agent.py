@@ -5,18 +5,20 @@
                           \\--feedback policy (policies)--> spool (disk) --> raw store
     MQTT verdict --> VerdictInbox (last frames) --operator_verdict--> spool
     MQTT release (fleet or device) --> ModelLoader (verify, load, smoke-test) --ready--> swap
+    swap --> on trial (trial) --N frames, T seconds--> good (last-good.json) | rejected
 
 The loop itself never waits on the network: releases are loaded and the spool is
 uploaded by their own threads, and a new model is swapped in between two frames
 only once it is fully loaded (frames already in flight finish on the model they
 started on). With ``inference_workers`` > 1 several frames are inferred at once;
-their results, feedback and ``done`` still go out in frame order. A model that
-fails ``release.max_model_failures`` frames in a row is rolled back to the previous
-one and never installed again.
-At start the agent serves the newest good model on disk (``last-good.json``),
-so it inspects before - or without - the broker. Under systemd it reports
-READY/WATCHDOG/STOPPING (``sdnotify``); every ``state_interval_s`` it publishes
-its retained state (heartbeat).
+their results, feedback and ``done`` still go out in frame order. A new model is
+on trial until it has served (``edge_agent.trial``); one that fails
+``release.max_model_failures`` frames in a row is rolled back to the previous one,
+one the agent died with on trial is rejected at the next start: neither is loaded
+again (``rejected-models.json``). At start the agent serves the newest good model
+on disk (``last-good.json``), so it inspects before - or without - the broker.
+Under systemd it reports READY/WATCHDOG/STOPPING (``sdnotify``); every
+``state_interval_s`` it publishes its retained state (heartbeat).
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from edge_agent.errors import ModelError
 from edge_agent.feedback import FeedbackUploader, build_sidecar, make_uploader
 from edge_agent.guard import DecodeGuard, set_aside_culprit
 from edge_agent.health import Health
-from edge_agent.history import forget, record_good
 from edge_agent.inference import InputPlan
 from edge_agent.inflight import InFlight, infer_now, infer_timed
 from edge_agent.link import MqttLink
@@ -54,6 +55,7 @@ from edge_agent.sdnotify import Watchdog, notify
 from edge_agent.sources import Frame, FrameSource, make_source
 from edge_agent.stats import AgentStats, Counters, DeviceState, Status
 from edge_agent.store import LazyStore
+from edge_agent.trial import Trial
 from edge_agent.trust import ReleaseGate
 from edge_agent.verdicts import VerdictInbox
 from qcloop.contracts import Detection, InferenceResult, ModelRef, utcnow
@@ -90,6 +92,7 @@ class Agent:
         self._initial_model = Path(initial_model) if initial_model else None
         self.policies = FeedbackPolicies(config.feedback)
         self._health = Health(config, self._counters, self.policies)
+        self._health.trial = self._trial = Trial(config, self._counters)
         self.verdicts = VerdictInbox(config.verdicts, self._counters, config.device_id)
 
     def __repr__(self) -> str:
@@ -117,14 +120,15 @@ class Agent:
         """
         deadline = time.monotonic() + timeout_s if timeout_s is not None else None
         limit_arenas()  # before the agent's threads start: they would each get one
-        gate = ReleaseGate(self.config)
+        gate, rejected = ReleaseGate(self.config), self._trial.rejected
         initial = load_local(self._initial_model, self.config) if self._initial_model else None
         self.config.model_dir.mkdir(parents=True, exist_ok=True)
+        self._trial.recover()  # a model on trial when the last run died: rejected
         if initial is None:
-            initial = load_last_good(self.config, gate, self._counters)
+            initial = load_last_good(self.config, gate, self._counters, rejected)
         feedback = make_uploader(self.config, self._store, self._counters)
         self._health.spool = spool = feedback.spool
-        loader = ModelLoader(self.config, self._store, self._counters, gate)
+        loader = ModelLoader(self.config, self._store, self._counters, gate, rejected)
         on_verdict = self.verdicts.receive if self.config.verdicts.enabled else None
         link = MqttLink(self.config, loader.submit, on_verdict, self._counters)
         guard = DecodeGuard.in_state_dir(self.config.state_dir)
@@ -153,6 +157,7 @@ class Agent:
             notify("READY=1")
             frames.start()
             self._loop(frames, loader, link, feedback, max_frames, deadline)
+            self._trial.end()  # a clean stop: no verdict on a model on trial
         finally:
             notify("STOPPING=1")
             frames.close()
@@ -197,6 +202,7 @@ class Agent:
                 watchdog.tick()
                 now = time.monotonic()
                 finish(0.0)
+                self._trial.check(self._serving)
                 if self._trim and all(f.serving is self._serving for f in inflight):
                     # no frame in flight holds a replaced model any more (a busy camera
                     # with two workers may never leave the queue empty)
@@ -247,7 +253,10 @@ class Agent:
     def _install(
         self, model: ServingModel, loader: ModelLoader, link: MqttLink, *, counted: bool
     ) -> None:
-        """Swap ``model`` in (between two frames: the loop is not inside ``_process``)."""
+        """Swap ``model`` in (between two frames: the loop is not inside ``_process``), on
+        trial if new: its trial is on disk first, or it is not swapped in."""
+        if not self._trial.begin(model):
+            return
         if self._serving is not None and self._serving.path != model.path:
             self._previous = ModelOnDisk.of(self._serving)
             self._trim = True
@@ -256,28 +265,13 @@ class Agent:
         if counted:
             self._counters.add("swaps")
         log.info("serving model", extra={"model": model.ref.name, "version": model.ref.version})
-        if model.envelope is not None:
-            self._remember(model)
         self._publish_state(link, "serving")
-
-    def _remember(self, model: ServingModel) -> None:
-        """Record a good model; only the last ``release.keep_models`` stay on disk."""
-        assert model.envelope is not None
-        try:
-            record_good(
-                self.config.model_dir, model.envelope, model.path, self.config.release.keep_models
-            )
-        except OSError as exc:
-            log.error("cannot record the last good model", extra={"error": str(exc)})
-            self._counters.add("errors")
 
     def _rollback(self, loader: ModelLoader, link: MqttLink) -> None:
         """The serving model keeps failing: back to the previous one, never to this again."""
         failing = self._serving
         assert failing is not None
-        loader.reject_model(failing.sha256)
-        if failing.release is not None:
-            forget(self.config.model_dir, failing.path)
+        self._trial.reject(failing, self._failures)
         previous, self._previous = self._previous, None
         log.error(
             "model keeps failing, rolling back",
@@ -320,11 +314,13 @@ class Agent:
             log.error("inference failed", extra={"frame": frame.name, "error": str(exc)})
             if serving is self._serving:  # not a frame still in flight on a replaced model
                 self._failures += 1
+                self._trial.frame(ok=False)
                 if self._failures >= self.config.release.max_model_failures:
                     self._rollback(loader, link)
             return
         if serving is self._serving:
             self._failures = 0
+            self._trial.frame(ok=True)
         self._health.throughput.add(latency_ms)
         self._counters.add("frames_inferred")
         if self.config.verdicts.enabled:

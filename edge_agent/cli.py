@@ -139,6 +139,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def print_state(state: DeviceState) -> None:
     """The state as aligned ``key: value`` lines."""
     model = f"{state.model.name} {state.model.version}" if state.model else "-"
+    if state.model and state.model_on_trial_since:
+        model += f" (on trial since {state.model_on_trial_since.isoformat(timespec='seconds')})"
     rows = {
         "device": f"{state.device_id} (fleet {state.fleet})",
         "status": f"{state.status} since {state.since.isoformat(timespec='seconds')}",
@@ -149,6 +151,7 @@ def print_state(state: DeviceState) -> None:
         "spool": f"{state.spool_depth} images, {state.spool_bytes} bytes",
         "disk free": _size(state.disk_free_bytes),
         "releases refused": _refused(state),
+        "models rejected": _rejected(state),
         "upload failures": str(state.upload_failures),
         "frames rejected": str(state.frames_rejected),
         "mqtt dropped": str(state.mqtt_dropped),
@@ -162,6 +165,11 @@ def print_state(state: DeviceState) -> None:
 def _refused(state: DeviceState) -> str:
     last = state.release_last_error
     return f"{state.releases_refused}" + (f" (last: {last})" if last else "")
+
+
+def _rejected(state: DeviceState) -> str:
+    last = state.model_last_rejected
+    return f"{state.models_rejected}" + (f" (last: {last})" if last else "")
 
 
 def _ms(value: float | None) -> str:

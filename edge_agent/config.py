@@ -187,8 +187,13 @@ NO_RELEASE_KEY = (
 )
 
 
+TRIAL_FRAMES = 20  # release.trial_frames: frames a new model serves on trial
+TRIAL_S = 60.0  # release.trial_s: seconds a new model is on trial at least
+
+
 class ReleaseConfig(_Section):
-    """How releases are trusted, kept and rolled back (``edge_agent.trust``)."""
+    """How releases are trusted, kept, proven and rolled back (``edge_agent.trust``,
+    ``edge_agent.trial``)."""
 
     public_key: Path | None = Field(
         default=None,
@@ -209,6 +214,18 @@ class ReleaseConfig(_Section):
     retry_s: float = Field(default=30.0, gt=0.0, description="retry a failed download after")
     max_model_failures: int = Field(
         default=3, ge=1, description="consecutive inference failures before rolling back"
+    )
+    trial_frames: int = Field(
+        default=TRIAL_FRAMES,
+        ge=1,
+        description="a new model is on trial until it served this many frames in a row "
+        "without an inference failure, and trial_s passed: only then is it a good model",
+    )
+    trial_s: float = Field(
+        default=TRIAL_S,
+        ge=0.0,
+        description="seconds since its swap a new model stays on trial at least; one the "
+        "agent dies with on trial (crash, out of memory, watchdog) is rejected at start",
     )
 
 

@@ -1,6 +1,7 @@
 """The heartbeat's content: each kind of trouble counted apart, so an operator tells
 "store down, nothing lost" (upload failures, spool depth) from "model refused"
-(refused releases and the last reason) or "bad frames" (frames rejected).
+(refused releases and the last reason), "model rejected" (the last one, when and why;
+the serving model's trial) or "bad frames" (frames rejected).
 
 The release loader counts refusals; their reason is the error it logs, which
 ``ReleaseErrors`` keeps (the last one) from the loader's logger.
@@ -15,6 +16,7 @@ from edge_agent.config import EdgeConfig
 from edge_agent.policies import FeedbackPolicies
 from edge_agent.spool import Spool
 from edge_agent.stats import Counters, DeviceState, Status, Throughput, disk_free
+from edge_agent.trial import Trial
 from qcloop.contracts import ModelRef
 
 RELEASE_LOGGER = "edge_agent.release"
@@ -44,6 +46,7 @@ class Health:
         self._policies = policies
         self.throughput = Throughput()
         self.spool: Spool | None = None
+        self.trial: Trial | None = None
         self._release_errors = ReleaseErrors()
 
     def __repr__(self) -> str:
@@ -60,12 +63,14 @@ class Health:
     def state(self, status: Status, since: datetime, model: ModelRef | None) -> DeviceState:
         """The heartbeat now (reads and resets the fps window)."""
         fps, p50, p95 = self.throughput.read()
-        spool, count = self.spool, self._counters.get
+        spool, trial, count = self.spool, self.trial, self._counters.get
+        rejected = trial.rejected.last() if trial else None
         return DeviceState(
             status=status,
             device_id=self._config.device_id,
             fleet=self._config.fleet,
             model=model,
+            model_on_trial_since=trial.since if trial and model else None,
             since=since,
             frames=count("frames_inferred"),
             fps=fps,
@@ -76,6 +81,8 @@ class Health:
             disk_free_bytes=disk_free(self._config.state_dir),
             releases_refused=count("releases_refused"),
             release_last_error=self._release_errors.last,
+            models_rejected=count("models_rejected"),
+            model_last_rejected=rejected.describe()[:MAX_REASON] if rejected else None,
             upload_failures=count("upload_failures"),
             frames_rejected=count("frames_rejected"),
             mqtt_dropped=count("mqtt_dropped"),

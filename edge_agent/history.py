@@ -1,11 +1,11 @@
 """The last good models, newest first, in ``<model_dir>/last-good.json`` (written atomically).
 
-A model becomes *good* once it passed verification and the smoke test and was
-swapped in. Each entry keeps the signed envelope its release came in, so at start
-the agent serves the newest good model whose release still verifies with the keys
-trusted then (after a key rotation too) and whose file still matches: a box that
-boots without the broker inspects at once. Only the last ``release.keep_models``
-good models stay on disk.
+A model becomes *good* once it passed verification and the smoke test, was
+swapped in and served its trial (``edge_agent.trial``). Each entry keeps the
+signed envelope its release came in, so at start the agent serves the newest good
+model whose release still verifies with the keys trusted then (after a key
+rotation too) and whose file still matches: a box that boots without the broker
+inspects at once. Only the last ``release.keep_models`` good models stay on disk.
 """
 
 from __future__ import annotations

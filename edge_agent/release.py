@@ -6,9 +6,10 @@ retained there (an empty retained message removes it, and the fleet's release
 applies again if it is not older than the override). A payload is refused -
 logged, counted, the served model stays - when it is too large, or fails the
 ``ReleaseGate`` (``edge_agent.trust``: signature, fleet, expiry, sequence), or
-when its model does not download within its signed size, verify (sha256), load
-or pass the smoke test. Only a model that passed all of this is offered to the
-loop (``take_ready``), which swaps it in between two frames.
+when its model was rejected on this device (``edge_agent.rejected``, by sha256), or
+does not download within its signed size, verify (sha256), load or pass the smoke
+test. Only a model that passed all of this is offered to the loop (``take_ready``),
+which swaps it in between two frames, on trial (``edge_agent.trial``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from edge_agent.config import EdgeConfig
 from edge_agent.history import read_history
 from edge_agent.inference import Detector
 from edge_agent.link import ReleaseOrigin
+from edge_agent.rejected import RejectedModels
 from edge_agent.stats import Counters
 from edge_agent.store import LazyStore
 from edge_agent.trust import ReleaseGate
@@ -179,15 +181,20 @@ def load_local(path: Path, config: EdgeConfig) -> ServingModel:
 
 
 def load_last_good(
-    config: EdgeConfig, gate: ReleaseGate, counters: Counters
+    config: EdgeConfig,
+    gate: ReleaseGate,
+    counters: Counters,
+    rejected: RejectedModels | None = None,
 ) -> ServingModel | None:
-    """The newest good model on disk whose release still verifies with today's keys and
-    whose file still verifies and loads, if any."""
+    """The newest good model on disk, not ``rejected``, whose release still verifies with
+    today's keys and whose file still verifies and loads, if any."""
     for entry in read_history(config.model_dir):
         path = config.model_dir / entry.file
         try:
             sealed = gate.verify_stored(entry.envelope, source=f"last good {entry.file}")
             release = sealed.message
+            if rejected is not None and (bad := rejected.get(release.sha256)) is not None:
+                raise IntegrityError(f"rejected {bad.describe()}")
             verify_file(path, release.size, release.sha256)
             model = open_model(release, path, config, entry.envelope)
         except (QcloopError, OSError) as exc:
@@ -208,6 +215,7 @@ class ModelLoader:
         store: LazyStore,
         counters: Counters,
         gate: ReleaseGate | None = None,
+        rejected: RejectedModels | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -220,7 +228,7 @@ class ModelLoader:
         self._current: tuple[ModelRef, str] | None = None
         self._latest: dict[str, bytes | None] = {"fleet": None, "device": None}
         self._refused: set[str] = set()  # sha256 of payloads refused for good
-        self._bad_models: set[str] = set()  # sha256 of models that failed while serving
+        self._rejected = rejected if rejected is not None else RejectedModels(config.state_dir)
         self._thread = threading.Thread(target=self._work, name="qcloop-loader", daemon=True)
 
     def start(self) -> None:
@@ -235,11 +243,6 @@ class ModelLoader:
         """The loop now serves ``model``: the same release again is not reloaded."""
         with self._lock:
             self._current = (model.ref, model.sha256)
-
-    def reject_model(self, sha256: str) -> None:
-        """This model failed while serving: never install it again."""
-        with self._lock:
-            self._bad_models.add(sha256)
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until a model is ready to swap in."""
@@ -305,9 +308,12 @@ class ModelLoader:
         with self._lock:
             if self._current == (release.model, release.sha256):
                 return None
-            if release.sha256 in self._bad_models:
-                failed = IntegrityError(f"model {release.sha256[:12]} failed while serving")
-                return self._refuse(digest, "release of a rolled-back model ignored", failed)
+        rejected = self._rejected.get(release.sha256)  # failed, or took the agent down
+        if rejected is not None:
+            failed = IntegrityError(f"rejected on this device: {rejected.describe()}")
+            return self._refuse(
+                digest, "release of a rejected model refused, keeping the current model", failed
+            )
         return self._install(sealed, digest, origin)
 
     def _install(self, sealed: SealedRelease, digest: str, origin: str) -> None:

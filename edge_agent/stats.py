@@ -23,6 +23,7 @@ COUNTERS = (
     "feedback_dropped",
     "swaps",
     "rollbacks",
+    "models_rejected",
     "releases_refused",
     "upload_failures",
     "frames_rejected",
@@ -48,6 +49,9 @@ class AgentStats(BaseModel):
     serving_model: ModelRef | None = None
     swaps: int = Field(default=0, description="models switched to (the first release counts)")
     rollbacks: int = Field(default=0, description="back to the previous model after failures")
+    models_rejected: int = Field(
+        default=0, description="models never to be loaded again: failing, or died with on trial"
+    )
     releases_refused: int = Field(default=0, description="invalid, untrusted or broken releases")
     upload_failures: int = Field(default=0, description="failed uploads to the store (retried)")
     frames_rejected: int = Field(
@@ -72,6 +76,9 @@ class DeviceState(BaseModel):
     device_id: str
     fleet: str
     model: ModelRef | None = None
+    model_on_trial_since: datetime | None = Field(
+        default=None, description="the model is on trial since (None: a good model, or none)"
+    )
     since: datetime = Field(default_factory=utcnow, description="when this status began")
     frames: int = 0
     fps: float = Field(default=0.0, description="frames per second over the last heartbeat")
@@ -83,6 +90,10 @@ class DeviceState(BaseModel):
     releases_refused: int = Field(default=0, description="invalid, untrusted or broken releases")
     release_last_error: str | None = Field(
         default=None, description="why the last release was refused (or failed to download)"
+    )
+    models_rejected: int = Field(default=0, description="models rejected since the agent started")
+    model_last_rejected: str | None = Field(
+        default=None, description="the model this device rejected last, when and why"
     )
     upload_failures: int = Field(default=0, description="failed uploads to the store (retried)")
     frames_rejected: int = Field(default=0, description="frames set aside to rejected/")

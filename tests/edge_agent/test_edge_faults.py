@@ -3,6 +3,7 @@ a full spool, and every kind of bad release or file. Each takes seconds (short t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,19 +22,23 @@ from PIL import Image
 from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig
 from edge_agent.history import read_history
-from edge_agent.stats import AgentStats
+from edge_agent.rejected import REJECTED_FILE, RejectedList
+from edge_agent.stats import AgentStats, DeviceState
+from edge_agent.trial import CRASHED, TRIAL_FILE, TrialRecord
 from qcloop.contracts import InferenceResult, ModelRef, ReleaseMessage
-from qcloop.mqtt import device_release_topic, publish_retained, results_topic
+from qcloop.mqtt import device_release_topic, publish_retained, results_topic, state_topic
 from qcloop.settings import MqttSettings, StoreSettings
 from qcloop.signing import generate_keypair
 from qcloop.storage import open_store
 from tests.edge_agent.conftest import MotoProcess
 from tests.edge_agent.edge_helpers import (
+    FAST_TRIAL,
     Listener,
     make_config,
     make_constant_model,
     publish,
     release_for,
+    release_keys,
     signed,
     tampered,
     unsigned,
@@ -162,11 +167,12 @@ def test_store_down_spool_grows_then_drains_each_image_once(
     assert (stats.feedback_images, stats.feedback_spooled, stats.feedback_dropped) == (6, 6, 0)
 
 
-def agent_process(config: Path, model: Path) -> subprocess.Popen[str]:
+def agent_process(config: Path, model: Path | None) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "edge_agent", "run", "--config", str(config)]
+    command += ["--model", str(model)] if model is not None else []
     return subprocess.Popen(
-        [*command, "--model", str(model), "--timeout", "60"],
+        [*command, "--timeout", "60"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -252,7 +258,7 @@ def keyed(tmp_path: Path, mqtt_url: str) -> tuple[EdgeConfig, Path]:
         device,
         source={"kind": "simulated", "interval_s": 0.05},
         feedback={"enabled": False},
-        release={"public_key": pub, "max_payload_bytes": 8192},
+        release={"public_key": pub, "max_payload_bytes": 8192, **FAST_TRIAL},
     )
     return config, key
 
@@ -379,3 +385,131 @@ def test_non_images_in_the_hot_folder_are_set_aside(
         "truncated.jpg",
         "zeros.png",
     ]
+
+
+# ------------------------------------------------------------------ a model that kills the agent
+
+
+def states(listener: Listener, device: str) -> list[DeviceState]:
+    return [DeviceState.model_validate_json(p) for p in listener.on(state_topic(device)) if p]
+
+
+def serving_state(listener: Listener, device: str, version: str, refused: int) -> bool:
+    """A heartbeat of a running agent serving ``version`` with ``refused`` refusals."""
+    return any(
+        s.status == "serving"
+        and s.model is not None
+        and s.model.version == version
+        and s.releases_refused == refused
+        for s in states(listener, device)
+    )
+
+
+def stopped(proc: subprocess.Popen[str]) -> tuple[AgentStats, list[dict[str, object]]]:
+    """SIGTERM, then the agent's final stats (stdout) and its JSON log lines (stderr)."""
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return AgentStats.model_validate_json(out.strip().splitlines()[-1]), logs
+
+
+def messages(logs: list[dict[str, object]], msg: str) -> list[dict[str, object]]:
+    return [line for line in logs if line["msg"] == msg]
+
+
+def test_a_model_that_takes_the_agent_down_on_trial_is_rejected_and_never_loaded_again(
+    mqtt_url: str, tmp_path: Path
+) -> None:
+    # given an agent process (simulated camera) with a short trial, serving A, promoted
+    device = "cam-trial"
+    fleet = f"{device}-fleet"
+    release = f'[release]\npublic_key = "{release_keys()[1]}"\ntrial_frames = 3\ntrial_s = 4.0'
+    config = write_toml(
+        tmp_path,
+        device,
+        mqtt_url,
+        source='kind = "simulated"\ninterval_s = 0.05',
+        top="state_interval_s = 0.3",
+        sections=f"[feedback]\nenabled = false\n{release}",
+    )
+    models = tmp_path / "models"
+    a, b, c = (release_for(blank_model(tmp_path, n), fleet, version=str(n)) for n in (1, 2, 3))
+    publish(mqtt_url, fleet, a)
+    results = Listener(mqtt_url, results_topic(device))
+    proc = agent_process(config, None)
+    try:
+        wait_until(
+            lambda: [m.release.sha256 for m in read_history(models)] == [a.sha256],
+            timeout=30,
+            what="A served and promoted",
+        )
+        # when B is released, swapped in and inspects, and the agent is killed -9 before B
+        # is promoted (as a crash of onnxruntime or the OOM killer on B's first frames)
+        publish(mqtt_url, fleet, b)
+        wait_until(
+            lambda: any(
+                InferenceResult.from_json(p).model.version == "2"
+                for p in results.on(results_topic(device))
+            ),
+            what="B inspecting",
+        )
+        proc.kill()
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+        results.close()
+    on_trial = TrialRecord.model_validate_json((tmp_path / "state" / TRIAL_FILE).read_bytes())
+    assert (on_trial.sha256, on_trial.version, on_trial.sequence) == (b.sha256, "2", 2)
+    assert [m.release.sha256 for m in read_history(models)] == [a.sha256]  # B never good
+    b_file = models / on_trial.file
+    assert b_file.is_file()
+
+    # then after a restart (B's release still retained) it serves A and refuses B, counted
+    heartbeat = Listener(mqtt_url, state_topic(device))
+    again = agent_process(config, None)
+    try:
+        wait_until(
+            lambda: serving_state(heartbeat, device, "1", 1), timeout=30, what="A served, B refused"
+        )
+    finally:
+        stats, logs = stopped(again)
+        heartbeat.close()
+    assert (stats.serving_model, stats.swaps, stats.releases_refused) == (V1, 0, 1)
+    assert stats.models_rejected == 1
+    (rejection,) = messages(
+        logs, "model on trial when the agent stopped: rejected, the last good model serves"
+    )
+    assert rejection["sha256"] == b.sha256
+    (refusal,) = messages(logs, "release of a rejected model refused, keeping the current model")
+    assert CRASHED in str(refusal["error"]) and b.sha256[:12] in str(refusal["error"])
+    entries = RejectedList.model_validate_json((tmp_path / "state" / REJECTED_FILE).read_bytes())
+    assert [(m.sha256, m.version, m.reason) for m in entries.models] == [(b.sha256, "2", CRASHED)]
+    assert not (tmp_path / "state" / TRIAL_FILE).exists() and not b_file.exists()
+    # and its heartbeat says what was rejected, when and why
+    last = [s for s in states(heartbeat, device) if s.status == "serving"][-1]
+    assert last.model_last_rejected is not None and last.models_rejected == 1
+    assert b.sha256[:12] in last.model_last_rejected and CRASHED in last.model_last_rejected
+    assert last.model_on_trial_since is None  # A is good
+
+    # and after one more restart it still serves A and never loads B; a release of C is taken
+    heartbeat = Listener(mqtt_url, state_topic(device))
+    third = agent_process(config, None)
+    try:
+        wait_until(
+            lambda: serving_state(heartbeat, device, "1", 1),
+            timeout=30,
+            what="A served, B refused again",
+        )
+        publish(mqtt_url, fleet, c)
+        wait_until(lambda: serving_state(heartbeat, device, "3", 1), timeout=30, what="C served")
+    finally:
+        stats, logs = stopped(third)
+        heartbeat.close()
+    assert stats.serving_model == ModelRef(name="scratch-detector", version="3")
+    assert (stats.swaps, stats.releases_refused, stats.models_rejected) == (1, 1, 0)
+    served = [line["version"] for line in messages(logs, "serving model")]
+    assert served == ["1", "3"]  # B was never loaded
+    assert not [line for line in messages(logs, "release received") if line["version"] == "2"]

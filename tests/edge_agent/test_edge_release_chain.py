@@ -127,7 +127,7 @@ def test_an_older_release_replayed_or_retained_on_the_device_topic_never_downgra
     device_topic = device_release_topic(config.device_id)
     settings = MqttSettings(url=mqtt_url)
     try:
-        wait_until(lambda: agent.serving_model == V1, what="v1 served")
+        wait_until(lambda: read_history(config.model_dir) != [], what="v1 served, good")
         publish(mqtt_url, config.fleet, release_for(model(tmp_path, 2), config.fleet, "2"))
         wait_until(lambda: agent.serving_model == V2, what="v2 served")
         # when v1 is replayed byte for byte, and an older signed release is retained on the
