@@ -71,6 +71,17 @@ def _mlflow_errors(tracking_uri: str, what: str, todo: str) -> Iterator[None]:
             raise NotRegisteredError(
                 f"{what}: not found in MLflow at {tracking_uri}; {todo}"
             ) from None
+        if "error code 401" in text or exc.error_code == "UNAUTHENTICATED":
+            raise RegistryError(
+                f"{what}: MLflow at {tracking_uri} wants a login: set MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD (on a cluster, the chart's Secret does)"
+            ) from None
+        if "error code 403" in text or exc.error_code == "PERMISSION_DENIED":
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "this user"
+            raise RegistryError(
+                f"{what}: MLflow at {tracking_uri} gives {user} no permission for this; "
+                "its admin grants it (docs/deploy.md, who may approve)"
+            ) from None
         raise RegistryError(f"{what}: MLflow at {tracking_uri} refused: {_short(exc)}") from None
     except (RequestException, ConnectionError):
         raise RegistryError(unreachable) from None

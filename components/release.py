@@ -28,6 +28,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from components.audit import ApprovalRefused, check_release_approval
 from components.registry import download_onnx, get_model_record, variant_of
 from qcloop.contracts import (
     ModelRecord,
@@ -137,15 +138,25 @@ def build_release(
 ) -> SealedRelease:
     """Copy the approved model's ONNX (``variant`` fp32 or int8) into the object store;
     return its release, signed with ``release.signing_key``, under the fleet's next
-    sequence. An INT8 that lost more than ``max_int8_drop`` mAP50-95 against the FP32
-    is refused (``check_int8_accuracy``)."""
+    sequence. A version whose approval does not hold for ``fleet`` is refused before
+    anything is copied (``components.audit.check_release_approval``: not approved, the
+    pipeline's own approval for a production fleet, no valid approval signed by one of
+    ``release.approvers``), and so is an INT8 that lost more than ``max_int8_drop``
+    mAP50-95 against the FP32 (``check_int8_accuracy``)."""
     mlflow = settings.mlflow
     ref = ref or mlflow.production_alias
     record = get_model_record(mlflow.tracking_uri, mlflow.model_name, ref)
-    if not record.approved:
-        raise RegistryError(
-            f"model {record.name} version {record.version} is not approved; "
-            f"run `qcloop model approve {record.version}` first"
+    fleet = fleet or settings.mqtt.fleet
+    approval = check_release_approval(settings, record, fleet=fleet, variant=variant)
+    if approval is not None:
+        log.info(
+            "model %s version %s: approval signed by %s (key %s, %s) at %s",
+            record.name,
+            record.version,
+            approval.approver.name,
+            approval.statement.key_id,
+            approval.approver.path,
+            approval.statement.approved_at.isoformat(),
         )
     signing_key = settings.release.signing_key
     private = load_private_key(signing_key) if signing_key else None
@@ -162,7 +173,6 @@ def build_release(
     store = open_store(settings.store)
     key = model_key(record.name, record.version, variant)
     store.put_bytes(key, data, "application/octet-stream")
-    fleet = fleet or settings.mqtt.fleet
     now = utcnow()
 
     def make(sequence: int) -> ReleaseMessage:
@@ -221,12 +231,15 @@ def watch_and_release(
 
     Polls MLflow every ``interval_s``; a new (approved) version behind the alias is
     copied and published once, and published anew (next sequence) when half its
-    validity is gone. MLflow, store or broker failures are logged and retried at the
-    next poll, so the bridge outlives outages. Returns when ``stop`` is set.
+    validity is gone. A version whose approval does not hold (``build_release``) is
+    not published: the reason is logged once, and checked again at every poll (an
+    approver may sign it yet). MLflow, store or broker failures are logged and retried
+    at the next poll, so the bridge outlives outages. Returns when ``stop`` is set.
     """
     stop = stop or threading.Event()
     alias = settings.mlflow.production_alias
     published: SealedRelease | None = None
+    refused = ""  # the last refusal said, so that a version refused stays one line
     log(f"[bridge] watching {settings.mlflow.model_name}@{alias} every {interval_s:g} s")
     while not stop.is_set():
         try:
@@ -248,6 +261,11 @@ def watch_and_release(
                 published = release
                 sequence = release.message.sequence
                 log(f"[bridge] released {record.name}/{record.version} on {topic} (#{sequence})")
+                refused = ""
+        except ApprovalRefused as exc:  # nothing copied or published; said once, checked anew
+            if str(exc) != refused:
+                refused = str(exc)
+                log(f"[bridge] refused {settings.mlflow.model_name}@{alias}: {exc}")
         except QcloopError as exc:
             log(f"[bridge] not released this round: {exc}")
         stop.wait(interval_s)

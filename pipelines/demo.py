@@ -190,13 +190,19 @@ def _demo_logging(log_path: Path) -> Iterator[None]:
 
 def demo_settings(home: Path, mqtt_url: str) -> Settings:
     """Settings of the embedded default, all under ``home``; releases are signed with a
-    key pair made there (``keys/release.key``; the edge agent trusts ``release.pub``)."""
+    key pair made there (``keys/release.key``; the edge agent trusts ``release.pub``), and
+    approvals with the demo approver's (``keys/approver/qcloop-demo.key``; the bridge's
+    ``release.approvers``)."""
+    from pipelines.demo_loop import DEMO_USER
     from qcloop.signing import generate_keypair
 
     home = home.resolve()
     signing_key = home / "keys" / "release.key"
     if not signing_key.exists():
         generate_keypair(signing_key.parent)
+    approver = home / "keys" / "approver" / f"{DEMO_USER}.pub"
+    if not approver.exists():
+        generate_keypair(approver.parent, DEMO_USER)
     return Settings(
         home=home,
         workspace=home / "workspace",
@@ -204,7 +210,7 @@ def demo_settings(home: Path, mqtt_url: str) -> Settings:
         mlflow=MlflowSettings(tracking_uri=f"sqlite:///{home / 'mlflow.db'}"),
         dvc=DvcSettings(remote=str(home / "dvc-remote")),
         mqtt=MqttSettings(url=mqtt_url, fleet="demo"),
-        release=ReleaseSettings(signing_key=signing_key),
+        release=ReleaseSettings(signing_key=signing_key, approvers=[approver]),
     )
 
 

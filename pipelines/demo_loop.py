@@ -105,16 +105,21 @@ def _trained(outcome: dict[str, Any], home: Path) -> dict[str, Any]:
 
 
 def _rollout(settings: Settings, edge: EdgeBox, version: str) -> None:
-    """Approve ``version``, release it, and wait until the agent serves it."""
+    """Approve ``version`` (signed with the demo approver's key, the first of
+    ``release.approvers`` with ``.key``), release it, and wait until the agent serves it."""
     from components.audit import approve
     from components.release import build_release, publish_release
+    from qcloop.signing import load_private_key
 
+    approvers = settings.release.approvers
+    key = load_private_key(approvers[0].with_suffix(".key")) if approvers else None
     approve(
         tracking_uri=settings.mlflow.tracking_uri,
         model_name=settings.mlflow.model_name,
         version=version,
         approved_by=DEMO_USER,
         reason="qcloop demo: the gate passed",
+        signing_key=key,
     )
     log.info("      approved: alias '%s' -> v%s", settings.mlflow.production_alias, version)
     release = build_release(settings, released_by=DEMO_USER, thresholds=THRESHOLDS)

@@ -17,6 +17,7 @@ from pipelines.local import run_locally
 from qcloop.cluster import (
     CONFIG_ENV,
     PLATFORM_OBJECT,
+    REGISTRY_SECRET_ENV,
     STORE_SECRET_ENV,
 )
 from qcloop.contracts import EvalMetrics, ModelRecord
@@ -29,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def platform_env(task: dsl.PipelineTask, secrets: dict[str, str] | None = None) -> None:
-    """On a cluster, the step reads the platform's settings (and ``secrets``) from the
-    ConfigMap and Secret ``qcloop-platform`` of its namespace, as environment variables.
+    """On a cluster, the step reads the platform's settings (and ``secrets``; default: the
+    store's and MLflow's credentials) from the ConfigMap and Secret ``qcloop-platform`` of
+    its namespace, as environment variables.
 
     Ignored by ``kfp.local``, which gives the steps the caller's settings instead.
     """
@@ -40,7 +42,7 @@ def platform_env(task: dsl.PipelineTask, secrets: dict[str, str] | None = None) 
     kubernetes.use_secret_as_env(
         task,
         secret_name=PLATFORM_OBJECT,
-        secret_key_to_env=STORE_SECRET_ENV if secrets is None else secrets,
+        secret_key_to_env=REGISTRY_SECRET_ENV if secrets is None else secrets,
     )
 
 
@@ -110,7 +112,7 @@ def training_pipeline(
         data = steps.load_dataset(version=version)
         # versions are immutable (their DVC pointer is content-addressed): cache on the version
         data.set_caching_options(True)
-        platform_env(data)
+        platform_env(data, STORE_SECRET_ENV)  # the DVC remote only
         dataset = data.outputs["dataset"]
         trained = steps.train(
             dataset=dataset,

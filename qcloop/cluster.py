@@ -10,7 +10,9 @@ from __future__ import annotations
 __all__ = [
     "CONFIG_ENV",
     "LABEL_STUDIO_SECRET_ENV",
+    "MLFLOW_SECRET_ENV",
     "PLATFORM_OBJECT",
+    "REGISTRY_SECRET_ENV",
     "SECRET_ENV",
     "STORE_SECRET_ENV",
 ]
@@ -38,5 +40,12 @@ STORE_SECRET_ENV = {
     "store-access-key": "QCLOOP_STORE__ACCESS_KEY",
     "store-secret-key": "QCLOOP_STORE__SECRET_KEY",
 }
+# MLflow's own client variables (its basic-auth app, chart value mlflow.auth.enabled); empty
+# values when MLflow demands no login, which MLflow takes as unset
+MLFLOW_SECRET_ENV = {
+    "mlflow-username": "MLFLOW_TRACKING_USERNAME",
+    "mlflow-password": "MLFLOW_TRACKING_PASSWORD",
+}
+REGISTRY_SECRET_ENV = {**STORE_SECRET_ENV, **MLFLOW_SECRET_ENV}
 LABEL_STUDIO_SECRET_ENV = {"label-studio-token": "QCLOOP_LABEL_STUDIO__TOKEN"}
-SECRET_ENV = {**STORE_SECRET_ENV, **LABEL_STUDIO_SECRET_ENV}
+SECRET_ENV = {**STORE_SECRET_ENV, **MLFLOW_SECRET_ENV, **LABEL_STUDIO_SECRET_ENV}

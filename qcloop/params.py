@@ -88,8 +88,8 @@ class TrainingParams(BaseModel):
     approval: Approval = Field(
         default="manual",
         description=(
-            "auto: move the production alias when the gate passes (audited); "
-            "manual: `qcloop model approve` does"
+            "auto: move the production alias when the gate passes (audited; for labs: "
+            "the bridge refuses it for production fleets); manual: `qcloop model approve` does"
         ),
     )
 

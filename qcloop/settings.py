@@ -120,7 +120,7 @@ class DvcSettings(_Section):
 
 
 class ReleaseSettings(_Section):
-    """Release bridge: signing key (PEM, Ed25519) and what devices are told."""
+    """Release bridge: signing key (PEM, Ed25519), what devices are told, whose approval counts."""
 
     signing_key: Path | None = Field(
         default=None,
@@ -138,6 +138,19 @@ class ReleaseSettings(_Section):
         le=3650.0,
         description="a release expires this long after it is published; "
         "`qcloop release watch` publishes it anew (next sequence) at half that age",
+    )
+    approvers: list[Path] = Field(
+        default_factory=list,
+        description="approvers' public keys (PEM files, or folders of *.pub): the bridge "
+        "releases only a version whose approval one of them signed over the exact ONNX it "
+        "ships (`qcloop model approve VERSION --by NAME --key NAME.key`); empty: approvals "
+        "are not checked, and every release logs a WARNING saying so. A plant sets it",
+    )
+    production_fleets: list[str] = Field(
+        default_factory=list,
+        description="fleets that take only versions a person approved: the bridge does not "
+        "release to them a version the training pipeline approved itself (approval=auto, "
+        "approved_by pipeline:<run>)",
     )
 
 
@@ -205,7 +218,8 @@ class Settings(_Section):
     pipelines: PipelineSettings = PipelineSettings()
 
 
-LIST_FIELDS = ("class_names", "public_keys")  # variables holding a comma-separated list
+# variables holding a comma-separated list
+LIST_FIELDS = ("class_names", "public_keys", "approvers", "production_fleets")
 
 
 def env_overrides(

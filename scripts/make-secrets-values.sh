@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Print a Helm values file with new random passwords for the qcloop chart: the MinIO root
 # password, the release bridge's MQTT password, one MQTT password per device id given as
-# an argument, and Label Studio's admin password and API token. Keep the file out of git
+# an argument, Label Studio's admin password and API token, and MLflow's admin and platform
+# passwords and CSRF key (used once mlflow.auth.enabled is true). Keep the file out of git
 # (chmod 600) and pass it to every `helm install/upgrade` (docs/deploy.md):
 #   bash scripts/make-secrets-values.sh line1-cam1 line1-cam2 > secrets.yaml
 set -euo pipefail
@@ -31,4 +32,9 @@ labelStudio:
   admin:
     password: "$(hex 16)"
     token: "$(hex 20)"
+mlflow:
+  auth:
+    adminPassword: "$(hex 16)"
+    password: "$(hex 16)"
+    secretKey: "$(hex 24)"
 YAML

@@ -56,7 +56,14 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     from qcloop.signing import generate_keypair
 
     private, public = generate_keypair(Path(args.out), args.name)
-    print(f"private key (bridge, keep secret): {private}\npublic key (devices): {public}")
+    if args.name == "release":
+        print(f"private key (bridge, keep secret): {private}\npublic key (devices): {public}")
+    else:
+        print(
+            f"private key (approver {args.name}: keep it with them, secret; "
+            f"`qcloop model approve VERSION --key {private}`): {private}\n"
+            f"public key (the bridge's release.approvers): {public}"
+        )
     return 0
 
 
@@ -142,10 +149,15 @@ def _add_release(sub: SubParsers) -> None:
 def register(sub: SubParsers) -> None:
     """Add the release, keys, broker, fleet and demo commands to the ``qcloop`` parser."""
     _add_release(sub)
-    keys = group(sub, "keys", "release signing keys (Ed25519)")
-    p = add(keys, "generate", _keys, "write a new key pair: NAME.key (bridge) + NAME.pub")
+    keys = group(sub, "keys", "signing keys (Ed25519): the bridge's release key, approvers' keys")
+    p = add(keys, "generate", _keys, "write a new key pair: NAME.key (private) + NAME.pub")
     p.add_argument("--out", required=True)
-    p.add_argument("--name", default="release")
+    p.add_argument(
+        "--name",
+        default="release",
+        help="release (default): the bridge's key, devices trust NAME.pub; an approver's "
+        "name (e.g. alice): their approval key, the bridge's release.approvers trust NAME.pub",
+    )
     p = add(sub, "broker", _broker, "run the embedded MQTT broker in the foreground")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--kind", choices=["auto", "mosquitto", "amqtt"], default="auto")

@@ -85,7 +85,9 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
 
 def _approve(args: argparse.Namespace, settings: Settings) -> int:
     from components.audit import approve
+    from qcloop.signing import key_id, load_private_key
 
+    key = load_private_key(Path(args.key)) if args.key else None
     record = approve(
         tracking_uri=settings.mlflow.tracking_uri,
         model_name=settings.mlflow.model_name,
@@ -93,8 +95,10 @@ def _approve(args: argparse.Namespace, settings: Settings) -> int:
         alias=args.alias or settings.mlflow.production_alias,
         approved_by=args.by or getpass.getuser(),
         reason=args.reason,
+        signing_key=key,
     )
-    print(f"approved {record.name} version {record.version} by {record.approved_by}")
+    signed = f", signed with key {key_id(key.public_key())}" if key else " (unsigned)"
+    print(f"approved {record.name} version {record.version} by {record.approved_by}{signed}")
     return 0
 
 
@@ -107,6 +111,12 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--by", help="who approves (default: current user)")
     p.add_argument("--alias", help="alias to set (default: mlflow.production_alias)")
     p.add_argument("--reason", default="", help="why (kept in the audit trail)")
+    p.add_argument(
+        "--key",
+        help="your approver private key (`qcloop keys generate --name NAME`): signs the "
+        "approval over the version's exact ONNX sha256; a bridge with release.approvers "
+        "releases only versions approved this way",
+    )
     p = add(md, "pull", _pull, "download a registered ONNX (sha256 checked)")
     p.add_argument("ref", help=_REF_HELP)
     p.add_argument("--output", required=True)

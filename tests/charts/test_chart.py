@@ -94,6 +94,30 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[Path, ...]]] = {
         (),
     ),
 }
+MLFLOW_AUTH = (
+    "mlflow.auth.enabled=true",
+    "mlflow.auth.adminPassword=test-only-mlflow-admin",
+    "mlflow.auth.password=test-only-mlflow-qcloop",
+    "mlflow.auth.secretKey=test-only-csrf-key",
+)
+VARIANTS["mlflow-auth-approvers"] = (
+    (
+        *MLFLOW_AUTH,
+        "releaseBridge.approvers.configMap=qcloop-approvers",
+        "releaseBridge.productionFleets={line-1}",
+    ),
+    (),
+)
+VARIANTS["mlflow-auth-postgresql"] = (
+    (
+        *MLFLOW_AUTH,
+        "mlflow.database.type=postgresql",
+        "mlflow.database.host=pg.db.svc",
+        "mlflow.database.existingSecret=mlflow-pg",
+        "mlflow.auth.existingSecret=mlflow-auth",
+    ),
+    (),
+)
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -281,6 +305,123 @@ def test_release_bridge_watches_with_the_mounted_signing_key(helm: Helm) -> None
     plain = {k: v if isinstance(v, str) else "from-a-secret" for k, v in env.items()}
     settings = load_settings(environ=plain)
     assert settings.store.endpoint == env["QCLOOP_STORE__ENDPOINT"]
+
+
+def test_the_bridge_checks_approvals_against_the_approvers_configmap(helm: Helm) -> None:
+    # Given approvers' public keys in a ConfigMap and two production fleets; When rendered
+    sets = ("releaseBridge.approvers.configMap=qcloop-approvers",)
+    _, objects = render(helm, *sets, "releaseBridge.productionFleets={line-1,line-2}")
+    spec = pod_specs(objects)[f"{RELEASE}-qcloop-release-bridge"]
+    container = spec["containers"][0]
+    env = env_of(container)
+    # Then the bridge reads the keys as a folder, mounted read-only, and knows the fleets
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "approvers")
+    assert mount["readOnly"] and env["QCLOOP_RELEASE__APPROVERS"] == mount["mountPath"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "approvers")
+    assert volume["configMap"]["name"] == "qcloop-approvers"
+    plain = {k: v if isinstance(v, str) else "from-a-secret" for k, v in env.items()}
+    release = load_settings(environ=plain).release
+    assert release.approvers == [Path(mount["mountPath"])]
+    assert release.production_fleets == ["line-1", "line-2"]
+    # And without them nothing is set: approvals are not checked (the bridge warns)
+    _, objects = render(helm)
+    env = env_of(pod_specs(objects)[f"{RELEASE}-qcloop-release-bridge"]["containers"][0])
+    assert "QCLOOP_RELEASE__APPROVERS" not in env
+    assert "QCLOOP_RELEASE__PRODUCTION_FLEETS" not in env
+
+
+def test_mlflow_with_auth_logs_every_workload_in_as_the_platforms_user(helm: Helm) -> None:
+    # Given MLflow's basic-auth app on; When rendered
+    _, objects = render(helm, *MLFLOW_AUTH)
+    secret_name = f"{RELEASE}-qcloop-mlflow-auth"
+    secret = by_kind(objects, "Secret")[secret_name]
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data == {
+        "admin-username": "admin",
+        "admin-password": "test-only-mlflow-admin",
+        "secret-key": "test-only-csrf-key",
+        "username": "qcloop",
+        "password": "test-only-mlflow-qcloop",
+    }
+    specs = pod_specs(objects)
+    # Then the server runs the app, its admin and CSRF key from the Secret, its user store
+    # beside the backend store, settings written by an init container into memory
+    mlflow = specs[f"{RELEASE}-qcloop-mlflow"]
+    server = mlflow["containers"][0]
+    assert "--app-name=basic-auth" in server["command"]
+    env = env_of(server)
+    for name, key in (
+        ("MLFLOW_AUTH_ADMIN_USERNAME", "admin-username"),
+        ("MLFLOW_AUTH_ADMIN_PASSWORD", "admin-password"),
+        ("MLFLOW_FLASK_SERVER_SECRET_KEY", "secret-key"),
+    ):
+        assert env[name]["secretKeyRef"] == {"name": secret_name, "key": key}
+    (init,) = mlflow["initContainers"]
+    ini = init["command"][init["command"].index("[mlflow]") :]
+    assert ini == [
+        "[mlflow]",
+        "default_permission = READ",
+        "database_uri = sqlite:////mlflow/basic_auth.db",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+    ]
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/auth/basic_auth.ini"
+    volume = next(v for v in mlflow["volumes"] if v["name"] == "auth")
+    assert volume["emptyDir"]["medium"] == "Memory"
+    # And a hook Job creates the platform's user, logged in as the admin
+    job = by_kind(objects, "Job")[f"{RELEASE}-qcloop-mlflow-users"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    job_env = env_of(specs[f"{RELEASE}-qcloop-mlflow-users"]["containers"][0])
+    assert job_env["USERNAME"]["secretKeyRef"] == {"name": secret_name, "key": "username"}
+    assert job_env["ADMIN_PASSWORD"]["secretKeyRef"]["key"] == "admin-password"
+    # And the bridge and the schedules log in as that user, never as the admin
+    for name in ("release-bridge", "labelling", "retraining"):
+        env = env_of(specs[f"{RELEASE}-qcloop-{name}"]["containers"][0])
+        assert env["MLFLOW_TRACKING_USERNAME"]["secretKeyRef"] == {
+            "name": secret_name,
+            "key": "username",
+        }
+        assert env["MLFLOW_TRACKING_PASSWORD"]["secretKeyRef"]["key"] == "password"
+    admins = [
+        name
+        for name, spec in specs.items()
+        for container in [*spec["containers"], *spec.get("initContainers", [])]
+        for value in env_of(container).values()
+        if isinstance(value, dict) and value.get("secretKeyRef", {}).get("key") == "admin-password"
+    ]
+    assert sorted(admins) == [f"{RELEASE}-qcloop-mlflow", f"{RELEASE}-qcloop-mlflow-users"]
+    # And the pipeline runs get the same user in their Secret
+    platform = next(
+        o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "qcloop-platform"
+    )
+    assert base64.b64decode(platform["data"]["mlflow-username"]).decode() == "qcloop"
+    assert base64.b64decode(platform["data"]["mlflow-password"]).decode() == data["password"]
+
+
+def test_mlflow_auth_on_postgresql_and_an_external_mlflow_with_a_login(helm: Helm) -> None:
+    # Given auth on an MLflow whose backend store is PostgreSQL; When rendered
+    _, objects = render(helm, *VARIANTS["mlflow-auth-postgresql"][0])
+    mlflow = pod_specs(objects)[f"{RELEASE}-qcloop-mlflow"]
+    # Then the user store shares the database, its password expanded by the kubelet
+    (init,) = mlflow["initContainers"]
+    assert (
+        "database_uri = postgresql://$(MLFLOW_DB_USER):$(MLFLOW_DB_PASSWORD)@pg.db.svc:5432/mlflow"
+        in init["command"]
+    )
+    assert env_of(init)["MLFLOW_DB_PASSWORD"]["secretKeyRef"]["name"] == "mlflow-pg"
+    assert f"{RELEASE}-qcloop-mlflow-auth" not in by_kind(objects, "Secret")  # existingSecret
+    # Given an external MLflow that demands a login; When rendered
+    _, objects = render(
+        helm,
+        "mlflow.enabled=false",
+        "externalMlflow.trackingUri=https://mlflow.example.com",
+        "externalMlflow.existingSecret=mlflow-login",
+    )
+    # Then the workloads log in with that Secret's user
+    env = env_of(pod_specs(objects)[f"{RELEASE}-qcloop-release-bridge"]["containers"][0])
+    assert env["MLFLOW_TRACKING_USERNAME"]["secretKeyRef"] == {
+        "name": "mlflow-login",
+        "key": "username",
+    }
 
 
 def test_schedules_run_the_loop_commands(helm: Helm) -> None:
@@ -485,6 +626,22 @@ GUARDS = {
     "mlflow-own-s3-secret": (
         ("mlflow.artifacts.s3Endpoint=https://s3.example.com",),
         "mlflow.artifacts.existingSecret is required",
+    ),
+    "mlflow-auth-admin-password": (
+        ("mlflow.auth.enabled=true",),
+        "mlflow.auth.adminPassword is required when mlflow.auth.enabled is true",
+    ),
+    "mlflow-auth-password-short": (
+        (*MLFLOW_AUTH, "mlflow.auth.password=short"),
+        "mlflow.auth.password must have 12 characters at least",
+    ),
+    "mlflow-auth-secret-key": (
+        (*MLFLOW_AUTH, "mlflow.auth.secretKey="),
+        "mlflow.auth.secretKey is required",
+    ),
+    "mlflow-auth-user-is-admin": (
+        (*MLFLOW_AUTH, "mlflow.auth.username=admin"),
+        "mlflow.auth.username must differ from mlflow.auth.adminUsername",
     ),
 }
 

@@ -57,6 +57,39 @@ def test_alias_moves_are_audited(registry_env: str, capsys: pytest.CaptureFixtur
     assert all(m["alias"] == "production" and m["at"] for m in moves)
 
 
+def test_release_takes_only_an_approval_signed_by_a_listed_key(
+    registry_env: str,
+    tmp_path: Path,
+    mqtt_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # given a bridge whose only approver is alice (her key pair made by `qcloop keys`)
+    keys = tmp_path / "keys"
+    assert main(["keys", "generate", "--out", str(keys), "--name", "alice"]) == 0
+    assert "release.approvers" in capsys.readouterr().out
+    monkeypatch.setenv("QCLOOP_STORE__PATH", str(tmp_path / "store"))
+    monkeypatch.setenv("QCLOOP_MQTT__URL", mqtt_url)
+    monkeypatch.setenv("QCLOOP_MQTT__FLEET", "cli-approvals")
+    monkeypatch.setenv("QCLOOP_RELEASE__APPROVERS", str(keys / "alice.pub"))
+    # when version 1 is approved without a key, `qcloop release` exits 1 saying why
+    assert main(["model", "approve", "1", "--by", "ann"]) == 0
+    assert "(unsigned)" in capsys.readouterr().out
+    assert main(["release"]) == 1
+    err = capsys.readouterr().err
+    assert "error: model det version 1 carries no signed approval" in err
+    assert "approvers (alice)" in err
+    # when alice approves it with her key, it is released, and the audit names her key
+    approve = ["model", "approve", "1", "--by", "alice", "--key", str(keys / "alice.key")]
+    assert main(approve) == 0
+    assert "signed with key" in capsys.readouterr().out
+    assert main(["release"]) == 0
+    assert "released det/1 on qcloop/fleets/cli-approvals/release" in capsys.readouterr().out
+    assert main(["model", "history"]) == 0
+    moves = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "signed_by" not in moves[0] and len(moves[1]["signed_by"]) == 16
+
+
 def test_pull_by_alias(
     registry_env: str, tmp_path: Path, exported_onnx: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,7 +13,7 @@ from pipelines.cli import main
 from pipelines.ir import check_backend, for_old_backends, parse_version
 from pipelines.submit import parse_params
 from pipelines.training import PLACEMENT, compile_pipeline
-from qcloop.cluster import CONFIG_ENV, PLATFORM_OBJECT, STORE_SECRET_ENV
+from qcloop.cluster import CONFIG_ENV, PLATFORM_OBJECT, REGISTRY_SECRET_ENV, STORE_SECRET_ENV
 from qcloop.errors import PipelineError
 from qcloop.params import DEFAULTS, TrainingParams
 from qcloop.settings import PipelineSettings, Settings, StoreSettings
@@ -60,7 +60,8 @@ def ir(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-# what the steps must be given to write to the store and MLflow (the rest get no secret)
+# what the steps must be given to write to the store and MLflow (the rest get no secret;
+# load-dataset reads the DVC remote only)
 WRITERS = (
     "exec-plan",
     "exec-load-dataset",
@@ -82,9 +83,8 @@ def test_every_step_reads_the_clusters_settings_and_only_its_credentials(
         assert {k["configMapKey"] for k in config["keyToEnv"]} == set(CONFIG_ENV)
         (secret,) = executors[step]["secretAsEnv"]
         assert secret["secretName"] == PLATFORM_OBJECT
-        assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == set(
-            STORE_SECRET_ENV.items()
-        )
+        wanted = STORE_SECRET_ENV if step == "exec-load-dataset" else REGISTRY_SECRET_ENV
+        assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == set(wanted.items())
     for step in ("exec-train", "exec-export", "exec-evaluate", "exec-gate-step"):
         assert "secretAsEnv" not in executors.get(step, {}), step  # they touch no service
 

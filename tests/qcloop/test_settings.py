@@ -92,6 +92,21 @@ def test_an_empty_variable_is_unset() -> None:
     assert settings.store.region is None and settings.mqtt.fleet == "line-2"
 
 
+def test_approvers_and_production_fleets_are_lists_and_off_by_default() -> None:
+    # off by default: the bridge checks no approval (and warns on every release)
+    release = load_settings(environ={}).release
+    assert (release.approvers, release.production_fleets) == ([], [])
+    # a plant names its approvers' keys (files or folders) and its production fleets
+    release = load_settings(
+        environ={
+            "QCLOOP_RELEASE__APPROVERS": "/etc/qcloop/approvers,/keys/alice.pub",
+            "QCLOOP_RELEASE__PRODUCTION_FLEETS": "line-1,line-2",
+        }
+    ).release
+    assert release.approvers == [Path("/etc/qcloop/approvers"), Path("/keys/alice.pub")]
+    assert release.production_fleets == ["line-1", "line-2"]
+
+
 def test_a_step_in_a_pod_with_the_one_machine_default_stops_with_what_to_do() -> None:
     from qcloop.settings import step_settings
 

@@ -166,6 +166,24 @@ localhost (port-forward) and the Service's in-cluster names, each with any port.
 {{- concat $hosts .Values.mlflow.extraAllowedHosts | join "," -}}
 {{- end -}}
 
+{{/* Secret of MLflow's basic-auth app: admin, CSRF key and the platform's user (the chart's or existingSecret). */}}
+{{- define "qcloop.mlflow.authSecretName" -}}
+{{- .Values.mlflow.auth.existingSecret | default (printf "%s-auth" (include "qcloop.mlflow.fullname" . | trunc 58 | trimSuffix "-")) -}}
+{{- end -}}
+
+{{/*
+Secret with keys `username` and `password` the platform's workloads log in to MLflow with
+(MLFLOW_TRACKING_USERNAME/PASSWORD): the chart's MLflow with auth, or externalMlflow's; empty
+when MLflow demands no login.
+*/}}
+{{- define "qcloop.mlflow.clientSecretName" -}}
+{{- if .Values.mlflow.enabled -}}
+{{- if .Values.mlflow.auth.enabled -}}{{- include "qcloop.mlflow.authSecretName" . -}}{{- end -}}
+{{- else -}}
+{{- .Values.externalMlflow.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
 {{/* ---- Mosquitto ---- */}}
 
 {{/* Secret with the plain MQTT user name and password (not used with existingPasswordFileSecret). */}}
@@ -309,7 +327,7 @@ QCLOOP_LABEL_STUDIO__URL: {{ $labelStudio | quote }}
 
 {{/*
 The data of the Secret `qcloop-platform` of each run namespace, as YAML of base64 values: the
-store's credentials and the Label Studio token, from the values when the chart makes those
+store's credentials, the platform's MLflow user (empty without MLflow auth) and the Label Studio token, from the values when the chart makes those
 Secrets, else read (lookup) from the existing Secrets at install time. Installing into a
 cluster where one cannot be read fails with what to do. Rendered without a cluster (helm
 template, a client-side dry run: lookup reads nothing, not even the release's namespace),
@@ -327,6 +345,16 @@ the key `unreadable` names them instead, and the Secret is left out.
 {{- else -}}
 {{- $wanted = append $wanted (dict "secret" (include "qcloop.s3.secretName" .) "keys" (dict "store-access-key" (include "qcloop.s3.accessKeyKey" .) "store-secret-key" (include "qcloop.s3.secretKeyKey" .))) -}}
 {{- end -}}
+{{- $mlflowSecret := include "qcloop.mlflow.clientSecretName" . -}}
+{{- if and .Values.mlflow.enabled .Values.mlflow.auth.enabled (not .Values.mlflow.auth.existingSecret) -}}
+{{- $_ := set $data "mlflow-username" (.Values.mlflow.auth.username | b64enc) -}}
+{{- $_ := set $data "mlflow-password" (.Values.mlflow.auth.password | b64enc) -}}
+{{- else if $mlflowSecret -}}
+{{- $wanted = append $wanted (dict "secret" $mlflowSecret "keys" (dict "mlflow-username" "username" "mlflow-password" "password")) -}}
+{{- else -}}
+{{- $_ := set $data "mlflow-username" "" -}}
+{{- $_ := set $data "mlflow-password" "" -}}
+{{- end -}}
 {{- if and .Values.labelStudio.enabled (not .Values.labelStudio.admin.existingSecret) -}}
 {{- $_ := set $data "label-studio-token" (.Values.labelStudio.admin.token | b64enc) -}}
 {{- else if or .Values.labelStudio.enabled .Values.externalLabelStudio.existingSecret -}}
@@ -341,7 +369,7 @@ the key `unreadable` names them instead, and the Secret is left out.
 {{- if $value -}}
 {{- $_ := set $data $key $value -}}
 {{- else if $live -}}
-{{- fail (printf "\npipelines.credentials.create: the chart copies key %s of Secret %s (namespace %s) into the Secret qcloop-platform of %s, but it is not there. Create it before `helm install`, or give the credentials as values (secrets.yaml, docs/deploy.md), or set pipelines.credentials.create=false and create the Secret qcloop-platform in each of those namespaces yourself (keys store-access-key, store-secret-key, label-studio-token)." $from $want.secret $ns (join ", " $.Values.pipelines.namespaces)) -}}
+{{- fail (printf "\npipelines.credentials.create: the chart copies key %s of Secret %s (namespace %s) into the Secret qcloop-platform of %s, but it is not there. Create it before `helm install`, or give the credentials as values (secrets.yaml, docs/deploy.md), or set pipelines.credentials.create=false and create the Secret qcloop-platform in each of those namespaces yourself (keys store-access-key, store-secret-key, mlflow-username, mlflow-password, label-studio-token)." $from $want.secret $ns (join ", " $.Values.pipelines.namespaces)) -}}
 {{- else -}}
 {{- $unreadable = append $unreadable (printf "%s/%s" $want.secret $from) -}}
 {{- end -}}
@@ -361,7 +389,8 @@ unreadable: {{ $unreadable | uniq | join ", " | quote }}
 
 {{/*
 Environment of a qcloop container of the chart (bridge, schedules): the platform settings above,
-the store's credentials always; MQTT, the Label Studio token and KFP when asked. Call with
+the store's credentials and the MLflow login (when MLflow demands one) always; MQTT, the Label
+Studio token and KFP when asked. Call with
 (dict "context" $ "mqtt" true "labelStudio" false "kfp" false).
 */}}
 {{- define "qcloop.platform.env" -}}
@@ -387,6 +416,18 @@ the store's credentials always; MQTT, the Label Studio token and KFP when asked.
     secretKeyRef:
       name: {{ $s3Secret }}
       key: {{ include "qcloop.s3.secretKeyKey" $ }}
+{{- with include "qcloop.mlflow.clientSecretName" $ }}
+- name: MLFLOW_TRACKING_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: username
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: password
+{{- end }}
 {{- if .mqtt }}
 {{- $mqttSecret := include "qcloop.mqtt.secretName" $ }}
 - name: QCLOOP_MQTT__URL
@@ -464,6 +505,23 @@ round trip per value. The templates keep their own `required` guards as well.
 {{- end -}}
 {{- if not .Values.mlflow.database.existingSecret -}}
 {{- $errors = append $errors "mlflow.database.existingSecret is required when mlflow.database.type is postgresql" -}}
+{{- end -}}
+{{- end -}}
+{{- $mlAuth := .Values.mlflow.auth -}}
+{{- if and .Values.mlflow.enabled $mlAuth.enabled (not $mlAuth.existingSecret) -}}
+{{- range $field := list "adminPassword" "password" -}}
+{{- $value := index $mlAuth $field -}}
+{{- if not $value -}}
+{{- $errors = append $errors (printf "mlflow.auth.%s is required when mlflow.auth.enabled is true (or set mlflow.auth.existingSecret): no default password is shipped" $field) -}}
+{{- else if lt (len $value) 12 -}}
+{{- $errors = append $errors (printf "mlflow.auth.%s must have 12 characters at least (MLflow refuses shorter ones)" $field) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $mlAuth.secretKey -}}
+{{- $errors = append $errors "mlflow.auth.secretKey is required when mlflow.auth.enabled is true (or set mlflow.auth.existingSecret): the server's CSRF key, e.g. openssl rand -hex 24" -}}
+{{- end -}}
+{{- if eq $mlAuth.username $mlAuth.adminUsername -}}
+{{- $errors = append $errors "mlflow.auth.username must differ from mlflow.auth.adminUsername: the platform's workloads never log in as the admin" -}}
 {{- end -}}
 {{- end -}}
 {{- if and (not .Values.mlflow.enabled) $usesMlflow (not .Values.externalMlflow.trackingUri) -}}
