@@ -80,6 +80,11 @@ def latest_key(fleet: str) -> str:
     return f"releases/{fleet}/latest.json"
 
 
+def fleet_key(fleet: str) -> str:
+    """Object-store key of the release last published on ``fleet``'s topic (its envelope)."""
+    return f"releases/{fleet}/fleet.json"
+
+
 def highest_sequence(settings: Settings, store: ObjectStore, fleet: str) -> int:
     """The highest sequence published for ``fleet``: recorded in the store, retained on the
     broker (read, not trusted: it can only raise the number); 0 before the first."""
@@ -206,6 +211,7 @@ def publish_release(settings: Settings, release: SealedRelease) -> str:
     publish_retained(settings.mqtt, topic, payload)
     store = open_store(settings.store)
     store.put_bytes(released_key(message.model.name), payload, "application/json")
+    store.put_bytes(fleet_key(message.fleet), payload, "application/json")
     return topic
 
 
@@ -236,18 +242,29 @@ def watch_and_release(
     approver may sign it yet). MLflow, store or broker failures are logged and retried
     at the next poll, so the bridge outlives outages. Returns when ``stop`` is set.
     """
+    from components.rollout import advance_rollout, deliver, held_back
+
     stop = stop or threading.Event()
     alias = settings.mlflow.production_alias
+    canary = bool(settings.release.canary_devices)  # staged rollouts: components.rollout
+    fleet_name = fleet or settings.mqtt.fleet
     published: SealedRelease | None = None
     refused = ""  # the last refusal said, so that a version refused stays one line
     log(f"[bridge] watching {settings.mlflow.model_name}@{alias} every {interval_s:g} s")
     while not stop.is_set():
         try:
+            if canary:  # one step of a rollout with its canaries, if one is on
+                advance_rollout(settings, fleet_name, say=log)
             record = get_model_record(
                 settings.mlflow.tracking_uri, settings.mlflow.model_name, alias
             )
             current = published.message.model.version if published else None
-            if record.version != current or (published is not None and renewal_due(published)):
+            due = record.version != current or (published is not None and renewal_due(published))
+            held = held_back(settings, fleet_name, record.version) if due and canary else None
+            if held is not None and held != refused:
+                refused = held
+                log(f"[bridge] {held}")
+            if due and held is None:
                 release = build_release(
                     settings,
                     ref=record.version,
@@ -257,7 +274,7 @@ def watch_and_release(
                     variant=variant,
                     max_int8_drop=max_int8_drop,
                 )
-                topic = publish_release(settings, release)
+                topic = deliver(settings, release, canary=canary)
                 published = release
                 sequence = release.message.sequence
                 log(f"[bridge] released {record.name}/{record.version} on {topic} (#{sequence})")

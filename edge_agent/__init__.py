@@ -27,7 +27,8 @@ from edge_agent.errors import ImageError, ModelError
 from edge_agent.inference import Detector
 from edge_agent.sources import FolderSource, Frame, FrameSource, SimulatedCameraSource
 from edge_agent.spool import Spool
-from edge_agent.stats import AgentStats, DeviceState
+from edge_agent.stats import AgentStats
+from qcloop.devices import DeviceState
 
 __all__ = [
     "Agent",

@@ -53,12 +53,13 @@ from edge_agent.release import (
 from edge_agent.retention import Retention, set_aside_folders
 from edge_agent.sdnotify import Watchdog, notify
 from edge_agent.sources import Frame, FrameSource, make_source
-from edge_agent.stats import AgentStats, Counters, DeviceState, Status
+from edge_agent.stats import AgentStats, Counters
 from edge_agent.store import LazyStore
 from edge_agent.trial import Trial
 from edge_agent.trust import ReleaseGate
 from edge_agent.verdicts import VerdictInbox
 from qcloop.contracts import Detection, InferenceResult, ModelRef, utcnow
+from qcloop.devices import DeviceState, Status
 from qcloop.errors import QcloopError
 from qcloop.storage import sha256_bytes
 

@@ -31,9 +31,9 @@ from edge_agent.errors import ImageError
 from edge_agent.inference import Detector
 from edge_agent.link import publish_verdict, read_retained_state
 from edge_agent.logs import json_logging
-from edge_agent.stats import DeviceState
 from edge_agent.verdicts import Verdict
 from qcloop.contracts import Detection
+from qcloop.devices import DeviceState
 from qcloop.errors import QcloopError
 
 PROG = "qcloop-edge"

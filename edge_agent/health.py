@@ -15,9 +15,10 @@ from datetime import datetime
 from edge_agent.config import EdgeConfig
 from edge_agent.policies import FeedbackPolicies
 from edge_agent.spool import Spool
-from edge_agent.stats import Counters, DeviceState, Status, Throughput, disk_free
+from edge_agent.stats import Counters, Throughput, disk_free
 from edge_agent.trial import Trial
 from qcloop.contracts import ModelRef
+from qcloop.devices import DeviceState, Status
 
 RELEASE_LOGGER = "edge_agent.release"
 MAX_REASON = 300  # characters of the last release error in the heartbeat

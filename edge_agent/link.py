@@ -25,7 +25,8 @@ from typing import Any, Literal
 import paho.mqtt.client as mqtt
 
 from edge_agent.config import EdgeConfig, OperatorConfig
-from edge_agent.stats import Counters, DeviceState
+from edge_agent.stats import Counters
+from qcloop.devices import DeviceState
 from qcloop.errors import BrokerUnavailable, ContractError
 from qcloop.mqtt import (
     connect,

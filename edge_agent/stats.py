@@ -6,16 +6,13 @@ import shutil
 import threading
 import time
 from collections import deque
-from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qcloop.contracts import ModelRef, utcnow
+from qcloop.contracts import ModelRef
 from qcloop.stats import percentile
 
-Status = Literal["starting", "waiting_for_model", "serving", "offline"]
 COUNTERS = (
     "frames_inferred",
     "feedback_images",
@@ -65,44 +62,6 @@ class AgentStats(BaseModel):
     feedback_policies: dict[str, dict[str, int]] = Field(
         default_factory=dict, description="per policy: sent, limited, deduplicated"
     )
-
-
-class DeviceState(BaseModel):
-    """Retained on ``qcloop/devices/<id>/state`` every heartbeat; ``offline`` is the last will."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    status: Status
-    device_id: str
-    fleet: str
-    model: ModelRef | None = None
-    model_on_trial_since: datetime | None = Field(
-        default=None, description="the model is on trial since (None: a good model, or none)"
-    )
-    since: datetime = Field(default_factory=utcnow, description="when this status began")
-    frames: int = 0
-    fps: float = Field(default=0.0, description="frames per second over the last heartbeat")
-    latency_p50_ms: float | None = None
-    latency_p95_ms: float | None = None
-    spool_depth: int = Field(default=0, description="feedback images waiting for upload")
-    spool_bytes: int = 0
-    disk_free_bytes: int | None = Field(default=None, description="free space of the state dir")
-    releases_refused: int = Field(default=0, description="invalid, untrusted or broken releases")
-    release_last_error: str | None = Field(
-        default=None, description="why the last release was refused (or failed to download)"
-    )
-    models_rejected: int = Field(default=0, description="models rejected since the agent started")
-    model_last_rejected: str | None = Field(
-        default=None, description="the model this device rejected last, when and why"
-    )
-    upload_failures: int = Field(default=0, description="failed uploads to the store (retried)")
-    frames_rejected: int = Field(default=0, description="frames set aside to rejected/")
-    mqtt_dropped: int = Field(default=0, description="MQTT messages dropped: queue full")
-    errors: int = Field(default=0, description="every failure, all kinds together")
-    feedback_policies: dict[str, dict[str, int]] = Field(
-        default_factory=dict, description="per policy: sent, limited, deduplicated"
-    )
-    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class Counters:

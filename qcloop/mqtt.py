@@ -12,14 +12,16 @@ Topics (``<fleet>`` and ``<device>`` match ``[A-Za-z0-9_.-]+``):
 
 from __future__ import annotations
 
+import ssl
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from qcloop.errors import BrokerUnavailable
+from qcloop.errors import BrokerUnavailable, ConfigError
 from qcloop.settings import MqttSettings
 
 ROOT = "qcloop"
@@ -62,14 +64,51 @@ def make_client(settings: MqttSettings, client_id: str | None = None) -> mqtt.Cl
         password = settings.password.get_secret_value() if settings.password else None
         client.username_pw_set(settings.username, password)
     if settings.tls:
-        client.tls_set()
+        _set_tls(client, settings)
     return client
+
+
+def _readable(setting: str, path: Path | None) -> str | None:
+    """The path as a string, or ``ConfigError`` naming the setting when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"mqtt.{setting} '{path}' cannot be read: {exc.strerror}") from None
+    return str(path)
+
+
+def _set_tls(client: mqtt.Client, settings: MqttSettings) -> None:
+    """TLS 1.2+ with the broker's certificate and host name checked against ``ca_file``
+    (the system's CA store when unset); a client certificate when ``cert_file`` is set."""
+    ca = _readable("ca_file", settings.ca_file)
+    cert = _readable("cert_file", settings.cert_file)
+    key = _readable("key_file", settings.key_file)
+    try:
+        context = ssl.create_default_context(cafile=ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if cert:
+            context.load_cert_chain(cert, keyfile=key)
+    except ssl.SSLError as exc:
+        names = "mqtt.ca_file" if not cert else "mqtt.ca_file, mqtt.cert_file or mqtt.key_file"
+        raise ConfigError(f"{names} is not a usable PEM file ({exc.reason or exc})") from None
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    client.tls_set_context(context)
 
 
 def connect(client: mqtt.Client, settings: MqttSettings, keepalive: int = 30) -> None:
     """Connect or raise ``BrokerUnavailable`` naming the URL."""
     try:
         client.connect(settings.host, settings.port, keepalive=keepalive)
+    except ssl.SSLCertVerificationError as exc:
+        raise BrokerUnavailable(
+            f"MQTT broker {settings.url} failed the certificate check "
+            f"({exc.verify_message or exc}); mqtt.ca_file must be the CA that signed the "
+            "broker's certificate, issued for that host name"
+        ) from None
     except (TimeoutError, OSError) as exc:
         raise BrokerUnavailable(
             f"MQTT broker {settings.url} is unreachable ({exc}); "

@@ -78,12 +78,25 @@ class MqttSettings(_Section):
     username: str | None = None
     password: SecretStr | None = None
     fleet: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM of the CA that signed the broker's certificate (mqtts:// only); "
+        "the system's CA store when unset",
+    )
+    cert_file: Path | None = Field(default=None, description="client certificate (PEM), mqtts://")
+    key_file: Path | None = Field(default=None, description="its private key (PEM), mqtts://")
 
     @model_validator(mode="after")
     def _valid_url(self) -> MqttSettings:
         parsed = urlparse(self.url)
         if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
             raise ValueError(f"mqtt.url '{self.url}' must look like mqtt://host:1883")
+        tls_files = [f for f in ("ca_file", "cert_file", "key_file") if getattr(self, f)]
+        if tls_files and parsed.scheme != "mqtts":
+            names = ", ".join(f"mqtt.{f}" for f in tls_files)
+            raise ValueError(f"{names} need an mqtts:// mqtt.url (TLS), not '{self.url}'")
+        if self.key_file and not self.cert_file:
+            raise ValueError("mqtt.key_file needs mqtt.cert_file (the client certificate)")
         return self
 
     @property
@@ -151,6 +164,24 @@ class ReleaseSettings(_Section):
         description="fleets that take only versions a person approved: the bridge does not "
         "release to them a version the training pipeline approved itself (approval=auto, "
         "approved_by pipeline:<run>)",
+    )
+    canary_devices: list[str] = Field(
+        default_factory=list,
+        description="device ids of the fleet that take a new release first (staged rollout, "
+        "components.rollout); the fleet gets it once they all served it healthy for "
+        "canary_wait_s. Empty: releases go to the whole fleet at once",
+    )
+    canary_wait_s: float = Field(
+        default=600.0,
+        ge=0.0,
+        description="how long every canary must serve the new model healthy (serving, out "
+        "of trial, nothing rejected or refused) before the fleet gets it",
+    )
+    canary_timeout_s: float = Field(
+        default=3600.0,
+        gt=0.0,
+        description="a rollout whose canaries are not all healthy for canary_wait_s this "
+        "long after it began is halted and rolled back",
     )
 
 

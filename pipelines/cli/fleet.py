@@ -15,9 +15,9 @@ def _release(args: argparse.Namespace, settings: Settings) -> int:
     from components.release import (
         MAX_INT8_DROP,
         build_release,
-        publish_release,
         watch_and_release,
     )
+    from components.rollout import deliver
     from qcloop.contracts import Thresholds
 
     thresholds = Thresholds(confidence=args.conf, iou=args.iou, feedback_below=args.feedback_below)
@@ -42,7 +42,7 @@ def _release(args: argparse.Namespace, settings: Settings) -> int:
         variant=args.variant,
         max_int8_drop=max_int8_drop,
     )
-    topic = publish_release(settings, release)
+    topic = deliver(settings, release, canary=args.canary)
     message = release.message
     signer = f"signed by key {message.key_id}" if message.key_id else "UNSIGNED"
     print(
@@ -91,7 +91,20 @@ def _fleet(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps(state))
     else:
         print(fleet_table(states) if states else "no device has reported yet")
+        print(_rollout(settings, args.fleet or settings.mqtt.fleet))
     return 0
+
+
+def _rollout(settings: Settings, fleet: str) -> str:
+    from components.rollout import load_rollout, rollout_text
+    from qcloop.errors import QcloopError
+    from qcloop.storage import open_store
+
+    try:
+        rollout = load_rollout(open_store(settings.store), fleet)
+    except QcloopError as exc:
+        return f"\nrollout of fleet {fleet}: not read ({exc})"
+    return "\n" + (rollout_text(rollout) if rollout else f"no staged rollout in fleet {fleet}")
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -137,6 +150,13 @@ def _add_release(sub: SubParsers) -> None:
         "(default: components.release.MAX_INT8_DROP, 0.02)",
     )
     p.add_argument("--ref", help="version or alias (default: production alias)")
+    p.add_argument(
+        "--canary",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="once: a staged rollout, the canaries first (default: when "
+        "release.canary_devices is set); `qcloop release watch` takes it on to the fleet",
+    )
     p.add_argument("--fleet", help="fleet (default: mqtt.fleet)")
     p.add_argument("--by", help="who releases (default: current user)")
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold on devices")

@@ -271,7 +271,7 @@ def test_network_policies_guard_every_workload(helm: Helm) -> None:
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}}
     } in mlflow[0]["from"]
     mqtt = policies[f"{RELEASE}-qcloop-mosquitto"]["spec"]["ingress"]
-    assert {"ports": [{"port": 1883, "protocol": "TCP"}]} in mqtt  # edge boxes, from anywhere
+    assert len(mqtt) == 1  # no TLS listener: plain 1883 is never admitted from anywhere
     bridge = policies[f"{RELEASE}-qcloop-release-bridge"]["spec"]
     assert bridge["ingress"] == [] and bridge["policyTypes"] == ["Ingress"]
 
@@ -619,6 +619,24 @@ GUARDS = {
         "mosquitto.auth.devices.passwords.cam-1 is required",
     ),
     "tls-secret": (("mosquitto.tls.enabled=true",), "mosquitto.tls.existingSecret is required"),
+    "plain-mqtt-outside": (
+        ("mosquitto.service.type=LoadBalancer",),
+        "mosquitto.service.type=LoadBalancer exposes the broker outside the cluster, which is "
+        "allowed only over TLS",
+    ),
+    "operator-password": (
+        ("mosquitto.operators={shift-1}",),
+        "mosquitto.auth.operators.passwords.shift-1 is required",
+    ),
+    "operator-is-a-device": (
+        (
+            "mosquitto.operators={cam-1}",
+            "mosquitto.fleets.line-1={cam-1}",
+            "mosquitto.auth.devices.passwords.cam-1=x",
+            "mosquitto.auth.operators.passwords.cam-1=y",
+        ),
+        "mosquitto.operators: cam-1 is already a device",
+    ),
     "bridge-mqtt-credentials": (
         ("mosquitto.auth.existingPasswordFileSecret=passwd", "mosquitto.auth.password="),
         "mosquitto.auth.existingSecret (or mosquitto.auth.password) is required",
@@ -819,7 +837,7 @@ def test_the_values_of_docs_deploy_md_install_cleanly(helm: Helm, tmp_path: Path
     # Then it renders valid objects and every Secret it names is one the doc creates
     assert proc.returncode == 0, proc.stderr
     assert kubernetes_validate(proc.stdout).returncode == 0
-    created = set(re.findall(r"create secret generic ([a-z0-9-]+)", doc))
+    created = set(re.findall(r"create secret (?:generic|tls) ([a-z0-9-]+)", doc))
     named = set(re.findall(r"existingSecret: ([a-z0-9-]+)", values[0].read_text()))
     assert named <= created, named - created
     # ... and the namespace where the runs execute gets the endpoints and the credentials

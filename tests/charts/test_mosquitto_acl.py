@@ -107,16 +107,19 @@ def broker(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bro
     config = by_kind(objects, "ConfigMap")[name]["data"]
     secrets = by_kind(objects, "Secret")
     bridge, devices = _decode(secrets[name]), _decode(secrets[f"{name}-devices"])
+    operators = _decode(secrets[f"{name}-operators"])
     init = by_kind(objects, "Deployment")[name]["spec"]["template"]["spec"]["initContainers"][0]
     # And the init container's script run here on the rendered Secrets
     tmp = tmp_path_factory.mktemp("mosquitto-acl")
-    (tmp / "devices").mkdir()
-    for device, password in devices.items():
-        (tmp / "devices" / device).write_text(password)
+    for folder, users in (("devices", devices), ("operators", operators)):
+        (tmp / folder).mkdir()
+        for user, password in users.items():
+            (tmp / folder / user).write_text(password)
     script = (
         init["command"][-1]
         .replace("/mosquitto/passwd", str(tmp))
         .replace("/secrets/devices", str(tmp / "devices"))
+        .replace("/secrets/operators", str(tmp / "operators"))
     )
     env = {e["name"]: e["value"] for e in init["env"] if "value" in e}
     env |= {"MQTT_USERNAME": bridge["username"], "MQTT_PASSWORD": bridge["password"]}
@@ -133,6 +136,7 @@ def broker(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bro
         BRIDGE,
         "dev-a",
         "dev-b",
+        *operators,
     }
     acl.write_text(config["acl"])
     crt, _ = _self_signed(tmp)
@@ -152,7 +156,8 @@ def broker(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bro
             wait_port(ports["8883"], timeout=10)
         except TimeoutError:
             pytest.fail(f"mosquitto refused the rendered config:\n{log.read_text()}")
-        yield Broker(ports["1883"], {BRIDGE: bridge["password"], **devices}, ports["8883"], crt)
+        users = {BRIDGE: bridge["password"], **devices, **operators}
+        yield Broker(ports["1883"], users, ports["8883"], crt)
     finally:
         server.stop()
 

@@ -16,8 +16,9 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.cli import main
-from edge_agent.stats import AgentStats, DeviceState
+from edge_agent.stats import AgentStats
 from qcloop.contracts import InferenceResult, ModelRef, Thresholds
+from qcloop.devices import DeviceState
 from qcloop.mqtt import results_topic, state_topic
 from qcloop.settings import StoreSettings
 from qcloop.storage import list_raw_images, open_store, sha256_file

@@ -23,9 +23,10 @@ from edge_agent.agent import Agent
 from edge_agent.config import EdgeConfig
 from edge_agent.history import read_history
 from edge_agent.rejected import REJECTED_FILE, RejectedList
-from edge_agent.stats import AgentStats, DeviceState
+from edge_agent.stats import AgentStats
 from edge_agent.trial import CRASHED, TRIAL_FILE, TrialRecord
 from qcloop.contracts import InferenceResult, ModelRef, ReleaseMessage
+from qcloop.devices import DeviceState
 from qcloop.mqtt import device_release_topic, publish_retained, results_topic, state_topic
 from qcloop.settings import MqttSettings, StoreSettings
 from qcloop.signing import generate_keypair

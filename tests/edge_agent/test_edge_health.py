@@ -14,7 +14,8 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.cli import main
 from edge_agent.link import MqttLink
-from edge_agent.stats import Counters, DeviceState
+from edge_agent.stats import Counters
+from qcloop.devices import DeviceState
 from qcloop.mqtt import publish_retained, state_topic, verdict_topic
 from qcloop.settings import MqttSettings, StoreSettings
 from tests.edge_agent.edge_helpers import (

@@ -11,7 +11,8 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.cli import main
 from edge_agent.config import load_config
-from edge_agent.stats import AgentStats, DeviceState, Throughput
+from edge_agent.stats import AgentStats, Throughput
+from qcloop.devices import DeviceState
 from qcloop.mqtt import state_topic
 from tests.edge_agent.edge_helpers import Listener, wait_until, write_toml
 from tests.services import free_port

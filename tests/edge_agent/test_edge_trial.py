@@ -18,11 +18,12 @@ from edge_agent.history import read_history, record_good
 from edge_agent.policies import FeedbackPolicies
 from edge_agent.rejected import MAX_REJECTED, REJECTED_FILE, RejectedModels
 from edge_agent.release import ModelLoader, ServingModel, load_last_good, load_local, open_model
-from edge_agent.stats import AgentStats, Counters, DeviceState
+from edge_agent.stats import AgentStats, Counters
 from edge_agent.store import LazyStore
 from edge_agent.trial import CRASHED, TRIAL_FILE, Trial, TrialRecord
 from edge_agent.trust import ReleaseGate
 from qcloop.contracts import ModelRef, utcnow
+from qcloop.devices import DeviceState
 from qcloop.settings import StoreSettings, read_toml
 from tests.edge_agent.edge_helpers import (
     envelope_of,

@@ -15,9 +15,10 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.cli import main
 from edge_agent.config import VerdictConfig
-from edge_agent.stats import AgentStats, Counters, DeviceState
+from edge_agent.stats import AgentStats, Counters
 from edge_agent.verdicts import RecentFrame, RecentFrames, VerdictInbox, parse_verdict
 from qcloop.contracts import Thresholds
+from qcloop.devices import DeviceState
 from qcloop.mqtt import connect, make_client, state_topic, verdict_topic
 from qcloop.settings import MqttSettings, StoreSettings
 from qcloop.storage import list_raw_images, open_store, sha256_bytes

@@ -217,6 +217,27 @@ when MLflow demands no login.
 {{- if and (not $auth.existingPasswordFileSecret) (not $auth.devices.existingSecret) (include "qcloop.mosquitto.deviceIds" .) -}}true{{- end -}}
 {{- end -}}
 
+{{/* Every operator of mosquitto.operators, sorted, once each (space-separated). */}}
+{{- define "qcloop.mosquitto.operatorIds" -}}
+{{- .Values.mosquitto.operators | default list | uniq | sortAlpha | join " " -}}
+{{- end -}}
+
+{{/* Secret with one key per operator (plain MQTT password). */}}
+{{- define "qcloop.mosquitto.operatorsSecretName" -}}
+{{- .Values.mosquitto.auth.operators.existingSecret | default (printf "%s-operators" (include "qcloop.mosquitto.fullname" . | trunc 53 | trimSuffix "-")) -}}
+{{- end -}}
+
+{{/* Whether the chart creates the operators' password Secret. */}}
+{{- define "qcloop.mosquitto.createsOperatorsSecret" -}}
+{{- $auth := .Values.mosquitto.auth -}}
+{{- if and (not $auth.existingPasswordFileSecret) (not $auth.operators.existingSecret) (include "qcloop.mosquitto.operatorIds" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether the broker is exposed outside the cluster (LoadBalancer or NodePort). */}}
+{{- define "qcloop.mosquitto.external" -}}
+{{- if ne .Values.mosquitto.service.type "ClusterIP" -}}true{{- end -}}
+{{- end -}}
+
 {{/* Whether the chart turns a plain user/password Secret into the password file (init container). */}}
 {{- define "qcloop.mosquitto.hashesPassword" -}}
 {{- if not .Values.mosquitto.auth.existingPasswordFileSecret -}}true{{- end -}}
@@ -544,6 +565,22 @@ round trip per value. The templates keep their own `required` guards as well.
 {{- end -}}
 {{- if and $mq.tls.enabled (not $mq.tls.existingSecret) -}}
 {{- $errors = append $errors "mosquitto.tls.existingSecret is required when mosquitto.tls.enabled is true" -}}
+{{- end -}}
+{{- if and (include "qcloop.mosquitto.external" .) (not $mq.tls.enabled) -}}
+{{- $errors = append $errors (printf "mosquitto.service.type=%s exposes the broker outside the cluster, which is allowed only over TLS: set mosquitto.tls.enabled=true and mosquitto.tls.existingSecret (edge boxes then use mqtts:// with mqtt.ca_file)" $mq.service.type) -}}
+{{- end -}}
+{{- if and (not $auth.existingPasswordFileSecret) (not $auth.operators.existingSecret) -}}
+{{- range $id := splitList " " (include "qcloop.mosquitto.operatorIds" .) -}}
+{{- if and $id (not (index $auth.operators.passwords $id)) -}}
+{{- $errors = append $errors (printf "mosquitto.auth.operators.passwords.%s is required (operator of mosquitto.operators; or set mosquitto.auth.operators.existingSecret)" $id) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $devices := splitList " " (include "qcloop.mosquitto.deviceIds" .) -}}
+{{- range $id := splitList " " (include "qcloop.mosquitto.operatorIds" .) -}}
+{{- if and $id (or (has $id $devices) (eq $id $auth.username)) -}}
+{{- $errors = append $errors (printf "mosquitto.operators: %s is already a device or the bridge's user; an operator needs its own MQTT user" $id) -}}
+{{- end -}}
 {{- end -}}
 {{- else if .Values.releaseBridge.enabled -}}
 {{- if not .Values.externalBroker.url -}}
