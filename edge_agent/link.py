@@ -29,6 +29,7 @@ from edge_agent.stats import Counters
 from qcloop.devices import DeviceState
 from qcloop.errors import BrokerUnavailable, ContractError
 from qcloop.mqtt import (
+    client_id,
     connect,
     device_release_topic,
     make_client,
@@ -66,7 +67,9 @@ class MqttLink:
         self.verdict_topic = verdict_topic(config.device_id)
         self._on_release = on_release
         self._on_verdict = on_verdict
-        self._client = make_client(config.mqtt, client_id=f"qcloop-edge-{config.device_id}")
+        self._client = make_client(
+            config.mqtt, client_id=client_id("qcloop-edge", config.device_id)
+        )
         offline = DeviceState(status="offline", device_id=config.device_id, fleet=config.fleet)
         self._client.will_set(self.state_topic, offline.model_dump_json(), qos=1, retain=True)
         self._client.reconnect_delay_set(
@@ -168,7 +171,7 @@ def read_retained_state(
     topic = state_topic(config.device_id)
     got: list[bytes] = []
     done = threading.Event()
-    client = make_client(config.mqtt, client_id=f"qcloop-edge-status-{config.device_id}")
+    client = make_client(config.mqtt, client_id=client_id("qcloop-edge-status", config.device_id))
 
     def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         got.append(bytes(message.payload))

@@ -53,6 +53,12 @@ def verdict_topic(device_id: str) -> str:
     return f"{ROOT}/devices/{device_id}/verdict"
 
 
+def client_id(kind: str, device_id: str) -> str:
+    """``<kind>-<device id>-<random>``: readable in the broker's log, yet not guessable,
+    so that nobody can take over a device's session by connecting with its client id."""
+    return f"{kind}-{device_id}-{uuid.uuid4().hex[:12]}"
+
+
 def make_client(settings: MqttSettings, client_id: str | None = None) -> mqtt.Client:
     """A paho client (callback API v2) configured from settings; not yet connected."""
     client = mqtt.Client(

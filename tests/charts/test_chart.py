@@ -539,6 +539,7 @@ def test_mosquitto_listens_with_password_auth(helm: Helm) -> None:
     assert "listener 1883" in lines
     assert "allow_anonymous false" in lines
     assert "password_file /mosquitto/passwd/passwd" in lines
+    assert "max_packet_size 262144" in lines  # no client floods the broker with one packet
     spec = by_kind(objects, "Deployment")[f"{RELEASE}-qcloop-mosquitto"]["spec"]["template"]
     init = spec["spec"]["initContainers"][0]
     assert "mosquitto_passwd" in init["command"][-1]
@@ -636,6 +637,14 @@ GUARDS = {
             "mosquitto.auth.operators.passwords.cam-1=y",
         ),
         "mosquitto.operators: cam-1 is already a device",
+    ),
+    "device-is-the-bridge": (
+        (
+            "mosquitto.auth.username=cam-1",
+            "mosquitto.fleets.line-1={cam-1}",
+            "mosquitto.auth.devices.passwords.cam-1=x",
+        ),
+        "mosquitto.fleets: device cam-1 has the bridge's MQTT user name",
     ),
     "bridge-mqtt-credentials": (
         ("mosquitto.auth.existingPasswordFileSecret=passwd", "mosquitto.auth.password="),

@@ -577,6 +577,9 @@ round trip per value. The templates keep their own `required` guards as well.
 {{- end -}}
 {{- end -}}
 {{- $devices := splitList " " (include "qcloop.mosquitto.deviceIds" .) -}}
+{{- if has $auth.username $devices -}}
+{{- $errors = append $errors (printf "mosquitto.fleets: device %s has the bridge's MQTT user name (mosquitto.auth.username); it would get the bridge's password and ACL: rename the device or the bridge's user" $auth.username) -}}
+{{- end -}}
 {{- range $id := splitList " " (include "qcloop.mosquitto.operatorIds" .) -}}
 {{- if and $id (or (has $id $devices) (eq $id $auth.username)) -}}
 {{- $errors = append $errors (printf "mosquitto.operators: %s is already a device or the bridge's user; an operator needs its own MQTT user" $id) -}}
