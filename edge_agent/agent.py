@@ -130,6 +130,8 @@ class Agent:
         feedback = make_uploader(self.config, self._store, self._counters)
         self._health.spool = spool = feedback.spool
         loader = ModelLoader(self.config, self._store, self._counters, gate, rejected)
+        if initial is not None:  # before any retained release can reach the loader
+            loader.serving(initial)
         on_verdict = self.verdicts.receive if self.config.verdicts.enabled else None
         link = MqttLink(self.config, loader.submit, on_verdict, self._counters)
         guard = DecodeGuard.in_state_dir(self.config.state_dir)

@@ -387,3 +387,43 @@ def test_a_release_message_keeps_its_exact_bytes_in_the_history(tmp_path: Path) 
     (entry,) = read_history(tmp_path / "m")
     assert entry.envelope == envelope  # the signed bytes, as received
     assert entry.release.model == release.model and entry.release.key_id is not None
+
+
+def test_at_start_the_loader_knows_the_last_good_model_before_any_release_arrives(
+    mqtt_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a box whose last good model is v1, and v1's release retained on the broker
+    store = StoreSettings(kind="local", path=tmp_path / "store")
+    source = {"kind": "simulated", "interval_s": 0.05}
+    config = make_config(
+        tmp_path, mqtt_url, store, "cam-start", source=source, feedback={"enabled": False}
+    )
+    first = Agent(config)
+    v1 = signed(release_for(model(tmp_path, 1), config.fleet, version="1"))
+    publish(mqtt_url, config.fleet, v1)
+    thread, _ = running(first)
+    try:
+        wait_until(lambda: read_history(config.model_dir) != [], what="v1 served, good")
+    finally:
+        first.stop()
+        thread.join(20)
+    # when the agent starts again, and the loader thread starts
+    seen: list[object] = []
+    start = ModelLoader.start
+
+    def start_and_look(loader: ModelLoader) -> None:
+        seen.append(loader._current)  # what the loader serves when releases begin to arrive
+        start(loader)
+
+    monkeypatch.setattr(ModelLoader, "start", start_and_look)
+    again = Agent(config)
+    thread, out = running(again)
+    try:
+        wait_until(lambda: again.stats().frames_inferred > 3, what="inspection")
+    finally:
+        again.stop()
+        thread.join(20)
+    # then it already knew v1 from disk: the retained v1 is not loaded a second time
+    assert seen and seen[0] is not None and seen[0][0] == V1
+    (stats,) = out
+    assert (stats.serving_model, stats.swaps, stats.releases_refused) == (V1, 0, 0)
