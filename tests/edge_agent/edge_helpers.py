@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from edge_agent.config import EdgeConfig
+from edge_agent.release import ModelLoader
 from qcloop.contracts import ModelRef, ReleaseEnvelope, ReleaseMessage, Thresholds, utcnow
 from qcloop.mqtt import publish_retained, release_topic
 from qcloop.settings import MqttSettings, StoreSettings
@@ -264,3 +265,12 @@ def write_toml(
         f'[source]\n{source}\n[mqtt]\nurl = "{mqtt_url}"\n[store]\n{where}\n{sections}\n'
     )
     return path
+
+
+def taken(loader: ModelLoader) -> ModelRef:
+    """The model the loader offers next (and marks it served)."""
+    assert loader.wait_ready(10), "no model became ready"
+    ready = loader.take_ready()
+    assert ready is not None
+    loader.serving(ready)
+    return ready.ref

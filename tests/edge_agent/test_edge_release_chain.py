@@ -39,6 +39,7 @@ from tests.edge_agent.edge_helpers import (
     release_for,
     release_keys,
     signed,
+    taken,
     tampered,
     unsigned,
     wait_until,
@@ -83,15 +84,6 @@ def loader_with(config: EdgeConfig, loaders: list[ModelLoader]) -> tuple[ModelLo
     loader.start()
     loaders.append(loader)
     return loader, counters
-
-
-def taken(loader: ModelLoader) -> ModelRef:
-    """The model the loader offers next (and marks it served)."""
-    assert loader.wait_ready(10), "no model became ready"
-    ready = loader.take_ready()
-    assert ready is not None
-    loader.serving(ready)
-    return ready.ref
 
 
 def refused(loader: ModelLoader, counters: Counters, count: int) -> None:

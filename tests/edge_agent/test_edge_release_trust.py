@@ -36,6 +36,7 @@ from tests.edge_agent.edge_helpers import (
     release_for,
     release_keys,
     signed,
+    taken,
     tampered,
     unsigned,
     wait_until,
@@ -71,14 +72,6 @@ def loader_with(config: EdgeConfig) -> tuple[ModelLoader, Counters]:
     return loader, counters
 
 
-def ready_version(loader: ModelLoader) -> str:
-    assert loader.wait_ready(10), "no model became ready"
-    ready = loader.take_ready()
-    assert ready is not None
-    loader.serving(ready)
-    return ready.ref.version
-
-
 # ------------------------------------------------------------------ signatures
 
 
@@ -94,7 +87,7 @@ def test_with_a_public_key_only_correctly_signed_releases_load(tmp_path: Path) -
     loader.submit(tampered(signed(good, key), url="file:///elsewhere.onnx"))
     loader.submit(signed(good, key))
     # then only the signed one is offered; three refusals counted
-    assert ready_version(loader) == "1"
+    assert taken(loader).version == "1"
     assert counters.get("releases_refused") == 3 and counters.get("errors") == 3
     loader.close()
 
@@ -112,13 +105,13 @@ def test_the_device_release_wins_while_present(tmp_path: Path) -> None:
     loader, counters = loader_with(config_for(tmp_path))
     v1, v2, v3 = (release_for(model(tmp_path, n), "f", version=str(n)) for n in (1, 2, 3))
     loader.submit(signed(v1))  # fleet
-    assert ready_version(loader) == "1"
+    assert taken(loader).version == "1"
     loader.submit(signed(v2), "device")  # the override wins
-    assert ready_version(loader) == "2"
+    assert taken(loader).version == "2"
     loader.submit(signed(v3))  # a new fleet release waits while the override is present
     assert not loader.wait_ready(0.5)
     loader.submit(b"", "device")  # the override is cleared: the fleet's release applies
-    assert ready_version(loader) == "3"
+    assert taken(loader).version == "3"
     assert counters.get("errors") == 0
     loader.close()
 
@@ -130,7 +123,7 @@ def test_oversized_payloads_are_refused(tmp_path: Path) -> None:
     loader.submit(signed(huge))
     wait_until(lambda: counters.get("releases_refused") == 1, what="the refusal")
     loader.submit(signed(good))
-    assert ready_version(loader) == "1"
+    assert taken(loader).version == "1"
     loader.close()
 
 
