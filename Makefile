@@ -121,5 +121,10 @@ bench-soak: ## the edge agent for an hour of paced frames, store and broker down
 bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after setup-label-studio)
 	$(PY) -m benchmarks.bench_labelling
 
+.PHONY: bench-loop
+bench-loop: ## the edge agent's feedback picks vs as many random photos, retrained, on held-out captures (GPU: DEVICE=0)
+	$(PY) -m benchmarks.bench_loop --device $(DEVICE) \
+		$(if $(filter cpu,$(DEVICE)),,--epochs 150 --imgsz 480 --batch 16 --policies policy,random,uncertainty,novelty)
+
 clean: ## remove local state of the embedded default (.qcloop/, outputs)
 	rm -rf .qcloop local_outputs demo-summary.json demo-report.md demo-report.html
