@@ -35,7 +35,7 @@ from qcloop.contracts import (
     ReleaseSignature,
 )
 from qcloop.errors import ConfigError, ContractError, IntegrityError
-from qcloop.signing import key_id, load_public_key
+from qcloop.signing import key_id, load_public_key, signature, signature_checks
 
 APPROVAL_TAG = "qcloop.approval"  # model version tag holding the signed approval's envelope
 
@@ -82,11 +82,9 @@ class VerifiedApproval:
 
 def sign_approval(statement: ApprovalStatement, key: Ed25519PrivateKey) -> ApprovalEnvelope:
     """Write ``statement`` once, naming ``key``'s id, and sign those bytes."""
-    keyid = key_id(key.public_key())
-    body = statement.model_copy(update={"key_id": keyid}).to_json().encode()
-    sig = base64.b64encode(key.sign(body)).decode()
+    body = statement.model_copy(update={"key_id": key_id(key.public_key())}).to_json().encode()
     return ApprovalEnvelope(
-        signed=base64.b64encode(body).decode(), signatures=[ReleaseSignature(keyid=keyid, sig=sig)]
+        signed=base64.b64encode(body).decode(), signatures=[signature(body, key)]
     )
 
 
@@ -122,30 +120,27 @@ def verify_approval(
     ``IntegrityError`` when no approver signed it or a signature fails (altered bytes);
     ``ContractError`` when the envelope or the statement breaks its contract.
     """
-    from cryptography.exceptions import InvalidSignature
-
     envelope = ApprovalEnvelope.from_json(payload, source=source)
     try:
         body = base64.b64decode(envelope.signed, validate=True)
     except ValueError:
         raise ContractError(f"{source}: field 'signed' is not base64") from None
-    unknown = []
-    for signature in envelope.signatures:
-        approver = approvers.get(signature.keyid)
-        if approver is None:
-            unknown.append(signature.keyid)
+    keys = {keyid: approver.key for keyid, approver in approvers.items()}
+    checks = signature_checks(body, envelope.signatures, keys)
+    unknown = [keyid for keyid, ok in checks if ok is None]
+    for keyid, ok in checks:  # the first signature by an approver decides
+        if ok is None:
             continue
-        try:
-            approver.key.verify(base64.b64decode(signature.sig, validate=True), body)
-        except (InvalidSignature, ValueError):
+        approver = approvers[keyid]
+        if not ok:
             raise IntegrityError(
-                f"{source}: bad signature by approver {approver.name} (key {signature.keyid}): "
+                f"{source}: bad signature by approver {approver.name} (key {keyid}): "
                 "the approval was altered after it was signed"
-            ) from None
+            )
         statement = ApprovalStatement.from_json(body, source=source)
-        if statement.key_id != signature.keyid:
+        if statement.key_id != keyid:
             raise IntegrityError(
-                f"{source}: signed by key {signature.keyid} but names key {statement.key_id}"
+                f"{source}: signed by key {keyid} but names key {statement.key_id}"
             )
         return VerifiedApproval(statement, approver)
     known = ", ".join(f"{a.name} ({k})" for k, a in sorted(approvers.items()))

@@ -94,15 +94,38 @@ def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
+def signature(body: bytes, key: Ed25519PrivateKey) -> ReleaseSignature:
+    """``key``'s Ed25519 signature of the exact ``body`` (base64), with the key's id."""
+    return ReleaseSignature(
+        keyid=key_id(key.public_key()), sig=base64.b64encode(key.sign(body)).decode()
+    )
+
+
+def signature_checks(
+    body: bytes, signatures: Iterable[ReleaseSignature], keys: TrustedKeys
+) -> list[tuple[str, bool | None]]:
+    """Each signature's key id, in order, and whether it verifies ``body`` with ``keys``
+    (None: a key not among ``keys``)."""
+    checks: list[tuple[str, bool | None]] = []
+    for signed in signatures:
+        key = keys.get(signed.keyid)
+        if key is None:
+            checks.append((signed.keyid, None))
+            continue
+        try:
+            key.verify(base64.b64decode(signed.sig, validate=True), body)
+            checks.append((signed.keyid, True))
+        except (InvalidSignature, binascii.Error, ValueError):
+            checks.append((signed.keyid, False))
+    return checks
+
+
 def seal(message: ReleaseMessage, key: Ed25519PrivateKey | None) -> SealedRelease:
     """Write ``message`` once (naming ``key``'s id) and sign those bytes; unsigned without key."""
     if key is not None:
         message = message.model_copy(update={"key_id": key_id(key.public_key())})
     body = message.to_json().encode()
-    signatures = []
-    if key is not None:
-        sig = base64.b64encode(key.sign(body)).decode()
-        signatures.append(ReleaseSignature(keyid=key_id(key.public_key()), sig=sig))
+    signatures = [signature(body, key)] if key is not None else []
     envelope = ReleaseEnvelope(signed=base64.b64encode(body).decode(), signatures=signatures)
     verified_by = signatures[0].keyid if signatures else None
     return SealedRelease(ReleaseMessage.from_json(body), envelope, verified_by)
@@ -154,16 +177,11 @@ def _verify(
     envelope: ReleaseEnvelope, body: bytes, trusted: TrustedKeys, allow_unsigned: bool, source: str
 ) -> str | None:
     """The id of a trusted key whose signature verifies; None if allowed unsigned."""
-    failed: list[str] = []
-    for signature in envelope.signatures:
-        key = trusted.get(signature.keyid)
-        if key is None:
-            continue
-        try:
-            key.verify(base64.b64decode(signature.sig, validate=True), body)
-            return signature.keyid
-        except (InvalidSignature, binascii.Error, ValueError):
-            failed.append(signature.keyid)
+    checks = signature_checks(body, envelope.signatures, trusted)
+    verified = [keyid for keyid, ok in checks if ok]
+    if verified:
+        return verified[0]
+    failed = [keyid for keyid, ok in checks if ok is False]
     if failed:
         raise IntegrityError(
             f"{source}: bad signature by key {failed[0]}: altered or forged bytes; not installed"
