@@ -132,6 +132,7 @@ class Agent:
         loader = ModelLoader(self.config, self._store, self._counters, gate, rejected)
         if initial is not None:  # before any retained release can reach the loader
             loader.serving(initial)
+        self._health.loader = loader
         on_verdict = self.verdicts.receive if self.config.verdicts.enabled else None
         link = MqttLink(self.config, loader.submit, on_verdict, self._counters)
         guard = DecodeGuard.in_state_dir(self.config.state_dir)
@@ -145,7 +146,6 @@ class Agent:
             guard=guard,
         )
         retention = Retention(set_aside_folders(self.source, spool.bad_dir), self.config.retention)
-        self._health.watch()
         retention.start()
         link.start()
         self._publish_state(link, "starting")
@@ -168,7 +168,6 @@ class Agent:
             loader.close()
             link.close(self._state("offline"))
             retention.close()
-            self._health.close()
         stats = self.stats()
         log.info("agent stopped", extra=stats.model_dump(mode="json"))
         return stats

@@ -228,6 +228,7 @@ class ModelLoader:
         self._current: tuple[ModelRef, str] | None = None
         self._latest: dict[str, bytes | None] = {"fleet": None, "device": None}
         self._refused: set[str] = set()  # sha256 of payloads refused for good
+        self.last_error: str | None = None  # why the last release was refused (heartbeat)
         self._rejected = rejected if rejected is not None else RejectedModels(config.state_dir)
         self._thread = threading.Thread(target=self._work, name="qcloop-loader", daemon=True)
 
@@ -270,6 +271,7 @@ class ModelLoader:
                 self._handle()
             except Exception:  # a bug must not kill the loader: log it and go on
                 log.exception("release handling failed")
+                self.last_error = "release handling failed"
                 self._counters.add("errors")
 
     def _effective(self) -> tuple[str, bytes] | None:
@@ -336,6 +338,7 @@ class ModelLoader:
 
     def _refuse(self, digest: str | None, message: str, exc: Exception) -> None:
         log.error(message, extra={"error_type": type(exc).__name__, "error": str(exc)})
+        self.last_error = f"{message}: {exc}"
         self._counters.add("errors")
         if digest is not None:  # refused for good (a failed download is retried instead)
             self._counters.add("releases_refused")
