@@ -29,6 +29,7 @@ from qcloop.contracts import DatasetManifest, InferenceResult, RawImageSidecar, 
 from qcloop.errors import PipelineError
 from qcloop.settings import Settings
 from qcloop.storage import ObjectStore, open_store, sidecar_key
+from qcloop.versions import current_manifest
 
 log = logging.getLogger("pipelines.demo")
 
@@ -76,7 +77,11 @@ class Clock:
 
 
 def _current(settings: Settings) -> DatasetManifest:
-    return DatasetManifest.load(settings.workspace.resolve() / "data" / "manifest.json")
+    """The dataset version checked out in the demo's workspace (one always is, after round 1)."""
+    manifest = current_manifest(settings.workspace.resolve())
+    if manifest is None:
+        raise PipelineError(f"no dataset version checked out in {settings.workspace}")
+    return manifest
 
 
 def _trained(outcome: dict[str, Any], home: Path) -> dict[str, Any]:
