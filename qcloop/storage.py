@@ -23,6 +23,7 @@ from qcloop.settings import StoreSettings
 RAW_PREFIX = "raw/"
 IF_ABSENT = {"If-None-Match": "*"}  # S3 conditional write: create the key only if absent
 CHUNK_BYTES = 1 << 20  # downloads are read, hashed and written this much at a time
+_MISSING_BUCKET = object()
 
 
 def released_key(model_name: str) -> str:
@@ -162,7 +163,6 @@ class S3Store:
             if timeout_s or retries is not None
             else None,
         )
-        self._ensured = False
 
     def __repr__(self) -> str:
         return f"S3Store(endpoint={self.endpoint!r}, bucket={self.bucket!r})"
@@ -183,41 +183,50 @@ class S3Store:
                 "check store.endpoint and that MinIO/S3 is running"
             ) from None
 
-    def ensure_bucket(self) -> None:
-        """Create the bucket if it does not exist (once per store object)."""
-        if self._ensured:
-            return
-        if not self._call("bucket", self._client.bucket_exists, self.bucket):
-            self._call("bucket", self._client.make_bucket, self.bucket)
-        self._ensured = True
+    def _make_bucket(self) -> None:
+        self._call("bucket", self._client.make_bucket, self.bucket)
+
+    def _write(self, key: str, put):  # type: ignore[no-untyped-def]
+        """Run ``put``; when the bucket is missing, create it and run ``put`` once more.
+
+        No look at the bucket first: a scoped user (an edge box may only put under
+        ``raw/``) has no right to HeadBucket, and on a running platform the bucket is there.
+        """
+        from minio.error import S3Error
+
+        def attempt():  # type: ignore[no-untyped-def]
+            try:
+                return put()
+            except S3Error as exc:
+                if exc.code != "NoSuchBucket":
+                    raise
+                return _MISSING_BUCKET
+
+        result = self._call(_check_key(key), attempt)
+        if result is _MISSING_BUCKET:
+            self._make_bucket()
+            result = self._call(_check_key(key), put)
+        return result
 
     def put_bytes(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None:
-        self.ensure_bucket()
-        self._call(
-            _check_key(key),
-            self._client.put_object,
-            self.bucket,
+        self._write(
             key,
-            io.BytesIO(data),
-            len(data),
-            content_type=content_type,
+            lambda: self._client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            ),
         )
 
     def put_bytes_if_absent(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> bool:
-        """PUT with ``If-None-Match: *``, after a look for the key.
+        """One PUT with ``If-None-Match: *``: the server creates the key or answers 412.
 
-        The conditional PUT is atomic on S3, current MinIO and moto (412 when the key
-        exists). minio's ``put_object`` would send it as user metadata
-        (``X-Amz-Meta-If-None-Match``), so minio's PutObject call beneath it sends it. The look
-        first keeps the guarantee, up to a small race, on servers that ignore the header.
+        Atomic on S3, MinIO (the chart's release included) and moto, and it needs only
+        PutObject, no read right. minio's ``put_object`` would send the header as user
+        metadata (``X-Amz-Meta-If-None-Match``), so minio's PutObject call beneath it sends it.
         """
-        self.ensure_bucket()
-        if self.exists(key):
-            return False
         from minio.error import S3Error
 
         def put() -> bool:
@@ -231,7 +240,7 @@ class S3Store:
                 raise
             return True
 
-        return bool(self._call(_check_key(key), put))
+        return bool(self._write(key, put))
 
     def get_bytes(self, key: str) -> bytes:
         response = self._call(_check_key(key), self._client.get_object, self.bucket, key)
@@ -260,10 +269,13 @@ class S3Store:
         return True
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        self.ensure_bucket()
-        objects = self._call(
-            prefix, lambda: list(self._client.list_objects(self.bucket, prefix, recursive=True))
-        )
+        try:
+            objects = self._call(
+                prefix,
+                lambda: list(self._client.list_objects(self.bucket, prefix, recursive=True)),
+            )
+        except ObjectNotFound:  # no bucket yet: nothing in it
+            return
         yield from sorted(o.object_name for o in objects)
 
     def url(self, key: str) -> str:
@@ -296,17 +308,18 @@ def open_store(
 def put_raw_image(store: ObjectStore, data: bytes, sidecar: RawImageSidecar) -> str:
     """Upload an image and its sidecar under its content address; idempotent.
 
-    The image goes first and the sidecar last, so a sidecar always points at an
-    image that is there. A later capture (edge feedback, operator verdict)
-    replaces the sidecar; an import keeps the one already there. Returns the key.
+    The image goes first, create-only (its key is its hash: bytes once there never
+    change), and the sidecar last, so a sidecar always points at an image that is
+    there. A later capture (edge feedback, operator verdict) replaces the sidecar; an
+    import keeps the one already there. Edge feedback needs nothing but PutObject under
+    ``raw/``: no look at the bucket or the key. Returns the key.
     """
     if sidecar.sha256 != sha256_bytes(data) or sidecar.key != raw_key(
         sidecar.sha256, _ext(sidecar)
     ):
         raise StoreError(f"sidecar of {sidecar.key} does not match the image bytes")
-    if not store.exists(sidecar.key):
-        store.put_bytes(sidecar.key, data, sidecar.content_type)
-    elif sidecar.reason == "import" and store.exists(sidecar_key(sidecar.key)):
+    created = store.put_bytes_if_absent(sidecar.key, data, sidecar.content_type)
+    if not created and sidecar.reason == "import" and store.exists(sidecar_key(sidecar.key)):
         return sidecar.key  # an import never replaces how the image first came (edge, verdict)
     store.put_bytes(sidecar_key(sidecar.key), sidecar.to_json().encode(), "application/json")
     return sidecar.key

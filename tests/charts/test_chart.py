@@ -490,9 +490,12 @@ def test_mlflow_stores_artifacts_on_minio_with_its_credentials(helm: Helm) -> No
     assert "--artifacts-destination=s3://qcloop/mlflow" in container["command"]
     assert "--backend-store-uri=sqlite:////mlflow/mlflow.db" in container["command"]
     assert env["MLFLOW_S3_ENDPOINT_URL"] == f"http://{RELEASE}-qcloop-minio.{NAMESPACE}.svc:9000"
-    minio_secret = f"{RELEASE}-qcloop-minio"
-    assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": minio_secret, "key": "root-user"}
-    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == minio_secret
+    users = f"{RELEASE}-qcloop-minio-users"  # its scoped user, not MinIO's root
+    assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": users, "key": "mlflow-access-key"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"] == {
+        "name": users,
+        "key": "mlflow-secret-key",
+    }
     assert f"{RELEASE}-qcloop-mlflow.{NAMESPACE}.svc" in env["MLFLOW_SERVER_ALLOWED_HOSTS"]
     # And the bucket Job creates the bucket MLflow writes to
     job = by_kind(objects, "Job")[f"{RELEASE}-qcloop-minio-buckets"]
@@ -550,6 +553,7 @@ def test_existing_secrets_replace_generated_ones(helm: Helm) -> None:
     proc = template(
         helm,
         "minio.auth.existingSecret=minio-creds",
+        "minio.users.existingSecret=minio-users",
         "mosquitto.auth.existingSecret=mqtt-creds",
         "mosquitto.auth.existingPasswordFileSecret=mqtt-passwd",
         "labelStudio.admin.existingSecret=ls-admin",
@@ -863,9 +867,11 @@ def test_the_values_of_docs_deploy_md_install_cleanly(helm: Helm, tmp_path: Path
     assert config["data"]["QCLOOP_STORE__ENDPOINT"] == "http://qcloop-minio.qcloop.svc:9000"
     assert config["data"]["QCLOOP_MLFLOW__TRACKING_URI"] == "http://qcloop-mlflow.qcloop.svc:5000"
     secrets = yaml.safe_load(values[1].read_text())
+    # the runs' store user is the scoped `pipelines` user, never MinIO's root
+    assert base64.b64decode(secret["data"]["store-access-key"]).decode() == "qcloop-pipelines"
     assert (
         base64.b64decode(secret["data"]["store-secret-key"]).decode()
-        == (secrets["minio"]["auth"]["rootPassword"])
+        == (secrets["minio"]["users"]["pipelines"]["secretKey"])
     )
 
 
@@ -929,7 +935,7 @@ def test_existing_secrets_are_copied_at_install_and_named_when_they_cannot_be(
     helm: Helm, tmp_path: Path
 ) -> None:
     # Given the store's credentials in a Secret the chart does not make
-    sets = ("minio.auth.existingSecret=my-minio",)
+    sets = ("minio.users.existingSecret=my-minio-users",)
     _, objects = render(helm, *sets)
     # When rendered without a cluster (helm template reads no Secret): no half Secret, and
     # the notes say what to do
@@ -938,9 +944,12 @@ def test_existing_secrets_are_copied_at_install_and_named_when_they_cannot_be(
     ]
     assert "qcloop-platform" in by_kind(objects, "ConfigMap")
     existing = tmp_path / "existing.yaml"
-    existing.write_text("minio:\n  auth:\n    existingSecret: my-minio\n")
+    existing.write_text("minio:\n  users:\n    existingSecret: my-minio-users\n")
     notes = render_notes(helm, tmp_path, REQUIRED_VALUES, existing)
-    assert "NOT rendered now: my-minio/root-user, my-minio/root-password" in notes
+    assert (
+        "NOT rendered now: my-minio-users/pipelines-access-key, my-minio-users/pipelines-secret-key"
+        in notes
+    )
     # pipelines.credentials.create=false: the user makes it; nothing rendered either
     _, objects = render(helm, "pipelines.credentials.create=false")
     assert "qcloop-platform" not in by_kind(objects, "Secret")

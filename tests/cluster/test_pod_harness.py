@@ -126,19 +126,23 @@ def cluster_run(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     # the user's machine: the port-forwards and exports of docs/deploy.md step 3
     secrets = yaml.safe_load(values[1].read_text())
     minio_secret = emulator.secret_data(emulator.find(objects, "Secret", NAMESPACE, "qcloop-minio"))
+    store_users = emulator.secret_data(
+        emulator.find(objects, "Secret", NAMESPACE, "qcloop-minio-users")
+    )
     laptop = {
         "PATH": f"{VENV / 'bin'}:{SYSTEM_PATH}",
         "HOME": str(tmp / "laptop-home"),
         "QCLOOP_STORE__KIND": "s3",
         "QCLOOP_STORE__ENDPOINT": "http://127.0.0.1:9000",
         "QCLOOP_STORE__BUCKET": "qcloop",
-        "QCLOOP_STORE__ACCESS_KEY": minio_secret["root-user"],
-        "QCLOOP_STORE__SECRET_KEY": minio_secret["root-password"],
+        "QCLOOP_STORE__ACCESS_KEY": store_users["labelling-access-key"],
+        "QCLOOP_STORE__SECRET_KEY": store_users["labelling-secret-key"],
         "QCLOOP_DVC__REMOTE": "s3://qcloop/dvc",
         "QCLOOP_DVC__ENDPOINT_URL": "http://127.0.0.1:9000",
         "QCLOOP_MLFLOW__TRACKING_URI": "http://127.0.0.1:5000",
     }
     assert minio_secret["root-password"] == secrets["minio"]["auth"]["rootPassword"]
+    assert store_users["labelling-secret-key"] == secrets["minio"]["users"]["labelling"]["secretKey"]
     # the labelling schedule's pod (release namespace, enableServiceLinks: false)
     cron = emulator.find(objects, "CronJob", NAMESPACE, "qcloop-labelling")
     pod_spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -151,6 +155,10 @@ def cluster_run(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         **{"/opt/venv": str(VENV), "/home/qcloop": str(home), "/tmp": str(round_tmp)},
     )
     round_env["KUBERNETES_SERVICE_HOST"] = "10.96.0.1"
+    # each pod holds its own scoped store user, none MinIO's root
+    users = {env.get("QCLOOP_STORE__ACCESS_KEY") for env in envs.values()}
+    assert users - {None} == {"qcloop-pipelines"}, users
+    assert round_env["QCLOOP_STORE__ACCESS_KEY"] == "qcloop-labelling"
     # MLflow as the chart's Deployment runs it, its /mlflow volume in the scratch folder
     deployment = emulator.find(objects, "Deployment", NAMESPACE, "qcloop-mlflow")
     container = deployment["spec"]["template"]["spec"]["containers"][0]

@@ -134,6 +134,73 @@ the Kubeflow Pipelines run pods in other namespaces too (the endpoints travel in
 {{- $buckets | uniq | join " " -}}
 {{- end -}}
 
+{{/* ---- Scoped MinIO users: one a role, each on its own prefixes ---- */}}
+
+{{- define "qcloop.minio.roles" -}}edge bridge labelling pipelines mlflow{{- end -}}
+
+{{/* "true" when the workloads use the scoped users: the chart's MinIO with minio.users.enabled. */}}
+{{- define "qcloop.minio.scoped" -}}
+{{- if and .Values.minio.enabled .Values.minio.users.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* Secret with the scoped users' keys `<role>-access-key` and `<role>-secret-key`. */}}
+{{- define "qcloop.minio.usersSecretName" -}}
+{{- .Values.minio.users.existingSecret | default (printf "%s-users" (include "qcloop.minio.fullname" . | trunc 57 | trimSuffix "-")) -}}
+{{- end -}}
+
+{{/*
+The policy of a role, as IAM JSON (MinIO's policy language): (dict "context" $ "role" "edge").
+Object rights by prefix; listing (key names only) is bucket-wide for the cluster roles and
+refused to edge boxes. GetBucketLocation: S3 clients ask for the region first.
+*/}}
+{{- define "qcloop.minio.policy" -}}
+{{- $ := .context -}}
+{{- $b := $.Values.platform.bucket -}}
+{{- $obj := printf "arn:aws:s3:::%s/" $b -}}
+{{- $read := list "s3:GetObject" -}}
+{{- $write := list "s3:GetObject" "s3:PutObject" "s3:AbortMultipartUpload" -}}
+{{- $statements := list (dict "Effect" "Allow" "Action" (list "s3:GetBucketLocation") "Resource" (list (printf "arn:aws:s3:::%s" $b))) -}}
+{{- if eq .role "edge" -}}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" (list "s3:PutObject") "Resource" (list (print $obj "raw/*"))) -}}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" $read "Resource" (list (print $obj "models/*"))) -}}
+{{- else if eq .role "mlflow" -}}
+{{- $m := $.Values.mlflow.artifacts.bucket -}}
+{{- $prefix := $.Values.mlflow.artifacts.prefix | trimSuffix "/" -}}
+{{- $statements = list (dict "Effect" "Allow" "Action" (list "s3:GetBucketLocation" "s3:ListBucket") "Resource" (list (printf "arn:aws:s3:::%s" $m))) -}}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" (append $write "s3:DeleteObject") "Resource" (list (printf "arn:aws:s3:::%s/%s*" $m (ternary "" (printf "%s/" $prefix) (empty $prefix))))) -}}
+{{- else -}}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" (list "s3:ListBucket") "Resource" (list (printf "arn:aws:s3:::%s" $b))) -}}
+{{- if eq .role "bridge" -}}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" $write "Resource" (list (print $obj "models/*") (print $obj "releases/*"))) -}}
+{{- else -}}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" $read "Resource" (list (print $obj "models/*"))) -}}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" $write "Resource" (list (print $obj "raw/*") (print $obj "datasets/*") (print $obj "dvc/*"))) -}}
+{{- if eq .role "labelling" -}}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" (append $write "s3:DeleteObject") "Resource" (list (print $obj ($.Values.labelStudio.storage.folder | trimSuffix "/") "/*"))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- dict "Version" "2012-10-17" "Statement" $statements | toJson -}}
+{{- end -}}
+
+{{/*
+Where a workload of a role finds its store credentials, as YAML (secret, accessKey,
+secretKey): the scoped user's keys, else the platform store's Secret (root user of the
+chart's MinIO, or externalS3). Call with (dict "context" $ "role" "bridge").
+*/}}
+{{- define "qcloop.s3.credentials" -}}
+{{- $ := .context -}}
+{{- if include "qcloop.minio.scoped" $ -}}
+secret: {{ include "qcloop.minio.usersSecretName" $ }}
+accessKey: {{ printf "%s-access-key" .role }}
+secretKey: {{ printf "%s-secret-key" .role }}
+{{- else -}}
+secret: {{ include "qcloop.s3.secretName" $ }}
+accessKey: {{ include "qcloop.s3.accessKeyKey" $ }}
+secretKey: {{ include "qcloop.s3.secretKeyKey" $ }}
+{{- end -}}
+{{- end -}}
+
 {{/* ---- MLflow ---- */}}
 
 {{/* S3 endpoint of the artifact store: the explicit one, else the store of the platform. */}}
@@ -141,15 +208,15 @@ the Kubeflow Pipelines run pods in other namespaces too (the endpoints travel in
 {{- .Values.mlflow.artifacts.s3Endpoint | default (include "qcloop.s3.endpoint" .) -}}
 {{- end -}}
 
-{{/* Secret with the S3 credentials of the artifact store, and its two keys. */}}
-{{- define "qcloop.mlflow.s3SecretName" -}}
-{{- .Values.mlflow.artifacts.existingSecret | default (include "qcloop.s3.secretName" .) -}}
+{{/* Secret with the S3 credentials of the artifact store and its two keys, as YAML (secret, accessKey, secretKey). */}}
+{{- define "qcloop.mlflow.s3Credentials" -}}
+{{- if .Values.mlflow.artifacts.existingSecret -}}
+secret: {{ .Values.mlflow.artifacts.existingSecret }}
+accessKey: {{ .Values.mlflow.artifacts.accessKeyKey }}
+secretKey: {{ .Values.mlflow.artifacts.secretKeyKey }}
+{{- else -}}
+{{- include "qcloop.s3.credentials" (dict "context" . "role" "mlflow") -}}
 {{- end -}}
-{{- define "qcloop.mlflow.s3AccessKeyKey" -}}
-{{- ternary .Values.mlflow.artifacts.accessKeyKey (include "qcloop.s3.accessKeyKey" .) (not (empty .Values.mlflow.artifacts.existingSecret)) -}}
-{{- end -}}
-{{- define "qcloop.mlflow.s3SecretKeyKey" -}}
-{{- ternary .Values.mlflow.artifacts.secretKeyKey (include "qcloop.s3.secretKeyKey" .) (not (empty .Values.mlflow.artifacts.existingSecret)) -}}
 {{- end -}}
 
 {{/*
@@ -348,7 +415,7 @@ QCLOOP_LABEL_STUDIO__URL: {{ $labelStudio | quote }}
 
 {{/*
 The data of the Secret `qcloop-platform` of each run namespace, as YAML of base64 values: the
-store's credentials, the platform's MLflow user (empty without MLflow auth) and the Label Studio token, from the values when the chart makes those
+store's credentials (the scoped `pipelines` MinIO user), the platform's MLflow user (empty without MLflow auth) and the Label Studio token, from the values when the chart makes those
 Secrets, else read (lookup) from the existing Secrets at install time. Installing into a
 cluster where one cannot be read fails with what to do. Rendered without a cluster (helm
 template, a client-side dry run: lookup reads nothing, not even the release's namespace),
@@ -360,11 +427,15 @@ the key `unreadable` names them instead, and the Secret is left out.
 {{- $data := dict -}}
 {{- $unreadable := list -}}
 {{- $wanted := list -}}
-{{- if and .Values.minio.enabled (not .Values.minio.auth.existingSecret) -}}
+{{- if and (include "qcloop.minio.scoped" .) (not .Values.minio.users.existingSecret) -}}
+{{- $_ := set $data "store-access-key" (.Values.minio.users.pipelines.accessKey | b64enc) -}}
+{{- $_ := set $data "store-secret-key" (.Values.minio.users.pipelines.secretKey | b64enc) -}}
+{{- else if and .Values.minio.enabled (not .Values.minio.users.enabled) (not .Values.minio.auth.existingSecret) -}}
 {{- $_ := set $data "store-access-key" (.Values.minio.auth.rootUser | b64enc) -}}
 {{- $_ := set $data "store-secret-key" (.Values.minio.auth.rootPassword | b64enc) -}}
 {{- else -}}
-{{- $wanted = append $wanted (dict "secret" (include "qcloop.s3.secretName" .) "keys" (dict "store-access-key" (include "qcloop.s3.accessKeyKey" .) "store-secret-key" (include "qcloop.s3.secretKeyKey" .))) -}}
+{{- $s3 := include "qcloop.s3.credentials" (dict "context" . "role" "pipelines") | fromYaml -}}
+{{- $wanted = append $wanted (dict "secret" $s3.secret "keys" (dict "store-access-key" $s3.accessKey "store-secret-key" $s3.secretKey)) -}}
 {{- end -}}
 {{- $mlflowSecret := include "qcloop.mlflow.clientSecretName" . -}}
 {{- if and .Values.mlflow.enabled .Values.mlflow.auth.enabled (not .Values.mlflow.auth.existingSecret) -}}
@@ -411,12 +482,12 @@ unreadable: {{ $unreadable | uniq | join ", " | quote }}
 {{/*
 Environment of a qcloop container of the chart (bridge, schedules): the platform settings above,
 the store's credentials and the MLflow login (when MLflow demands one) always; MQTT, the Label
-Studio token and KFP when asked. Call with
-(dict "context" $ "mqtt" true "labelStudio" false "kfp" false).
+Studio token and KFP when asked; the store's credentials are the scoped MinIO user of `role`.
+Call with (dict "context" $ "role" "bridge" "mqtt" true "labelStudio" false "kfp" false).
 */}}
 {{- define "qcloop.platform.env" -}}
 {{- $ := .context -}}
-{{- $s3Secret := include "qcloop.s3.secretName" $ -}}
+{{- $s3 := include "qcloop.s3.credentials" (dict "context" $ "role" (required "qcloop.platform.env: role" .role)) | fromYaml -}}
 - name: HOME
   value: /tmp
 - name: MLFLOW_DISABLE_TELEMETRY
@@ -430,13 +501,13 @@ Studio token and KFP when asked. Call with
 - name: QCLOOP_STORE__ACCESS_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ $s3Secret }}
-      key: {{ include "qcloop.s3.accessKeyKey" $ }}
+      name: {{ $s3.secret }}
+      key: {{ $s3.accessKey }}
 - name: QCLOOP_STORE__SECRET_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ $s3Secret }}
-      key: {{ include "qcloop.s3.secretKeyKey" $ }}
+      name: {{ $s3.secret }}
+      key: {{ $s3.secretKey }}
 {{- with include "qcloop.mlflow.clientSecretName" $ }}
 - name: MLFLOW_TRACKING_USERNAME
   valueFrom:
@@ -507,6 +578,21 @@ round trip per value. The templates keep their own `required` guards as well.
 {{- $errors = append $errors "minio.auth.rootPassword is required (or set minio.auth.existingSecret): no default password is shipped" -}}
 {{- else if lt (len $minio.auth.rootPassword) 8 -}}
 {{- $errors = append $errors "minio.auth.rootPassword must have 8 characters at least (MinIO refuses shorter ones)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and (include "qcloop.minio.scoped" .) (not $minio.users.existingSecret) -}}
+{{- $names := list $minio.auth.rootUser -}}
+{{- range $role := splitList " " (include "qcloop.minio.roles" .) -}}
+{{- $user := index $minio.users $role -}}
+{{- if not $user.secretKey -}}
+{{- $errors = append $errors (printf "minio.users.%s.secretKey is required (or set minio.users.existingSecret, or minio.users.enabled=false to give every workload the root user): no default password is shipped" $role) -}}
+{{- else if lt (len $user.secretKey) 8 -}}
+{{- $errors = append $errors (printf "minio.users.%s.secretKey must have 8 characters at least (MinIO refuses shorter ones)" $role) -}}
+{{- end -}}
+{{- if has $user.accessKey $names -}}
+{{- $errors = append $errors (printf "minio.users.%s.accessKey %s is already the root user or another role's user; each role needs its own" $role $user.accessKey) -}}
+{{- end -}}
+{{- $names = append $names $user.accessKey -}}
 {{- end -}}
 {{- end -}}
 {{- if and (not $minio.enabled) $usesStore -}}
