@@ -37,6 +37,7 @@ from qcloop.contracts import (
     count_splits,
 )
 from qcloop.errors import DatasetError, ObjectNotFound
+from qcloop.removals import drop_removed, put_back, removal_state
 from qcloop.settings import Settings
 from qcloop.storage import ObjectStore, open_store, put_raw_image, raw_key, sha256_bytes
 from qcloop.versions import (
@@ -73,6 +74,7 @@ __all__ = [
 ]
 
 SPLIT_RATIOS: dict[Split, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
+DVC_REPO_FILES = (".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore")
 
 
 def assign_splits(new_groups: Iterable[str], existing: Mapping[Split, int]) -> dict[str, Split]:
@@ -123,12 +125,17 @@ def _stage(
     source: str,
     progress: Progress,
 ) -> tuple[list[ManifestImage], int]:
-    """Write parent + new items into ``staging``; return the entries and the number changed."""
+    """Write parent + new items into ``staging``; return the entries and the number changed.
+
+    Removed images (``qcloop.removals``) are left out, restored ones come back.
+    """
     (staging / "images").mkdir(parents=True)
     (staging / "labels").mkdir()
     entries = {img.file: img for img in (parent.images if parent else [])}
     group_splits = {img.group: img.split for img in entries.values()}
     existing = Counter(group_splits.values())
+    removals = removal_state(store)
+    changed = drop_removed(entries, removals, progress)
     # only captures the parent has not placed: a folder that holds old images next to new
     # ones (every labelling round's export) must not move the old ones to another split
     new_groups = {capture_group(i.stem) for i in items} - set(group_splits)
@@ -137,10 +144,11 @@ def _stage(
         for img in entries.values():
             shutil.copy2(parent_dir / img.file, staging / img.file)
             shutil.copy2(parent_dir / img.label_file, staging / img.label_file)
-    changed = 0
     for n, item in enumerate(items, start=1):
         data = item.image.read_bytes()
         digest = sha256_bytes(data)
+        if digest in removals.removed:
+            continue
         ext = item.image.suffix.lower().lstrip(".")
         key = raw_key(digest, ext)
         sidecar = RawImageSidecar(
@@ -165,11 +173,17 @@ def _stage(
         (staging / entry.label_file).write_text(label)
         if n % 50 == 0 or n == len(items):
             progress(f"  staged {n}/{len(items)} images")
+    changed += put_back(staging, entries, group_splits, removals, store)
     return sorted(entries.values(), key=lambda e: e.file), changed
 
 
 def import_yolo_folder(
-    settings: Settings, source: Path, *, progress: Progress = log.info, commit: bool = False
+    settings: Settings,
+    source: Path,
+    *,
+    progress: Progress = log.info,
+    commit: bool = False,
+    label_source: str | None = None,
 ) -> tuple[DatasetManifest, bool]:
     """Import a YOLO folder into the raw store and a new dataset version.
 
@@ -179,9 +193,12 @@ def import_yolo_folder(
     name. Returns the manifest of the (new or unchanged) current version and whether
     a new version was created; a folder that adds nothing creates no version. With
     ``commit`` (and a git workspace) ``data.dvc`` is committed with a message that
-    says what changed.
+    says what changed. ``label_source`` names where the labels came from in the
+    manifest and the commit message (default: the folder), e.g. a labelling round's
+    project and export when the folder is a temporary one.
     """
     workspace = settings.workspace.resolve()
+    label_source = label_source or str(source)
     progress(f"validating YOLO folder {source}")
     names, items = scan_yolo_folder(Path(source))
     dvc.ensure_repo(workspace, settings)
@@ -197,7 +214,7 @@ def import_yolo_folder(
         progress(f"importing {len(items)} images into the raw store ({settings.store.kind})")
         data_dir = workspace / DATA_DIR
         entries, changed = _stage(
-            staging, data_dir if parent else None, parent, items, store, str(source), progress
+            staging, data_dir if parent else None, parent, items, store, label_source, progress
         )
         if parent and changed == 0:
             progress(f"nothing new: dataset stays at {parent.version}")
@@ -206,7 +223,7 @@ def import_yolo_folder(
             version=next_version(versions),
             parent=parent.version if parent else None,
             class_names=names,
-            source=str(source),
+            source=label_source,
             images=entries,
             counts=count_splits(entries),
         )
@@ -251,18 +268,25 @@ def change_summary(parent: DatasetManifest | None, new: DatasetManifest) -> str:
         if i.file in old and old[i.file].sha256 == i.sha256 and old[i.file].boxes != i.boxes
     )
     boxes = sum(i.boxes for i in new.images) - sum(i.boxes for i in old.values())
+    removed = len(old.keys() - {i.file for i in new.images})
     return (
         f"dataset {new.version}: +{added} images, {replaced} replaced, {relabelled} relabelled, "
-        f"{boxes:+d} boxes ({len(new.images)} images in all) from {new.source}"
+        + (f"{removed} removed, " if removed else "")
+        + f"{boxes:+d} boxes ({len(new.images)} images in all) from {new.source}"
     )
 
 
 def commit_pointer(workspace: Path, message: str, progress: Progress = log.info) -> bool:
-    """``git commit`` of ``data.dvc`` (and .gitignore) in a git workspace; False if not one."""
+    """``git commit`` of ``data.dvc`` in a git workspace; False if not one.
+
+    The files that make the workspace a DVC repository (``.gitignore``, ``.dvcignore``,
+    ``.dvc/config``, ``.dvc/.gitignore``, as ``dvc init`` wrote them) go into the same
+    commit, so that a clone can pull the version; the remote (``.dvc/config.local``) never.
+    """
     if not (workspace / ".git").exists():
         progress("workspace is not a git repository: data.dvc not committed")
         return False
-    paths = [p for p in (f"{DATA_DIR}.dvc", ".gitignore") if (workspace / p).exists()]
+    paths = [p for p in (f"{DATA_DIR}.dvc", *DVC_REPO_FILES) if (workspace / p).exists()]
     known = subprocess.run(["git", "config", "user.email"], cwd=workspace, capture_output=True)
     who = (
         []

@@ -207,6 +207,11 @@ class LabelStudioSettings(_Section):
         default=False,
         description="only reviewer-accepted (or ground-truth starred) annotations count",
     )
+    strict: bool = Field(
+        default=False,
+        description="one invalid task (bad box, unusable image) stops the whole round, no "
+        "version; false: it is reported and left out, every valid task makes the round",
+    )
     assist: bool = Field(
         default=True,
         description="pre-annotate images no model has seen with the released production model",

@@ -77,7 +77,15 @@ def cmd_sync_out(args: argparse.Namespace, settings: Settings) -> int:
         report = sync_out(settings, client, project, Path(args.out))
     finally:
         client.close()
-    _print({"out": str(report.out), "counts": report.counts, "boxes": report.boxes})
+    _print(
+        {
+            "out": str(report.out),
+            "counts": report.counts,
+            "boxes": report.boxes,
+            "invalid": report.invalid_json(),
+            "export_sha256": report.export_sha256,
+        }
+    )
     return 0
 
 
@@ -85,12 +93,22 @@ def cmd_round(args: argparse.Namespace, settings: Settings) -> int:
     """Export -> YOLO folder -> new dataset version if anything is new."""
     from qcloop_labelling.jobs import round_job, sync_in_job
 
+    synced: dict[str, Any] = {}
     if args.sync_in:  # one scheduled job: new images in, verified labels out
         report = sync_in_job(settings)
-        _print({"sync_in": {k: v for k, v in asdict(report).items() if k != "task_ids"}})
+        synced = {"sync_in": {k: v for k, v in asdict(report).items() if k != "task_ids"}}
     result = round_job(settings)
-    version = result.manifest.version if result.manifest else None
-    _print({"version": version, "created": result.created, "counts": result.export.counts})
+    manifest = result.manifest
+    _print(
+        {
+            "version": manifest.version if manifest else None,
+            "created": result.created,
+            "counts": result.export.counts,
+            "invalid": result.export.invalid_json(),
+            "source": manifest.source if manifest and result.created else None,
+        }
+        | synced
+    )
     return 0
 
 
@@ -113,6 +131,73 @@ def cmd_import_labels(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         client.close()
     _print(asdict(report))
+    return 0
+
+
+def _who(args: argparse.Namespace) -> str:
+    import getpass
+
+    try:
+        return str(args.by or getpass.getuser())
+    except (KeyError, OSError):  # no user name in a bare container
+        raise QcloopError("give --by WHO: no user name to record the change under") from None
+
+
+def _event_json(event: Any) -> dict[str, Any]:
+    entry = event.entry
+    return {
+        "sha256": event.sha256,
+        "file": entry.file if entry else None,
+        "version": event.version,
+        "reason": event.reason,
+        "by": event.by,
+        "at": event.at.isoformat(),
+    }
+
+
+def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    """Images (or tasks' images) out of the next dataset versions."""
+    from qcloop.removals import remove_images
+
+    names = list(args.images)
+    if args.task:
+        client, _ = _open(args, settings)
+        try:
+            names += [_task_sha256(client, task) for task in args.task]
+        finally:
+            client.close()
+    if not names:
+        raise QcloopError("name the images to remove (file, sha256, ...) or give --task ID")
+    events = remove_images(settings, names, reason=args.reason, by=_who(args))
+    _print({"removed": [_event_json(e) for e in events]})
+    return 0
+
+
+def _task_sha256(client: LabelStudioClient, task_id: int) -> str:
+    sha = (client.task(task_id).get("data") or {}).get("sha256")
+    if not sha:
+        raise QcloopError(f"task {task_id}: no sha256 in its data; name its image by file instead")
+    return str(sha)
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    """Undo removals: the images come back in the next dataset version."""
+    from qcloop.removals import restore_images
+
+    events = restore_images(settings, list(args.images), reason=args.reason, by=_who(args))
+    _print({"restored": [e.sha256 for e in events]})
+    return 0
+
+
+def cmd_removed(args: argparse.Namespace, settings: Settings) -> int:
+    """The images out of the next versions now, and every removal and restore so far."""
+    from qcloop.removals import removal_events, removal_state
+    from qcloop.storage import open_store
+
+    store = open_store(settings.store)
+    state = removal_state(store)
+    history = [_event_json(e) | {"action": e.action} for e in removal_events(store)]
+    _print({"removed": [_event_json(e) for e in state.removed.values()], "history": history})
     return 0
 
 
@@ -144,6 +229,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("source", help="YOLO folder, Label Studio JSON export or COCO JSON file")
     p.add_argument("--format", choices=["yolo", "ls-json", "coco"], default="yolo")
     p.add_argument("--images", help="ls-json, coco: folder holding the images (found by name)")
+    p = add("remove", cmd_remove, "take images out of the next dataset versions (undo: restore)")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="file, file name, stem or sha256")
+    p.add_argument("--task", type=int, action="append", help="a Label Studio task's image")
+    p.add_argument("--reason", required=True, help="why: wrong part, duplicate, privacy, ...")
+    p.add_argument("--by", help="who asks (default: your user name)")
+    p = add("restore", cmd_restore, "undo a removal: the image is back in the next version")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="file, file name, stem or sha256")
+    p.add_argument("--reason", required=True, help="why it comes back")
+    p.add_argument("--by", help="who asks (default: your user name)")
+    add("removed", cmd_removed, "images out of the next versions, and every removal and restore")
     return group
 
 

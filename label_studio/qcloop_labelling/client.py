@@ -111,6 +111,14 @@ class LabelStudioClient:
         """Create a project."""
         return dict(self._send("POST", "/api/projects/", json=fields))
 
+    def project(self, project_id: int) -> dict[str, Any]:
+        """A project's fields (title, label config, ...)."""
+        return dict(self._send("GET", f"/api/projects/{project_id}/"))
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        """A task with its data (the image inline or its URL), annotations and predictions."""
+        return dict(self._send("GET", f"/api/tasks/{task_id}/"))
+
     def update_project(self, project_id: int, fields: dict[str, Any]) -> dict[str, Any]:
         """Change some fields of a project."""
         return dict(self._send("PATCH", f"/api/projects/{project_id}/", json=fields))

@@ -38,8 +38,11 @@ def run_round(
     """Export verified labels and import them as the next dataset version.
 
     Nothing labelled, or nothing that the current version does not already hold,
-    creates no version. Invalid annotations stop the round before any version.
-    ``progress`` gets every step's messages; by default each module logs its own.
+    creates no version. Invalid tasks are left out and reported in ``export.invalid``
+    (with ``label_studio.strict`` they stop the round before any version). The
+    version's manifest ``source`` and commit message name the project, its URL and the
+    export's sha256. ``progress`` gets every step's messages; by default each module
+    logs its own.
     """
     passed = {"progress": progress} if progress else {}
     with tempfile.TemporaryDirectory(prefix="qcloop-labelling-") as tmp:
@@ -52,5 +55,22 @@ def run_round(
             said = f"nothing labelled in project {project_id}: dataset stays at {where}"
             (progress or log.info)(said)
             return RoundResult(export, manifest, False)
-        manifest, created = import_yolo_folder(settings, folder, commit=True, **passed)
+        manifest, created = import_yolo_folder(
+            settings,
+            folder,
+            commit=True,
+            label_source=provenance(settings, client, project_id, export),
+            **passed,
+        )
     return RoundResult(export, manifest, created)
+
+
+def provenance(
+    settings: Settings, client: LabelStudioClient, project_id: int, export: SyncOutReport
+) -> str:
+    """Where a round's labels came from: the project, its URL and the export's sha256."""
+    title = client.project(project_id).get("title", settings.label_studio.project_title)
+    return (
+        f"Label Studio project {project_id} '{title}' at {client.url}/projects/{project_id}/, "
+        f"export sha256 {export.export_sha256}"
+    )

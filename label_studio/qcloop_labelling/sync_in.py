@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from qcloop.contracts import RawImageSidecar
 from qcloop.dataset import current_manifest
+from qcloop.removals import removal_state
 from qcloop.settings import Settings
 from qcloop.storage import list_raw_images, open_store
 from qcloop_labelling.assist import Assistant
@@ -58,7 +59,8 @@ def sync_in(
     """Create a task for every raw image that has none yet (and is not labelled already).
 
     Images already in the checked-out dataset version are left out unless
-    ``include_labelled``: they were labelled before. With ``s3_bucket`` the tasks
+    ``include_labelled``: they were labelled before; removed images
+    (``qcloop labelling remove``) always. With ``s3_bucket`` the tasks
     point at ``s3://<bucket>/<key>`` (the project needs an S3 storage of that bucket)
     instead of carrying the image. ``assist`` predicts for images that no model
     has seen yet (model-assisted labelling), before the least-confident ordering.
@@ -68,12 +70,13 @@ def sync_in(
     in_project = known_images(client, project_id)
     manifest = None if include_labelled else current_manifest(settings.workspace.resolve())
     in_dataset = {img.sha256 for img in manifest.images} if manifest else set()
-    todo = pending_images(sidecars, in_project, in_dataset)
+    removed = set(removal_state(store).removed)  # out of the dataset on purpose: no task
+    todo = pending_images(sidecars, in_project, in_dataset | removed)
     if assist is not None:
         unseen = sum(1 for s in todo if s.model is None)
         progress(f"  pre-annotating {unseen} images that no model has seen")
         todo = [assist(s, store.get_bytes(s.key)) if s.model is None else s for s in todo]
-        todo = pending_images(todo, in_project, in_dataset)  # order again, with the new scores
+        todo = pending_images(todo, in_project, in_dataset | removed)  # order again: new scores
     progress(f"{len(sidecars)} raw images, {len(todo)} new for project {project_id}")
     ids: list[int] = []
     for batch in batches(todo, batch_size):

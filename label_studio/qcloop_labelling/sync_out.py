@@ -13,11 +13,18 @@ With review on (``label_studio.review``), only accepted annotations count: one a
 reviewer accepted (Label Studio Enterprise: a review with ``accepted``) or marked
 as ground truth (the star, in Label Studio Community, which has no review
 workflow). Submitted but not yet accepted work stays *pending* for the next round.
+
+A counted annotation with a bad box (outside the image, no area, rotated, unknown
+class) or a task whose image is unusable is *invalid*: by default it is reported (task,
+annotation, box, reason) and left out, so every valid task still makes the round;
+with ``label_studio.strict`` one invalid task stops the export before anything is
+written (``AnnotationError`` naming every bad task).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import logging
@@ -41,8 +48,8 @@ from qcloop_labelling.errors import AnnotationError, LabellingError
 
 log = logging.getLogger(__name__)
 
-Status = Literal["labelled", "negative", "skipped", "pending"]
-STATUSES: tuple[Status, ...] = ("labelled", "negative", "skipped", "pending")
+Status = Literal["labelled", "negative", "skipped", "pending", "invalid"]
+STATUSES: tuple[Status, ...] = ("labelled", "negative", "skipped", "pending", "invalid")
 REPORT_FILE = "labelling-export.json"
 ANNOTATION_RULE = (
     "only submitted, not cancelled annotations count; with several on one task, the one "
@@ -50,6 +57,23 @@ ANNOTATION_RULE = (
     "a counted annotation without boxes = negative"
 )
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a task cannot be exported: its task, annotation, box (1-based) and the reason."""
+
+    task_id: int
+    annotation_id: int | None
+    box: int | None
+    reason: str
+
+    def line(self) -> str:
+        """``task 42 (annotation 97, box 1): reason``, as the messages say it."""
+        where = [f"annotation {self.annotation_id}"] if self.annotation_id is not None else []
+        where += [f"box {self.box}"] if self.box is not None else []
+        inside = f" ({', '.join(where)})" if where else ""
+        return f"task {self.task_id}{inside}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -74,11 +98,20 @@ class SyncOutReport:
     counts: dict[str, int]
     boxes: int
     outcomes: tuple[TaskOutcome, ...] = field(repr=False)
+    invalid: tuple[Problem, ...] = ()
+    export_sha256: str = ""
 
     def summary(self) -> str:
         """One line for people: the counts of every status."""
         parts = ", ".join(f"{s} {self.counts.get(s, 0)}" for s in STATUSES)
         return f"project {self.project_id}: {parts} ({self.boxes} boxes) -> {self.out}"
+
+    def invalid_json(self) -> list[dict[str, Any]]:
+        """The invalid tasks as the commands print them: task, annotation, box, reason."""
+        return [
+            {"task": p.task_id, "annotation": p.annotation_id, "box": p.box, "reason": p.reason}
+            for p in self.invalid
+        ]
 
 
 def accepted(annotation: dict[str, Any]) -> bool:
@@ -102,7 +135,7 @@ def chosen_annotation(task: dict[str, Any], review: bool = False) -> dict[str, A
 
 def classify(
     task: dict[str, Any], names: list[str], review: bool = False
-) -> tuple[TaskOutcome, list[str]]:
+) -> tuple[TaskOutcome, list[Problem]]:
     """A task's outcome and the problems of its counted annotation (each naming the task)."""
     tid, data = int(task["id"]), task.get("data") or {}
     base = {"task_id": tid, "raw_key": data.get("raw_key"), "name": data.get("name")}
@@ -118,7 +151,7 @@ def classify(
         try:
             boxes.append(result_to_yolo(result, names))
         except (ValueError, KeyError, TypeError) as exc:
-            problems.append(f"task {tid} (annotation {chosen.get('id')}, box {n}): {exc}")
+            problems.append(Problem(tid, chosen.get("id"), n, str(exc)))
     status = "labelled" if boxes else "negative"
     return TaskOutcome(
         status=status, annotation_id=chosen.get("id"), boxes=tuple(boxes), **base
@@ -126,21 +159,24 @@ def classify(
 
 
 def convert(
-    tasks: list[dict[str, Any]], names: list[str], review: bool = False
-) -> list[TaskOutcome]:
-    """Outcomes of all tasks; one ``AnnotationError`` naming every bad task if any."""
+    tasks: list[dict[str, Any]], names: list[str], review: bool = False, strict: bool = True
+) -> tuple[list[TaskOutcome], list[Problem]]:
+    """Outcomes of all tasks and the problems found; a task with any problem is *invalid*.
+
+    ``strict``: one ``AnnotationError`` naming every bad task instead.
+    """
     outcomes, problems = [], []
     for task in sorted(tasks, key=lambda t: int(t["id"])):
         outcome, bad = classify(task, names, review)
-        outcomes.append(outcome)
+        outcomes.append(replace(outcome, status="invalid", boxes=()) if bad else outcome)
         problems += bad
-    if problems:
-        bad_ids = sorted({int(p.split()[1]) for p in problems})
+    if problems and strict:
+        bad_ids = sorted({p.task_id for p in problems})
         raise AnnotationError(
             f"{len(problems)} invalid box(es) in task(s) {bad_ids}; fix them in Label Studio "
-            f"and export again:{listed(problems)}"
+            f"and export again:{listed([p.line() for p in problems])}"
         )
-    return outcomes
+    return outcomes, problems
 
 
 def _stems(outcomes: list[TaskOutcome]) -> dict[int, str]:
@@ -177,42 +213,74 @@ def _image_bytes(task: dict[str, Any], store: ObjectStore) -> tuple[bytes, str]:
     )
 
 
-def _size_problem(task: dict[str, Any], data: bytes) -> str | None:
-    """Why the image of ``task`` cannot be used (unreadable, other size than recorded), or None."""
+def _size_problem(task: dict[str, Any], data: bytes, annotation: int | None) -> Problem | None:
+    """Why the image of ``task`` cannot be used (other bytes than its content address,
+    unreadable, other size than recorded), or None."""
     meta = task.get("data") or {}
+    recorded_sha = meta.get("sha256")
+    if recorded_sha and hashlib.sha256(data).hexdigest() != recorded_sha:
+        reason = (
+            f"image bytes do not match the task's sha256 {str(recorded_sha)[:12]}...: the raw "
+            "object was replaced after sync-in; put the original back or remove the task"
+        )
+        return Problem(int(task["id"]), annotation, None, reason)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             width, height = img.size
     except Exception as exc:
-        return (
-            f"task {task['id']}: image unreadable ({type(exc).__name__}); replace it in the store"
-        )
+        reason = f"image unreadable ({type(exc).__name__}); replace it in the store"
+        return Problem(int(task["id"]), annotation, None, reason)
     recorded = (meta.get("width"), meta.get("height"))
     if None not in recorded and (int(recorded[0]), int(recorded[1])) != (width, height):
-        return (
-            f"task {task['id']}: image is {width}x{height}, the task recorded "
-            f"{recorded[0]}x{recorded[1]}; the boxes were drawn on another image: relabel it"
+        reason = (
+            f"image is {width}x{height}, the task recorded {recorded[0]}x{recorded[1]}; "
+            "the boxes were drawn on another image: relabel it"
         )
+        return Problem(int(task["id"]), annotation, None, reason)
     return None
+
+
+def unusable_images(
+    tasks: list[dict[str, Any]],
+    outcomes: list[TaskOutcome],
+    store: ObjectStore,
+    strict: bool,
+) -> tuple[list[TaskOutcome], list[Problem], dict[int, tuple[bytes, str]]]:
+    """Mark exported tasks whose image is unusable *invalid*; the images of the others.
+
+    ``strict``: an ``AnnotationError`` naming them instead (before anything is written).
+    """
+    by_id = {int(t["id"]): t for t in tasks}
+    exported = [o for o in outcomes if o.status in ("labelled", "negative")]
+    images = {o.task_id: _image_bytes(by_id[o.task_id], store) for o in exported}
+    problems = [
+        p
+        for o in exported
+        if (p := _size_problem(by_id[o.task_id], images[o.task_id][0], o.annotation_id))
+    ]
+    if problems and strict:
+        lines = [p.line() for p in problems]
+        raise AnnotationError(f"{len(problems)} task(s) with unusable images:{listed(lines)}")
+    bad = {p.task_id for p in problems}
+    marked = [replace(o, status="invalid", boxes=()) if o.task_id in bad else o for o in outcomes]
+    return marked, problems, {k: v for k, v in images.items() if k not in bad}
 
 
 def write_yolo_folder(
     out: Path,
-    tasks: list[dict[str, Any]],
     outcomes: list[TaskOutcome],
+    images: dict[int, tuple[bytes, str]],
     names: list[str],
-    store: ObjectStore,
-    project_id: int,
+    report_fields: dict[str, Any],
 ) -> list[TaskOutcome]:
-    """Write images/, labels/, classes.txt and the export report; return outcomes with files."""
-    by_id = {int(t["id"]): t for t in tasks}
+    """Write images/, labels/, classes.txt and the export report; return outcomes with files.
+
+    File names are given to the exported and the invalid tasks alike, so that a task
+    that turns invalid never hands its name to another task with the same one.
+    """
+    stems = _stems([o for o in outcomes if o.status in ("labelled", "negative", "invalid")])
     exported = [o for o in outcomes if o.status in ("labelled", "negative")]
-    stems = _stems(exported)
-    images = {o.task_id: _image_bytes(by_id[o.task_id], store) for o in exported}
-    problems = [p for o in exported if (p := _size_problem(by_id[o.task_id], images[o.task_id][0]))]
-    if problems:  # checked before anything is written: no half-built folder
-        raise AnnotationError(f"{len(problems)} task(s) with unusable images:{listed(problems)}")
     (out / "images").mkdir(parents=True)
     (out / "labels").mkdir()
     done: dict[int, TaskOutcome] = {}
@@ -226,8 +294,7 @@ def write_yolo_folder(
         done[o.task_id] = replace(o, file=file)
     (out / "classes.txt").write_text("\n".join(names) + "\n")
     final = [done.get(o.task_id, o) for o in outcomes]
-    report = {
-        "project_id": project_id,
+    report = report_fields | {
         "exported_at": utcnow().isoformat(),
         "annotation_rule": ANNOTATION_RULE,
         "counts": dict(Counter(o.status for o in final)),
@@ -253,12 +320,19 @@ def sync_out(
     if out.exists() and any(out.iterdir()):
         raise LabellingError(f"{out}: not empty; give a new folder for the YOLO export")
     tasks = client.export_json(project_id)
-    progress(f"exported {len(tasks)} tasks from project {project_id}")
-    names = list(settings.class_names)
-    outcomes = convert(tasks, names, settings.label_studio.review)
-    outcomes = write_yolo_folder(
-        out, tasks, outcomes, names, open_store(settings.store), project_id
+    checksum = export_checksum(tasks)
+    progress(f"exported {len(tasks)} tasks from project {project_id} (sha256 {checksum[:12]})")
+    names, ls = list(settings.class_names), settings.label_studio
+    outcomes, problems = convert(tasks, names, ls.review, ls.strict)
+    outcomes, unusable, images = unusable_images(
+        tasks, outcomes, open_store(settings.store), ls.strict
     )
+    problems += unusable
+    for problem in problems:
+        log.warning("left out, fix it in Label Studio: %s", problem.line())
+    fields: dict[str, Any] = {"project_id": project_id, "export_sha256": checksum}
+    fields["invalid"] = [asdict(p) for p in problems]
+    outcomes = write_yolo_folder(out, outcomes, images, names, fields)
     counts = Counter(o.status for o in outcomes)
     report = SyncOutReport(
         project_id=project_id,
@@ -266,6 +340,14 @@ def sync_out(
         counts={s: counts.get(s, 0) for s in STATUSES},
         boxes=sum(len(o.boxes) for o in outcomes),
         outcomes=tuple(outcomes),
+        invalid=tuple(problems),
+        export_sha256=checksum,
     )
     progress(report.summary())
     return report
+
+
+def export_checksum(tasks: list[dict[str, Any]]) -> str:
+    """sha256 of an export's JSON (keys sorted, compact): names exactly what a round read."""
+    text = json.dumps(tasks, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()

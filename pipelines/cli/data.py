@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from pipelines.cli.common import SubParsers, add, group
+from qcloop.raw import DEFAULT_SOURCE
 from qcloop.settings import Settings
 
 
@@ -71,6 +72,22 @@ def _raw(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _raw_add(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from qcloop.raw import add_raw_images
+    from qcloop.storage import open_store
+
+    report = add_raw_images(
+        open_store(settings.store),
+        [Path(p) for p in args.paths],
+        source=args.source,
+        skip_bad=args.skip_bad,
+    )
+    print(json.dumps({k: v for k, v in asdict(report).items() if k != "keys"}))
+    return 0
+
+
 def register(sub: SubParsers) -> None:
     """Add the settings, contracts and data commands to the ``qcloop`` parser."""
     add(sub, "config", _config, "print the effective settings (secrets masked)")
@@ -94,4 +111,14 @@ def register(sub: SubParsers) -> None:
         choices=["train", "val", "test"],
         help="only this split, as a plain YOLO folder (e.g. for `qcloop eval`)",
     )
-    add(sub, "raw", _raw, "list images in the raw store (with reason and best score)")
+    raw = add(sub, "raw", _raw, "the raw store: list it (no action, or list), add images")
+    raw_actions = raw.add_subparsers(dest="raw_command", metavar="ACTION")
+    add(raw_actions, "list", _raw, "list images in the raw store (with reason and best score)")
+    p = add(raw_actions, "add", _raw_add, "add unlabelled images (new captures, manual uploads)")
+    p.add_argument("paths", nargs="+", metavar="FOLDER|FILE", help="images, or folders of them")
+    p.add_argument(
+        "--source", default=DEFAULT_SOURCE, help="where they come from: camera, line, uploader"
+    )
+    p.add_argument(
+        "--skip-bad", action="store_true", help="add the good images when some files are bad"
+    )

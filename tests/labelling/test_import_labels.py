@@ -52,7 +52,7 @@ def test_label_studio_json_export_imports_with_its_counted_annotation(
     # then the newer annotation counts, the negative stays one, the others are pending
     assert (report.created, report.boxes, report.negatives) == (4, 1, 1)
     out = sync_out(settings, client, project_id, tmp_path / "out", progress=lambda _: None)
-    assert out.counts == {"labelled": 1, "negative": 1, "skipped": 0, "pending": 2}
+    assert out.counts == {"labelled": 1, "negative": 1, "skipped": 0, "pending": 2, "invalid": 0}
     line = (tmp_path / "out" / "labels" / f"{a.stem}.txt").read_text().split()
     assert [float(v) for v in line[1:]] == pytest.approx([0.25, 0.4, 0.3, 0.4])
 
@@ -63,8 +63,13 @@ def test_cli_import_labels_sync_out_and_round(
     project_id: int,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
+    def result() -> dict:
+        """The command's stdout: one JSON line and nothing else (DVC and git included)."""
+        (line,) = capfd.readouterr().out.splitlines()
+        return dict(json.loads(line))
+
     monkeypatch.setenv("QCLOOP_LABEL_STUDIO__URL", ls_settings.url)
     monkeypatch.setenv("QCLOOP_LABEL_STUDIO__TOKEN", ls_settings.token.get_secret_value())
     monkeypatch.setenv("QCLOOP_LABEL_STUDIO__PROJECT_TITLE", ls_settings.project_title)
@@ -72,17 +77,22 @@ def test_cli_import_labels_sync_out_and_round(
     monkeypatch.setenv("QCLOOP_WORKSPACE", str(settings.workspace))
     monkeypatch.setenv("QCLOOP_DVC__REMOTE", str(tmp_path / "remote"))
     folder = yolo_subset(tmp_path / "yolo", 3, skip=12)
+    capfd.readouterr()
+    assert cli.main(["labelling", "bootstrap"]) == 0
+    assert result()["action"] == "unchanged"
     assert cli.main(["labelling", "import-labels", str(folder)]) == 0
-    assert '"created": 3' in capsys.readouterr().out
+    assert result()["created"] == 3
     assert cli.main(["labelling", "sync-in"]) == 0
-    assert '"created": 0' in capsys.readouterr().out  # already tasks
+    assert result()["created"] == 0  # already tasks
     assert cli.main(["labelling", "sync-out", "--out", str(tmp_path / "out")]) == 0
-    assert '"labelled"' in capsys.readouterr().out
+    out = result()
+    assert (out["counts"]["labelled"], out["invalid"], len(out["export_sha256"])) == (3, [], 64)
     assert cli.main(["labelling", "round"]) == 0
-    assert '"version": "v1", "created": true' in capsys.readouterr().out
+    first = result()
+    assert (first["version"], first["created"]) == ("v1", True)
     assert current_manifest(settings.workspace.resolve()).version == "v1"
     assert cli.main(["labelling", "round"]) == 0
-    assert '"created": false' in capsys.readouterr().out
+    assert result()["created"] is False
 
 
 def test_coco_file_imports_as_annotated_tasks(
@@ -114,7 +124,7 @@ def test_coco_file_imports_as_annotated_tasks(
     out = sync_out(settings, client, project_id, tmp_path / "out", progress=lambda _: None)
     # then the boxes are the same in YOLO terms and the negative is kept
     assert (report.created, report.boxes, report.negatives) == (2, 2, 1)
-    assert out.counts == {"labelled": 1, "negative": 1, "skipped": 0, "pending": 0}
+    assert out.counts == {"labelled": 1, "negative": 1, "skipped": 0, "pending": 0, "invalid": 0}
     lines = sorted((tmp_path / "out" / "labels" / f"{a.stem}.txt").read_text().splitlines())
     got = [[float(v) for v in line.split()] for line in lines]
     assert got[0] == pytest.approx([0, 0.2, 0.2, 0.2, 0.2])

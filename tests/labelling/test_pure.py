@@ -49,7 +49,7 @@ def test_bad_rectangles_are_refused(result: dict, problem: str) -> None:
 def test_a_nan_box_is_refused_naming_the_task_not_turned_into_a_full_image_box() -> None:
     annotation = {"id": 3, "result": [rect(10, 10, 5, 5), rect(float("nan"), 0, 100, 100)]}
     outcome, problems = classify({"id": 41, "annotations": [annotation]}, ["scratch"])
-    assert problems == [
+    assert [p.line() for p in problems] == [
         "task 41 (annotation 3, box 2): box has x=nan, not a finite number; redraw it"
     ]
     assert len(outcome.boxes) == 1
@@ -146,9 +146,32 @@ def test_image_of_another_size_or_unreadable_is_named() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (40, 30)).save(buf, format="JPEG")
     task = {"id": 8, "data": {"width": 40, "height": 30}}
-    assert _size_problem(task, buf.getvalue()) is None
+    assert _size_problem(task, buf.getvalue(), 3) is None
     other = {"id": 8, "data": {"width": 450, "height": 300}}
-    assert "task 8: image is 40x30, the task recorded 450x300" in str(
-        _size_problem(other, buf.getvalue())
-    )
-    assert "task 8: image unreadable" in str(_size_problem(task, b"not an image"))
+    resized = _size_problem(other, buf.getvalue(), 3)
+    assert resized is not None
+    assert "task 8 (annotation 3): image is 40x30, the task recorded 450x300" in resized.line()
+    unreadable = _size_problem(task, b"not an image", None)
+    assert unreadable is not None and unreadable.line().startswith("task 8: image unreadable")
+
+
+def test_an_image_replaced_under_its_content_address_is_named() -> None:
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from qcloop_labelling.sync_out import _size_problem
+
+    def jpeg(colour: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), colour).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    original, planted = jpeg("white"), jpeg("black")
+    task = {"id": 9, "data": {"width": 40, "height": 30}}
+    task["data"]["sha256"] = hashlib.sha256(original).hexdigest()
+    assert _size_problem(task, original, 4) is None
+    problem = _size_problem(task, planted, 4)
+    assert problem is not None
+    assert "task 9 (annotation 4): image bytes do not match the task's sha256" in problem.line()

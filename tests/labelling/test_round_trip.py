@@ -43,6 +43,7 @@ def test_metal_tags_round_trip_is_box_for_box_equal(
         "negative": negatives,
         "skipped": 0,
         "pending": 0,
+        "invalid": 0,
     }
     assert f"negative {negatives}" in caplog.text  # the counts are logged
     for original in originals:

@@ -163,6 +163,15 @@ def test_commit_names_what_changed(tmp_path: Path) -> None:
         ["git", "ls-files"], cwd=settings.workspace, capture_output=True, text=True
     ).stdout.split()
     assert "data.dvc" in tracked and not any(t.startswith("data/") for t in tracked)
+    # the DVC repository's own files went in with the first version; nothing is left staged
+    assert {".dvc/config", ".dvcignore", ".dvc/.gitignore"} <= set(tracked)
+    assert ".dvc/config.local" not in tracked
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=settings.workspace, capture_output=True, text=True
+    ).stdout
+    assert not [line for line in status.splitlines() if line[:1] not in (" ", "?")], status
+    manifest = current_manifest(settings.workspace)
+    assert manifest is not None and manifest.source == str(folder)
 
 
 def test_splits_never_move_whatever_the_next_imports_hold(tmp_path: Path) -> None:
