@@ -171,7 +171,7 @@ def scan_stream(
     seen, sent, by_key = [], [], {}
     for number, img in enumerate(stream, start=1):
         data = (root / img.file).read_bytes()
-        image = load_image(data, fit=detector.plan.imgsz)
+        image = load_image(data)
         detections = detector.detect(image)
         scores = [d.score for d in detector.detect(image, confidence=UNCERTAINTY_FLOOR)]
         fingerprint = dhash(image)

@@ -17,6 +17,7 @@ from components.export import onnx_metadata
 from components.yolo_env import configure_offline
 from qcloop.contracts import SPLITS, DatasetManifest, EvalMetrics
 from qcloop.errors import DatasetError, PipelineError
+from qcloop.params import LETTERBOX, NMS_IOU
 from qcloop.stats import percentile
 from qcloop.yolo import capture_group
 
@@ -100,6 +101,10 @@ def validate_per_image(
 ) -> tuple[Any, list[tuple[str, ImageStats]]]:
     """Ultralytics' validation results and each image's statistics, with its file.
 
+    NMS and letterbox are those a release carries to devices (``qcloop.params``);
+    boxes are scored from ultralytics' own low confidence up (the precision-recall
+    curve behind mAP), not from the devices' reporting threshold.
+
     The validator pools per-image entries in ``metrics.stats`` and clears them
     once it has computed the figures, so a batch-end callback copies each new
     entry; entry ``i`` is image ``i`` of the (unshuffled) validation dataset.
@@ -116,6 +121,8 @@ def validate_per_image(
         data=str(data_yaml),
         split=split,
         imgsz=imgsz,
+        iou=NMS_IOU,  # the NMS a release tells devices to run (qcloop.params)
+        rect=LETTERBOX == "rect",  # dynamic exports: the letterbox devices run them with
         batch=1,
         device="cpu",
         workers=0,

@@ -40,6 +40,7 @@ from qcloop.contracts import (
 )
 from qcloop.errors import ContractError, ObjectNotFound, QcloopError, RegistryError, StoreError
 from qcloop.mqtt import publish_retained, read_retained, release_topic
+from qcloop.params import LETTERBOX
 from qcloop.settings import Settings
 from qcloop.signing import SealedRelease, load_private_key, seal, unverified
 from qcloop.storage import ObjectStore, open_store, released_key
@@ -63,6 +64,15 @@ def check_int8_accuracy(record: ModelRecord, max_drop: float = MAX_INT8_DROP) ->
             f"({fp32:.4f}; at most {max_drop:g} allowed): release the fp32 variant, or "
             "accept the loss with --max-int8-drop"
         )
+
+
+def scoring_thresholds(given: Thresholds | None = None) -> Thresholds:
+    """The thresholds a release carries: ``given`` (or the defaults, which the evaluation
+    scored the model with), with the evaluation's letterbox unless ``given`` names one."""
+    thresholds = given or Thresholds()
+    if thresholds.letterbox is None:
+        return thresholds.model_copy(update={"letterbox": LETTERBOX})
+    return thresholds
 
 
 def model_key(name: str, version: str, variant: str = "fp32") -> str:
@@ -190,7 +200,7 @@ def build_release(
             url=store.url(key),
             input_size=record.input_size,
             class_names=record.class_names,
-            thresholds=thresholds or Thresholds(),
+            thresholds=scoring_thresholds(thresholds),
             released_at=now,
             released_by=released_by,
             sequence=sequence,

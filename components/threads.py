@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
+
+from qcloop.cores import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -20,25 +21,6 @@ def loader_workers(device: str, parallel: int = 1) -> int:
     if str(device).strip().lower() in ("cpu", ""):
         return 0
     return max(1, min(8, (os.cpu_count() or 1) // parallel))
-
-
-def cpu_threads(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
-
-    A Kubernetes CPU limit is such a quota (``cpu.max`` "200000 100000" is 2 CPUs);
-    a fractional one rounds down, to at least 1.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
 
 
 def shared_cpu_threads(parallel: int) -> int:

@@ -1,6 +1,6 @@
 """``qcloop-edge``: run the agent, infer on files, check a config.
 
-    qcloop-edge infer --model M.onnx [--json] [--conf 0.25] [--iou 0.45] IMAGE...
+    qcloop-edge infer --model M.onnx [--json] [--conf 0.25] [--iou 0.7] [--threads N] IMAGE...
     qcloop-edge run --config FILE [--model M.onnx] [--max-frames N] [--timeout S]
                     [--stats-out FILE.json]
     qcloop-edge check-config --config FILE
@@ -33,8 +33,10 @@ from edge_agent.link import publish_verdict, read_retained_state
 from edge_agent.logs import json_logging
 from edge_agent.verdicts import Verdict
 from qcloop.contracts import Detection
+from qcloop.cores import cpu_threads
 from qcloop.devices import DeviceState
 from qcloop.errors import QcloopError
+from qcloop.params import CONFIDENCE, NMS_IOU
 
 PROG = "qcloop-edge"
 
@@ -60,7 +62,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             args.model,
             confidence=args.conf,
             iou=args.iou,
-            threads=args.threads,
+            threads=args.threads or cpu_threads(),
             rect=not args.square,
         )
     except QcloopError as exc:
@@ -241,9 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     infer = sub.add_parser("infer", help="detect on image files with an ONNX model")
     infer.add_argument("--model", type=Path, required=True, help="YOLOv8 ONNX file")
     infer.add_argument("--json", action="store_true", help="one JSON line per image")
-    infer.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
-    infer.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
-    infer.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
+    infer.add_argument(
+        "--conf", type=float, default=CONFIDENCE, help="confidence threshold (the evaluation's)"
+    )
+    infer.add_argument(
+        "--iou", type=float, default=NMS_IOU, help="NMS IoU threshold (the evaluation's)"
+    )
+    infer.add_argument(
+        "--threads",
+        type=int,
+        help=f"onnxruntime threads (default: the cores this process may use, {cpu_threads()})",
+    )
     infer.add_argument(
         "--square",
         action="store_true",

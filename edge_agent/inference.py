@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import io
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,31 +29,33 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from edge_agent.errors import ImageError, ModelError
+from edge_agent.resize import resize_linear
 from qcloop.boxes import batched_nms
 from qcloop.contracts import Detection
+from qcloop.params import CONFIDENCE, NMS_IOU
 from qcloop.yolo import letterbox_shape
 
 PAD_VALUE = 114  # the grey ultralytics pads with
+PAD_INPUT = np.float32(PAD_VALUE) / np.float32(255.0)  # that grey in the model's input
 ORIENTATION_TAG = 0x0112  # EXIF
-FULL_SIZE = "qcloop_full_size"  # image.info key: (width, height) before a JPEG draft decode
 
 ImageInput = Image.Image | bytes | str | Path
 
 
 def resize_backend() -> str:
-    """``pillow`` unless ``QCLOOP_EDGE_RESIZE=opencv`` and cv2 imports.
+    """``numpy`` (``edge_agent.resize``) unless ``QCLOOP_EDGE_RESIZE=opencv`` and cv2 imports.
 
-    OpenCV's bilinear resize (the ``camera`` extra installs it) is ~10x Pillow's and
-    the one ultralytics uses, but importing cv2 costs ~25 MB of RSS; with the
-    prefetch thread the resize is off the inference path, and the default agent
-    measured no faster with it (docs/performance.md), so Pillow is the default.
+    Both give the same pixels, those ultralytics letterboxes with (OpenCV's bilinear
+    ``INTER_LINEAR``). OpenCV (the ``camera`` extra installs it) is ~5x faster at it,
+    but importing cv2 costs ~25 MB of RSS; with the prefetch thread the resize is off
+    the inference path, so numpy is the default.
     """
-    if os.environ.get("QCLOOP_EDGE_RESIZE", "pillow") != "opencv":
-        return "pillow"
+    if os.environ.get("QCLOOP_EDGE_RESIZE", "numpy") != "opencv":
+        return "numpy"
     try:
         import cv2  # noqa: F401
     except ImportError:
-        return "pillow"
+        return "numpy"
     return "opencv"
 
 
@@ -78,15 +79,11 @@ class Letterbox(NamedTuple):
     pad_y: int
 
 
-def load_image(
-    source: ImageInput, fit: tuple[int, int] | None = None, max_pixels: int | None = None
-) -> Image.Image:
+def load_image(source: ImageInput, max_pixels: int | None = None) -> Image.Image:
     """Decode bytes or a file (EXIF orientation applied); ``ImageError`` if unreadable.
 
-    With ``fit`` (a model input's height, width), a JPEG at least twice as large as
-    the model needs is decoded at 1/2, 1/4 or 1/8 scale (the decoder's DCT scaling
-    skips detail the input cannot hold: a 1920x1280 frame for 480 decodes ~3x
-    faster). ``image_size`` still gives the frame's own size. An image of more than
+    Decoded whole, as ultralytics does (a JPEG decoded at a reduced scale would give
+    the model other pixels than those it was scored on). An image of more than
     ``max_pixels`` is refused from its header, before anything is decoded.
     """
     if isinstance(source, Image.Image):
@@ -98,12 +95,6 @@ def load_image(
             pixels = f"{image.width}x{image.height} = {image.width * image.height} pixels"
             raise ImageError(f"{name}: {pixels} > source.max_pixels {max_pixels}")
         orientation = image.getexif().get(ORIENTATION_TAG, 1)
-        full = image.size if orientation < 5 else image.size[::-1]  # 5-8: turned 90 degrees
-        if fit is not None and image.format == "JPEG":
-            ratio = min(fit[0] / full[1], fit[1] / full[0])
-            if ratio <= 0.5:
-                wanted = (math.ceil(image.width * ratio), math.ceil(image.height * ratio))
-                image.draft("RGB", wanted)
         image.load()
     except ImageError:
         raise
@@ -112,15 +103,35 @@ def load_image(
     if orientation != 1:
         rotated = ImageOps.exif_transpose(image)
         rotated.format, image = image.format, rotated  # .format names the feedback's file type
-    if image.size != full:
-        image.info[FULL_SIZE] = full
     return image
 
 
 def image_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) of the frame itself, also for an image decoded at a reduced scale."""
-    full = image.info.get(FULL_SIZE)
-    return (int(full[0]), int(full[1])) if full else image.size
+    """(width, height) of the frame (EXIF orientation applied)."""
+    return image.size
+
+
+def _placed(
+    image: Image.Image, size: tuple[int, int], stride: int
+) -> tuple[np.ndarray, tuple[int, int], Letterbox]:
+    """The frame's RGB pixels resized for the canvas, the canvas (width, height), the placement.
+
+    Computed like ultralytics' ``LetterBox`` (centred, scale-up allowed) on the frame's
+    own size, resized like it (OpenCV's bilinear, ``edge_agent.resize``): the same pixels.
+    """
+    source_w, source_h = image_size(image)
+    (new_w, new_h), canvas = letterbox_shape((source_w, source_h), size, stride)
+    left = round((canvas[0] - new_w) / 2 - 0.1)
+    top = round((canvas[1] - new_h) / 2 - 0.1)
+    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    if image.size != (new_w, new_h):
+        if RESIZE == "opencv":
+            import cv2  # imported once by resize_backend: a dict lookup here
+
+            pixels = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        else:
+            pixels = resize_linear(pixels, (new_w, new_h))
+    return pixels, canvas, Letterbox(new_w / source_w, new_h / source_h, left, top)
 
 
 def letterbox(
@@ -130,26 +141,29 @@ def letterbox(
 
     The canvas is ``size``, or with ``stride`` the smallest multiple of it around
     the resized image in each direction (ultralytics' ``auto``/``rect``). Returns
-    the HxWx3 uint8 RGB canvas and the placement, computed like ultralytics'
-    ``LetterBox`` (centred, scale-up allowed). Resized bilinear by Pillow, or by
-    OpenCV where asked for and installed (``RESIZE``).
+    the HxWx3 uint8 RGB canvas and the placement.
     """
-    source_w, source_h = image_size(image)  # placement is computed on the frame's own size
-    (new_w, new_h), (width, height) = letterbox_shape((source_w, source_h), size, stride)
-    left = round((width - new_w) / 2 - 0.1)
-    top = round((height - new_h) / 2 - 0.1)
-    rgb = image.convert("RGB")
-    if rgb.size == (new_w, new_h):
-        pixels = np.asarray(rgb)
-    elif RESIZE == "opencv":
-        import cv2  # imported once by resize_backend: a dict lookup here
-
-        pixels = cv2.resize(np.asarray(rgb), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    else:
-        pixels = np.asarray(rgb.resize((new_w, new_h), Image.Resampling.BILINEAR))
+    pixels, (width, height), placement = _placed(image, size, stride)
     canvas = np.full((height, width, 3), PAD_VALUE, dtype=np.uint8)
-    canvas[top : top + new_h, left : left + new_w] = pixels
-    return canvas, Letterbox(new_w / source_w, new_h / source_h, left, top)
+    new_h, new_w = pixels.shape[:2]
+    canvas[placement.pad_y : placement.pad_y + new_h, placement.pad_x : placement.pad_x + new_w] = (
+        pixels
+    )
+    return canvas, placement
+
+
+def letterbox_input(
+    image: Image.Image, size: tuple[int, int], stride: int = 0
+) -> tuple[np.ndarray, Letterbox]:
+    """``to_input(letterbox(...))`` in one pass over the pixels: the resized frame is
+    scaled to [0, 1] straight into the 1x3xHxW float32 tensor, pre-filled with the grey."""
+    pixels, (width, height), placement = _placed(image, size, stride)
+    tensor = np.full((1, 3, height, width), PAD_INPUT, dtype=np.float32)
+    new_h, new_w = pixels.shape[:2]
+    top, left = placement.pad_y, placement.pad_x
+    inside = tensor[0, :, top : top + new_h, left : left + new_w]
+    np.divide(pixels.transpose(2, 0, 1), np.float32(255.0), out=inside, dtype=np.float32)
+    return tensor, placement
 
 
 def to_input(canvas: np.ndarray) -> np.ndarray:
@@ -178,9 +192,9 @@ def prepare_input(image: ImageInput, plan: InputPlan | tuple[int, int]) -> Model
     thread while the model runs on this one.
     """
     plan = plan if isinstance(plan, InputPlan) else InputPlan(plan)
-    picture = load_image(image, fit=plan.imgsz)
-    canvas, placement = letterbox(picture, plan.imgsz, plan.stride)
-    return ModelInput(to_input(canvas), placement, *image_size(picture), plan)
+    picture = load_image(image)
+    tensor, placement = letterbox_input(picture, plan.imgsz, plan.stride)
+    return ModelInput(tensor, placement, *image_size(picture), plan)
 
 
 def decode(output: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -240,8 +254,8 @@ class Detector:
         *,
         class_names: Sequence[str] | None = None,
         imgsz: int | None = None,
-        confidence: float = 0.25,
-        iou: float = 0.45,
+        confidence: float = CONFIDENCE,
+        iou: float = NMS_IOU,
         threads: int = 1,
         max_detections: int = 300,
         rect: bool = True,

@@ -3,7 +3,7 @@
     source --next_frame--> [prefetch thread: read, decode, letterbox, normalise]
            --bounded queue (``prefetch_frames``)--> inspection thread: session.run, NMS, publish
 
-Pillow's decoder and resize, numpy's copies and onnxruntime's ``run`` all release
+Pillow's decoder, numpy's resize and copies and onnxruntime's ``run`` all release
 the GIL, so on a 2-core box the next frame is made ready on one core while the
 current one is inferred on the other: the per-frame cost falls to about the
 model's own time. The queue is bounded: the thread never reads more than
@@ -31,7 +31,7 @@ from PIL import Image
 
 from edge_agent.errors import ImageError
 from edge_agent.guard import DecodeGuard
-from edge_agent.inference import FULL_SIZE, InputPlan, ModelInput, load_image, prepare_input
+from edge_agent.inference import InputPlan, ModelInput, load_image, prepare_input
 from edge_agent.sources import Frame, FrameSource
 
 log = logging.getLogger(__name__)
@@ -47,16 +47,12 @@ class Prefetched:
     error: str | None = None
 
     def for_model(self, plan: InputPlan) -> ModelInput:
-        """The model input for ``plan``: the one prepared ahead, or made now.
-
-        Made now from the frame's bytes when the image was decoded at a reduced
-        scale for another size (after a swap to a model of another input size).
-        """
+        """The model input for ``plan``: the one prepared ahead, or made now from the
+        decoded image (after a swap to a model of another input plan)."""
         assert self.image is not None, "a frame that failed to decode has no input"
         if self.prepared is not None and self.prepared.plan == plan:
             return self.prepared
-        reduced = FULL_SIZE in self.image.info
-        return prepare_input(self.frame.data if reduced else self.image, plan)
+        return prepare_input(self.image, plan)
 
 
 def prefetch(
@@ -70,7 +66,7 @@ def prefetch(
         return Prefetched(frame, error=frame.rejected)
     try:
         with guard.decoding(frame) if guard is not None else nullcontext():
-            image = load_image(frame.data, fit=plan.imgsz if plan else None, max_pixels=max_pixels)
+            image = load_image(frame.data, max_pixels=max_pixels)
     except ImageError as exc:
         return Prefetched(frame, error=str(exc))
     prepared = prepare_input(image, plan) if plan is not None else None

@@ -90,11 +90,20 @@ class ModelOnDisk:
 
 
 def release_thresholds(defaults: Thresholds, release: ReleaseMessage) -> Thresholds:
-    """The config's thresholds, overridden by those the release sets."""
+    """The config's thresholds, overridden by those the release sets (a release from the
+    bridge sets them all: those the evaluation scored the model with)."""
     if "thresholds" not in release.model_fields_set:
         return defaults
     given = release.thresholds
     return defaults.model_copy(update={k: getattr(given, k) for k in given.model_fields_set})
+
+
+def rect_letterbox(thresholds: Thresholds, config: EdgeConfig) -> bool:
+    """Whether a dynamic-input model gets each frame on the rect canvas: as ``thresholds``
+    (the release's, else the config's) say, else as the device's ``rect_input``."""
+    if thresholds.letterbox is None:
+        return config.rect_input
+    return thresholds.letterbox == "rect"
 
 
 def model_filename(release: ReleaseMessage) -> str:
@@ -149,7 +158,7 @@ def open_model(
         confidence=thresholds.confidence,
         iou=thresholds.iou,
         threads=config.ort_threads,
-        rect=config.rect_input,
+        rect=rect_letterbox(thresholds, config),
     )
     detector.warmup()
     ref, sha256 = release.model, release.sha256
@@ -173,7 +182,7 @@ def load_local(path: Path, config: EdgeConfig) -> ServingModel:
         confidence=config.thresholds.confidence,
         iou=config.thresholds.iou,
         threads=config.ort_threads,
-        rect=config.rect_input,
+        rect=rect_letterbox(config.thresholds, config),
     )
     detector.warmup()
     ref = ModelRef(name=path.stem, version="local")

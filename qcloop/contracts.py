@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from qcloop.errors import ContractError
+from qcloop.params import CONFIDENCE, NMS_IOU, LetterboxMode
 
 SCHEMA_VERSION: Final = 1
 SHA256_RE = r"^[0-9a-f]{64}$"
@@ -274,10 +275,17 @@ class ModelRecord(Contract):
 
 
 class Thresholds(Contract):
-    """Thresholds a device applies to the released model."""
+    """How a device turns the released model's output into boxes, and which frames it sends
+    back. The defaults are those the evaluation scores models with (``qcloop.params``)."""
 
-    confidence: float = Field(default=0.25, ge=0.0, le=1.0, description="report boxes above")
-    iou: float = Field(default=0.45, gt=0.0, le=1.0, description="NMS IoU")
+    confidence: float = Field(default=CONFIDENCE, ge=0.0, le=1.0, description="report boxes above")
+    iou: float = Field(default=NMS_IOU, gt=0.0, le=1.0, description="NMS IoU")
+    letterbox: LetterboxMode | None = Field(
+        default=None,
+        description="dynamic-input models: rect (each frame on the smallest canvas of stride "
+        "multiples, as the evaluation ran it) or square (on the square input size); none: "
+        "the device's rect_input",
+    )
     feedback_below: float = Field(
         default=0.5, ge=0.0, le=1.0, description="send the image back if its best score is below"
     )

@@ -2,6 +2,11 @@
 
 The CLI (``qcloop train``), both Kubeflow pipelines (their run parameters), the local
 runner and the components take their defaults and checks from ``TrainingParams``.
+
+Beside them, how a model's output becomes boxes (``CONFIDENCE``, ``NMS_IOU``,
+``LETTERBOX``): the evaluation scores a model with these values, a release carries them
+(``qcloop.contracts.Thresholds``) and edge agents apply them, so that the boxes a plant
+gets are those the gate scored.
 """
 
 from __future__ import annotations
@@ -14,6 +19,14 @@ from qcloop.errors import PipelineError
 
 ModelSize = Literal["n", "s"]
 Approval = Literal["auto", "manual"]
+LetterboxMode = Literal["rect", "square"]
+
+CONFIDENCE = 0.25  # boxes reported above this score (ultralytics predict's default)
+NMS_IOU = 0.7  # NMS drops a box overlapping a better one of its class by more (ultralytics')
+# dynamic-input models: each frame on the smallest canvas of stride multiples around it
+# ("rect", as ultralytics predicts and validates them) or on the square input ("square");
+# a static model always gets its fixed input size
+LETTERBOX: LetterboxMode = "rect"
 
 # what decides the model and its gate: a run with the same dataset version, code and
 # these values would train and judge the same model again (components.attempts)

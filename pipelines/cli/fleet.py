@@ -20,7 +20,9 @@ def _release(args: argparse.Namespace, settings: Settings) -> int:
     from components.rollout import deliver
     from qcloop.contracts import Thresholds
 
-    thresholds = Thresholds(confidence=args.conf, iou=args.iou, feedback_below=args.feedback_below)
+    given = {"confidence": args.conf, "iou": args.iou, "feedback_below": args.feedback_below}
+    # the thresholds the evaluation scored the model with, unless a value is given here
+    thresholds = Thresholds(**{name: v for name, v in given.items() if v is not None})
     max_int8_drop = MAX_INT8_DROP if args.max_int8_drop is None else args.max_int8_drop
     if args.action == "watch":
         watch_and_release(
@@ -159,11 +161,11 @@ def _add_release(sub: SubParsers) -> None:
     )
     p.add_argument("--fleet", help="fleet (default: mqtt.fleet)")
     p.add_argument("--by", help="who releases (default: current user)")
-    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold on devices")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU on devices")
     p.add_argument(
-        "--feedback-below", type=float, default=0.5, help="send back if best score below"
+        "--conf", type=float, help="confidence threshold on devices (default: the evaluation's)"
     )
+    p.add_argument("--iou", type=float, help="NMS IoU on devices (default: the evaluation's)")
+    p.add_argument("--feedback-below", type=float, help="send back if best score below (0.5)")
 
 
 def register(sub: SubParsers) -> None:

@@ -112,7 +112,7 @@ def test_the_agent_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_without_opencv_the_agent_resizes_with_pillow(
+def test_without_opencv_the_agent_resizes_with_numpy(
     yolo_onnx: Path, tag_images: list[Path]
 ) -> None:
     # OpenCV (the camera extra) is optional: an edge-only box lacks it, even if asked for
@@ -126,7 +126,7 @@ def test_without_opencv_the_agent_resizes_with_pillow(
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == ["pillow", "list"]
+    assert out.stdout.split() == ["numpy", "list"]
 
 
 def test_python_dash_m_works() -> None:

@@ -41,7 +41,7 @@ def test_the_example_loads_with_secrets_from_the_environment() -> None:
 
 def test_defaults_of_a_minimal_file(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL), environ={})
-    assert (config.thresholds.confidence, config.thresholds.iou) == (0.25, 0.45)
+    assert (config.thresholds.confidence, config.thresholds.iou) == (0.25, 0.7)
     assert config.thresholds.feedback_below == 0.5
     assert config.ort_threads == 1 and config.store.kind == "local"
 

@@ -124,7 +124,7 @@ def test_release_thresholds_override_the_config() -> None:
         .to_json()
     )
     assert release_thresholds(defaults, given) == Thresholds(
-        confidence=0.25, iou=0.45, feedback_below=0.2
+        confidence=0.25, iou=0.7, feedback_below=0.2
     )
     partial = ReleaseMessage.model_validate(
         {**release_for(Path(__file__), "f").model_dump(), "thresholds": {"confidence": 0.7}}

@@ -17,7 +17,6 @@ from edge_agent.inference import (
     InputPlan,
     Letterbox,
     decode,
-    image_size,
     letterbox,
     load_image,
     parse_imgsz,
@@ -289,23 +288,46 @@ def test_detector_on_the_exported_yolov8n(yolo_onnx: Path, metal_tags: Path) -> 
     assert scores == sorted(scores, reverse=True)
 
 
-def test_pillow_and_opencv_resizing_agree_on_a_real_frame(
-    metal_tags: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("stride", [0, 32])
+@pytest.mark.parametrize("imgsz", [160, 320, 480, 640])
+@pytest.mark.parametrize("backend", ["numpy", "opencv"])
+def test_the_model_input_is_ultralytics_to_the_bit(
+    metal_tags: Path,
+    offline_ultralytics: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    imgsz: int,
+    stride: int,
+    backend: str,
 ) -> None:
-    # given a real 450x300 tag frame (OpenCV is installed here; edge-only boxes lack it)
+    import cv2
+    from ultralytics.data.augment import LetterBox
+
     import edge_agent.inference as inference
 
-    image = load_image(next((metal_tags / "images").glob("*.jpg")))
-    assert inference.RESIZE == "pillow"  # the default
-    # when it is letterboxed to 480 by each backend
-    by_pillow, placement = letterbox(image, (480, 480))
-    monkeypatch.setattr(inference, "RESIZE", "opencv")
-    by_opencv, same_placement = letterbox(image, (480, 480))
-    # then they place it alike and differ by about a grey level
-    assert placement == same_placement
-    diff = np.abs(by_opencv.astype(np.int16) - by_pillow.astype(np.int16))
-    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
-    assert (diff[: placement.pad_y] == 0).all()  # the grey padding is the same
+    monkeypatch.setattr(inference, "RESIZE", backend)
+    boxer = LetterBox(new_shape=(imgsz, imgsz), auto=stride > 0, stride=stride or 32)
+    for frame in sorted((metal_tags / "images").glob("*.jpg"))[:4]:
+        # given a real photo, shrunk or enlarged, and on a square or a rect canvas
+        # when the agent prepares it, and ultralytics' predictor letterboxes and scales it
+        ours = prepare_input(frame, InputPlan((imgsz, imgsz), stride)).tensor
+        bgr = boxer(image=cv2.imread(str(frame)))
+        theirs = np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))[None]
+        # then the model sees the same numbers
+        assert ours.shape == theirs.shape
+        assert np.array_equal(ours, theirs.astype(np.float32) / np.float32(255.0))
+
+
+def test_a_large_camera_frame_is_resized_as_opencv_does(metal_tags: Path) -> None:
+    import cv2
+
+    from edge_agent.resize import resize_linear
+
+    # given a 1920x1280 frame (a camera's, not the tags' 450x300) and odd sizes
+    pixels = np.asarray(Image.open(io.BytesIO(big_jpeg(metal_tags))).convert("RGB"))
+    for size in [(480, 320), (320, 213), (17, 11), (1000, 667), (1920, 1280), (2500, 1667)]:
+        # then numpy's resize is OpenCV's INTER_LINEAR, pixel for pixel
+        expected = cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR)
+        assert np.array_equal(resize_linear(pixels, size), expected), size
 
 
 def test_opencv_resizes_only_when_asked_for_and_installed(
@@ -314,11 +336,11 @@ def test_opencv_resizes_only_when_asked_for_and_installed(
     from edge_agent.inference import resize_backend
 
     monkeypatch.delenv("QCLOOP_EDGE_RESIZE", raising=False)
-    assert resize_backend() == "pillow"
+    assert resize_backend() == "numpy"
     monkeypatch.setenv("QCLOOP_EDGE_RESIZE", "opencv")
     assert resize_backend() == "opencv"
-    monkeypatch.setitem(sys.modules, "cv2", None)  # not installed: Pillow after all
-    assert resize_backend() == "pillow"
+    monkeypatch.setitem(sys.modules, "cv2", None)  # not installed: numpy after all
+    assert resize_backend() == "numpy"
 
 
 def big_jpeg(metal_tags: Path, width: int = 1920, orientation: int = 1) -> bytes:
@@ -333,37 +355,12 @@ def big_jpeg(metal_tags: Path, width: int = 1920, orientation: int = 1) -> bytes
 
 
 @pytest.mark.parametrize("orientation", [1, 6])
-def test_a_large_jpeg_is_decoded_at_reduced_scale_with_the_same_placement(
-    metal_tags: Path, orientation: int
-) -> None:
+def test_a_large_jpeg_is_decoded_whole_and_turned(metal_tags: Path, orientation: int) -> None:
     # given a 1920x1280 camera frame (6: stored turned, shown 1280x1920)
     data = big_jpeg(metal_tags, orientation=orientation)
-    full = load_image(data)
     # when it is decoded for a 480 model
-    reduced = load_image(data, fit=(480, 480))
-    # then the decoder skipped detail (1/2 scale or less) but the frame keeps its own size
-    assert reduced.width <= full.width // 2 and image_size(reduced) == full.size
-    assert full.size == ((1920, 1280) if orientation == 1 else (1280, 1920))
-    # and the model input is placed as from the full decode, with nearly the same pixels
-    fast, slow = prepare_input(data, (480, 480)), prepare_input(full, (480, 480))
-    assert fast.placement == slow.placement and (fast.width, fast.height) == full.size
-    assert np.abs(fast.tensor - slow.tensor).mean() < 1.5 / 255
-
-
-def test_a_small_or_non_jpeg_frame_is_decoded_whole(metal_tags: Path) -> None:
-    small = (next((metal_tags / "images").glob("*.jpg"))).read_bytes()  # 450x300 for 480
-    assert load_image(small, fit=(480, 480)).size == (450, 300)
-    png = io.BytesIO()
-    Image.open(io.BytesIO(big_jpeg(metal_tags))).save(png, "PNG")
-    assert load_image(png.getvalue(), fit=(480, 480)).size == (1920, 1280)
-
-
-def test_the_sidecar_of_a_reduced_frame_names_its_own_size(metal_tags: Path) -> None:
-    from edge_agent.feedback import build_sidecar
-
-    data = big_jpeg(metal_tags)
-    reduced = load_image(data, fit=(320, 320))
-    sidecar = build_sidecar(
-        data, reduced, device_id="cam", frame_name="f.jpg", model=None, predictions=[]
-    )
-    assert (sidecar.width, sidecar.height) == (1920, 1280)
+    image = load_image(data)
+    prepared = prepare_input(data, (480, 480))
+    # then it is decoded whole (as ultralytics does) and turned upright
+    assert image.size == ((1920, 1280) if orientation == 1 else (1280, 1920))
+    assert (prepared.width, prepared.height) == image.size

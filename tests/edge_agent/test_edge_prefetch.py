@@ -192,16 +192,14 @@ def test_the_agent_reads_frames_on_the_prefetch_thread_and_infers_each_in_order(
     assert (source.threads == {main_thread}) is (depth == 0)
 
 
-def test_after_a_swap_to_a_larger_input_a_reduced_frame_is_decoded_again(
-    metal_tags: Path,
-) -> None:
-    # given a 1920-wide frame prefetched for a 320 model (decoded at 1/4 scale)
+def test_after_a_swap_to_a_larger_input_a_frame_is_prepared_again(metal_tags: Path) -> None:
+    # given a 1920-wide frame prefetched for a 320 model (decoded whole)
     image = Image.open(next((metal_tags / "images").glob("*.jpg"))).convert("RGB")
     out = io.BytesIO()
     image.resize((1920, 1280)).save(out, "JPEG", quality=90)
     item = prefetch(Frame("big.jpg", out.getvalue()), InputPlan((320, 320)))
-    assert item.image is not None and item.image.width < 1920 // 2
+    assert item.image is not None and item.image.width == 1920
     # when the next model takes 1280
     ready = item.for_model(InputPlan((1280, 1280)))
-    # then the input is made from the bytes again, not upscaled from the small decode
+    # then the input is made for it from the whole frame
     np.testing.assert_array_equal(ready.tensor, prepare_input(out.getvalue(), (1280, 1280)).tensor)

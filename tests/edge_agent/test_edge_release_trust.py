@@ -22,7 +22,7 @@ from edge_agent.release import (
 from edge_agent.stats import AgentStats, Counters
 from edge_agent.store import LazyStore
 from edge_agent.trust import ReleaseGate
-from qcloop.contracts import ModelRef
+from qcloop.contracts import ModelRef, ReleaseMessage, Thresholds
 from qcloop.errors import ConfigError, IntegrityError
 from qcloop.mqtt import device_release_topic, publish_retained
 from qcloop.settings import MqttSettings, StoreSettings
@@ -277,3 +277,21 @@ def test_rect_input_from_the_config_reaches_released_and_local_models(tmp_path: 
     square = config.model_copy(update={"rect_input": False})
     assert open_model(release_for(path, config.fleet), path, square).detector.plan.stride == 0
     assert load_local(path, square).detector.plan.stride == 0
+
+
+def test_the_releases_thresholds_and_letterbox_reach_the_detector(tmp_path: Path) -> None:
+    # given a dynamic-input model and a device that pads square (rect_input = false)
+    output = np.full((1, 84, 10), 0.001, np.float32)
+    path = make_constant_model(tmp_path / "dynamic.onnx", output, dynamic=True)
+    store = StoreSettings(kind="local", path=tmp_path / "store")
+    config = make_config(tmp_path, "mqtt://127.0.0.1:1", store, "cam-lb")
+    square = config.model_copy(update={"rect_input": False})
+    # when the release carries the thresholds the evaluation scored the model with
+    scored = Thresholds(letterbox="rect")  # as components.release.scoring_thresholds
+    release = ReleaseMessage.from_json(release_for(path, config.fleet, thresholds=scored).to_json())
+    detector = open_model(release, path, square).detector
+    # then the device applies them: NMS IoU, confidence and the rect letterbox
+    assert (detector.iou, detector.confidence, detector.plan.stride) == (0.7, 0.25, 32)
+    # and a release that says square pads square on a rect device
+    squared = release_for(path, config.fleet, thresholds=Thresholds(letterbox="square"))
+    assert open_model(squared, path, config).detector.plan.stride == 0
