@@ -1,8 +1,8 @@
 """Edge team's room: the shop-floor agent (onnxruntime + MQTT + the raw store).
 
 It imports the core (``qcloop``) and small libraries only - onnxruntime, numpy,
-Pillow, paho-mqtt, minio, pydantic - never torch, ultralytics, mlflow, kfp, dvc,
-nor another room. Layers:
+Pillow, paho-mqtt, minio, pydantic (prometheus-client only with metrics on) - never
+torch, ultralytics, mlflow, kfp, dvc, nor another room. Layers:
 
 - pure: ``inference`` (letterbox, decode, ``Detector``; NMS is ``qcloop.boxes``),
   ``config``, ``stats``, ``backoff`` (retry delays),
@@ -15,7 +15,8 @@ nor another room. Layers:
   ``spool`` (on-disk store and forward),
   ``feedback`` (spool -> raw store, with backoff), ``verdicts`` (operator verdicts on
   recent frames), ``sdnotify`` (systemd), ``fsutil``, ``guard`` (a frame that killed the
-  agent is set aside), ``retention`` (set-aside folders pruned), ``health`` (the heartbeat)
+  agent is set aside), ``retention`` (set-aside folders pruned), ``health`` (the heartbeat),
+  ``metrics`` (Prometheus ``/metrics``, read from the counters; off by default)
 - job: ``agent`` (the loop), ``cli`` (``qcloop-edge``)
 
 ``qcloop-edge.service`` is the systemd unit (docs/edge.md).

@@ -41,6 +41,7 @@ from edge_agent.inference import InputPlan
 from edge_agent.inflight import InFlight, infer_now, infer_timed
 from edge_agent.link import MqttLink
 from edge_agent.memory import limit_arenas, trim_heap
+from edge_agent.metrics import serve_metrics
 from edge_agent.policies import FeedbackPolicies, dhash
 from edge_agent.prefetch import Prefetcher
 from edge_agent.release import (
@@ -151,6 +152,7 @@ class Agent:
         self._publish_state(link, "starting")
         loader.start()
         feedback.start()
+        metrics = serve_metrics(self._health, lambda: self._serving, link)  # none unless on
         try:
             if initial is not None:
                 self._install(initial, loader, link, counted=False)
@@ -168,6 +170,7 @@ class Agent:
             loader.close()
             link.close(self._state("offline"))
             retention.close()
+            metrics.close()
         stats = self.stats()
         log.info("agent stopped", extra=stats.model_dump(mode="json"))
         return stats
@@ -368,7 +371,10 @@ class Agent:
             predictions=detections,
             reason=decision.reason,
         )
-        return sidecar.key if feedback.submit(frame.data, sidecar) else None
+        if not feedback.submit(frame.data, sidecar):
+            return None
+        self._counters.add_reason(decision.reason)
+        return sidecar.key
 
     def _state(self, status: Status) -> DeviceState:
         if status != self._status:

@@ -251,6 +251,14 @@ class RetentionConfig(_Section):
     interval_s: float = Field(default=300.0, gt=0.0, description="how often the folders are pruned")
 
 
+class MetricsConfig(_Section):
+    """Prometheus metrics on ``http://<host>:<port>/metrics`` (``edge_agent.metrics``)."""
+
+    enabled: bool = False
+    host: str = Field(default="127.0.0.1", description="address to bind; 0.0.0.0: every one")
+    port: int = Field(default=9842, ge=1, le=65535)
+
+
 class EdgeConfig(_Section):
     """Everything one edge agent needs."""
 
@@ -290,6 +298,7 @@ class EdgeConfig(_Section):
     verdicts: VerdictConfig = VerdictConfig()
     link: LinkConfig = LinkConfig()
     retention: RetentionConfig = RetentionConfig()
+    metrics: MetricsConfig = MetricsConfig()
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()
 

@@ -41,6 +41,21 @@ class Health:
     def __repr__(self) -> str:
         return f"Health(device_id={self._config.device_id!r})"
 
+    @property
+    def config(self) -> EdgeConfig:
+        """The agent's settings."""
+        return self._config
+
+    @property
+    def counters(self) -> Counters:
+        """The agent's counters (read by the metrics exporter)."""
+        return self._counters
+
+    @property
+    def policies(self) -> FeedbackPolicies:
+        """The feedback policies and their per-policy counts."""
+        return self._policies
+
     def state(self, status: Status, since: datetime, model: ModelRef | None) -> DeviceState:
         """The heartbeat now (reads and resets the fps window)."""
         fps, p50, p95 = self.throughput.read()

@@ -91,6 +91,11 @@ class MqttLink:
             self._client.connect_async(self._settings.host, self._settings.port, keepalive=30)
         self._client.loop_start()
 
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up now."""
+        return bool(self._client.is_connected())
+
     def publish_result(self, payload: str) -> None:
         """One InferenceResult (QoS 1; queued by paho while disconnected)."""
         self._queued(self._client.publish(self.results_topic, payload, qos=1))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
+from itertools import accumulate
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +34,8 @@ COUNTERS = (
 )
 # troubles counted apart that also count in ``errors``, the total of every failure
 ALSO_ERRORS = frozenset({"upload_failures", "frames_rejected"})
+# upper bounds (seconds) of the inference latency histogram: ~5 ms (a GPU) to seconds
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 
 
 class AgentStats(BaseModel):
@@ -70,6 +74,7 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(COUNTERS, 0)
+        self._reasons: dict[str, int] = {}  # policy frames spooled, by sidecar reason
 
     def add(self, name: str, amount: int = 1) -> None:
         """Increase one counter (those in ``ALSO_ERRORS`` increase ``errors`` too)."""
@@ -82,6 +87,22 @@ class Counters:
         """Current value of one counter."""
         with self._lock:
             return self._values[name]
+
+    def values(self) -> dict[str, int]:
+        """Every counter now (a copy)."""
+        with self._lock:
+            return dict(self._values)
+
+    def add_reason(self, reason: str) -> None:
+        """A frame a feedback policy sent went to the spool with sidecar ``reason``."""
+        with self._lock:
+            self._reasons[reason] = self._reasons.get(reason, 0) + 1
+
+    def reasons(self) -> dict[str, int]:
+        """Frames the feedback policies spooled, by sidecar reason (operator verdicts are
+        ``verdicts_sent``)."""
+        with self._lock:
+            return dict(self._reasons)
 
     def snapshot(
         self,
@@ -97,18 +118,45 @@ class Counters:
             )
 
 
+class LatencyHistogram:
+    """Every frame's latency counted in buckets since the start (a Prometheus histogram)."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self._lock = threading.Lock()  # written by the loop, read by a metrics scrape
+        self._counts = [0] * (len(bounds) + 1)  # the last: above every bound
+        self._sum = 0.0
+
+    def add(self, seconds: float) -> None:
+        """One frame (a bucket's bound is inclusive, as Prometheus' ``le``)."""
+        index = bisect_left(self.bounds, seconds)
+        with self._lock:
+            self._counts[index] += 1
+            self._sum += seconds
+
+    def read(self) -> tuple[list[tuple[str, int]], float]:
+        """Cumulative ``(le, count)`` pairs, ``+Inf`` last, and the sum of the latencies."""
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        les = [repr(float(b)) for b in self.bounds] + ["+Inf"]
+        return list(zip(les, accumulate(counts), strict=True)), total
+
+
 class Throughput:
-    """Latencies of the last ``size`` frames and frames per second between two reads."""
+    """Latencies of the last ``size`` frames and frames per second between two reads;
+    every latency in ``histogram`` too."""
 
     def __init__(self, size: int = 500) -> None:
         self._latencies: deque[float] = deque(maxlen=size)
         self._frames = 0
         self._since = time.monotonic()
+        self.histogram = LatencyHistogram()
 
     def add(self, latency_ms: float) -> None:
         """One inferred frame (loop thread only)."""
         self._latencies.append(latency_ms)
         self._frames += 1
+        self.histogram.add(latency_ms / 1000)
 
     def read(self) -> tuple[float, float | None, float | None]:
         """(fps since the previous read, p50, p95 in ms); resets the fps window."""

@@ -25,15 +25,31 @@ def _release(args: argparse.Namespace, settings: Settings) -> int:
     thresholds = Thresholds(**{name: v for name, v in given.items() if v is not None})
     max_int8_drop = MAX_INT8_DROP if args.max_int8_drop is None else args.max_int8_drop
     if args.action == "watch":
-        watch_and_release(
-            settings,
-            interval_s=args.interval,
-            released_by=args.by or "qcloop-release-bridge",
-            thresholds=thresholds,
-            fleet=args.fleet,
-            variant=args.variant,
-            max_int8_drop=max_int8_drop,
-        )
+        exporter = None
+        if args.metrics_port:  # /metrics beside the loop: the fleet's releases and devices
+            from components.fleet_metrics import serve_fleet_metrics
+
+            fleet = args.fleet or settings.mqtt.fleet
+            exporter = serve_fleet_metrics(
+                settings,
+                fleet,
+                port=args.metrics_port,
+                host=args.metrics_host,
+                interval_s=args.interval,
+            )
+        try:
+            watch_and_release(
+                settings,
+                interval_s=args.interval,
+                released_by=args.by or "qcloop-release-bridge",
+                thresholds=thresholds,
+                fleet=args.fleet,
+                variant=args.variant,
+                max_int8_drop=max_int8_drop,
+            )
+        finally:
+            if exporter is not None:
+                exporter.close()
         return 0
     release = build_release(
         settings,
@@ -144,6 +160,15 @@ def _add_release(sub: SubParsers) -> None:
         help="once (default), or watch: the bridge service, publishing whenever the alias moves",
     )
     p.add_argument("--interval", type=float, default=30.0, help="watch: seconds between polls")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="watch: serve Prometheus metrics (releases, devices from their heartbeats) on "
+        "this port, read every --interval (default: none)",
+    )
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", help="watch: address of the metrics server"
+    )
     p.add_argument("--variant", choices=["fp32", "int8"], default="fp32", help="which ONNX to ship")
     p.add_argument(
         "--max-int8-drop",
