@@ -142,7 +142,8 @@ def cluster_run(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         "QCLOOP_MLFLOW__TRACKING_URI": "http://127.0.0.1:5000",
     }
     assert minio_secret["root-password"] == secrets["minio"]["auth"]["rootPassword"]
-    assert store_users["labelling-secret-key"] == secrets["minio"]["users"]["labelling"]["secretKey"]
+    labelling = secrets["minio"]["users"]["labelling"]
+    assert store_users["labelling-secret-key"] == labelling["secretKey"]
     # the labelling schedule's pod (release namespace, enableServiceLinks: false)
     cron = emulator.find(objects, "CronJob", NAMESPACE, "qcloop-labelling")
     pod_spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
