@@ -205,6 +205,7 @@ def build_release(
             released_by=released_by,
             sequence=sequence,
             expires_at=now + timedelta(days=settings.release.expires_after_days),
+            approval=approval.payload if approval is not None else None,
         )
 
     return claim_sequence(settings, store, fleet, make, private)

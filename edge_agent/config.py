@@ -209,6 +209,11 @@ class ReleaseConfig(_Section):
         description="LABS ONLY: take unsigned releases too (a warning each time): whoever "
         "can publish on the broker then decides what this device runs",
     )
+    approvers: list[Path] = Field(
+        default_factory=list,
+        description="approvers' public keys (files or folders of *.pub): take only releases "
+        "carrying an approval one of them signed for that exact model",
+    )
     keep_models: int = Field(default=3, ge=2, le=50, description="verified models kept on disk")
     max_payload_bytes: int = Field(default=65536, ge=512, description="larger payloads refused")
     retry_s: float = Field(default=30.0, gt=0.0, description="retry a failed download after")

@@ -5,8 +5,11 @@
             --> not expired? --> sequence above the highest taken (or that one again,
                 byte for byte)? --> recorded on disk --> the loader downloads the model
 
-Any failure refuses the payload with its reason (the loader logs it, counts it in
-``releases_refused``, and the served model stays). The trusted keys are
+With ``release.approvers`` set (a plant that wants it), a release must also carry an
+approval (``ReleaseMessage.approval``) signed by one of those keys for that very model,
+version and ONNX sha256: not even the bridge's key alone makes a device run a model no
+approver signed for. Any failure refuses the payload with its reason (the loader logs
+it, counts it in ``releases_refused``, and the served model stays). The trusted keys are
 ``release.public_key`` and ``release.public_keys`` (the old and the new key while keys
 rotate); unsigned releases are taken only with ``release.insecure_unsigned``, with a
 WARNING at start and on every one taken. The highest sequence taken per fleet is written
@@ -26,7 +29,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.config import NO_RELEASE_KEY, EdgeConfig
-from qcloop.contracts import SHA256_RE, ReleaseEnvelope, utcnow
+from qcloop.approvals import load_approvers, verify_approval
+from qcloop.contracts import SHA256_RE, ReleaseEnvelope, ReleaseMessage, utcnow
 from qcloop.errors import ConfigError, ContractError, IntegrityError
 from qcloop.fsutil import atomic_write
 from qcloop.signing import SealedRelease, load_public_keys, open_envelope, signed_bytes
@@ -67,6 +71,7 @@ class ReleaseGate:
         self.insecure = release.insecure_unsigned
         if not self.keys and not self.insecure:
             raise ConfigError(NO_RELEASE_KEY)
+        self.approvers = load_approvers(release.approvers)
         self.fleet = config.fleet
         self.path = Path(config.state_dir) / SEQUENCE_FILE
         self._record = _read(self.path)
@@ -98,6 +103,7 @@ class ReleaseGate:
                 "the bridge publishes a release anew before it expires (`qcloop release watch`)"
             )
         self._check_sequence(sealed, source)
+        self._check_approval(message, source)
         if sealed.verified_by is None:
             log.warning(
                 "unsigned release taken (release.insecure_unsigned = true)",
@@ -119,9 +125,27 @@ class ReleaseGate:
     def verify_stored(self, envelope: ReleaseEnvelope, source: str) -> SealedRelease:
         """A release kept on disk, its signature checked with today's keys."""
         sealed = open_envelope(envelope, self.keys, allow_unsigned=self.insecure, source=source)
+        self._check_approval(sealed.message, source)
         if sealed.verified_by is None:
             log.warning("unsigned model from disk (release.insecure_unsigned = true)")
         return sealed
+
+    def _check_approval(self, message: ReleaseMessage, source: str) -> None:
+        """With approvers configured: an approval one of them signed, for this exact model."""
+        if not self.approvers:
+            return
+        what = f"{source} #{message.sequence} ({message.model.name} v{message.model.version})"
+        if message.approval is None:
+            raise IntegrityError(
+                f"{what} carries no signed approval, and this device takes only approved "
+                "models (release.approvers); the bridge passes approvals on once it has "
+                "release.approvers too"
+            )
+        verified = verify_approval(message.approval, self.approvers, source=f"{what}: approval")
+        model = message.model
+        problem = verified.covers(model.name, model.version, message.variant, message.sha256)
+        if problem:
+            raise IntegrityError(f"{what}: {problem}")
 
     def _check_sequence(self, sealed: SealedRelease, source: str) -> None:
         taken = self._record.fleets.get(self.fleet)

@@ -74,10 +74,27 @@ class Approver:
 
 @dataclass(frozen=True)
 class VerifiedApproval:
-    """A statement whose signature verified, and by whom."""
+    """A statement whose signature verified, by whom, and the envelope as it came."""
 
     statement: ApprovalStatement
     approver: Approver
+    payload: str
+
+    def covers(self, model: str, version: str, variant: str, sha256: str) -> str | None:
+        """Why this approval is not for that model, version and exact ONNX; None if it is."""
+        statement, name = self.statement, self.approver.name
+        if (statement.model, statement.version) != (model, version):
+            return (
+                f"the approval signed by {name} is for model {statement.model} version "
+                f"{statement.version}, not {model} version {version}"
+            )
+        approved = statement.int8_sha256 if variant == "int8" else statement.onnx_sha256
+        if approved != sha256:
+            return (
+                f"the approval signed by {name} is for the {variant} ONNX sha256 "
+                f"{(approved or 'none')[:12]}..., not {sha256[:12]}...: another file"
+            )
+        return None
 
 
 def sign_approval(statement: ApprovalStatement, key: Ed25519PrivateKey) -> ApprovalEnvelope:
@@ -142,7 +159,7 @@ def verify_approval(
             raise IntegrityError(
                 f"{source}: signed by key {keyid} but names key {statement.key_id}"
             )
-        return VerifiedApproval(statement, approver)
+        return VerifiedApproval(statement, approver, payload)
     known = ", ".join(f"{a.name} ({k})" for k, a in sorted(approvers.items()))
     raise IntegrityError(
         f"{source}: signed by key {', '.join(unknown)}, which is not on the approver list "

@@ -315,6 +315,13 @@ class ReleaseMessage(Contract):
         pattern=KEY_ID_RE,
         description="qcloop.signing.key_id of the key that signs it; none: unsigned",
     )
+    approval: str | None = Field(
+        default=None,
+        max_length=8192,
+        description="the approver's signed approval of this version, as its MLflow tag "
+        "qcloop.approval holds it (a bridge with release.approvers passes it on); devices "
+        "with release.approvers check it themselves",
+    )
 
     @field_validator("url")
     @classmethod

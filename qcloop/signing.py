@@ -86,11 +86,16 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 
 def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
-    """The public keys in ``paths`` by key id (``ConfigError`` naming a bad file)."""
+    """The public keys in ``paths`` by key id: each a PEM file, or a folder of ``*.pub``
+    (a mounted ConfigMap); ``ConfigError`` naming a bad file or an empty folder."""
     keys: dict[str, Ed25519PublicKey] = {}
-    for path in paths:
-        key = load_public_key(path)
-        keys[key_id(key)] = key
+    for path in map(Path, paths):
+        files = sorted(p for p in path.glob("*.pub") if p.is_file()) if path.is_dir() else [path]
+        if not files:
+            raise ConfigError(f"{path}: a folder without public keys (*.pub)")
+        for file in files:
+            key = load_public_key(file)
+            keys[key_id(key)] = key
     return keys
 
 

@@ -972,3 +972,25 @@ def test_readme_cluster_settings_name_the_charts_services(helm: Helm) -> None:
         if o and o["kind"] == "Service"
     }
     assert hosts and hosts <= services, hosts - services
+
+
+def test_the_labelling_schedule_verifies_releases_with_the_public_keys_given(
+    helm: Helm,
+) -> None:
+    # Without keys its assist reads the release as the store holds it (only the bridge's
+    # store user may write it); with the ConfigMap of release keys it verifies
+    _, objects = render(helm)
+    spec = pod_specs(objects)[f"{RELEASE}-qcloop-labelling"]
+    assert "QCLOOP_RELEASE__PUBLIC_KEYS" not in env_of(spec["containers"][0])
+    _, objects = render(helm, "releaseBridge.publicKeys.configMap=qcloop-release-keys")
+    specs = pod_specs(objects)
+    labelling = specs[f"{RELEASE}-qcloop-labelling"]
+    container = labelling["containers"][0]
+    assert env_of(container)["QCLOOP_RELEASE__PUBLIC_KEYS"] == "/etc/qcloop/release-keys"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "release-keys")
+    assert (mount["mountPath"], mount["readOnly"]) == ("/etc/qcloop/release-keys", True)
+    volume = next(v for v in labelling["volumes"] if v["name"] == "release-keys")
+    assert volume["configMap"]["name"] == "qcloop-release-keys"
+    # the retraining schedule reads no release
+    retraining = specs[f"{RELEASE}-qcloop-retraining"]["containers"][0]
+    assert "QCLOOP_RELEASE__PUBLIC_KEYS" not in env_of(retraining)

@@ -341,6 +341,9 @@ def test_only_a_valid_approval_by_a_listed_key_is_released(
     publish_release(settings, release)
     assert release.message.model.version == v2 and release.message.sequence == 1
     assert _retained(settings, fleet).model.version == v2
+    # and carries bob's signed approval, byte for byte, for devices that check it too
+    approval = client.get_model_version("det", v2).tags[APPROVAL_TAG]
+    assert release.message.approval == approval
 
     # when the model of the approved v2 is swapped afterwards (artifact and record tags)
     swapped = tmp_path / "swapped.onnx"

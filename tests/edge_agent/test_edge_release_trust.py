@@ -92,6 +92,49 @@ def test_with_a_public_key_only_correctly_signed_releases_load(tmp_path: Path) -
     loader.close()
 
 
+def test_with_approvers_only_releases_an_approver_signed_for_load(tmp_path: Path) -> None:
+    from qcloop.approvals import ApprovalStatement, sign_approval
+    from qcloop.contracts import utcnow
+    from qcloop.signing import load_private_key
+
+    # Given a device that checks approvals itself (alice's key), and a stranger's key
+    alice, alice_pub = generate_keypair(tmp_path / "alice", name="alice")
+    mallory, _ = generate_keypair(tmp_path / "mallory", name="mallory")
+    loader, counters = loader_with(config_for(tmp_path, approvers=[alice_pub.parent]))
+    files = {n: model(tmp_path, n) for n in (1, 2, 3, 4)}
+
+    def approved(n: int, by: Path, **statement: object) -> str:
+        fields: dict[str, object] = {
+            "model": "scratch-detector",
+            "version": str(n),
+            "onnx_sha256": release_for(files[n], "f").sha256,
+            "approved_by": by.stem,
+            "approved_at": utcnow(),
+            "alias": "production",
+            "key_id": "0" * 16,
+        }
+        fields.update(statement)
+        envelope = sign_approval(ApprovalStatement.model_validate(fields), load_private_key(by))
+        return envelope.to_json()
+
+    # When releases come signed by the bridge: without approval, approved by a stranger,
+    # alice's approval of version 3 copied onto version 2, alice's approval of other bytes
+    loader.submit(signed(release_for(files[1], "f", version="1")))
+    loader.submit(signed(release_for(files[2], "f", version="2", approval=approved(2, mallory))))
+    loader.submit(signed(release_for(files[2], "f", version="2", approval=approved(3, alice))))
+    other = approved(3, alice, onnx_sha256="b" * 64)
+    loader.submit(signed(release_for(files[3], "f", version="3", approval=other)))
+    # Then each is refused, saying why
+    wait_until(lambda: counters.get("releases_refused") == 4, what="four refusals")
+    assert "another file" in (loader.last_error or ""), loader.last_error
+    assert loader.wait_ready(0.5) is False
+    # and the one alice approved for its exact bytes loads
+    loader.submit(signed(release_for(files[4], "f", version="4", approval=approved(4, alice))))
+    assert taken(loader).version == "4"
+    assert counters.get("releases_refused") == 4
+    loader.close()
+
+
 def test_an_unreadable_public_key_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "bad.pub").write_text("not a key")
     with pytest.raises(ConfigError, match=r"bad.pub"):

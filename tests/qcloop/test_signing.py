@@ -116,3 +116,26 @@ def test_broken_envelopes_are_contract_errors(keys: tuple[Path, Path]) -> None:
     not_a_release = base64.b64encode(b'{"fleet": "x"}').decode()
     with pytest.raises(ContractError, match="ReleaseMessage"):
         open_envelope(json.dumps({"signed": not_a_release}), trusted, allow_unsigned=True)
+
+
+def test_a_folder_of_public_keys_trusts_each_key_in_it(tmp_path: Path) -> None:
+    from qcloop.errors import ConfigError
+
+    # Given the old and the new release key in one folder, as a mounted ConfigMap has them
+    old_private, old_public = generate_keypair(tmp_path / "old")
+    new_private, new_public = generate_keypair(tmp_path / "new")
+    folder = tmp_path / "release-keys"
+    folder.mkdir()
+    (folder / "old.pub").write_bytes(old_public.read_bytes())
+    (folder / "new.pub").write_bytes(new_public.read_bytes())
+    (folder / "README").write_text("not a key")
+    trusted = load_public_keys([folder])
+    # Then a release sealed by either opens, and only the *.pub files were read
+    assert len(trusted) == 2
+    for private in (old_private, new_private):
+        sealed = open_envelope(seal(release(), load_private_key(private)).payload(), trusted)
+        assert sealed.verified_by == key_id(load_private_key(private).public_key())
+    # An empty folder is a mistake, not "trust nothing"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="a folder without public keys"):
+        load_public_keys([tmp_path / "empty"])
