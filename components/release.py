@@ -40,7 +40,7 @@ from qcloop.contracts import (
 )
 from qcloop.errors import ContractError, ObjectNotFound, QcloopError, RegistryError, StoreError
 from qcloop.mqtt import publish_retained, read_retained, release_topic
-from qcloop.params import LETTERBOX
+from qcloop.params import INT8_DEFAULT_DROP, LETTERBOX
 from qcloop.settings import Settings
 from qcloop.signing import SealedRelease, load_private_key, seal, unverified
 from qcloop.storage import ObjectStore, open_store, released_key
@@ -64,6 +64,22 @@ def check_int8_accuracy(record: ModelRecord, max_drop: float = MAX_INT8_DROP) ->
             f"({fp32:.4f}; at most {max_drop:g} allowed): release the fp32 variant, or "
             "accept the loss with --max-int8-drop"
         )
+
+
+def choose_variant(record: ModelRecord, variant: str = "auto") -> tuple[str, str]:
+    """The ONNX to ship and why: ``fp32``/``int8`` as asked; ``auto``: the INT8 when its
+    test mAP50-95 is at most ``INT8_DEFAULT_DROP`` below its FP32's, else the FP32."""
+    if variant != "auto":
+        return variant, f"{variant} asked for"
+    if record.int8 is None:
+        return "fp32", "auto: no INT8 variant registered (qcloop model quantize)"
+    fp32, int8 = record.metrics.map50_95, record.int8.metrics.map50_95
+    within = fp32 - int8 <= INT8_DEFAULT_DROP
+    return (
+        "int8" if within else "fp32",
+        f"auto: INT8 mAP50-95 {int8:.4f} against FP32 {fp32:.4f} on the test split, "
+        f"{'within' if within else 'more than'} {INT8_DEFAULT_DROP:g} below",
+    )
 
 
 def scoring_thresholds(given: Thresholds | None = None) -> Thresholds:
@@ -148,10 +164,11 @@ def build_release(
     released_by: str,
     thresholds: Thresholds | None = None,
     fleet: str | None = None,
-    variant: str = "fp32",
+    variant: str = "auto",
     max_int8_drop: float = MAX_INT8_DROP,
 ) -> SealedRelease:
-    """Copy the approved model's ONNX (``variant`` fp32 or int8) into the object store;
+    """Copy the approved model's ONNX (``variant`` fp32, int8 or auto: ``choose_variant``)
+    into the object store;
     return its release, signed with ``release.signing_key``, under the fleet's next
     sequence. A version whose approval does not hold for ``fleet`` is refused before
     anything is copied (``components.audit.check_release_approval``: not approved, the
@@ -162,6 +179,14 @@ def build_release(
     ref = ref or mlflow.production_alias
     record = get_model_record(mlflow.tracking_uri, mlflow.model_name, ref)
     fleet = fleet or settings.mqtt.fleet
+    variant, variant_reason = choose_variant(record, variant)
+    log.info(
+        "model %s version %s: the %s ONNX (%s)",
+        record.name,
+        record.version,
+        variant,
+        variant_reason,
+    )
     approval = check_release_approval(settings, record, fleet=fleet, variant=variant)
     if approval is not None:
         log.info(
@@ -197,6 +222,7 @@ def build_release(
             sha256=sha256,
             size=len(data),
             variant=variant,
+            variant_reason=variant_reason,
             url=store.url(key),
             input_size=record.input_size,
             class_names=record.class_names,
@@ -241,7 +267,7 @@ def watch_and_release(
     fleet: str | None = None,
     stop: threading.Event | None = None,
     log: Callable[[str], None] = print,
-    variant: str = "fp32",
+    variant: str = "auto",
     max_int8_drop: float = MAX_INT8_DROP,
 ) -> None:
     """The release bridge as a service: publish whenever the production alias moves.

@@ -303,6 +303,9 @@ class ReleaseMessage(Contract):
     input_size: int = Field(gt=0, multiple_of=32)
     class_names: list[str] = Field(min_length=1)
     variant: Literal["fp32", "int8"] = Field(default="fp32", description="which ONNX this is")
+    variant_reason: str | None = Field(
+        default=None, max_length=300, description="why this variant ships (the bridge's choice)"
+    )
     thresholds: Thresholds = Field(default_factory=Thresholds)
     released_at: AwareDatetime = Field(default_factory=utcnow)
     released_by: str = Field(min_length=1)

@@ -27,6 +27,10 @@ NMS_IOU = 0.7  # NMS drops a box overlapping a better one of its class by more (
 # ("rect", as ultralytics predicts and validates them) or on the square input ("square");
 # a static model always gets its fixed input size
 LETTERBOX: LetterboxMode = "rect"
+# which ONNX a release ships: "auto" takes the INT8 variant when its test mAP50-95 is at
+# most INT8_DEFAULT_DROP below the FP32's (components.release.choose_variant)
+VARIANTS = ("auto", "fp32", "int8")
+INT8_DEFAULT_DROP = 0.01
 
 # what decides the model and its gate: a run with the same dataset version, code and
 # these values would train and judge the same model again (components.attempts)

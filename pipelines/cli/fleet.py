@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from pipelines.cli.common import SubParsers, add, group
+from qcloop.params import INT8_DEFAULT_DROP, VARIANTS
 from qcloop.settings import Settings
 
 
@@ -169,7 +170,13 @@ def _add_release(sub: SubParsers) -> None:
     p.add_argument(
         "--metrics-host", default="127.0.0.1", help="watch: address of the metrics server"
     )
-    p.add_argument("--variant", choices=["fp32", "int8"], default="fp32", help="which ONNX to ship")
+    p.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="auto",
+        help="which ONNX to ship; auto: the INT8 when its test mAP50-95 is within "
+        f"{INT8_DEFAULT_DROP:g} of the FP32's, else the FP32",
+    )
     p.add_argument(
         "--max-int8-drop",
         type=float,

@@ -14,7 +14,7 @@ from components.audit import approve
 from components.export import onnx_metadata
 from components.quantize import float_nodes, quantize_int8, quantize_registered
 from components.registry import download_onnx, register_model
-from components.release import build_release, check_int8_accuracy, model_key
+from components.release import build_release, check_int8_accuracy, choose_variant, model_key
 from qcloop.contracts import EvalMetrics, ModelRecord, OnnxVariant
 from qcloop.dataset import import_yolo_folder
 from qcloop.errors import RegistryError
@@ -108,6 +108,12 @@ def test_registered_version_gets_an_int8_variant_and_release(
     message = build_release(settings, released_by="t", variant="int8").message
     assert (message.variant, message.sha256) == ("int8", quantised.int8.sha256)
     assert message.url.endswith("model-int8.onnx") and store.exists(key)
+    # by default the bridge chooses, and the release says which and why
+    chosen = build_release(settings, released_by="t").message
+    assert (chosen.variant, chosen.variant_reason) == choose_variant(quantised)
+    assert chosen.sha256 == (
+        quantised.int8.sha256 if chosen.variant == "int8" else quantised.onnx_sha256
+    )
 
 
 def test_an_int8_far_below_its_fp32_is_refused(
@@ -159,3 +165,31 @@ def test_lineage_leads_back_to_the_exact_images(
         assert main(["model", "show", ref]) == 0
         shown = json.loads(capsys.readouterr().out)
         assert (shown["name"], shown["version"]) == ("det", record.version)
+
+
+def test_the_int8_ships_by_default_only_within_a_hundredth_of_its_fp32(
+    registered_on_dvc: tuple[Settings, ModelRecord],
+) -> None:
+    _, record = registered_on_dvc
+    scores = EvalMetrics(map50=0.9, map50_95=0.510, precision=0.9, recall=0.8, images=28)
+    fp32 = record.model_copy(update={"metrics": scores, "int8": None})
+
+    def with_int8(map50_95: float) -> ModelRecord:
+        int8 = OnnxVariant(
+            artifact="model/model-int8.onnx",
+            sha256="0" * 64,
+            size=1,
+            metrics=scores.model_copy(update={"map50_95": map50_95}),
+        )
+        return fp32.model_copy(update={"int8": int8})
+
+    assert choose_variant(fp32) == (
+        "fp32",
+        "auto: no INT8 variant registered (qcloop model quantize)",
+    )
+    variant, reason = choose_variant(with_int8(0.508))  # 0.002 lost
+    assert variant == "int8" and "INT8 mAP50-95 0.5080 against FP32 0.5100" in reason
+    assert choose_variant(with_int8(0.515))[0] == "int8"  # better than its FP32
+    variant, reason = choose_variant(with_int8(0.495))  # 0.015 lost
+    assert variant == "fp32" and "more than 0.01 below" in reason
+    assert choose_variant(with_int8(0.495), "int8") == ("int8", "int8 asked for")
