@@ -17,9 +17,13 @@ pytestmark = pytest.mark.integration
 def test_bench_edge_prints_each_path_and_the_targets(
     yolo_onnx: Path, metal_tags: Path, tmp_path: Path
 ) -> None:
-    paths = "session@w1t1,agent@w2t1,detect@w1t1,ultralytics-rect@w1t1,release@w1t1"
+    paths = (
+        "session@w1t1,agent@w2t1,detect@w1t1,ultralytics-rect@w1t1,release@w1t1,"
+        "paced@w2t1,paced-inline@w1t1,infer@w1t1"
+    )
     cmd = [sys.executable, "-m", "benchmarks.bench_edge", "--model", str(yolo_onnx)]
     cmd += ["--images", str(metal_tags / "images"), "--frames", "6", "--rounds", "1"]
+    cmd += ["--fps", "50"]
     out = subprocess.run(
         [*cmd, "--paths", paths], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
@@ -31,6 +35,13 @@ def test_bench_edge_prints_each_path_and_the_targets(
     assert "agent@w2t1     / session@w1t1" in out.stdout and "(target <= 1.10x" in out.stdout
     assert "agent@w2t1     / ultralytics-rect@w1t1" in out.stdout
     assert "release -> serving p50" in out.stdout
+    # the paced camera (no queue), with and without the prefetch thread, and the CLI
+    paced, inline, infer = rows[5:]
+    assert (paced["prefetch_frames"], inline["prefetch_frames"]) == (2, 0)
+    assert 0 < paced["p50_ms"] <= paced["p95_ms"] and paced["fps"] == 50
+    assert "paced-inline@w1t1  at 50 fps: frame -> result p50" in out.stdout
+    assert infer["mean_ms"] > 0 and infer["peak_rss_mb"] > 50  # the CLI's own process
+    assert "infer per frame" in out.stdout and "against the agent's best" in out.stdout
 
 
 def test_bench_edge_refuses_a_bad_path_spec(yolo_onnx: Path, metal_tags: Path) -> None:
