@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,31 +57,38 @@ def _fail(message: str) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    """Detect on each image; one JSON line (``--json``) or table rows per image."""
+    """Detect on each image; one JSON line (``--json``) or table rows per image, in order.
+
+    As the agent runs by default: ``--threads`` images at once (the cores this process may
+    use), each on one onnxruntime thread of one shared session, decoding of one overlapping
+    the model's run on another.
+    """
+    workers = args.threads or cpu_threads()
     try:
         detector = Detector(
-            args.model,
-            confidence=args.conf,
-            iou=args.iou,
-            threads=args.threads or cpu_threads(),
-            rect=not args.square,
+            args.model, confidence=args.conf, iou=args.iou, threads=1, rect=not args.square
         )
     except QcloopError as exc:
         return _fail(str(exc))
+
+    def detect(image: str) -> list[Detection] | ImageError:
+        try:
+            return detector.detect(Path(image))
+        except ImageError as exc:
+            return exc
+
     rc = 0
     if not args.json:
         print(f"{'IMAGE':40} {'LABEL':12} {'SCORE':>6}  BOX (x1, y1, x2, y2)")
-    for image in args.images:
-        try:
-            detections = detector.detect(Path(image))
-        except ImageError as exc:
-            rc = _fail(str(exc))
-            continue
-        if args.json:
-            rows = [detection_json(d) for d in detections]
-            print(json.dumps({"image": image, "detections": rows}), flush=True)
-            continue
-        print_rows(image, detections)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer") as pool:
+        for image, detections in zip(args.images, pool.map(detect, args.images), strict=True):
+            if isinstance(detections, ImageError):
+                rc = _fail(str(detections))
+            elif args.json:
+                rows = [detection_json(d) for d in detections]
+                print(json.dumps({"image": image, "detections": rows}), flush=True)
+            else:
+                print_rows(image, detections)
     return rc
 
 
@@ -252,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--threads",
         type=int,
-        help=f"onnxruntime threads (default: the cores this process may use, {cpu_threads()})",
+        help="images inferred at once, one onnxruntime thread each (default: the cores "
+        f"this process may use, {cpu_threads()})",
     )
     infer.add_argument(
         "--square",

@@ -38,6 +38,27 @@ def test_infer_json_prints_one_line_per_image(
             assert 0 <= x1 <= x2 <= 450 and 0 <= y1 <= y2 <= 300  # the frame's own pixels
 
 
+def test_infer_several_at_once_keeps_the_order_and_the_boxes_of_one_at_a_time(
+    yolo_onnx: Path, tag_images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given real frames with an unreadable file among them
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    images = [str(p) for p in tag_images[:3]] + [str(bad)] + [str(p) for p in tag_images[3:]]
+    args = ["infer", "--model", str(yolo_onnx), "--json", "--conf", "0.01"]
+    # when inferred one at a time and four at once
+    assert main([*args, "--threads", "1", *images]) == 1
+    one = capsys.readouterr()
+    assert main([*args, "--threads", "4", *images]) == 1
+    four = capsys.readouterr()
+    # then the same lines in the same order, the bad file named once, in its place
+    assert four.out == one.out
+    assert [json.loads(line)["image"] for line in four.out.splitlines()] == [
+        i for i in images if i != str(bad)
+    ]
+    assert four.err.count("bad.jpg") == 1
+
+
 def test_infer_exact_box_in_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # given a model that always sees one scratch at (180, 100, 270, 200) of a 450x300 frame
     output = np.array([[[160], [159.5], [64], [71], [0.875]]], np.float32)
