@@ -21,7 +21,6 @@ from PIL import Image
 
 from edge_agent.backoff import Backoff
 from edge_agent.config import EdgeConfig
-from edge_agent.inference import image_size
 from edge_agent.spool import Spool, SpoolEntry, priority_of
 from edge_agent.stats import Counters
 from edge_agent.store import LazyStore
@@ -51,7 +50,7 @@ def build_sidecar(
     """
     fmt = image.format or "JPEG"
     sha = sha256_bytes(data)
-    width, height = image_size(image)  # the frame's own, also when decoded at reduced scale
+    width, height = image.size
     return RawImageSidecar(
         key=raw_key(sha, EXTENSIONS.get(fmt, fmt.lower())),
         sha256=sha,

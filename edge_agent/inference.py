@@ -3,7 +3,7 @@
 The steps are pure functions, tested on exact numbers; ``Detector`` chains them
 (``batched_nms`` is the core's, ``qcloop.boxes``):
 
-    load_image -> letterbox -> to_input -> session.run -> decode -> batched_nms
+    load_image -> letterbox_input -> session.run -> decode -> batched_nms
                -> unletterbox -> Detection
 
 A static export is fed its fixed input size. A dynamic one (free height and width)
@@ -106,11 +106,6 @@ def load_image(source: ImageInput, max_pixels: int | None = None) -> Image.Image
     return image
 
 
-def image_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) of the frame (EXIF orientation applied)."""
-    return image.size
-
-
 def _placed(
     image: Image.Image, size: tuple[int, int], stride: int
 ) -> tuple[np.ndarray, tuple[int, int], Letterbox]:
@@ -119,7 +114,7 @@ def _placed(
     Computed like ultralytics' ``LetterBox`` (centred, scale-up allowed) on the frame's
     own size, resized like it (OpenCV's bilinear, ``edge_agent.resize``): the same pixels.
     """
-    source_w, source_h = image_size(image)
+    source_w, source_h = image.size
     (new_w, new_h), canvas = letterbox_shape((source_w, source_h), size, stride)
     left = round((canvas[0] - new_w) / 2 - 0.1)
     top = round((canvas[1] - new_h) / 2 - 0.1)
@@ -155,8 +150,9 @@ def letterbox(
 def letterbox_input(
     image: Image.Image, size: tuple[int, int], stride: int = 0
 ) -> tuple[np.ndarray, Letterbox]:
-    """``to_input(letterbox(...))`` in one pass over the pixels: the resized frame is
-    scaled to [0, 1] straight into the 1x3xHxW float32 tensor, pre-filled with the grey."""
+    """``letterbox``'s canvas as the model's input, in one pass over the pixels: the resized
+    frame is scaled to [0, 1] straight into the 1x3xHxW float32 tensor, pre-filled with
+    the grey."""
     pixels, (width, height), placement = _placed(image, size, stride)
     tensor = np.full((1, 3, height, width), PAD_INPUT, dtype=np.float32)
     new_h, new_w = pixels.shape[:2]
@@ -164,14 +160,6 @@ def letterbox_input(
     inside = tensor[0, :, top : top + new_h, left : left + new_w]
     np.divide(pixels.transpose(2, 0, 1), np.float32(255.0), out=inside, dtype=np.float32)
     return tensor, placement
-
-
-def to_input(canvas: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 -> 1x3xHxW float32 in [0, 1] (one pass: transpose, cast, divide)."""
-    height, width = canvas.shape[:2]
-    out = np.empty((1, 3, height, width), dtype=np.float32)
-    np.divide(canvas.transpose(2, 0, 1), np.float32(255.0), out=out[0], dtype=np.float32)
-    return out
 
 
 class ModelInput(NamedTuple):
@@ -194,7 +182,7 @@ def prepare_input(image: ImageInput, plan: InputPlan | tuple[int, int]) -> Model
     plan = plan if isinstance(plan, InputPlan) else InputPlan(plan)
     picture = load_image(image)
     tensor, placement = letterbox_input(picture, plan.imgsz, plan.stride)
-    return ModelInput(tensor, placement, *image_size(picture), plan)
+    return ModelInput(tensor, placement, *picture.size, plan)
 
 
 def decode(output: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -311,7 +299,7 @@ class Detector:
     def warmup(self) -> None:
         """Run once on a blank input: proves the model runs before it is trusted."""
         blank = Image.new("RGB", (self.imgsz[1], self.imgsz[0]), (PAD_VALUE,) * 3)
-        output = self.raw_output(to_input(letterbox(blank, self.imgsz)[0]))
+        output = self.raw_output(letterbox_input(blank, self.imgsz)[0])
         if output.ndim != 3 or output.shape[1] != 4 + len(self.names):
             raise ModelError(f"{self.path}: output0 {list(output.shape)} is not [1, 4+nc, anchors]")
 

@@ -18,11 +18,11 @@ from edge_agent.inference import (
     Letterbox,
     decode,
     letterbox,
+    letterbox_input,
     load_image,
     parse_imgsz,
     parse_names,
     prepare_input,
-    to_input,
     unletterbox,
 )
 from qcloop.boxes import batched_nms
@@ -89,10 +89,10 @@ def test_rect_letterbox_of_a_metal_tag_frame() -> None:
     assert (canvas[:3] == PAD_VALUE).all() and (canvas[253:] == PAD_VALUE).all()
 
 
-def test_to_input_is_nchw_float_in_unit_range() -> None:
+def test_the_input_is_nchw_float_in_unit_range() -> None:
     canvas = np.full((8, 8, 3), 255, np.uint8)
     canvas[0, 0] = (0, 114, 255)
-    tensor = to_input(canvas)
+    tensor, _ = letterbox_input(Image.fromarray(canvas), (8, 8))
     assert tensor.shape == (1, 3, 8, 8) and tensor.dtype == np.float32
     assert tensor[0, :, 0, 0].tolist() == pytest.approx([0.0, 114 / 255, 1.0])
 
