@@ -35,7 +35,13 @@ from qcloop.contracts import (
     ReleaseSignature,
 )
 from qcloop.errors import ConfigError, ContractError, IntegrityError
-from qcloop.signing import key_id, load_public_key, signature, signature_checks
+from qcloop.signing import (
+    key_id,
+    load_public_key,
+    public_key_files,
+    signature,
+    signature_checks,
+)
 
 APPROVAL_TAG = "qcloop.approval"  # model version tag holding the signed approval's envelope
 
@@ -112,15 +118,10 @@ def load_approvers(paths: list[Path]) -> dict[str, Approver]:
     an approver list that lets nobody approve is a mistake, not an open door.
     """
     approvers: dict[str, Approver] = {}
-    for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            files = sorted(p for p in path.glob("*.pub") if p.is_file())
-        elif path.exists():
-            files = [path]
-        else:
+    for path in map(Path, paths):
+        if not path.exists():
             raise ConfigError(f"release.approvers: {path}: no such file or folder")
-        for file in files:
+        for file in public_key_files(path):
             key = load_public_key(file)
             approvers[key_id(key)] = Approver(file.name.removesuffix(".pub"), key, file)
     if paths and not approvers:

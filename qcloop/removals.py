@@ -94,9 +94,8 @@ def record(store: ObjectStore, event: RemovalEvent) -> str:
 def find_entry(manifest: DatasetManifest | None, name: str) -> ManifestImage | None:
     """The image ``name`` names in ``manifest``: sha256, raw key, file, file name or stem."""
     for image in manifest.images if manifest else []:
-        if name in (image.sha256, image.raw_key, image.file, Path(image.file).name):
-            return image
-        if name == Path(image.file).stem:
+        file = Path(image.file)
+        if name in (image.sha256, image.raw_key, image.file, file.name, file.stem):
             return image
     return None
 

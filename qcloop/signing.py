@@ -85,12 +85,18 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
+def public_key_files(path: Path) -> list[Path]:
+    """``path`` itself, or the ``*.pub`` files of a folder (a mounted ConfigMap), sorted."""
+    path = Path(path)
+    return sorted(p for p in path.glob("*.pub") if p.is_file()) if path.is_dir() else [path]
+
+
 def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
-    """The public keys in ``paths`` by key id: each a PEM file, or a folder of ``*.pub``
-    (a mounted ConfigMap); ``ConfigError`` naming a bad file or an empty folder."""
+    """The public keys in ``paths`` by key id: each a PEM file, or a folder of ``*.pub``;
+    ``ConfigError`` naming a bad file or an empty folder."""
     keys: dict[str, Ed25519PublicKey] = {}
-    for path in map(Path, paths):
-        files = sorted(p for p in path.glob("*.pub") if p.is_file()) if path.is_dir() else [path]
+    for path in paths:
+        files = public_key_files(path)
         if not files:
             raise ConfigError(f"{path}: a folder without public keys (*.pub)")
         for file in files:
