@@ -67,6 +67,7 @@ check-edge-py310: ## an edge box on Python 3.10: vermin, the wheels for 3.10/3.1
 
 BENCH_MODEL := .qcloop/bench/yolov8n-480.onnx
 BENCH_DYNAMIC := .qcloop/bench/yolov8n-480-dynamic.onnx
+BENCH_INT8 := .qcloop/bench/yolov8n-480-int8.onnx
 
 $(BENCH_MODEL):  # trains ~13 min on 2 cores; writes the .pt and both exports
 	$(PY) -m benchmarks.make_bench_model --imgsz 480 --epochs 12 --out $@
@@ -74,12 +75,19 @@ $(BENCH_MODEL):  # trains ~13 min on 2 cores; writes the .pt and both exports
 $(BENCH_DYNAMIC): $(BENCH_MODEL)
 	test -f $@ || $(PY) -m benchmarks.make_bench_model --from-weights $(BENCH_MODEL:.onnx=.pt) --out $(BENCH_MODEL)
 
-bench-edge: $(BENCH_MODEL) $(BENCH_DYNAMIC) ## edge agent vs bare session.run vs ultralytics at 480, RSS, swap time
+$(BENCH_INT8): $(BENCH_MODEL)  # bench-int8 writes it beside the FP32 model
+	test -f $@ || $(PY) -m benchmarks.bench_int8 --model $(BENCH_MODEL)
+
+bench-edge: $(BENCH_MODEL) $(BENCH_DYNAMIC) $(BENCH_INT8) ## edge agent vs bare session.run vs ultralytics at 480 (FP32, INT8), RSS, swap time, per-step profile
 	$(PY) -m benchmarks.bench_edge --model $(BENCH_MODEL) --frames 150 --rounds 3
 	$(PY) -m benchmarks.bench_edge --model $(BENCH_DYNAMIC) --frames 150 --rounds 3 \
 		--paths session@w1t1,session@w1t2,agent@w2t1,ultralytics@w1t2,ultralytics-rect@w1t2,release@w2t1
 	$(PY) -m benchmarks.bench_edge --model $(BENCH_MODEL) --frames 150 --rounds 3 --width 1920 \
 		--paths session@w1t1,session@w1t2,agent@w1t1,agent@w2t1,agent@w1t2,ultralytics@w1t2
+	$(PY) -m benchmarks.bench_edge --model $(BENCH_INT8) --frames 150 --rounds 3 \
+		--paths session@w1t1,session@w1t2,agent@w2t1,ultralytics@w1t2
+	$(PY) -m benchmarks.bench_edge_profile --model $(BENCH_MODEL) --frames 100
+	$(PY) -m benchmarks.bench_edge_profile --model $(BENCH_MODEL) --frames 100 --width 1920
 
 bench-int8: $(BENCH_MODEL) ## INT8 (stem, head float) vs FP32 of the bench model: speed and mAP, one run
 	$(PY) -m benchmarks.bench_int8 --model $(BENCH_MODEL)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.inference import Detector
-from edge_agent.memory import limit_arenas, trim_heap
+from edge_agent.memory import limit_arenas, map_large_blocks, trim_heap
 from qcloop.contracts import ModelRef
 from qcloop.settings import StoreSettings
 from tests.edge_agent.edge_helpers import (
@@ -26,6 +28,7 @@ from tests.edge_agent.edge_helpers import (
 def test_heap_helpers_work_on_this_glibc_system() -> None:
     assert trim_heap() is True
     assert limit_arenas(2) is True
+    assert map_large_blocks() is True
 
 
 @pytest.mark.integration
@@ -56,3 +59,40 @@ def test_a_replaced_model_is_not_kept_alive(mqtt_url: str, tmp_path: Path) -> No
     finally:
         agent.stop()
         thread.join(10)
+
+
+BLOCKS = """
+import os, sys
+from edge_agent.memory import map_large_blocks
+if sys.argv[1] == "mapped":
+    assert map_large_blocks()
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+before, kept = rss(), []
+for n in range(20):  # frame after frame
+    frame = bytearray(1920 * 1280 * 3)  # a decoded 1920x1280 frame
+    rows = bytearray(1920 * 640 * 3 - n * 4096)  # the rows a resize reads of it
+    kept.append(bytearray(1000))  # a small object allocated after them, kept
+    del frame, rows
+print((rss() - before) // 2**20)
+"""
+
+
+def _kept_mb(mode: str) -> int:
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", BLOCKS, mode], capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
+
+
+def test_freed_frame_sized_blocks_go_back_to_the_system() -> None:
+    # given processes that allocate, touch and free frame-sized blocks, frame after frame,
+    # with small objects allocated after them (as an agent's frames and detections are)
+    # when one maps large blocks, as the agent does before its threads start
+    mapped, heap = _kept_mb("mapped"), _kept_mb("heap")
+    # then it keeps none of them, where glibc's default keeps them in the heap
+    assert mapped < 2, f"{mapped} MB kept after the frames were freed"
+    assert heap > mapped + 4, f"glibc's default kept {heap} MB: the check no longer tells"
