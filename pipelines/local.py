@@ -147,17 +147,25 @@ def settings_variables(settings: Settings, root: Path) -> dict[str, str]:
     empty = root / "settings.toml"
     empty.write_text("# the steps' settings are their QCLOOP_* variables\n")
     found = {"QCLOOP_CONFIG": str(empty)}
-    for name, value in settings:
-        fields = value if isinstance(value, BaseModel) else [("", value)]
-        for field, item in fields:
-            if item is None:
-                continue
-            if isinstance(item, SecretStr):
-                item = item.get_secret_value()
-            elif isinstance(item, list):
-                item = ",".join(str(i) for i in item)
-            var = f"QCLOOP_{name}__{field}" if field else f"QCLOOP_{name}"
-            found[var.upper()] = str(item)
+    found.update(_variables(settings, "QCLOOP"))
+    return found
+
+
+def _variables(model: BaseModel, prefix: str) -> dict[str, str]:
+    """``<PREFIX>_<FIELD>``, then ``__`` between nested sections, for every field set."""
+    found: dict[str, str] = {}
+    for field, item in model:
+        var = f"{prefix}_{field}" if prefix == "QCLOOP" else f"{prefix}__{field}"
+        if item is None:
+            continue
+        if isinstance(item, BaseModel):
+            found.update(_variables(item, var))
+            continue
+        if isinstance(item, SecretStr):
+            item = item.get_secret_value()
+        elif isinstance(item, list):
+            item = ",".join(str(i) for i in item)
+        found[var.upper()] = str(item)
     return found
 
 

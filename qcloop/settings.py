@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from qcloop import QCLOOP_IMAGE
 from qcloop.errors import ConfigError
+from qcloop.labelling_settings import LabelStudioSettings as LabelStudioSettings
+from qcloop.labelling_settings import MlBackendSettings as MlBackendSettings
 
 # Python 3.11+; an edge box on 3.10 (Ubuntu 22.04, JetPack 6) reads TOML with tomli. Tried,
 # not decided by sys.version_info: scripts/check-edge-py310.sh runs this on 3.11 with the
@@ -183,44 +185,16 @@ class ReleaseSettings(_Section):
         description="a rollout whose canaries are not all healthy for canary_wait_s this "
         "long after it began is halted and rolled back",
     )
-
-
-class LabelStudioSettings(_Section):
-    """Where Label Studio runs and which project holds the tasks (``qcloop labelling``)."""
-
-    url: str = Field(default="http://127.0.0.1:8081", description="base URL of Label Studio")
-    token: SecretStr | None = Field(
-        default=None, description="API token (legacy token of the sync user)"
-    )
-    project_title: str = Field(default="qcloop defects", min_length=3, max_length=50)
-    batch_size: int = Field(default=100, gt=0, le=1000, description="tasks per import request")
-    timeout_s: float = Field(default=60.0, gt=0)
-    images: Literal["inline", "s3"] = Field(
-        default="inline",
-        description="inline: images inside the tasks as data: URLs (any store, no set-up); "
-        "s3: tasks point at s3://bucket/raw/..., resolved by an S3 storage of the project",
-    )
-    s3_endpoint: str | None = Field(
-        default=None, description="images = s3: the store's endpoint as Label Studio sees it"
-    )
-    review: bool = Field(
+    presigned_urls: bool = Field(
         default=False,
-        description="only reviewer-accepted (or ground-truth starred) annotations count",
+        description="name the model by a presigned https URL (S3 store only; valid as long as "
+        "the release, which then expires within 7 days): devices need no store read right",
     )
-    strict: bool = Field(
-        default=False,
-        description="one invalid task (bad box, unusable image) stops the whole round, no "
-        "version; false: it is reported and left out, every valid task makes the round",
-    )
-    assist: bool = Field(
-        default=True,
-        description="pre-annotate images no model has seen with the released production model",
-    )
-    assist_conf: float = Field(default=0.1, ge=0.0, le=1.0, description="its confidence floor")
-    presign: bool = Field(
-        default=False,
-        description="images = s3: send browsers presigned URLs (they must reach MinIO) "
-        "instead of streaming images through Label Studio",
+    presign_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/\s]+$",
+        description="the store as the devices reach it, e.g. https://minio.plant.example; the "
+        "URL is signed for that host. Default: store.endpoint",
     )
 
 
@@ -255,7 +229,7 @@ class Settings(_Section):
 
 
 # variables holding a comma-separated list
-LIST_FIELDS = ("class_names", "public_keys", "approvers", "production_fleets")
+LIST_FIELDS = ("class_names", "public_keys", "approvers", "production_fleets", "reviewers")
 
 
 def env_overrides(

@@ -5,7 +5,8 @@
 #   - helm in .qcloop/bin (scripts/install-helm.sh; the chart tests)
 #   - system tools: mosquitto (the MQTT tests), unshare and ip (the pod harness), shellcheck
 #     (actionlint checks the workflows' scripts with it), systemd-analyze (the edge unit),
-#     promtool (the chart's alerting rules)
+#     promtool (the chart's alerting rules), chromium (the labelling browser tests),
+#     prometheus-pushgateway (the labelling jobs' metrics)
 # Missing system tools are installed with apt-get as root or with passwordless sudo;
 # otherwise it stops with one line saying what to install, and exit code 1.
 # Quiet and fast (well under a second) when everything is there.
@@ -17,7 +18,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # tool:Debian package
 SYSTEM_TOOLS=(mosquitto:mosquitto unshare:util-linux ip:iproute2 shellcheck:shellcheck
-  systemd-analyze:systemd promtool:prometheus)
+  systemd-analyze:systemd promtool:prometheus chromium:chromium
+  prometheus-pushgateway:prometheus-pushgateway)
 
 have() {
   # Debian puts mosquitto in /usr/sbin, often off a user's PATH: the tests look there too

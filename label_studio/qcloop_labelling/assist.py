@@ -6,6 +6,7 @@ release the bridge published, kept in the object store as its signed envelope)
 predicts boxes, so labellers correct rather than draw from scratch. With a key
 configured (``release.public_keys``, or the bridge's own ``release.signing_key``)
 the envelope must verify; the model's download is capped at its signed size.
+The ML backend (``qcloop_labelling.ml_backend``) serves the same model to Label Studio.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import io
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -31,6 +34,55 @@ log = logging.getLogger(__name__)
 Assistant = Callable[[RawImageSidecar, bytes], RawImageSidecar]
 
 
+@dataclass(frozen=True)
+class ReleasedModel:
+    """A released model, loaded: its release, a detector of image bytes, its clean-up."""
+
+    release: ReleaseMessage
+    detect: Callable[[bytes], list[Detection]]
+    close: Callable[[], None]
+
+    @property
+    def ref(self) -> ModelRef:
+        """The registered model version it is."""
+        return self.release.model
+
+
+def load_model(release: ReleaseMessage, store: ObjectStore, conf: float) -> ReleasedModel:
+    """Download the release's ONNX (capped at its signed size, sha256 checked) and load it.
+
+    ``IntegrityError`` when the bytes are not the ones the release names. The model runs
+    once on a blank image here, so a broken file fails now; ``detect`` is thread-safe.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="qcloop-assist-"))
+    try:
+        model_file = download_url(
+            release.url, tmp / "model.onnx", store, size=release.size, sha256=release.sha256
+        )
+        from ultralytics import YOLO
+
+        model = YOLO(str(model_file), task="detect")
+        size = release.input_size
+        model.predict(Image.new("RGB", (size, size)), imgsz=size, verbose=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    lock = threading.Lock()  # one ultralytics predictor: one image at a time
+
+    def detect(data: bytes) -> list[Detection]:
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        with lock:
+            boxes = model.predict(image, imgsz=size, conf=conf, verbose=False)[0].boxes
+        return [
+            Detection(label=release.class_names[int(c)], score=round(float(s), 4), box=tuple(b))
+            for b, s, c in zip(
+                boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist(), strict=True
+            )
+        ]
+
+    return ReleasedModel(release, detect, lambda: shutil.rmtree(tmp, ignore_errors=True))
+
+
 def production_assistant(
     settings: Settings, store: ObjectStore | None = None, progress: Callable[[str], None] = log.info
 ) -> tuple[Assistant, Callable[[], None]] | None:
@@ -45,34 +97,19 @@ def production_assistant(
     except (IntegrityError, ContractError) as exc:  # not the bridge's, or not an envelope
         progress(f"{exc}; no model-assisted labelling")
         return None
-    tmp = Path(tempfile.mkdtemp(prefix="qcloop-assist-"))
+    conf = settings.label_studio.assist_conf
     try:
-        model_file = download_url(
-            release.url, tmp / "model.onnx", store, size=release.size, sha256=release.sha256
-        )
+        model = load_model(release, store, conf)
     except IntegrityError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         progress(f"{exc}; no model-assisted labelling")
         return None
-    from ultralytics import YOLO
-
-    model = YOLO(str(model_file), task="detect")
-    ref = ModelRef(name=release.model.name, version=release.model.version)
-    conf = settings.label_studio.assist_conf
+    ref = model.ref
     progress(f"model-assisted labelling with {ref.name} v{ref.version} (conf >= {conf})")
 
     def predict(sidecar: RawImageSidecar, data: bytes) -> RawImageSidecar:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-        boxes = model.predict(image, imgsz=release.input_size, conf=conf, verbose=False)[0].boxes
-        detections = [
-            Detection(label=release.class_names[int(c)], score=round(float(s), 4), box=tuple(b))
-            for b, s, c in zip(
-                boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist(), strict=True
-            )
-        ]
-        return sidecar.model_copy(update={"model": ref, "predictions": detections})
+        return sidecar.model_copy(update={"model": ref, "predictions": model.detect(data)})
 
-    return predict, lambda: shutil.rmtree(tmp, ignore_errors=True)
+    return predict, model.close
 
 
 def read_released(settings: Settings, payload: bytes) -> ReleaseMessage:

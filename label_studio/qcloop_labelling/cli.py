@@ -51,9 +51,38 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
 
             sid, action = ensure_s3_storage(client, state.id, settings.store, ls)
             storage = {"s3_storage": {"id": sid, "action": action}}
+        if ls.ml_backend.url:  # the backend must be up: Label Studio calls it while saving
+            from qcloop_labelling.ml_connect import ensure_ml_backend
+
+            ml = ensure_ml_backend(client, state.id, ls.ml_backend)
+            storage["ml_backend"] = asdict(ml)
     finally:
         client.close()
     _print(asdict(state) | {"url": f"{ls.url}/projects/{state.id}/"} | storage)
+    return 0
+
+
+def cmd_ml_backend(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the production model to Label Studio until SIGTERM (or Ctrl-C)."""
+    import signal
+    import threading
+
+    from qcloop_labelling.ml_backend import make_server
+
+    if args.register and not settings.label_studio.ml_backend.url:
+        raise QcloopError("--register needs label_studio.ml_backend.url: the URL Label Studio uses")
+    server = make_server(settings, host=args.host, port=args.port).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.register:
+        from qcloop_labelling.ml_connect import register_when_ready
+
+        threading.Thread(target=register_when_ready, args=(settings, stop), daemon=True).start()
+    stop.wait()
+    version = server.model_version()
+    server.stop()
+    _print({"ml_backend": server.url, "stopped": True, "model_version": version})
     return 0
 
 
@@ -83,6 +112,7 @@ def cmd_sync_out(args: argparse.Namespace, settings: Settings) -> int:
             "counts": report.counts,
             "boxes": report.boxes,
             "invalid": report.invalid_json(),
+            "agreement": report.agreement.summary(),
             "export_sha256": report.export_sha256,
         }
     )
@@ -105,6 +135,7 @@ def cmd_round(args: argparse.Namespace, settings: Settings) -> int:
             "created": result.created,
             "counts": result.export.counts,
             "invalid": result.export.invalid_json(),
+            "agreement": result.export.agreement.summary(),
             "source": manifest.source if manifest and result.created else None,
         }
         | synced
@@ -239,6 +270,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="why it comes back")
     p.add_argument("--by", help="who asks (default: your user name)")
     add("removed", cmd_removed, "images out of the next versions, and every removal and restore")
+    p = add("ml-backend", cmd_ml_backend, "serve the production model to Label Studio (ML backend)")
+    p.add_argument("--host", help="address to listen on (default: label_studio.ml_backend.host)")
+    p.add_argument("--port", type=int, help="port (default: label_studio.ml_backend.port)")
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="connect itself to the project once it exists (label_studio.ml_backend.url)",
+    )
     return group
 
 

@@ -172,6 +172,49 @@ class LabelStudioClient:
         """Create an S3 import storage (Label Studio checks that it can list the bucket)."""
         return dict(self._send("POST", "/api/storages/s3/", json=fields))
 
+    def update_s3_storage(self, storage_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+        """Change an S3 import storage (Label Studio checks the bucket again)."""
+        return dict(self._send("PATCH", f"/api/storages/s3/{storage_id}", json=fields))
+
+    def views(self, project_id: int) -> list[dict[str, Any]]:
+        """The data manager's tabs of a project."""
+        return list(self._send("GET", "/api/dm/views/", params={"project": project_id}))
+
+    def save_view(
+        self, project_id: int, data: dict[str, Any], view_id: int | None = None
+    ) -> dict[str, Any]:
+        """Create a data manager tab, or change one's ``data`` (its filters and ordering,
+        which Label Studio keeps beside ``data``, stay when left out)."""
+        body = {"project": project_id, "data": data}
+        if view_id is None:
+            return dict(self._send("POST", "/api/dm/views/", json=body))
+        return dict(self._send("PATCH", f"/api/dm/views/{view_id}/", json=body))
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user of the token's organisation."""
+        data = self._send("GET", "/api/users/")
+        return list(data.get("results", []) if isinstance(data, dict) else data or [])
+
+    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        """ML backends of a project (Label Studio asks each for /health and /setup first)."""
+        return list(self._send("GET", "/api/ml/", params={"project": project_id}))
+
+    def save_ml_backend(
+        self, fields: dict[str, Any], backend_id: int | None = None
+    ) -> dict[str, Any]:
+        """Create an ML backend, or change one; Label Studio calls its /health and /setup."""
+        if backend_id is None:
+            return dict(self._send("POST", "/api/ml/", json=fields))
+        return dict(self._send("PATCH", f"/api/ml/{backend_id}", json=fields))
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        """Webhooks of a project."""
+        return list(self._send("GET", "/api/webhooks/", params={"project": project_id}))
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        """Delete a webhook."""
+        self._send("DELETE", f"/api/webhooks/{webhook_id}/")
+
     def export_json(self, project_id: int) -> list[dict[str, Any]]:
         """Every task of the project with its annotations (Label Studio JSON export)."""
         data = self._send(

@@ -26,6 +26,62 @@ move, resize or delete them; add what the model missed.</li>
 </ul>"""
 
 
+# The data manager's default tab (Label Studio names the first tab "Default" and creates it
+# when a project has none): the columns a labeller needs, qcloop's bookkeeping hidden.
+DEFAULT_VIEW = "Default"
+# Every column Label Studio 1.23 offers for qcloop's tasks (``image_task``'s data keys as
+# ``data.<key>``); a column missing here would show, so the tests compare with the server.
+TASK_COLUMNS = (
+    "id",
+    "inner_id",
+    "completed_at",
+    "total_annotations",
+    "cancelled_annotations",
+    "total_predictions",
+    "annotators",
+    "annotations_results",
+    "annotations_ids",
+    "predictions_score",
+    "predictions_model_versions",
+    "predictions_results",
+    "file_upload",
+    "storage_filename",
+    "created_at",
+    "updated_at",
+    "updated_by",
+    "avg_lead_time",
+    "draft_exists",
+    "data.image",
+    "data.name",
+    "data.source",
+    "data.reason",
+    "data.captured_at",
+    "data.confidence",
+    "data.raw_key",
+    "data.sha256",
+    "data.width",
+    "data.height",
+)
+# "explore" is the task table, "labeling" the narrow task list beside the editor
+SHOWN_COLUMNS = {
+    "explore": (
+        "id",
+        "data.image",
+        "data.name",
+        "data.source",
+        "data.reason",
+        "completed_at",
+        "total_annotations",
+        "cancelled_annotations",
+        "total_predictions",
+        "annotators",
+        "predictions_score",
+        "predictions_model_versions",
+    ),
+    "labeling": ("total_annotations", "data.image"),  # Label Studio's own choice there
+}
+
+
 @dataclass(frozen=True)
 class ProjectState:
     """The project and what the bootstrap did to it."""
@@ -38,7 +94,7 @@ class ProjectState:
 def label_config(class_names: list[str], template: Path = CONFIG_TEMPLATE) -> str:
     """The labelling config of ``template`` with one ``Label`` per class name."""
     root = ET.fromstring(template.read_text())
-    control = root.find("RectangleLabels")
+    control = root.find(".//RectangleLabels")
     if control is None:
         raise LabellingError(f"{template}: no <RectangleLabels> control")
     first = control.find("Label")
@@ -72,7 +128,8 @@ def desired_fields(title: str, class_names: list[str]) -> dict[str, object]:
 
 
 def ensure_project(client: LabelStudioClient, title: str, class_names: list[str]) -> ProjectState:
-    """Create the project, or bring the fields it owns in line; running twice changes nothing."""
+    """Create the project, or bring the fields it owns and its default data manager tab in
+    line; running twice changes nothing."""
     wanted = desired_fields(title, class_names)
     found = client.projects_titled(title)
     if len(found) > 1:
@@ -82,13 +139,46 @@ def ensure_project(client: LabelStudioClient, title: str, class_names: list[str]
             f"(ids {ids}); rename or delete all but one"
         )
     if not found:
-        return ProjectState(int(client.create_project(wanted)["id"]), title, "created")
-    project = found[0]
-    changed = {k: v for k, v in wanted.items() if project.get(k) != v}
-    if not changed:
-        return ProjectState(int(project["id"]), title, "unchanged")
-    client.update_project(int(project["id"]), changed)
-    return ProjectState(int(project["id"]), title, "updated")
+        project_id = int(client.create_project(wanted)["id"])
+        ensure_default_view(client, project_id)
+        return ProjectState(project_id, title, "created")
+    project_id = int(found[0]["id"])
+    changed = {k: v for k, v in wanted.items() if found[0].get(k) != v}
+    if changed:
+        client.update_project(project_id, changed)
+    view = ensure_default_view(client, project_id)
+    action = "updated" if changed or view != "unchanged" else "unchanged"
+    return ProjectState(project_id, title, action)
+
+
+def hidden_columns() -> dict[str, list[str]]:
+    """``hiddenColumns`` of the default tab: every known column not in ``SHOWN_COLUMNS``."""
+    return {
+        mode: [f"tasks:{c}" for c in TASK_COLUMNS if c not in shown]
+        for mode, shown in SHOWN_COLUMNS.items()
+    }
+
+
+def ensure_default_view(client: LabelStudioClient, project_id: int) -> str:
+    """The data manager's default tab with qcloop's columns: ``created``, ``updated`` (its
+    hidden columns put back, its filters and order kept) or ``unchanged``."""
+    hidden = hidden_columns()
+    views = client.views(project_id)
+    mine = [v for v in views if (v.get("data") or {}).get("title") == DEFAULT_VIEW]
+    if not mine:
+        data = {"title": DEFAULT_VIEW, "type": "list", "target": "tasks", "hiddenColumns": hidden}
+        client.save_view(project_id, data)
+        return "created"
+    view = mine[0]
+    current = view["data"].get("hiddenColumns") or {}
+    if all(set(current.get(mode) or ()) == set(cols) for mode, cols in hidden.items()):
+        return "unchanged"
+    # filters, ordering and selection travel beside ``data`` in Label Studio's model:
+    # leaving them out of the update keeps them
+    beside = ("filters", "ordering", "selectedItems")
+    kept = {k: v for k, v in view["data"].items() if k not in beside}
+    client.save_view(project_id, kept | {"hiddenColumns": hidden}, int(view["id"]))
+    return "updated"
 
 
 def find_project(client: LabelStudioClient, title: str) -> int:

@@ -9,10 +9,13 @@ last wins (ties: the higher annotation id). A task whose annotations were all
 cancelled is *skipped*; one with none is *pending*; a counted annotation without
 boxes is a *negative*; with boxes it is *labelled*.
 
-With review on (``label_studio.review``), only accepted annotations count: one a
-reviewer accepted (Label Studio Enterprise: a review with ``accepted``) or marked
-as ground truth (the star, in Label Studio Community, which has no review
-workflow). Submitted but not yet accepted work stays *pending* for the next round.
+With review on (``label_studio.review``), only reviewed annotations count: starred as
+ground truth or accepted (Label Studio Enterprise) by one of ``label_studio.reviewers``,
+or a reviewer's own (``qcloop_labelling.review`` says how a labeller's own star is told
+apart). Submitted but not yet reviewed work stays *pending* for the next round.
+
+Tasks that several people annotated also give agreement figures (box-level F1 at IoU
+0.5, ``qcloop_labelling.agreement``) in the report; they change nothing exported.
 
 A counted annotation with a bad box (outside the image, no area, rotated, unknown
 class) or a task whose image is unusable is *invalid*: by default it is reported (task,
@@ -42,9 +45,17 @@ from qcloop.errors import ObjectNotFound
 from qcloop.settings import Settings
 from qcloop.storage import ObjectStore, open_store
 from qcloop.yolo import YoloBox, listed
+from qcloop_labelling.agreement import Agreement, agreement
 from qcloop_labelling.boxes import result_to_yolo
 from qcloop_labelling.client import LabelStudioClient
 from qcloop_labelling.errors import AnnotationError, LabellingError
+from qcloop_labelling.review import (
+    OPEN_REVIEW_WARNING,
+    REVIEW_RULE,
+    Reviewers,
+    resolve_reviewers,
+    reviewed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +111,7 @@ class SyncOutReport:
     outcomes: tuple[TaskOutcome, ...] = field(repr=False)
     invalid: tuple[Problem, ...] = ()
     export_sha256: str = ""
+    agreement: Agreement = field(default_factory=Agreement)
 
     def summary(self) -> str:
         """One line for people: the counts of every status."""
@@ -114,32 +126,31 @@ class SyncOutReport:
         ]
 
 
-def accepted(annotation: dict[str, Any]) -> bool:
-    """Whether a reviewer accepted it (Enterprise review) or starred it as ground truth."""
-    reviews = annotation.get("reviews") or annotation.get("review_result") or []
-    reviews = reviews if isinstance(reviews, list) else [reviews]
-    return bool(annotation.get("ground_truth")) or any(
-        isinstance(r, dict) and r.get("accepted") for r in reviews
-    )
+def chosen_annotation(
+    task: dict[str, Any], review: bool = False, reviewers: Reviewers | None = None
+) -> dict[str, Any] | None:
+    """The annotation that counts for a task, by ``ANNOTATION_RULE``.
 
-
-def chosen_annotation(task: dict[str, Any], review: bool = False) -> dict[str, Any] | None:
-    """The annotation that counts for a task, by ``ANNOTATION_RULE`` (``review``: accepted only)."""
+    ``review``: reviewed ones only (by ``reviewers``; None: anyone's star or review).
+    """
     submitted = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
     if review:
-        submitted = [a for a in submitted if accepted(a)]
+        submitted = [a for a in submitted if reviewed(a, reviewers)]
     if not submitted:
         return None
     return max(submitted, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)))
 
 
 def classify(
-    task: dict[str, Any], names: list[str], review: bool = False
+    task: dict[str, Any],
+    names: list[str],
+    review: bool = False,
+    reviewers: Reviewers | None = None,
 ) -> tuple[TaskOutcome, list[Problem]]:
     """A task's outcome and the problems of its counted annotation (each naming the task)."""
     tid, data = int(task["id"]), task.get("data") or {}
     base = {"task_id": tid, "raw_key": data.get("raw_key"), "name": data.get("name")}
-    chosen = chosen_annotation(task, review)
+    chosen = chosen_annotation(task, review, reviewers)
     if chosen is None:
         cancelled_only = task.get("annotations") and all(
             a.get("was_cancelled") for a in task["annotations"]
@@ -159,7 +170,11 @@ def classify(
 
 
 def convert(
-    tasks: list[dict[str, Any]], names: list[str], review: bool = False, strict: bool = True
+    tasks: list[dict[str, Any]],
+    names: list[str],
+    review: bool = False,
+    strict: bool = True,
+    reviewers: Reviewers | None = None,
 ) -> tuple[list[TaskOutcome], list[Problem]]:
     """Outcomes of all tasks and the problems found; a task with any problem is *invalid*.
 
@@ -167,7 +182,7 @@ def convert(
     """
     outcomes, problems = [], []
     for task in sorted(tasks, key=lambda t: int(t["id"])):
-        outcome, bad = classify(task, names, review)
+        outcome, bad = classify(task, names, review, reviewers)
         outcomes.append(replace(outcome, status="invalid", boxes=()) if bad else outcome)
         problems += bad
     if problems and strict:
@@ -319,19 +334,29 @@ def sync_out(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise LabellingError(f"{out}: not empty; give a new folder for the YOLO export")
+    reviewers = _reviewers(client, settings)  # an unknown reviewer fails before the export
     tasks = client.export_json(project_id)
     checksum = export_checksum(tasks)
     progress(f"exported {len(tasks)} tasks from project {project_id} (sha256 {checksum[:12]})")
     names, ls = list(settings.class_names), settings.label_studio
-    outcomes, problems = convert(tasks, names, ls.review, ls.strict)
+    outcomes, problems = convert(tasks, names, ls.review, ls.strict, reviewers)
     outcomes, unusable, images = unusable_images(
         tasks, outcomes, open_store(settings.store), ls.strict
     )
     problems += unusable
     for problem in problems:
         log.warning("left out, fix it in Label Studio: %s", problem.line())
+    agreed = agreement(tasks, names)
+    if agreed.tasks:
+        progress(
+            f"{len(agreed.tasks)} task(s) annotated by several people: mean box F1 "
+            f"{agreed.mean_f1:.3f} at IoU 0.5"
+        )
     fields: dict[str, Any] = {"project_id": project_id, "export_sha256": checksum}
     fields["invalid"] = [asdict(p) for p in problems]
+    fields["review"] = {"on": ls.review, "reviewers": sorted(reviewers.emails) if reviewers else []}
+    fields["review"] |= {"rule": REVIEW_RULE} if ls.review else {}
+    fields["agreement"] = agreed.details()
     outcomes = write_yolo_folder(out, outcomes, images, names, fields)
     counts = Counter(o.status for o in outcomes)
     report = SyncOutReport(
@@ -342,9 +367,21 @@ def sync_out(
         outcomes=tuple(outcomes),
         invalid=tuple(problems),
         export_sha256=checksum,
+        agreement=agreed,
     )
     progress(report.summary())
     return report
+
+
+def _reviewers(client: LabelStudioClient, settings: Settings) -> Reviewers | None:
+    """The listed reviewers as Label Studio users when review is on; None: anyone's star."""
+    ls = settings.label_studio
+    if not ls.review:
+        return None
+    if not ls.reviewers:
+        log.warning(OPEN_REVIEW_WARNING)
+        return None
+    return resolve_reviewers(client, ls.reviewers)
 
 
 def export_checksum(tasks: list[dict[str, Any]]) -> str:

@@ -17,7 +17,7 @@ import base64
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-from qcloop.contracts import RawImageSidecar
+from qcloop.contracts import Detection, ModelRef, RawImageSidecar
 from qcloop_labelling.boxes import detection_to_result
 from qcloop_labelling.client import LabelStudioClient
 
@@ -38,7 +38,23 @@ def confidence(sidecar: RawImageSidecar) -> float:
 
 def model_version(sidecar: RawImageSidecar) -> str:
     """``name:version`` of the model that predicted, or ``unknown``."""
-    return f"{sidecar.model.name}:{sidecar.model.version}" if sidecar.model else "unknown"
+    return version_name(sidecar.model) if sidecar.model else "unknown"
+
+
+def version_name(model: ModelRef) -> str:
+    """How Label Studio knows a model version: ``name:version``."""
+    return f"{model.name}:{model.version}"
+
+
+def prediction(
+    version: str, detections: list[Detection], width: int, height: int
+) -> dict[str, Any]:
+    """A Label Studio prediction: the boxes in percent of the image, the best score."""
+    return {
+        "model_version": version,
+        "score": max((d.score for d in detections), default=0.0),
+        "result": [detection_to_result(d, width, height) for d in detections],
+    }
 
 
 def image_task(sidecar: RawImageSidecar, image: bytes | str) -> dict[str, Any]:
@@ -63,14 +79,7 @@ def image_task(sidecar: RawImageSidecar, image: bytes | str) -> dict[str, Any]:
     }
     if sidecar.predictions:
         task["predictions"] = [
-            {
-                "model_version": model_version(sidecar),
-                "score": confidence(sidecar),
-                "result": [
-                    detection_to_result(d, sidecar.width, sidecar.height)
-                    for d in sidecar.predictions
-                ],
-            }
+            prediction(model_version(sidecar), sidecar.predictions, sidecar.width, sidecar.height)
         ]
     return task
 

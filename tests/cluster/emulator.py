@@ -55,6 +55,21 @@ def secret_data(secret: dict[str, Any]) -> dict[str, str]:
     return {**found, **(secret.get("stringData") or {})}
 
 
+def container_env(
+    objects: list[dict[str, Any]], namespace: str, container: dict[str, Any]
+) -> dict[str, str]:
+    """A container's `env`, `valueFrom.secretKeyRef` resolved against the rendered Secrets."""
+    env = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            secret = find(objects, "Secret", namespace, ref["name"])
+            env[item["name"]] = secret_data(secret)[ref["key"]]
+    return env
+
+
 def image_env(dockerfile: Path = DOCKERFILE, **build_args: str) -> dict[str, str]:
     """The ``ENV`` of the image's last stage, ``${ARG}`` filled from ``build_args``."""
     text = re.sub(r"\\\n", " ", dockerfile.read_text())

@@ -54,21 +54,6 @@ def remap(env: dict[str, str], **paths: str) -> dict[str, str]:
     return out
 
 
-def container_env(
-    objects: list[dict[str, Any]], namespace: str, container: dict[str, Any]
-) -> dict[str, str]:
-    """A container's `env`, `valueFrom.secretKeyRef` resolved against the rendered Secrets."""
-    env = {}
-    for item in container.get("env", []):
-        if "value" in item:
-            env[item["name"]] = str(item["value"])
-        else:
-            ref = item["valueFrom"]["secretKeyRef"]
-            secret = emulator.find(objects, "Secret", namespace, ref["name"])
-            env[item["name"]] = emulator.secret_data(secret)[ref["key"]]
-    return env
-
-
 @pytest.fixture(scope="module")
 def cluster_run(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if shutil.which("unshare") is None or shutil.which("ip") is None:
@@ -152,7 +137,7 @@ def cluster_run(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     round_tmp = scratch / "pods" / "labelling"
     round_tmp.mkdir()
     round_env = remap(
-        {**image_env, **container_env(objects, NAMESPACE, pod_spec["containers"][0])},
+        {**image_env, **emulator.container_env(objects, NAMESPACE, pod_spec["containers"][0])},
         **{"/opt/venv": str(VENV), "/home/qcloop": str(home), "/tmp": str(round_tmp)},
     )
     round_env["KUBERNETES_SERVICE_HOST"] = "10.96.0.1"
@@ -167,7 +152,7 @@ def cluster_run(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     command = [str(VENV / "bin" / "mlflow"), *container["command"][1:]]
     command = [arg.replace("/mlflow/", f"{scratch}/mlflow/") for arg in command]
     mlflow_env = {
-        **container_env(objects, NAMESPACE, container),
+        **emulator.container_env(objects, NAMESPACE, container),
         "PATH": f"{VENV / 'bin'}:{SYSTEM_PATH}",
         "HOME": str(scratch),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",

@@ -70,6 +70,26 @@ def project_id(
     return ensure_project(client, ls_settings.project_title, list(settings.class_names)).id
 
 
+@pytest.fixture(scope="session")
+def scratch_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 1-class model: one epoch on three captures of the real data (``best.pt``)."""
+    from components.train import train_yolo
+    from tests.components.datasets import build_dataset
+    from tests.labelling.helpers import METAL_TAGS
+
+    tmp = tmp_path_factory.mktemp("assist-model")
+    build_dataset(METAL_TAGS, tmp / "data", {"train": 2, "test": 1})
+    return train_yolo(tmp / "data", tmp / "train", epochs=1, imgsz=160, batch=4)
+
+
+@pytest.fixture(scope="session")
+def scratch_onnx(scratch_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``scratch_weights`` as ONNX at 160 px."""
+    from components.export import export_onnx
+
+    return export_onnx(scratch_weights, tmp_path_factory.mktemp("onnx") / "model.onnx", imgsz=160)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Core settings: a fresh local store, workspace and DVC remote under tmp_path."""

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import requests
 
-from qcloop.contracts import Detection, ModelRef, RawImageSidecar
+from qcloop.contracts import Detection, ModelRef, RawImageSidecar, ReleaseMessage, utcnow
 from qcloop.settings import Settings
-from qcloop.storage import open_store, put_raw_image, raw_key, sha256_bytes
+from qcloop.signing import load_private_key, seal
+from qcloop.storage import open_store, put_raw_image, raw_key, released_key, sha256_bytes
 from qcloop.yolo import image_size
 from tests.conftest import METAL_TAGS
 
@@ -51,6 +52,36 @@ def put_feedback_image(
     )
     put_raw_image(open_store(settings.store), data, sidecar)
     return sidecar
+
+
+def release_model(
+    settings: Settings,
+    onnx: Path,
+    key: Path,
+    version: str,
+    *,
+    sequence: int = 1,
+    input_size: int = 160,
+) -> ReleaseMessage:
+    """What the bridge keeps in the store: the ONNX of ``qcloop-detector`` ``version`` (one
+    class) and the release's envelope, signed with ``key``."""
+    store = open_store(settings.store)
+    where = f"models/qcloop-detector/{version}/model.onnx"
+    store.put_bytes(where, onnx.read_bytes())
+    message = ReleaseMessage(
+        fleet="line-1",
+        model=ModelRef(name="qcloop-detector", version=version),
+        sha256=sha256_bytes(onnx.read_bytes()),
+        size=onnx.stat().st_size,
+        url=store.url(where),
+        input_size=input_size,
+        class_names=["scratch"],
+        released_by="test",
+        sequence=sequence,
+        expires_at=utcnow() + timedelta(days=30),
+    )
+    store.put_bytes(released_key("qcloop-detector"), seal(message, load_private_key(key)).payload())
+    return message
 
 
 def yolo_subset(dest: Path, n: int, skip: int = 0) -> Path:

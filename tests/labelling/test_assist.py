@@ -2,55 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from qcloop.contracts import ModelRef, RawImageSidecar, ReleaseMessage, utcnow
+from qcloop.contracts import RawImageSidecar
 from qcloop.settings import LabelStudioSettings, ReleaseSettings, Settings
-from qcloop.signing import generate_keypair, load_private_key, seal
-from qcloop.storage import open_store, put_raw_image, raw_key, released_key, sha256_bytes
+from qcloop.signing import generate_keypair
+from qcloop.storage import open_store, put_raw_image, raw_key, sha256_bytes
 from qcloop.yolo import image_size
 from qcloop_labelling.assist import production_assistant
 from qcloop_labelling.client import LabelStudioClient
 from qcloop_labelling.sync_in import sync_in
-from tests.labelling.helpers import METAL_TAGS, metal_tag_images, put_feedback_image, task_detail
+from tests.labelling.helpers import metal_tag_images, put_feedback_image, release_model, task_detail
 
 pytestmark = [pytest.mark.label_studio, pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def scratch_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 1-class model: one epoch on three captures of the real data, ONNX at 160."""
-    from components.export import export_onnx
-    from components.train import train_yolo
-    from tests.components.datasets import build_dataset
-
-    tmp = tmp_path_factory.mktemp("assist-model")
-    build_dataset(METAL_TAGS, tmp / "data", {"train": 2, "test": 1})
-    weights = train_yolo(tmp / "data", tmp / "train", epochs=1, imgsz=160, batch=4)
-    return export_onnx(weights, tmp / "model.onnx", imgsz=160)
-
-
-def _release(settings: Settings, onnx: Path, key: Path) -> None:
-    """What the bridge keeps in the store: the release's envelope, signed with ``key``."""
-    store = open_store(settings.store)
-    store.put_bytes("models/qcloop-detector/7/model.onnx", onnx.read_bytes())
-    message = ReleaseMessage(
-        fleet="line-1",
-        model=ModelRef(name="qcloop-detector", version="7"),
-        sha256=sha256_bytes(onnx.read_bytes()),
-        size=onnx.stat().st_size,
-        url=store.url("models/qcloop-detector/7/model.onnx"),
-        input_size=160,
-        class_names=["scratch"],
-        released_by="test",
-        sequence=1,
-        expires_at=utcnow() + timedelta(days=30),
-    )
-    envelope = seal(message, load_private_key(key))
-    store.put_bytes(released_key("qcloop-detector"), envelope.payload())
 
 
 def test_unseen_images_get_the_released_models_boxes(
@@ -84,7 +50,7 @@ def test_unseen_images_get_the_released_models_boxes(
     assert production_assistant(settings, progress=print) is None
     # when a model is released (signed by the bridge's key, which labelling trusts)...
     key, public = generate_keypair(tmp_path / "keys")
-    _release(settings, scratch_onnx, key)
+    release_model(settings, scratch_onnx, key, "7")
     # ...a labelling side trusting another key does not use it
     _, stranger = generate_keypair(tmp_path / "stranger")
     other = settings.model_copy(update={"release": ReleaseSettings(public_keys=[stranger])})

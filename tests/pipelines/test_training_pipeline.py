@@ -256,6 +256,10 @@ def test_the_steps_get_the_callers_settings_and_nothing_else(
             kind="s3", endpoint="http://127.0.0.1:9000", access_key="AK", secret_key="SK"
         ),
         class_names=["scratch", "dent"],
+        label_studio={
+            "reviewers": ["a@example.com", "b@example.com"],
+            "ml_backend": {"url": "http://ml:9090", "password": "pw"},  # a section in a section
+        },
     )
     monkeypatch.setenv("QCLOOP_MQTT__FLEET", "stray-fleet")
     monkeypatch.chdir(tmp_path)
