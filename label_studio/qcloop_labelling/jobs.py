@@ -5,11 +5,13 @@ from __future__ import annotations
 from qcloop.settings import Settings
 from qcloop_labelling.assist import production_assistant
 from qcloop_labelling.client import connect
+from qcloop_labelling.metrics import pushes_figures, round_figures, sync_in_figures
 from qcloop_labelling.project import find_project
 from qcloop_labelling.round import RoundResult, run_round
 from qcloop_labelling.sync_in import SyncInReport, sync_in
 
 
+@pushes_figures("sync-in", sync_in_figures)
 def sync_in_job(
     settings: Settings, *, batch_size: int | None = None, include_labelled: bool = False
 ) -> SyncInReport:
@@ -37,6 +39,7 @@ def sync_in_job(
             assistant[1]()
 
 
+@pushes_figures("round", round_figures)
 def round_job(settings: Settings) -> RoundResult:
     """Export verified labels -> next dataset version, if anything is new."""
     client = connect(settings.label_studio)

@@ -1,6 +1,7 @@
-"""The chart's monitoring: the bridge's metrics Service, a ServiceMonitor, the alerts
-(checked and unit-tested by promtool) and the Grafana dashboard, all off by default; the
-rules and the dashboard name only metrics the code exports."""
+"""The chart's monitoring: the bridge's metrics Service, a ServiceMonitor, the labelling
+sync's push to a Pushgateway, the alerts (checked and unit-tested by promtool) and the
+Grafana dashboard, all off by default; the rules and the dashboard name only metrics the
+code exports."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ from edge_agent.policies import FeedbackPolicies
 from edge_agent.stats import Counters
 from qcloop.contracts import ModelRef, ReleaseMessage, utcnow
 from qcloop.devices import DeviceState
+from qcloop_labelling.metrics import families, round_figures, run_figures, sync_in_figures
+from qcloop_labelling.round import RoundResult
+from qcloop_labelling.sync_in import SyncInReport
+from qcloop_labelling.sync_out import STATUSES, SyncOutReport
 from tests.charts.conftest import (
     CHART,
     RELEASE,
@@ -35,6 +40,7 @@ from tests.charts.conftest import (
 
 pytestmark = pytest.mark.integration
 
+PUSHGATEWAY = "monitoring.pushgateway.url=http://prometheus-pushgateway.monitoring:9091"
 ALL_ON = (
     "monitoring.enabled=true",
     "monitoring.serviceMonitor.enabled=true",
@@ -42,14 +48,22 @@ ALL_ON = (
     "monitoring.prometheusRules.enabled=true",
     "monitoring.prometheusRules.labels.release=kube-prometheus-stack",
     "monitoring.grafanaDashboard.enabled=true",
+    PUSHGATEWAY,
 )
 BRIDGE = f"{RELEASE}-qcloop-release-bridge"
+LABELLING = f"{RELEASE}-qcloop-labelling"
+PUSHGATEWAY_ENV = "QCLOOP_LABEL_STUDIO__PUSHGATEWAY"
 ALERTS = {
     "QcloopDeviceSilent",
     "QcloopDeviceBehindRelease",
     "QcloopSpoolGrowing",
     "QcloopFeedbackSurge",
     "QcloopModelRolledBack",
+}
+LABELLING_ALERTS = {
+    "QcloopLabellingStale",
+    "QcloopLabellingStepFailed",
+    "QcloopLabellingInvalidTasks",
 }
 
 
@@ -80,6 +94,12 @@ def bridge_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(container)
 
 
+def labelling_env(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    cronjob = by_kind(objects, "CronJob")[LABELLING]
+    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
 # ------------------------------------------------------------------ rendering
 
 
@@ -92,6 +112,7 @@ def test_monitoring_is_off_by_default(helm: Helm) -> None:
     container = bridge_container(objects)
     assert "ports" not in container
     assert not [a for a in container["command"] if a.startswith("--metrics")]
+    assert PUSHGATEWAY_ENV not in labelling_env(objects)
 
 
 def test_monitoring_on_wires_the_bridge_to_prometheus_and_grafana(helm: Helm) -> None:
@@ -131,6 +152,36 @@ def test_monitoring_on_wires_the_bridge_to_prometheus_and_grafana(helm: Helm) ->
     assert dashboard_of(objects)["uid"] == "qcloop-fleet"
 
 
+def test_a_pushgateway_gets_the_labelling_syncs_figures_and_alerts(helm: Helm) -> None:
+    # given a Pushgateway in the monitoring namespace, the alerts, and egress held tight
+    url = "http://prometheus-pushgateway.monitoring:9091"
+    manifest, objects = render(
+        helm,
+        f"monitoring.pushgateway.url={url}",
+        "monitoring.prometheusRules.enabled=true",
+        "monitoring.scrapeNamespaces={monitoring}",
+        "networkPolicy.restrictEgress=true",
+    )
+    proc = kubernetes_validate(manifest)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # then the labelling CronJob pushes there
+    assert labelling_env(objects)[PUSHGATEWAY_ENV] == url
+    # and may reach it: the monitoring namespace, on the Pushgateway's port only
+    egress = by_kind(objects, "NetworkPolicy")[LABELLING]["spec"]["egress"]
+    assert {
+        "to": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+        "ports": [{"port": 9091, "protocol": "TCP"}],
+    } in egress
+    # and the rules hear about the labelling sync; without the Pushgateway they do not
+    groups = {g["name"]: g for g in rules_of(objects)["groups"]}
+    assert {r["alert"] for r in groups["qcloop-labelling"]["rules"]} == LABELLING_ALERTS
+    _, plain = render(helm, "monitoring.prometheusRules.enabled=true")
+    assert [g["name"] for g in rules_of(plain)["groups"]] == ["qcloop-fleet"]
+    assert PUSHGATEWAY_ENV not in labelling_env(plain)
+
+
 def test_lint_strict_passes_with_monitoring_on_and_the_dashboard_elsewhere(helm: Helm) -> None:
     sets = [*ALL_ON, "monitoring.grafanaDashboard.namespace=monitoring"]
     proc = helm("lint", "--strict", str(CHART), "--values", str(REQUIRED_VALUES),
@@ -151,20 +202,22 @@ def test_monitoring_values_are_checked_by_the_schema(helm: Helm) -> None:
     proc = template(helm, "monitoring.prometheusRules.silentMinutes=soon")
     assert "values don't meet the specifications of the schema" in proc.stderr
     assert "/monitoring/prometheusRules/silentMinutes" in proc.stderr
+    proc = template(helm, "monitoring.pushgateway.url=pushgateway:9091")
+    assert "/monitoring/pushgateway/url" in proc.stderr
 
 
 # ------------------------------------------------------------------ the rules, by promtool
 
 
 def test_the_rules_pass_promtool_check(helm: Helm, tmp_path: Path) -> None:
-    _, objects = render(helm, "monitoring.prometheusRules.enabled=true")
+    _, objects = render(helm, "monitoring.prometheusRules.enabled=true", PUSHGATEWAY)
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(rules_of(objects)))
     proc = subprocess.run(
         [promtool(), "check", "rules", str(rules)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"SUCCESS: {len(ALERTS)} rules found" in proc.stdout
+    assert f"SUCCESS: {len(ALERTS | LABELLING_ALERTS)} rules found" in proc.stdout
 
 
 def _series(name: str, values: str, **labels: str) -> dict[str, str]:
@@ -241,17 +294,69 @@ RULE_TESTS: list[dict[str, Any]] = [
 ]
 
 
+def _step(name: str, values: str, step: str, **labels: str) -> dict[str, str]:
+    text = ",".join(f'{k}="{v}"' for k, v in {"project": "defects", "step": step, **labels}.items())
+    return {"series": f"{name}{{{text}}}", "values": values}
+
+
+def _step_fires(alert: str, at: str, *steps: str, **labels: str) -> dict[str, Any]:
+    expected = [
+        {"exp_labels": {"severity": "warning", "project": "defects", "step": s, **labels}}
+        for s in steps
+    ]
+    return {"eval_time": at, "alertname": alert, "exp_alerts": expected}
+
+
+# The labelling sync's alerts, on what its steps push: "sync-in" in trouble, "round" fine.
+LABELLING_RULE_TESTS: list[dict[str, Any]] = [
+    {  # the sync-in last succeeded at t=0 (its timestamp: 0); the round succeeds every minute
+        "interval": "1m",
+        "input_series": [
+            _step("qcloop_labelling_last_success_timestamp_seconds", "0x120", "sync-in"),
+            _step("qcloop_labelling_last_success_timestamp_seconds", "0+60x120", "round"),
+        ],
+        "alert_rule_test": [
+            _step_fires("QcloopLabellingStale", "89m"),
+            _step_fires("QcloopLabellingStale", "91m", "sync-in"),
+        ],
+    },
+    {  # the sync-in fails from minute 10 on
+        "interval": "1m",
+        "input_series": [
+            _step("qcloop_labelling_run_failed", "0x10 1x20", "sync-in"),
+            _step("qcloop_labelling_run_failed", "0x30", "round"),
+        ],
+        "alert_rule_test": [
+            _step_fires("QcloopLabellingStepFailed", "9m"),
+            _step_fires("QcloopLabellingStepFailed", "11m", "sync-in"),
+        ],
+    },
+    {  # from minute 10, two invalid tasks wait (beside pending ones, which are no trouble)
+        "interval": "1m",
+        "input_series": [
+            _step("qcloop_labelling_export_tasks", "0x10 2x80", "round", status="invalid"),
+            _step("qcloop_labelling_export_tasks", "5x90", "round", status="pending"),
+        ],
+        "alert_rule_test": [
+            _step_fires("QcloopLabellingInvalidTasks", "69m"),
+            _step_fires("QcloopLabellingInvalidTasks", "71m", "round", status="invalid"),
+        ],
+    },
+]
+
+
 def test_each_alert_fires_on_its_trouble_and_not_before(helm: Helm, tmp_path: Path) -> None:
     # given the rendered rules (their annotations are text for people: left out here)
-    _, objects = render(helm, "monitoring.prometheusRules.enabled=true")
+    _, objects = render(helm, "monitoring.prometheusRules.enabled=true", PUSHGATEWAY)
     spec = rules_of(objects)
     for group in spec["groups"]:
         for rule in group["rules"]:
             rule.pop("annotations", None)
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
-    tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": RULE_TESTS}
+    cases = [*RULE_TESTS, *LABELLING_RULE_TESTS]
+    tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": cases}
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
-    assert {t["alert_rule_test"][0]["alertname"] for t in RULE_TESTS} == ALERTS
+    assert {t["alert_rule_test"][0]["alertname"] for t in cases} == ALERTS | LABELLING_ALERTS
     # when promtool evaluates them on the series; then each fires where it must, only there
     proc = subprocess.run(
         [promtool(), "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True
@@ -267,7 +372,8 @@ class _Link:
 
 
 def exported_names() -> set[str]:
-    """Every sample name the agent's and the bridge's collectors can export."""
+    """Every sample name the agent's and the bridge's collectors, and the labelling jobs'
+    pushes, can export."""
     config = EdgeConfig.model_validate(
         {
             "device_id": "cam1",
@@ -287,11 +393,17 @@ def exported_names() -> set[str]:
     )  # fmt: skip
     device = DeviceState(status="serving", device_id="d", fleet="line-1", model=release.model)
     fleet.update(FleetReading("line-1", 2, release, [device.model_dump(mode="json")]))
+    export = SyncOutReport(1, Path("out"), dict.fromkeys(STATUSES, 0), 0, outcomes=())
+    labelling = [
+        *run_figures(0.0, 1.0, failed=False),
+        *sync_in_figures(SyncInReport(1, 0, 0, 0, 0, 0, ())),
+        *round_figures(RoundResult(export, None, False)),
+    ]
     suffixes = {"counter": ["_total"], "gauge": [""], "info": ["_info"]}
     suffixes["histogram"] = ["_bucket", "_count", "_sum"]
     return {
         family.name + suffix
-        for family in [*edge.collect(), *fleet.collect()]
+        for family in [*edge.collect(), *fleet.collect(), *families(labelling)]
         for suffix in suffixes[family.type]
     }
 
@@ -321,7 +433,7 @@ def test_the_rules_and_the_dashboard_name_only_metrics_the_code_exports(
     recorded = [
         {
             "record": f"dashboard:query{i}",
-            "expr": q.replace("$fleet", ".*").replace("$device", ".*"),
+            "expr": re.sub(r"\$(fleet|device|project)\b", ".*", q),
         }
         for i, q in enumerate(queries)
     ]

@@ -479,6 +479,13 @@ unreadable: {{ $unreadable | uniq | join ", " | quote }}
 {{- concat .Values.networkPolicy.allowedNamespaces .Values.pipelines.namespaces | uniq | join " " -}}
 {{- end -}}
 
+{{/* The port of monitoring.pushgateway.url: the one it names, else its scheme's (80, 443). */}}
+{{- define "qcloop.pushgateway.port" -}}
+{{- $url := urlParse .Values.monitoring.pushgateway.url -}}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" -}}
+{{- $port | default (ternary "443" "80" (eq $url.scheme "https")) -}}
+{{- end -}}
+
 {{/*
 Environment of a qcloop container of the chart (bridge, schedules): the platform settings above,
 the store's credentials and the MLflow login (when MLflow demands one) always; MQTT, the Label
