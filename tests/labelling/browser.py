@@ -81,6 +81,19 @@ class Rect:
         """Whole within a viewport of ``width`` x ``height``."""
         return self.x >= 0 and self.y >= 0 and self.right <= width and self.bottom <= height
 
+    def within(self, outer: Rect, slack: float = 1.5) -> bool:
+        """Whole within ``outer``, each edge up to ``slack`` px past it (sub-pixel rounding)."""
+        return (
+            self.x >= outer.x - slack
+            and self.y >= outer.y - slack
+            and self.right <= outer.right + slack
+            and self.bottom <= outer.bottom + slack
+        )
+
+    def fills(self, outer: Rect, slack: float = 2.0) -> bool:
+        """As wide or as tall as ``outer``, within ``slack`` px: fitted to it, not shrunk."""
+        return abs(self.width - outer.width) <= slack or abs(self.height - outer.height) <= slack
+
 
 @dataclass(frozen=True)
 class InView:
@@ -243,6 +256,80 @@ def _outline_share(page: Page, value: dict[str, float], colour: tuple[int, int, 
             for y in np.arange(max(y0, stage.y) + 2, min(y1, stage.bottom) - 2, 2.0):
                 samples.append(_hit(near, x, y, vertical=False))
     return sum(samples) / len(samples) if samples else 0.0
+
+
+@dataclass(frozen=True)
+class PhotoOnCanvas:
+    """Where the editor draws the photo, and the canvas that shows it (what is outside the
+    canvas is cut off: a labeller does not see it)."""
+
+    photo: Rect
+    canvas: Rect
+
+    @property
+    def whole(self) -> bool:
+        """Every edge of the photo lies within the canvas: nothing of it is cut off."""
+        return self.photo.within(self.canvas)
+
+    @property
+    def cut(self) -> dict[str, float]:
+        """CSS px of the photo past each edge of the canvas (0 where none)."""
+        photo, canvas = self.photo, self.canvas
+        return {
+            "left": round(max(canvas.x - photo.x, 0), 1),
+            "top": round(max(canvas.y - photo.y, 0), 1),
+            "right": round(max(photo.right - canvas.right, 0), 1),
+            "bottom": round(max(photo.bottom - canvas.bottom, 0), 1),
+        }
+
+
+def photo_on_canvas(page: Page) -> PhotoOnCanvas:
+    """The drawn photo and the visible canvas, once the editor's layout has settled (its
+    tool bar comes in after the photo; a resize is handled a frame or two later)."""
+    settle(page)
+    return PhotoOnCanvas(image_rect(page), _stage(page))
+
+
+def settle(page: Page, frames: int = 10) -> None:
+    """Wait ``frames`` animation frames, and for the network to be idle."""
+    page.evaluate(
+        """(n) => new Promise((done) => {
+          const next = (k) => (k ? requestAnimationFrame(() => next(k - 1)) : setTimeout(done, 50));
+          next(n);
+        })""",
+        frames,
+    )
+    page.wait_for_load_state("networkidle")
+
+
+def wheel_zoom(page: Page, delta_y: float = -100) -> Rect:
+    """Zoom as a labeller does with the mouse wheel over the photo's centre (ctrl held, as
+    Label Studio asks; a plain wheel pans a zoomed photo); returns where the photo is drawn
+    then (larger when zoomed in: ``delta_y`` < 0)."""
+    canvas = _stage(page)
+    page.mouse.move(canvas.x + canvas.width / 2, canvas.y + canvas.height / 2)
+    page.keyboard.down("Control")
+    try:
+        page.mouse.wheel(0, delta_y)
+    finally:
+        page.keyboard.up("Control")
+    settle(page)
+    return image_rect(page)
+
+
+def skip_to_next(page: Page) -> None:
+    """Skip the labelling stream's task (the editor's Skip button) and wait for the next
+    task's photo to be shown."""
+    shown = page.evaluate("() => document.querySelector('.lsf-image img').src")
+    page.get_by_role("button", name="Skip").click()
+    page.wait_for_function(
+        "(before) => { const i = document.querySelector('.lsf-image img');"
+        " return i && i.src !== before && i.complete && i.naturalWidth > 0"
+        " && document.querySelector('.konvajs-content'); }",
+        arg=shown,
+        timeout=READY_S * 1000,
+    )
+    page.wait_for_load_state("networkidle")
 
 
 def _stage(page: Page) -> Rect:

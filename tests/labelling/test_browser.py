@@ -16,14 +16,21 @@ from qcloop_labelling.sync_in import sync_in
 from tests.labelling.browser import (
     VIEWPORT,
     InView,
+    PhotoOnCanvas,
+    Rect,
     box_drawn,
     chromium,
     data_manager_columns,
+    image_rect,
     label_choice_in_view,
     labeller_page,
     open_task,
+    photo_on_canvas,
+    skip_to_next,
+    wheel_zoom,
 )
 from tests.labelling.helpers import metal_tag_images, put_feedback_image, task_detail
+from tests.labelling.test_ml_backend_browser import open_stream
 
 pytestmark = [pytest.mark.label_studio, pytest.mark.integration]
 
@@ -45,6 +52,19 @@ def mirrored(value: dict[str, float]) -> dict[str, float]:
     }
 
 
+def landscape_and_portrait(
+    settings: Settings, client: LabelStudioClient, project_id: int, tmp_path: Path
+) -> list[int]:
+    """Tasks of a 450x300 photo and of the same photo turned (300x450), synced in from the
+    raw store in that order, each with one box the edge model predicted."""
+    photo = metal_tag_images(1, skip=5)[0]
+    for n, image in enumerate((photo, turned(photo, tmp_path / "turned"))):
+        put_feedback_image(settings, image, [0.4], minute=n)
+    task_ids = sync_in(settings, client, project_id, progress=lambda _: None).task_ids
+    assert len(task_ids) == 2, task_ids
+    return list(task_ids)
+
+
 def test_label_choice_stays_beside_the_image_and_the_predicted_box_is_drawn(
     settings: Settings,
     client: LabelStudioClient,
@@ -54,14 +74,10 @@ def test_label_choice_stays_beside_the_image_and_the_predicted_box_is_drawn(
 ) -> None:
     # given a landscape photo and a portrait one (as tall as the editor allows) synced in
     # from the raw store, each with one box the edge model predicted
-    photo = metal_tag_images(1, skip=5)[0]
-    for n, image in enumerate((photo, turned(photo, tmp_path / "turned"))):
-        put_feedback_image(settings, image, [0.4], minute=n)
-    report = sync_in(settings, client, project_id, progress=lambda _: None)
+    task_ids = landscape_and_portrait(settings, client, project_id, tmp_path)
     url, token = ls_settings.url, ls_settings.token.get_secret_value()
     predicted = {
-        t: task_detail(url, token, t)["predictions"][0]["result"][0]["value"]
-        for t in report.task_ids
+        t: task_detail(url, token, t)["predictions"][0]["result"][0]["value"] for t in task_ids
     }
     # when a labeller opens each task in a 1280x800 window
     seen: dict[int, InView] = {}
@@ -89,6 +105,49 @@ def test_label_choice_stays_beside_the_image_and_the_predicted_box_is_drawn(
         assert not_drawn[task_id] < 0.2, (task_id, not_drawn[task_id], tmp_path)
     # and the browser asked nothing of any other host
     assert off_host == []
+
+
+def test_the_whole_photo_is_in_view_and_zoom_stays_available(
+    settings: Settings,
+    client: LabelStudioClient,
+    project_id: int,
+    ls_settings: LabelStudioSettings,
+    tmp_path: Path,
+) -> None:
+    # given a landscape photo and a portrait one synced in (a scratch along a photo's
+    # edge is as much a scratch as one in its middle)
+    task_ids = landscape_and_portrait(settings, client, project_id, tmp_path)
+    url, token = ls_settings.url, ls_settings.token.get_secret_value()
+    seen: dict[str, PhotoOnCanvas] = {}
+    zoomed: dict[int, tuple[Rect, Rect]] = {}
+    with chromium() as browser, labeller_page(browser, url, token) as page:
+        # when a labeller opens each task from the data manager in a 1280x800 window
+        for task_id in task_ids:
+            open_task(page, url, project_id, task_id)
+            seen[f"task view, task {task_id}"] = photo_on_canvas(page)
+            page.screenshot(path=tmp_path / f"task-view-{task_id}.png")
+            # and zooms in with the mouse wheel
+            zoomed[task_id] = (image_rect(page), wheel_zoom(page))
+        # and labels the project's tasks in the labelling stream, skipping to the next
+        open_stream(page, url, project_id)
+        for n in range(len(task_ids)):
+            if n:
+                skip_to_next(page)
+            seen[f"stream, task {n + 1} of {len(task_ids)}"] = photo_on_canvas(page)
+            page.screenshot(path=tmp_path / f"stream-{n}.png")
+    # then the stream showed both photos, the landscape one and the portrait one
+    in_stream = [where for view, where in seen.items() if view.startswith("stream")]
+    assert {w.photo.width > w.photo.height for w in in_stream} == {True, False}, seen
+    # and in both views, each photo is drawn whole on the canvas that shows it (no edge
+    # cut off, each within 1.5 px) and fitted to it (as wide or as tall, not shrunk)
+    cut_off = {view: (where.cut, where) for view, where in seen.items() if not where.whole}
+    assert cut_off == {}, (cut_off, tmp_path)
+    shrunk = {view: where for view, where in seen.items() if not where.photo.fills(where.canvas)}
+    assert shrunk == {}, (shrunk, tmp_path)
+    # and the mouse wheel still zooms the photo in
+    for task_id, (before, after) in zoomed.items():
+        assert after.width > before.width * 1.05, (task_id, before, after)
+        assert after.height > before.height * 1.05, (task_id, before, after)
 
 
 def test_data_manager_shows_what_a_labeller_needs(

@@ -7,8 +7,9 @@ endpoint the tests run. The task is a photo added by hand (``qcloop raw add``) a
 without pre-annotations, so any box on it can only come from the backend.
 
 The 1-epoch model's most confident boxes are the whole photo (it has learnt no place yet),
-so their outline runs along the photo's border: the labeller zooms out to see it, and the
-control is the same spot with the regions hidden (a whole-photo box is its own mirror).
+so their outline runs along the photo's border, which fills the canvas: the labeller zooms
+out once to leave a margin around it, and the control is the same spot with the regions
+hidden (a whole-photo box is its own mirror).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def shown_image(page: Page) -> str:
 
 
 def zoom_out(page: Page) -> None:
-    """Press the editor's zoom-out button once, as a labeller does to see the whole photo."""
+    """Press the editor's zoom-out button once: a margin around the photo on the canvas."""
     before = image_rect(page)
     page.locator('[aria-label="zoom-out"]').click()
     page.wait_for_function(
@@ -137,8 +138,8 @@ def test_a_labeller_sees_the_backends_boxes_on_a_task_that_came_without_any(
             page.wait_for_selector(".lsf-outliner-item", timeout=READY_S * 1000)
             listed = page.locator(".lsf-outliner-item").count()
             shown = shown_image(page)
-            # (the editor draws the photo a little larger than its canvas at 1280x800, so
-            # its border is cut off: the labeller zooms out once to see all of it)
+            # (the photo fills its canvas, so a whole-photo box's outline lies on the canvas's
+            # edge: the labeller zooms out once to leave a margin around it)
             zoom_out(page)
             photo_at, canvas = image_rect(page), stage_rect(page)
             predictions = task_detail(url, token, task_id)["predictions"]
@@ -151,7 +152,7 @@ def test_a_labeller_sees_the_backends_boxes_on_a_task_that_came_without_any(
             page.evaluate("() => new Promise((r) => requestAnimationFrame(() => setTimeout(r)))")
             hidden = [box_drawn(page, value, settle_s=0) for value in regions]
             page.screenshot(path=tmp_path / "regions-hidden.png")
-    # then the stream showed this task's photo, all of it on the canvas once zoomed out
+    # then the stream showed this task's photo, all of it on the canvas
     assert shown == sha256_bytes(photo.read_bytes())
     assert (
         photo_at.x >= canvas.x
