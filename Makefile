@@ -9,7 +9,7 @@ ROUNDS ?= 1
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults test-prerequisites lint typecheck compile schemas check-edge check-edge-py310 bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-misses bench-label-agreement bench-train-threads bench-soak clean
+.PHONY: help setup setup-edge setup-label-studio demo test test-unit test-faults test-prerequisites lint typecheck compile schemas check-edge check-edge-py310 bench-edge bench-int8 bench-labelling bench-recipes bench-recipes-cv bench-fusion bench-snapshots bench-misses bench-label-agreement bench-train-threads bench-soak bench-fleet clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -125,6 +125,9 @@ bench-train-threads: ## CPU training: qcloop's threads (every core) vs ultralyti
 
 bench-soak: ## the edge agent for an hour of paced frames, store and broker down on a schedule: RSS, disk, lost, duplicates, log lines
 	$(PY) -m benchmarks.bench_soak --duration 3600 --fps 2
+
+bench-fleet: ## 100, 300, 1,000 simulated devices take a release: time to all serving, broker and store load
+	$(PY) -m benchmarks.bench_fleet --devices 100 300 1000
 
 bench-labelling: ## Label Studio sync-in / export+version of 1,000 tasks (after setup-label-studio)
 	$(PY) -m benchmarks.bench_labelling

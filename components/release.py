@@ -14,6 +14,12 @@ once never reuse one. Devices refuse a sequence lower than one they took: going 
 an older model is a new release of it (``qcloop release --ref 3``). A release expires
 ``release.expires_after_days`` after it is published; the watching bridge publishes the
 same model anew (next sequence) at half that age.
+
+With ``release.presigned_urls`` the release names the model by a presigned GET URL
+(``presigned_url``) instead of ``s3://``: a device fetches it over plain http(s) without
+store credentials, still capped at the signed size and checked against the signed sha256.
+The URL lives as long as the release, which then expires within ``PRESIGN_MAX`` (S3's
+limit); the watching bridge publishes it anew at half that age, with a fresh URL.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlparse
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -38,10 +45,17 @@ from qcloop.contracts import (
     Thresholds,
     utcnow,
 )
-from qcloop.errors import ContractError, ObjectNotFound, QcloopError, RegistryError, StoreError
+from qcloop.errors import (
+    ConfigError,
+    ContractError,
+    ObjectNotFound,
+    QcloopError,
+    RegistryError,
+    StoreError,
+)
 from qcloop.mqtt import publish_retained, read_retained, release_topic
 from qcloop.params import INT8_DEFAULT_DROP, LETTERBOX
-from qcloop.settings import Settings
+from qcloop.settings import Settings, StoreSettings
 from qcloop.signing import SealedRelease, load_private_key, seal, unverified
 from qcloop.storage import ObjectStore, open_store, released_key
 
@@ -49,6 +63,7 @@ log = logging.getLogger(__name__)
 
 MAX_INT8_DROP = 0.02  # mAP50-95 an INT8 variant may lose against its FP32 before it ships
 MAX_CLAIMS = 100  # sequence numbers tried when other bridges claimed the next ones
+PRESIGN_MAX = timedelta(days=7)  # the longest an S3 presigned URL (SigV4) is valid
 
 
 def check_int8_accuracy(record: ModelRecord, max_drop: float = MAX_INT8_DROP) -> None:
@@ -94,6 +109,27 @@ def scoring_thresholds(given: Thresholds | None = None) -> Thresholds:
 def model_key(name: str, version: str, variant: str = "fp32") -> str:
     """Object-store key of a released ONNX."""
     return f"models/{name}/{version}/model{'' if variant == 'fp32' else '-' + variant}.onnx"
+
+
+def presigned_url(
+    store: StoreSettings, key: str, valid_for: timedelta, endpoint: str | None = None
+) -> str:
+    """A GET URL of ``key`` that needs no credentials, valid for ``valid_for`` (at most
+    ``PRESIGN_MAX``), signed with the store user of ``store`` for ``endpoint`` (the store as
+    the devices reach it; default ``store.endpoint``). Computed here, no request sent."""
+    from minio import Minio
+
+    if store.kind != "s3" or store.access_key is None or store.secret_key is None:
+        raise ConfigError("release.presigned_urls needs an S3 store (store.kind = 's3')")
+    parsed = urlparse(endpoint or store.endpoint or "")
+    client = Minio(
+        parsed.netloc,
+        access_key=store.access_key.get_secret_value(),
+        secret_key=store.secret_key.get_secret_value(),
+        secure=parsed.scheme == "https",
+        region=store.region or "us-east-1",  # given, so that signing asks the store nothing
+    )
+    return str(client.presigned_get_object(store.bucket, key, expires=min(valid_for, PRESIGN_MAX)))
 
 
 def sequence_key(fleet: str, sequence: int) -> str:
@@ -214,6 +250,11 @@ def build_release(
     key = model_key(record.name, record.version, variant)
     store.put_bytes(key, data, "application/octet-stream")
     now = utcnow()
+    valid_for = timedelta(days=settings.release.expires_after_days)
+    url = store.url(key)
+    if settings.release.presigned_urls:  # the URL and the release expire together
+        valid_for = min(valid_for, PRESIGN_MAX)
+        url = presigned_url(settings.store, key, valid_for, settings.release.presign_endpoint)
 
     def make(sequence: int) -> ReleaseMessage:
         return ReleaseMessage(
@@ -223,14 +264,14 @@ def build_release(
             size=len(data),
             variant=variant,
             variant_reason=variant_reason,
-            url=store.url(key),
+            url=url,
             input_size=record.input_size,
             class_names=record.class_names,
             thresholds=scoring_thresholds(thresholds),
             released_at=now,
             released_by=released_by,
             sequence=sequence,
-            expires_at=now + timedelta(days=settings.release.expires_after_days),
+            expires_at=now + valid_for,
             approval=approval.payload if approval is not None else None,
         )
 

@@ -9,7 +9,8 @@ torch, ultralytics, mlflow, kfp, dvc, nor another room. Layers:
   ``policies`` (which frames go back: band, defects, count, random; limits, dedup)
 - I/O: ``sources`` (hot folder, simulated camera), ``link`` (MQTT),
   ``trust`` (a release's signature, fleet, expiry and sequence; the sequence on disk),
-  ``release`` (download capped at the signed size, sha256, load, smoke-test),
+  ``fetch`` (download capped at the signed size, sha256; a fleet's random wait first),
+  ``release`` (verified, loaded, smoke-tested, retried with backoff),
   ``history`` (last good models, with their signed envelopes), ``trial`` (a new model
   on trial until it served), ``rejected`` (models never loaded again),
   ``spool`` (on-disk store and forward),

@@ -216,7 +216,13 @@ class ReleaseConfig(_Section):
     )
     keep_models: int = Field(default=3, ge=2, le=50, description="verified models kept on disk")
     max_payload_bytes: int = Field(default=65536, ge=512, description="larger payloads refused")
-    retry_s: float = Field(default=30.0, gt=0.0, description="retry a failed download after")
+    retry_s: float = Field(default=30.0, gt=0.0, description="first retry of a failed download")
+    download_jitter_s: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="a device serving a model waits a random 0..this many seconds before it "
+        "downloads a new one from the store, so a fleet does not fetch it all at once",
+    )
     max_model_failures: int = Field(
         default=3, ge=1, description="consecutive inference failures before rolling back"
     )

@@ -10,20 +10,23 @@ when its model was rejected on this device (``edge_agent.rejected``, by sha256),
 does not download within its signed size, verify (sha256), load or pass the smoke
 test. Only a model that passed all of this is offered to the loop (``take_ready``),
 which swaps it in between two frames, on trial (``edge_agent.trial``).
+
+The download itself, and the random wait before it that keeps a fleet from fetching a
+release all at once, are ``edge_agent.fetch``'s; a failed one is retried with ``Backoff``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import re
+import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
+from edge_agent.backoff import Backoff
 from edge_agent.config import EdgeConfig
+from edge_agent.fetch import RETRY_MAX_S, download_delay, fetch_model, model_filename, verify_file
 from edge_agent.history import read_history
 from edge_agent.inference import Detector
 from edge_agent.link import ReleaseOrigin
@@ -32,7 +35,6 @@ from edge_agent.stats import Counters
 from edge_agent.store import LazyStore
 from edge_agent.trust import ReleaseGate
 from qcloop.contracts import ModelRef, ReleaseEnvelope, ReleaseMessage, Thresholds
-from qcloop.download import download_url
 from qcloop.errors import ContractError, IntegrityError, QcloopError, StoreError
 from qcloop.signing import SealedRelease
 from qcloop.storage import sha256_bytes, sha256_file
@@ -45,9 +47,13 @@ __all__ = [
     "ModelLoader",
     "ModelOnDisk",
     "ServingModel",
+    "download_delay",
+    "fetch_model",
     "load_last_good",
     "load_local",
     "load_release",
+    "model_filename",
+    "verify_file",
 ]
 
 
@@ -104,43 +110,6 @@ def rect_letterbox(thresholds: Thresholds, config: EdgeConfig) -> bool:
     if thresholds.letterbox is None:
         return config.rect_input
     return thresholds.letterbox == "rect"
-
-
-def model_filename(release: ReleaseMessage) -> str:
-    """``<name>-<version>-<sha12>.onnx``, safe as a file name."""
-    ref = release.model
-    name, version = (re.sub(r"[^A-Za-z0-9_.-]", "_", v) for v in (ref.name, ref.version))
-    return f"{name}-{version}-{release.sha256[:12]}.onnx"
-
-
-def verify_file(path: Path, size: int, sha256: str) -> None:
-    """``IntegrityError`` unless ``path`` has exactly this size and sha256."""
-    actual_size = path.stat().st_size
-    if actual_size != size:
-        raise IntegrityError(f"{path.name}: {actual_size} bytes, the release says {size}")
-    actual = sha256_file(path)
-    if actual != sha256:
-        raise IntegrityError(f"{path.name}: sha256 {actual}, the release says {sha256}")
-
-
-def fetch_model(release: ReleaseMessage, model_dir: Path, store: LazyStore) -> Path:
-    """Download (unless already there and intact) and verify; the verified path.
-
-    The download stops at the first byte beyond the signed size and is renamed into
-    place only once size and sha256 match (``qcloop.download``)."""
-    final = model_dir / model_filename(release)
-    if final.is_file():
-        try:
-            verify_file(final, release.size, release.sha256)
-            return final
-        except IntegrityError:
-            final.unlink()
-    incoming = model_dir / "incoming" / final.name
-    needs_store = urlparse(release.url).scheme == "s3"
-    source = store.get() if needs_store else None
-    download_url(release.url, incoming, source, size=release.size, sha256=release.sha256)
-    os.replace(incoming, final)
-    return final
 
 
 def open_model(
@@ -234,6 +203,8 @@ class ModelLoader:
         self._lock = threading.Lock()
         self._ready: ServingModel | None = None
         self._ready_event = threading.Event()
+        self._closing = threading.Event()  # ends a download's random wait at once
+        self._retries = Backoff(config.release.retry_s, max(config.release.retry_s, RETRY_MAX_S))
         self._current: tuple[ModelRef, str] | None = None
         self._latest: dict[str, bytes | None] = {"fleet": None, "device": None}
         self._refused: set[str] = set()  # sha256 of payloads refused for good
@@ -267,6 +238,7 @@ class ModelLoader:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop after the release being loaded, if any."""
+        self._closing.set()
         self._inbox.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -331,6 +303,13 @@ class ModelLoader:
         release = sealed.message
         extra = {**_describe(release), "origin": origin, "sequence": release.sequence}
         log.info("release received", extra=extra)
+        with self._lock:
+            serving = self._current is not None
+        delay = download_delay(release, self._config, serving=serving)
+        if delay > 0:  # the current model serves meanwhile
+            log.info("release download after a random wait of %.1f s", delay, extra=extra)
+            if self._closing.wait(delay):
+                return None
         try:
             model = load_release(sealed, self._config, self._store)
         except StoreError as exc:  # maybe transient: try again later
@@ -339,6 +318,7 @@ class ModelLoader:
             return None
         except QcloopError as exc:
             return self._refuse(digest, "release refused, keeping the current model", exc)
+        self._retries.reset()
         with self._lock:
             self._ready = model
             self._ready_event.set()
@@ -355,7 +335,9 @@ class ModelLoader:
                 self._refused.add(digest)
 
     def _retry_later(self) -> None:
-        timer = threading.Timer(self._config.release.retry_s, self._inbox.put, ((_RECHECK, b""),))
+        delay = self._retries.failed() * random.uniform(0.5, 1.0)
+        log.info("release tried again later", extra={"retry_in_s": round(delay, 1)})
+        timer = threading.Timer(delay, self._inbox.put, ((_RECHECK, b""),))
         timer.daemon = True
         timer.start()
 
