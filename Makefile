@@ -81,11 +81,11 @@ $(BENCH_INT8): $(BENCH_MODEL)  # bench-int8 writes it beside the FP32 model
 bench-edge: $(BENCH_MODEL) $(BENCH_DYNAMIC) $(BENCH_INT8) ## edge agent vs bare session.run vs ultralytics at 480 (FP32, INT8), RSS, swap time, per-step profile
 	$(PY) -m benchmarks.bench_edge --model $(BENCH_MODEL) --frames 150 --rounds 3
 	$(PY) -m benchmarks.bench_edge --model $(BENCH_DYNAMIC) --frames 150 --rounds 3 \
-		--paths session@w1t1,session@w1t2,agent@w2t1,ultralytics@w1t2,ultralytics-rect@w1t2,release@w2t1
+		--paths session@w1t1,session@w1t2,session@w2t1,agent@w2t1,ultralytics@w1t2,ultralytics-rect@w1t2,release@w2t1
 	$(PY) -m benchmarks.bench_edge --model $(BENCH_MODEL) --frames 150 --rounds 3 --width 1920 \
-		--paths session@w1t1,session@w1t2,agent@w1t1,agent@w2t1,agent@w1t2,ultralytics@w1t2
+		--paths session@w1t1,session@w1t2,session@w2t1,agent@w1t1,agent@w2t1,agent@w1t2,ultralytics@w1t2
 	$(PY) -m benchmarks.bench_edge --model $(BENCH_INT8) --frames 150 --rounds 3 \
-		--paths session@w1t1,session@w1t2,agent@w2t1,ultralytics@w1t2
+		--paths session@w1t1,session@w1t2,session@w2t1,agent@w1t1,agent@w2t1,ultralytics@w1t2
 	$(PY) -m benchmarks.bench_edge_profile --model $(BENCH_MODEL) --frames 100
 	$(PY) -m benchmarks.bench_edge_profile --model $(BENCH_MODEL) --frames 100 --width 1920
 

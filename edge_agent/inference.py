@@ -151,12 +151,16 @@ def letterbox_input(
     image: Image.Image, size: tuple[int, int], stride: int = 0
 ) -> tuple[np.ndarray, Letterbox]:
     """``letterbox``'s canvas as the model's input, in one pass over the pixels: the resized
-    frame is scaled to [0, 1] straight into the 1x3xHxW float32 tensor, pre-filled with
-    the grey."""
+    frame is scaled to [0, 1] straight into the 1x3xHxW float32 tensor, whose border
+    alone is filled with the grey."""
     pixels, (width, height), placement = _placed(image, size, stride)
-    tensor = np.full((1, 3, height, width), PAD_INPUT, dtype=np.float32)
+    tensor = np.empty((1, 3, height, width), dtype=np.float32)
     new_h, new_w = pixels.shape[:2]
     top, left = placement.pad_y, placement.pad_x
+    tensor[0, :, :top] = PAD_INPUT  # only the border is grey: the frame fills the rest
+    tensor[0, :, top + new_h :] = PAD_INPUT
+    tensor[0, :, top : top + new_h, :left] = PAD_INPUT
+    tensor[0, :, top : top + new_h, left + new_w :] = PAD_INPUT
     inside = tensor[0, :, top : top + new_h, left : left + new_w]
     np.divide(pixels.transpose(2, 0, 1), np.float32(255.0), out=inside, dtype=np.float32)
     return tensor, placement

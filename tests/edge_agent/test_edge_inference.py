@@ -89,6 +89,24 @@ def test_rect_letterbox_of_a_metal_tag_frame() -> None:
     assert (canvas[:3] == PAD_VALUE).all() and (canvas[253:] == PAD_VALUE).all()
 
 
+@pytest.mark.parametrize(
+    ("frame", "stride"), [((450, 300), 0), ((300, 450), 0), ((640, 333), 32), ((451, 300), 0)]
+)
+def test_the_input_is_the_letterbox_canvas_scaled_border_included(
+    frame: tuple[int, int], stride: int
+) -> None:
+    # given a frame with a gradient, padded above and below, left and right, or both
+    pixels = np.arange(frame[0] * frame[1] * 3, dtype=np.uint32).reshape(frame[1], frame[0], 3)
+    image = Image.fromarray((pixels % 251).astype(np.uint8))
+    # when made the model's input
+    tensor, placement = letterbox_input(image, (480, 480), stride)
+    canvas, same = letterbox(image, (480, 480), stride)
+    # then every value, the grey border's too, is the letterbox canvas's in [0, 1]
+    expected = canvas.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255.0)
+    assert placement == same and tensor.shape == expected.shape
+    assert np.array_equal(tensor, expected)
+
+
 def test_the_input_is_nchw_float_in_unit_range() -> None:
     canvas = np.full((8, 8, 3), 255, np.uint8)
     canvas[0, 0] = (0, 114, 255)
