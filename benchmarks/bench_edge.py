@@ -163,7 +163,7 @@ def bench_session(model: Path, images: list[Path], threads: int, workers: int) -
 def bench_ultralytics(
     model: Path, images: list[Path], threads: int, workers: int, rect: bool = False
 ) -> dict[str, Any]:
-    from components.yolo_env import configure_offline
+    from qcloop.yolo_env import configure_offline
 
     configure_offline()
     import torch

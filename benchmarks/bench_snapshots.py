@@ -54,10 +54,10 @@ def labelled_predictions(onnx: Path, dataset: Path, split: str, imgsz: int) -> l
     from ultralytics import YOLO
     from ultralytics.utils.ops import xywhn2xyxy
 
-    from components.yolo_env import configure_offline
     from qcloop.contracts import DatasetManifest
     from qcloop.errors import DatasetError
     from qcloop.yolo import parse_label_file
+    from qcloop.yolo_env import configure_offline
 
     configure_offline()
     manifest = DatasetManifest.model_validate_json((dataset / "manifest.json").read_text())

@@ -137,7 +137,7 @@ def default_model(out: Path) -> Path:
     model = out / "yolov8n-320-untrained.onnx"
     if model.is_file():
         return model
-    from components.yolo_env import configure_offline
+    from qcloop.yolo_env import configure_offline
 
     configure_offline()
     from ultralytics import YOLO

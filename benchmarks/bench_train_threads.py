@@ -58,7 +58,7 @@ def main() -> int:
     from components.recipes import model_config
     from components.threads import cpu_threads
     from components.train import train_yolo
-    from components.yolo_env import configure_offline
+    from qcloop.yolo_env import configure_offline
 
     configure_offline()
     from ultralytics.utils import NUM_THREADS  # what ultralytics' select_device sets on the CPU

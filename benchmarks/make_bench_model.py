@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from components.export import export_onnx
-from components.yolo_env import configure_offline
+from qcloop.yolo_env import configure_offline
 
 ROOT = Path(__file__).resolve().parents[1]
 

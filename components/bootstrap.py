@@ -59,7 +59,7 @@ def map50_95(images: Sequence[ImageStats]) -> float:
 @cache
 def _ap_per_class() -> Any:
     """ultralytics' ``ap_per_class``, imported once (a bootstrap calls it thousands of times)."""
-    from components.yolo_env import configure_offline
+    from qcloop.yolo_env import configure_offline
 
     configure_offline()
     from ultralytics.utils.metrics import ap_per_class

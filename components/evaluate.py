@@ -14,12 +14,12 @@ import numpy as np
 from components.bootstrap import ImageStats, grouped_interval, map50_95, stats_to_json
 from components.data import copy_dataset, write_data_yaml
 from components.export import onnx_metadata
-from components.yolo_env import configure_offline
 from qcloop.contracts import SPLITS, DatasetManifest, EvalMetrics
 from qcloop.errors import DatasetError, PipelineError
 from qcloop.params import LETTERBOX, NMS_IOU
 from qcloop.stats import percentile
 from qcloop.yolo import capture_group
+from qcloop.yolo_env import configure_offline
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from components.yolo_env import configure_offline
 from qcloop.errors import PipelineError
+from qcloop.yolo_env import configure_offline
 
 log = logging.getLogger(__name__)
 

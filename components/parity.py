@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from components.yolo_env import configure_offline
 from qcloop.boxes import iou_matrix
 from qcloop.errors import PipelineError
+from qcloop.yolo_env import configure_offline
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from components.yolo_env import configure_offline
 from qcloop.contracts import ModelRecord
 from qcloop.errors import PipelineError
 from qcloop.settings import Settings
+from qcloop.yolo_env import configure_offline
 
 log = logging.getLogger(__name__)
 

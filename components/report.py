@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw
 
 from components.data import load_manifest
 from components.evaluate import map_summary
-from components.yolo_env import configure_offline
 from qcloop.contracts import EvalMetrics
+from qcloop.yolo_env import configure_offline
 
 log = logging.getLogger(__name__)
 

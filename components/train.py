@@ -19,9 +19,9 @@ from typing import Any
 from components.data import copy_dataset, write_data_yaml
 from components.recipes import member_seeds, model_config, recipe_members, recipe_overrides
 from components.threads import cpu_threads, loader_workers, shared_cpu_threads, use_cpu_threads
-from components.yolo_env import configure_offline
 from qcloop.errors import PipelineError
 from qcloop.params import DEFAULTS
+from qcloop.yolo_env import configure_offline
 
 log = logging.getLogger(__name__)
 

@@ -154,7 +154,7 @@ def _import_libraries() -> None:
     loggers' handlers on import, so that ``_demo_logging`` finds those handlers."""
     import mlflow  # noqa: F401
 
-    from components.yolo_env import configure_offline
+    from qcloop.yolo_env import configure_offline
 
     configure_offline()  # imports ultralytics, as the training pipeline would
 

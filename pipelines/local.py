@@ -43,7 +43,7 @@ def run_locally(
     """
     from kfp import local
 
-    from components.yolo_env import configure_offline
+    from qcloop.yolo_env import configure_offline
 
     configure_offline()  # sets YOLO_*/MLFLOW_* variables that the step subprocesses inherit
     settings = settings if settings is not None else load_settings()

@@ -28,6 +28,7 @@ from qcloop.errors import ContractError, IntegrityError, ObjectNotFound
 from qcloop.settings import Settings
 from qcloop.signing import key_id, load_private_key, load_public_keys, open_envelope
 from qcloop.storage import ObjectStore, open_store, released_key
+from qcloop.yolo_env import configure_offline
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def load_model(release: ReleaseMessage, store: ObjectStore, conf: float) -> Rele
         model_file = download_url(
             release.url, tmp / "model.onnx", store, size=release.size, sha256=release.sha256
         )
+        configure_offline()  # no hub, no downloads; its log lines to stderr, not stdout
         from ultralytics import YOLO
 
         model = YOLO(str(model_file), task="detect")

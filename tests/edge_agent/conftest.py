@@ -20,7 +20,7 @@ from tests.services import MosquittoProcess, Service, free_port
 @pytest.fixture(scope="session")
 def offline_ultralytics(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ultralytics set up offline; request it before importing ultralytics in a test."""
-    from components.yolo_env import configure_offline
+    from qcloop.yolo_env import configure_offline
 
     return configure_offline(tmp_path_factory.mktemp("ultralytics"))
 

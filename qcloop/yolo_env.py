@@ -1,5 +1,8 @@
 """Make ultralytics work fully offline (no hub, no font download, no auto-install).
 
+Used by the training room and by the labelling room (model-assisted labelling, the ML
+backend), wherever ultralytics runs.
+
 Call ``configure_offline()`` before importing ultralytics. It sets the
 environment variables ultralytics reads at import time, pre-places the font that
 its plotting and dataset checks would otherwise fetch, and switches off its own
@@ -55,7 +58,7 @@ def configure_offline(config_dir: Path | None = None) -> Path:
         "sync": False,
     }
     # keys differ between ultralytics releases (8.4 has no 'neptune'): set the ones it knows
-    settings.update({k: v for k, v in wanted.items() if k in settings})
+    settings.update({k: v for k, v in wanted.items() if k in settings})  # type: ignore[no-untyped-call]
     _DONE.add(key)
     logs_to_stderr()
     return base
@@ -88,4 +91,4 @@ def logs_to_stderr() -> None:
         if type(handler) is logging.StreamHandler and not isinstance(
             handler.stream, _CurrentStderr
         ):
-            handler.setStream(_CurrentStderr())  # type: ignore[arg-type]
+            handler.setStream(_CurrentStderr())
