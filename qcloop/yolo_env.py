@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 _DONE: set[str] = set()
 
@@ -44,8 +45,9 @@ def configure_offline(config_dir: Path | None = None) -> Path:
         target = fonts / name
         if not target.exists():
             shutil.copyfile(dejavu, target)
-    from ultralytics import settings
+    from ultralytics import settings as found
 
+    settings: Any = found  # its SettingsManager, typed or not depending on how it is installed
     wanted = {
         "mlflow": False,
         "wandb": False,
@@ -58,7 +60,7 @@ def configure_offline(config_dir: Path | None = None) -> Path:
         "sync": False,
     }
     # keys differ between ultralytics releases (8.4 has no 'neptune'): set the ones it knows
-    settings.update({k: v for k, v in wanted.items() if k in settings})  # type: ignore[no-untyped-call]
+    settings.update({k: v for k, v in wanted.items() if k in settings})
     _DONE.add(key)
     logs_to_stderr()
     return base
