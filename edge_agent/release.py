@@ -26,7 +26,7 @@ from pathlib import Path
 
 from edge_agent.backoff import Backoff
 from edge_agent.config import EdgeConfig
-from edge_agent.fetch import RETRY_MAX_S, download_delay, fetch_model, model_filename, verify_file
+from edge_agent.fetch import RETRY_MAX_S, download_delay, fetch_model, verify_file
 from edge_agent.history import read_history
 from edge_agent.inference import Detector
 from edge_agent.link import ReleaseOrigin
@@ -47,13 +47,9 @@ __all__ = [
     "ModelLoader",
     "ModelOnDisk",
     "ServingModel",
-    "download_delay",
-    "fetch_model",
     "load_last_good",
     "load_local",
     "load_release",
-    "model_filename",
-    "verify_file",
 ]
 
 

@@ -13,13 +13,8 @@ from PIL import Image
 from edge_agent.backoff import Backoff
 from edge_agent.config import EdgeConfig
 from edge_agent.feedback import FeedbackUploader, build_sidecar
-from edge_agent.release import (
-    ModelLoader,
-    fetch_model,
-    model_filename,
-    release_thresholds,
-    verify_file,
-)
+from edge_agent.fetch import fetch_model, model_filename, verify_file
+from edge_agent.release import ModelLoader, release_thresholds
 from edge_agent.spool import Spool
 from edge_agent.stats import Counters
 from edge_agent.store import LazyStore
