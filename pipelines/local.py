@@ -147,25 +147,25 @@ def settings_variables(settings: Settings, root: Path) -> dict[str, str]:
     empty = root / "settings.toml"
     empty.write_text("# the steps' settings are their QCLOOP_* variables\n")
     found = {"QCLOOP_CONFIG": str(empty)}
-    found.update(_variables(settings, "QCLOOP"))
+    found.update(_variables(settings))
     return found
 
 
-def _variables(model: BaseModel, prefix: str) -> dict[str, str]:
-    """``<PREFIX>_<FIELD>``, then ``__`` between nested sections, for every field set."""
+def _variables(model: BaseModel, prefix: str = ENV_PREFIX) -> dict[str, str]:
+    """``<prefix><FIELD>`` for every field set, nested sections joined by ``__``."""
     found: dict[str, str] = {}
     for field, item in model:
-        var = f"{prefix}_{field}" if prefix == "QCLOOP" else f"{prefix}__{field}"
+        var = f"{prefix}{field}".upper()
         if item is None:
             continue
         if isinstance(item, BaseModel):
-            found.update(_variables(item, var))
+            found.update(_variables(item, f"{var}__"))
             continue
         if isinstance(item, SecretStr):
             item = item.get_secret_value()
         elif isinstance(item, list):
             item = ",".join(str(i) for i in item)
-        found[var.upper()] = str(item)
+        found[var] = str(item)
     return found
 
 

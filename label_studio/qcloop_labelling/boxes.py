@@ -20,10 +20,19 @@ RESULT_TYPE = "rectanglelabels"
 EDGE_TOLERANCE = 0.05  # percent: the browser rounds boxes dragged onto the border
 
 
-def _rect(x: float, y: float, w: float, h: float, label: str, width: int, height: int) -> dict:
+def _rect(
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    label: str,
+    width: int,
+    height: int,
+    names: tuple[str, str] = (FROM_NAME, TO_NAME),
+) -> dict:
     return {
-        "from_name": FROM_NAME,
-        "to_name": TO_NAME,
+        "from_name": names[0],
+        "to_name": names[1],
         "type": RESULT_TYPE,
         "original_width": width,
         "original_height": height,
@@ -39,8 +48,11 @@ def _rect(x: float, y: float, w: float, h: float, label: str, width: int, height
     }
 
 
-def detection_to_result(det: Detection, width: int, height: int) -> dict[str, Any]:
-    """A predicted pixel box as a Label Studio result (percent), with its score."""
+def detection_to_result(
+    det: Detection, width: int, height: int, names: tuple[str, str] = (FROM_NAME, TO_NAME)
+) -> dict[str, Any]:
+    """A predicted pixel box as a Label Studio result (percent), with its score; ``names``:
+    the labelling config's (from_name, to_name)."""
     x1, y1, x2, y2 = det.box
     x1, x2 = max(0.0, min(x1, width)), max(0.0, min(x2, width))
     y1, y2 = max(0.0, min(y1, height)), max(0.0, min(y2, height))
@@ -52,6 +64,7 @@ def detection_to_result(det: Detection, width: int, height: int) -> dict[str, An
         det.label,
         width,
         height,
+        names,
     )
     result["score"] = det.score
     return result

@@ -10,7 +10,6 @@ their tasks) and a log line that names it.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import logging
@@ -24,12 +23,11 @@ from qcloop.errors import StoreError
 from qcloop.storage import RAW_PREFIX, ObjectStore, sha256_bytes
 from qcloop_labelling.assist import ReleasedModel
 from qcloop_labelling.boxes import FROM_NAME, TO_NAME
-from qcloop_labelling.tasks import META_KEY, META_SHA, prediction, version_name
+from qcloop_labelling.tasks import META_KEY, META_SHA, data_url_image, prediction, version_name
 
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 64 << 20  # a raw image larger than this is not read
-DATA_URL = re.compile(r"^data:(image/[\w.+-]+);base64,(.*)$", re.DOTALL)
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -98,7 +96,7 @@ def _part(task: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _from_store(where: str, key: object, store: ObjectStore) -> bytes | None:
-    if not isinstance(key, str) or not key.startswith(RAW_PREFIX) or ".." in key.split("/"):
+    if not isinstance(key, str) or not key.startswith(RAW_PREFIX):  # the store refuses ".."
         log.warning("%s: raw_key %s is not a key under %s", where, repr(key)[:200], RAW_PREFIX)
         return None
     try:
@@ -113,15 +111,15 @@ def _from_store(where: str, key: object, store: ObjectStore) -> bytes | None:
 
 
 def _from_data_url(where: str, url: str) -> bytes | None:
-    match = DATA_URL.match(url)
-    if match is None:
-        log.warning("%s: data: URL is not a base64 image; no prediction", where)
-        return None
     try:
-        return base64.b64decode(match.group(2), validate=True)
+        found = data_url_image(url, strict=True)
     except (binascii.Error, ValueError):
         log.warning("%s: data: URL is not valid base64; no prediction", where)
         return None
+    if found is None:
+        log.warning("%s: data: URL is not a base64 image; no prediction", where)
+        return None
+    return found[0]
 
 
 def predict_task(
@@ -150,7 +148,5 @@ def predict_task(
                 sorted(unknown),
             )
             detections = [d for d in detections if d.label in target.labels]
-    result = prediction(version_name(model.ref), detections, width, height)
-    for region in result["result"]:
-        region["from_name"], region["to_name"] = target.from_name, target.to_name
-    return result
+    names = (target.from_name, target.to_name)
+    return prediction(version_name(model.ref), detections, width, height, names)

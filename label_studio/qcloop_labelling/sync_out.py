@@ -26,7 +26,6 @@ written (``AnnotationError`` naming every bad task).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -56,6 +55,7 @@ from qcloop_labelling.review import (
     resolve_reviewers,
     reviewed,
 )
+from qcloop_labelling.tasks import data_url_image
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +218,9 @@ def _image_bytes(task: dict[str, Any], store: ObjectStore) -> tuple[bytes, str]:
         except ObjectNotFound:
             pass
     image = str(data.get("image") or "")
-    match = re.match(r"^data:image/(\w+);base64,", image)
-    if match:
-        ext = "jpg" if match.group(1) == "jpeg" else match.group(1)
-        return base64.b64decode(image[match.end() :]), ext
+    inline = data_url_image(image)
+    if inline:
+        return inline[0], "jpg" if inline[1] == "jpeg" else inline[1]
     raise LabellingError(
         f"task {task['id']}: image {key or image[:80]!r} is neither in the raw store nor "
         "inside the task; run `qcloop labelling sync-in` against the right store"

@@ -14,11 +14,12 @@ sha256 ride along in ``data`` (for people and exports) and in ``meta`` (for the 
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from qcloop.contracts import Detection, ModelRef, RawImageSidecar
-from qcloop_labelling.boxes import detection_to_result
+from qcloop_labelling.boxes import FROM_NAME, TO_NAME, detection_to_result
 from qcloop_labelling.client import LabelStudioClient
 
 META_SHA = "qcloop_sha256"
@@ -29,6 +30,19 @@ T = TypeVar("T")
 def data_url(data: bytes, content_type: str) -> str:
     """The image bytes as a ``data:`` URL the browser shows without another request."""
     return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+DATA_URL = re.compile(r"^data:image/([\w.+-]+);base64,(.*)$", re.DOTALL)
+
+
+def data_url_image(url: str, *, strict: bool = False) -> tuple[bytes, str] | None:
+    """``data_url``'s inverse: the image bytes and their type (``jpeg``, ``png``, ...) of a
+    base64 ``data:image/...`` URL, None if ``url`` is none. ``strict``: invalid base64
+    raises ``binascii.Error`` rather than being decoded as far as it goes."""
+    match = DATA_URL.match(url)
+    if match is None:
+        return None
+    return base64.b64decode(match.group(2), validate=strict), match.group(1)
 
 
 def confidence(sidecar: RawImageSidecar) -> float:
@@ -47,13 +61,18 @@ def version_name(model: ModelRef) -> str:
 
 
 def prediction(
-    version: str, detections: list[Detection], width: int, height: int
+    version: str,
+    detections: list[Detection],
+    width: int,
+    height: int,
+    names: tuple[str, str] = (FROM_NAME, TO_NAME),
 ) -> dict[str, Any]:
-    """A Label Studio prediction: the boxes in percent of the image, the best score."""
+    """A Label Studio prediction: the boxes in percent of the image, the best score;
+    ``names``: the labelling config's (from_name, to_name)."""
     return {
         "model_version": version,
         "score": max((d.score for d in detections), default=0.0),
-        "result": [detection_to_result(d, width, height) for d in detections],
+        "result": [detection_to_result(d, width, height, names) for d in detections],
     }
 
 
