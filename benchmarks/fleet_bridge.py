@@ -5,7 +5,7 @@
 ``release``: the next model of the fleet, published with the product's ``claim_sequence``
 and ``publish_release`` (the sequence claimed in the store, the envelope signed, retained
 on the fleet's topic, kept in the store), named by ``s3://`` or by a presigned URL
-(``components.release.presigned_url``); out: when it began (``time.monotonic()``, the
+(``components.release.model_location``); out: when it began (``time.monotonic()``, the
 same clock in every process) and how long it took. ``read``: the bridge's own read of the
 fleet (``qcloop.devices.fleet_states``, as its metrics and canary rollouts read it), and
 how long a new subscriber waits for every device's retained state.
@@ -22,13 +22,7 @@ import threading
 import time
 from typing import Any
 
-from components.release import (
-    PRESIGN_MAX,
-    claim_sequence,
-    model_key,
-    presigned_url,
-    publish_release,
-)
+from components.release import claim_sequence, model_key, model_location, publish_release
 from qcloop.contracts import ModelRef, ReleaseMessage, utcnow
 from qcloop.devices import STATE_FILTER, fleet_states
 from qcloop.mqtt import connect, make_client
@@ -60,10 +54,9 @@ def release(settings: Settings, job: dict[str, Any]) -> dict[str, float]:
     store = open_store(settings.store)
     key = model_key(MODEL, version)
     now = utcnow()
-    presigned = settings.release.presigned_urls
+    url, valid_for = model_location(settings, store, key)  # as the bridge names the model
 
     def make(sequence: int) -> ReleaseMessage:
-        url = presigned_url(settings.store, key, PRESIGN_MAX) if presigned else store.url(key)
         return ReleaseMessage(
             fleet=fleet,
             model=ModelRef(name=MODEL, version=version),
@@ -75,7 +68,7 @@ def release(settings: Settings, job: dict[str, Any]) -> dict[str, float]:
             released_at=now,
             released_by="bench_fleet",
             sequence=sequence,
-            expires_at=now + PRESIGN_MAX,
+            expires_at=now + valid_for,
         )
 
     signing_key = load_private_key(settings.release.signing_key)  # type: ignore[arg-type]

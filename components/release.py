@@ -132,6 +132,18 @@ def presigned_url(
     return str(client.presigned_get_object(store.bucket, key, expires=min(valid_for, PRESIGN_MAX)))
 
 
+def model_location(settings: Settings, store: ObjectStore, key: str) -> tuple[str, timedelta]:
+    """The URL a release names the model at ``key`` by, and how long the release is valid:
+    ``release.expires_after_days``, or with ``release.presigned_urls`` a fresh presigned URL
+    and at most ``PRESIGN_MAX`` (the URL and the release expire together)."""
+    valid_for = timedelta(days=settings.release.expires_after_days)
+    if not settings.release.presigned_urls:
+        return store.url(key), valid_for
+    valid_for = min(valid_for, PRESIGN_MAX)
+    endpoint = settings.release.presign_endpoint
+    return presigned_url(settings.store, key, valid_for, endpoint), valid_for
+
+
 def sequence_key(fleet: str, sequence: int) -> str:
     """Object-store key of the release of ``fleet`` numbered ``sequence`` (its envelope)."""
     return f"releases/{fleet}/{sequence:010d}.json"
@@ -250,11 +262,7 @@ def build_release(
     key = model_key(record.name, record.version, variant)
     store.put_bytes(key, data, "application/octet-stream")
     now = utcnow()
-    valid_for = timedelta(days=settings.release.expires_after_days)
-    url = store.url(key)
-    if settings.release.presigned_urls:  # the URL and the release expire together
-        valid_for = min(valid_for, PRESIGN_MAX)
-        url = presigned_url(settings.store, key, valid_for, settings.release.presign_endpoint)
+    url, valid_for = model_location(settings, store, key)
 
     def make(sequence: int) -> ReleaseMessage:
         return ReleaseMessage(

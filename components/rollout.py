@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from components.release import claim_sequence, fleet_key, sequence_key
+from components.release import claim_sequence, fleet_key, model_key, model_location, sequence_key
 from qcloop.contracts import ModelRef, ReleaseEnvelope, ReleaseMessage, utcnow
 from qcloop.errors import ContractError, ObjectNotFound
 from qcloop.mqtt import device_release_topic, publish_retained, read_retained, release_topic
@@ -273,12 +273,13 @@ def halt(settings: Settings, store: ObjectStore, rollout: Rollout, reason: str) 
         signing_key = settings.release.signing_key
         private = load_private_key(signing_key) if signing_key else None
         now = utcnow()
-        days = timedelta(days=settings.release.expires_after_days)
+        key = model_key(old.model.name, old.model.version, old.variant)
+        url, valid_for = model_location(settings, store, key)  # a presigned URL signed anew
         by = f"{old.released_by} (rollback: rollout of #{rollout.sequence} halted)"
 
         def make(sequence: int) -> ReleaseMessage:
-            update = {"sequence": sequence, "released_at": now, "expires_at": now + days}
-            return old.model_copy(update={**update, "released_by": by[:200]})
+            update = {"sequence": sequence, "released_at": now, "expires_at": now + valid_for}
+            return old.model_copy(update={**update, "url": url, "released_by": by[:200]})
 
         sealed = claim_sequence(settings, store, rollout.fleet, make, private)
         for canary in rollout.canaries:
