@@ -10,8 +10,8 @@ functions ``Detector.detect`` chains (``edge_agent.inference``):
   decode      ``load_image``: Pillow decodes the whole frame (EXIF orientation applied)
   to array    ``np.asarray`` of the RGB frame (a copy out of Pillow)
   resize      ``edge_agent.resize.resize_linear`` (OpenCV's bilinear, in numpy)
-  normalise   the rest of ``letterbox_input``: the grey float32 canvas, the resized frame
-              scaled to [0, 1] into it (the same two numpy calls, timed on their own)
+  normalise   ``input_tensor``: the float32 input, its border grey, the resized frame
+              scaled to [0, 1] into it
   session.run the model (``Detector.raw_output``)
   post        ``decode`` (confidence filter), ``batched_nms``, ``unletterbox`` and the
               ``Detection`` objects (``Detector.infer`` timed whole, minus session.run)
@@ -43,7 +43,13 @@ def _ms(start: float) -> float:
 
 def profile(model: Path, images: list[Path], threads: int) -> dict[str, Any]:
     """Per-step times (ms) of each frame, and ``Detector.detect`` whole."""
-    from edge_agent.inference import PAD_INPUT, Detector, ModelInput, letterbox_input, load_image
+    from edge_agent.inference import (
+        Detector,
+        ModelInput,
+        input_tensor,
+        letterbox_input,
+        load_image,
+    )
     from edge_agent.resize import resize_linear
     from qcloop.yolo import letterbox_shape
 
@@ -61,17 +67,16 @@ def profile(model: Path, images: list[Path], threads: int) -> dict[str, Any]:
         start = time.perf_counter()
         pixels = np.asarray(picture.convert("RGB") if picture.mode != "RGB" else picture)
         to_array = _ms(start)
-        (new_w, new_h), _ = letterbox_shape(picture.size, detector.plan.imgsz, detector.plan.stride)
+        (new_w, new_h), canvas = letterbox_shape(
+            picture.size, detector.plan.imgsz, detector.plan.stride
+        )
         start = time.perf_counter()
         if picture.size != (new_w, new_h):
             pixels = resize_linear(pixels, (new_w, new_h))
         resize = _ms(start)
-        tensor, placement = letterbox_input(picture, detector.plan.imgsz, detector.plan.stride)
+        placement = letterbox_input(picture, detector.plan.imgsz, detector.plan.stride)[1]
         start = time.perf_counter()
-        canvas = np.full(tensor.shape, PAD_INPUT, dtype=np.float32)
-        inside = canvas[0, :, placement.pad_y : placement.pad_y + new_h]
-        inside = inside[:, :, placement.pad_x : placement.pad_x + new_w]
-        np.divide(pixels.transpose(2, 0, 1), np.float32(255.0), out=inside, dtype=np.float32)
+        tensor = input_tensor(pixels, canvas, placement)
         normalise = _ms(start)
         prepared = ModelInput(tensor, placement, *picture.size, detector.plan)
         start = time.perf_counter()

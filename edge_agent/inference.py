@@ -153,7 +153,14 @@ def letterbox_input(
     """``letterbox``'s canvas as the model's input, in one pass over the pixels: the resized
     frame is scaled to [0, 1] straight into the 1x3xHxW float32 tensor, whose border
     alone is filled with the grey."""
-    pixels, (width, height), placement = _placed(image, size, stride)
+    pixels, canvas, placement = _placed(image, size, stride)
+    return input_tensor(pixels, canvas, placement), placement
+
+
+def input_tensor(pixels: np.ndarray, canvas: tuple[int, int], placement: Letterbox) -> np.ndarray:
+    """The 1x3xHxW float32 input of a (width, height) ``canvas``: the resized frame's
+    ``pixels`` scaled to [0, 1] at ``placement``, the border grey."""
+    width, height = canvas
     tensor = np.empty((1, 3, height, width), dtype=np.float32)
     new_h, new_w = pixels.shape[:2]
     top, left = placement.pad_y, placement.pad_x
@@ -163,7 +170,7 @@ def letterbox_input(
     tensor[0, :, top : top + new_h, left + new_w :] = PAD_INPUT
     inside = tensor[0, :, top : top + new_h, left : left + new_w]
     np.divide(pixels.transpose(2, 0, 1), np.float32(255.0), out=inside, dtype=np.float32)
-    return tensor, placement
+    return tensor
 
 
 class ModelInput(NamedTuple):
