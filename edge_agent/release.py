@@ -199,7 +199,7 @@ class ModelLoader:
         self._lock = threading.Lock()
         self._ready: ServingModel | None = None
         self._ready_event = threading.Event()
-        self._closing = threading.Event()  # ends a download's random wait at once
+        self._waited: set[str] = set()  # releases whose random wait is drawn (not again)
         self._retries = Backoff(config.release.retry_s, max(config.release.retry_s, RETRY_MAX_S))
         self._current: tuple[ModelRef, str] | None = None
         self._latest: dict[str, bytes | None] = {"fleet": None, "device": None}
@@ -234,7 +234,6 @@ class ModelLoader:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop after the release being loaded, if any."""
-        self._closing.set()
         self._inbox.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -301,11 +300,16 @@ class ModelLoader:
         log.info("release received", extra=extra)
         with self._lock:
             serving = self._current is not None
-        delay = download_delay(release, self._config, serving=serving)
-        if delay > 0:  # the current model serves meanwhile
+        delay = (
+            0.0
+            if digest in self._waited
+            else download_delay(release, self._config, serving=serving)
+        )
+        self._waited.add(digest)
+        if delay > 0:  # the current model serves meanwhile; a newer release may come first
             log.info("release download after a random wait of %.1f s", delay, extra=extra)
-            if self._closing.wait(delay):
-                return None
+            self._recheck_after(delay)
+            return None
         try:
             model = load_release(sealed, self._config, self._store)
         except StoreError as exc:  # maybe transient: try again later
@@ -333,6 +337,10 @@ class ModelLoader:
     def _retry_later(self) -> None:
         delay = self._retries.failed() * random.uniform(0.5, 1.0)
         log.info("release tried again later", extra={"retry_in_s": round(delay, 1)})
+        self._recheck_after(delay)
+
+    def _recheck_after(self, delay: float) -> None:
+        """The newest release is looked at again in ``delay`` s, on the loader's thread."""
         timer = threading.Timer(delay, self._inbox.put, ((_RECHECK, b""),))
         timer.daemon = True
         timer.start()
