@@ -1,6 +1,6 @@
 """The inspection loop: frames in, detections out, hard frames back to the raw store.
 
-    source --frame--> prefetch thread (decode, letterbox) --> inference workers (model, NMS)
+    source --frame--> prefetch thread (decode) --> inference workers (letterbox, model, NMS)
            --in frame order--> InferenceResult --> MQTT results
                           \\--feedback policy (policies)--> spool (disk) --> raw store
     MQTT verdict --> VerdictInbox (last frames) --operator_verdict--> spool
@@ -146,6 +146,7 @@ class Agent:
             TICK_S,
             max_pixels=self.config.source.max_pixels,
             guard=guard,
+            prepare=self.config.inference_workers == 1,  # else each worker prepares its own
         )
         retention = Retention(set_aside_folders(self.source, spool.bad_dir), self.config.retention)
         retention.start()

@@ -14,6 +14,7 @@ The weights depend on the sizes only, and are kept for the few sizes a camera se
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -21,6 +22,8 @@ import numpy as np
 
 COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS
 COEF_ONE = 1 << COEF_BITS
+CHUNK_ROWS = 32  # output rows resized at a time (their sums fit in a core's cache)
+_LOCAL = threading.local()  # each thread's scratch buffers (``_scratch``)
 
 
 class ResizePlan(NamedTuple):
@@ -80,28 +83,63 @@ def resize_plan(source: tuple[int, int], target: tuple[int, int]) -> ResizePlan:
     )
 
 
-def resize_linear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _scratch(name: str, rows: int, row_len: int, dtype: type[np.generic]) -> np.ndarray:
+    """This thread's reusable ``rows`` x ``row_len`` buffer ``name`` (made or grown as needed)."""
+    buffers: dict[str, np.ndarray] = _LOCAL.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(name)
+    if buffer is None or buffer.shape[0] < rows or buffer.shape[1] != row_len:
+        buffer = buffers[name] = np.empty((max(rows, 2 * CHUNK_ROWS), row_len), dtype)
+    return buffer[:rows]
+
+
+def resize_linear(pixels: np.ndarray, size: tuple[int, int], *, reuse: bool = False) -> np.ndarray:
     """``pixels`` (HxWx3 uint8) resized to ``size`` (width, height) as OpenCV's
-    ``INTER_LINEAR`` does; int32 values 0-255, HxWx3 (the caller casts or scales them)."""
+    ``INTER_LINEAR`` does: HxWx3 uint8.
+
+    ``CHUNK_ROWS`` output rows at a time, through this thread's scratch buffers: the
+    work stays in the CPU's cache and no frame-sized block is allocated (and faulted
+    in) for the intermediate sums. With ``reuse`` the result is this thread's buffer
+    too, overwritten by its next ``reuse`` call: for pixels copied out right away.
+    """
     height, width = pixels.shape[:2]
+    dst_w, dst_h = size
     plan = resize_plan((width, height), size)
+    row_len = dst_w * 3
     flat = pixels.reshape(height, width * 3)
-    if len(plan.rows) < height:
-        flat = flat[plan.rows]
-    across = np.take(flat, plan.cols0, axis=1).astype(np.int32)
-    across *= plan.alpha0
-    second = np.take(flat, plan.cols1, axis=1).astype(np.int32)
-    second *= plan.alpha1
-    across += second
-    across >>= 4
-    out = across[plan.row0]
-    out *= plan.beta0
-    out >>= 16
-    lower = across[plan.row1]
-    lower *= plan.beta1
-    lower >>= 16
-    out += lower
-    out += 2
-    out >>= 2
-    resized: np.ndarray = out.reshape(size[1], size[0], 3)
-    return resized
+    resized = (
+        _scratch("resized", dst_h, row_len, np.uint8)
+        if reuse
+        else np.empty((dst_h, row_len), np.uint8)
+    )
+    for start in range(0, dst_h, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, dst_h)
+        lo, hi = int(plan.row0[start]), int(plan.row1[stop - 1]) + 1  # into plan.rows
+        first, last = int(plan.rows[lo]), int(plan.rows[hi - 1])
+        if last - first == hi - lo - 1:  # consecutive source rows: read in place
+            source = flat[first : last + 1]
+        else:
+            source = _scratch("source", hi - lo, width * 3, np.uint8)
+            np.take(flat, plan.rows[lo:hi], axis=0, out=source, mode="clip")
+        # across each source row: S = a0 * p0 + a1 * p1, then S >> 4
+        picked = _scratch("picked", hi - lo, row_len, np.uint8)
+        across = _scratch("across", hi - lo, row_len, np.int32)
+        second = _scratch("second", hi - lo, row_len, np.int32)
+        np.take(source, plan.cols0, axis=1, out=picked, mode="clip")
+        np.multiply(picked, plan.alpha0, out=across)
+        np.take(source, plan.cols1, axis=1, out=picked, mode="clip")
+        np.multiply(picked, plan.alpha1, out=second)
+        across += second
+        across >>= 4
+        # down the rows: ((S0 * b0) >> 16) + ((S1 * b1) >> 16) + 2 >> 2
+        upper = _scratch("upper", stop - start, row_len, np.int32)
+        lower = _scratch("lower", stop - start, row_len, np.int32)
+        np.take(across, plan.row0[start:stop] - lo, axis=0, out=upper, mode="clip")
+        upper *= plan.beta0[start:stop]
+        upper >>= 16
+        np.take(across, plan.row1[start:stop] - lo, axis=0, out=lower, mode="clip")
+        lower *= plan.beta1[start:stop]
+        lower >>= 16
+        upper += lower
+        upper += 2
+        np.right_shift(upper, 2, out=resized[start:stop], casting="unsafe")
+    return resized.reshape(dst_h, dst_w, 3)

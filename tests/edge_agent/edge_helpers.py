@@ -50,10 +50,13 @@ def make_constant_model(
     imgsz: int = 320,
     names: str | None = None,
     dynamic: bool = False,
+    gain: np.ndarray | None = None,
 ) -> Path:
     """An ONNX whose ``output0`` is ``output`` whatever the image: exact numbers end to end.
 
-    ``dynamic``: input height and width left free, as a ``dynamic=True`` export."""
+    ``dynamic``: input height and width left free, as a ``dynamic=True`` export. ``gain``
+    (shaped as ``output``): ``output0`` is ``output + gain * mean(input)``, so each frame
+    gets boxes of its own."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -67,7 +70,8 @@ def make_constant_model(
         helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
         helper.make_node("Add", ["const", "nothing"], ["output0"]),
     ]
-    zero = numpy_helper.from_array(np.zeros((), np.float32), name="zero")
+    factor = np.zeros((), np.float32) if gain is None else gain.astype(np.float32)
+    zero = numpy_helper.from_array(factor, name="zero")
     graph = helper.make_graph(nodes, "constant", [image], [out], initializer=[const, zero])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9

@@ -382,3 +382,44 @@ def test_a_large_jpeg_is_decoded_whole_and_turned(metal_tags: Path, orientation:
     # then it is decoded whole (as ultralytics does) and turned upright
     assert image.size == ((1920, 1280) if orientation == 1 else (1280, 1920))
     assert (prepared.width, prepared.height) == image.size
+
+
+def test_a_thread_reuses_its_input_tensor_and_threads_do_not_share_one(
+    metal_tags: Path,
+) -> None:
+    import threading
+
+    photos = sorted((metal_tags / "images").glob("*.jpg"))[:2]
+    plan = InputPlan((480, 480), 32)
+    fresh = [prepare_input(p, plan).tensor for p in photos]
+    # when one thread prepares two frames with reuse
+    first = prepare_input(photos[0], plan, reuse=True).tensor
+    assert np.array_equal(first, fresh[0])
+    second = prepare_input(photos[1], plan, reuse=True).tensor
+    # then the second is made in the same tensor (the first frame's input is gone)
+    assert second is first and np.array_equal(second, fresh[1])
+    # and another thread has its own
+    other: list[np.ndarray] = []
+    worker = threading.Thread(
+        target=lambda: other.append(prepare_input(photos[0], plan, reuse=True).tensor)
+    )
+    worker.start()
+    worker.join()
+    assert other[0] is not second and np.array_equal(other[0], fresh[0])
+    assert np.array_equal(second, fresh[1])  # untouched by the other thread
+    # without reuse each frame has its own tensor
+    assert prepare_input(photos[0], plan).tensor is not prepare_input(photos[0], plan).tensor
+
+
+def test_resized_into_the_thread_s_buffer_is_still_opencv_s_pixels(metal_tags: Path) -> None:
+    import cv2
+
+    from edge_agent.resize import resize_linear
+
+    pixels = np.asarray(Image.open(io.BytesIO(big_jpeg(metal_tags))).convert("RGB"))
+    kept = resize_linear(pixels, (480, 320))
+    for size in [(480, 320), (640, 427), (480, 320), (17, 11)]:
+        expected = cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR)
+        assert np.array_equal(resize_linear(pixels, size, reuse=True), expected), size
+    # a result made without reuse is the caller's: later calls leave it as it was
+    assert np.array_equal(kept, cv2.resize(pixels, (480, 320), interpolation=cv2.INTER_LINEAR))

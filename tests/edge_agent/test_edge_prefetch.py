@@ -203,3 +203,75 @@ def test_after_a_swap_to_a_larger_input_a_frame_is_prepared_again(metal_tags: Pa
     ready = item.for_model(InputPlan((1280, 1280)))
     # then the input is made for it from the whole frame
     np.testing.assert_array_equal(ready.tensor, prepare_input(out.getvalue(), (1280, 1280)).tensor)
+
+
+def test_without_prepare_frames_are_only_decoded_for_the_workers_to_prepare() -> None:
+    # given a prefetcher for several inference workers (they prepare their own frames)
+    source = ListSource([Frame("a.jpg", jpeg(80, 40)), Frame("b.txt", b"not an image")])
+    prefetcher = Prefetcher(
+        source, lambda: InputPlan((32, 32)), depth=2, tick_s=0.02, prepare=False
+    )
+    prefetcher.start()
+    try:
+        got = drain(prefetcher, 2)
+    finally:
+        prefetcher.close()
+    # then frames come decoded, not prepared, and a bad one still carries its error
+    assert got[0].image is not None and got[0].prepared is None
+    assert got[1].image is None and "not a readable image" in (got[1].error or "")
+    ready = got[0].for_model(InputPlan((32, 32)))
+    np.testing.assert_array_equal(ready.tensor, prepare_input(jpeg(80, 40), (32, 32)).tensor)
+
+
+@pytest.mark.integration
+def test_workers_that_prepare_their_own_frames_report_each_frame_s_own_boxes(
+    metal_tags: Path,
+    mqtt_url: str,
+    tmp_path: Path,
+    listen: Callable[[str], Listener],
+) -> None:
+    # given twelve real photos (three sizes) and a model whose box follows the pixels
+    output = np.zeros((1, 5, 2), np.float32)
+    output[0, :, 0] = [160, 160, 40, 40, 0.9]
+    output[0, :, 1] = [60, 200, 30, 50, 0.8]
+    gain = np.zeros_like(output)
+    gain[0, :4] = [[200, -100], [100, 50], [50, 20], [20, 30]]
+    model = make_constant_model(tmp_path / "m.onnx", output, names="{0: 'scratch'}", gain=gain)
+    photos = sorted((metal_tags / "images").glob("*.jpg"))[:12]
+    frames: list[Frame] = []
+    for i, photo in enumerate(photos):
+        image = Image.open(photo).convert("RGB")
+        out = io.BytesIO()
+        image.resize((image.width * (1 + i % 3), image.height * (1 + i % 3))).save(out, "JPEG")
+        frames.append(Frame(f"{i:02d}.jpg", out.getvalue()))
+    detector = Detector(model)
+    expected = [detector.detect(f.data) for f in frames]
+    assert len({e[0].box for e in expected}) == len(frames)  # each frame its own boxes
+
+    def inspect(workers: int) -> list[InferenceResult]:
+        config = make_config(
+            tmp_path / f"w{workers}",
+            mqtt_url,
+            StoreSettings(kind="local", path=tmp_path / "store"),
+            f"cam-own-frames-{workers}",
+            inference_workers=workers,
+            feedback={"enabled": False},
+        )
+        topic = results_topic(config.device_id)
+        listener = listen(topic)
+        agent = Agent(config, source=ListSource(frames), initial_model=model)
+        assert agent.run(max_frames=len(frames), timeout_s=60).frames_inferred == len(frames)
+        wait_until(lambda: len(listener.on(topic)) == len(frames))
+        return [InferenceResult.from_json(p) for p in listener.on(topic)]
+
+    # when the agent inspects them with one worker (the prefetch thread prepares) and
+    # with three (each worker prepares its own frame in its own tensor)
+    results = {workers: inspect(workers) for workers in (1, 3)}
+    # then every result, with one worker or three, carries the boxes of its own frame
+    for got in results.values():
+        assert [r.image for r in got] == [f.name for f in frames]
+        for result, boxes in zip(got, expected, strict=True):
+            assert [d.label for d in result.detections] == [d.label for d in boxes]
+            assert np.allclose(
+                [d.box for d in result.detections], [d.box for d in boxes], atol=0.01
+            ), result.image
