@@ -4,7 +4,9 @@
         [--frames 100] [--threads 1] [--width 1920]
 
 One frame at a time on one thread (no prefetch, no second worker), through the same
-functions ``Detector.detect`` chains (``edge_agent.inference``):
+functions ``Detector.detect`` chains (``edge_agent.inference``), with the heap set up
+as the agent sets it (``edge_agent.memory``) and the thread's reused buffers, as an
+inference worker prepares its frame:
 
   read        the JPEG's bytes from disk
   decode      ``load_image``: Pillow decodes the whole frame (EXIF orientation applied)
@@ -49,9 +51,13 @@ def profile(model: Path, images: list[Path], threads: int) -> dict[str, Any]:
         input_tensor,
         letterbox_input,
         load_image,
+        thread_tensor,
     )
+    from edge_agent.memory import set_up_heap
     from edge_agent.resize import resize_linear
     from qcloop.yolo import letterbox_shape
+
+    set_up_heap()
 
     detector = Detector(model, threads=threads)
     detector.warmup()
@@ -72,11 +78,11 @@ def profile(model: Path, images: list[Path], threads: int) -> dict[str, Any]:
         )
         start = time.perf_counter()
         if picture.size != (new_w, new_h):
-            pixels = resize_linear(pixels, (new_w, new_h))
+            pixels = resize_linear(pixels, (new_w, new_h), reuse=True)
         resize = _ms(start)
         placement = letterbox_input(picture, detector.plan.imgsz, detector.plan.stride)[1]
         start = time.perf_counter()
-        tensor = input_tensor(pixels, canvas, placement)
+        tensor = input_tensor(pixels, canvas, placement, thread_tensor(canvas))
         normalise = _ms(start)
         prepared = ModelInput(tensor, placement, *picture.size, detector.plan)
         start = time.perf_counter()

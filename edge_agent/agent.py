@@ -40,7 +40,7 @@ from edge_agent.health import Health
 from edge_agent.inference import InputPlan
 from edge_agent.inflight import InFlight, infer_now, infer_timed
 from edge_agent.link import MqttLink
-from edge_agent.memory import limit_arenas, map_large_blocks, trim_heap
+from edge_agent.memory import set_up_heap, trim_heap
 from edge_agent.metrics import serve_metrics
 from edge_agent.policies import FeedbackPolicies, dhash
 from edge_agent.prefetch import Prefetcher
@@ -121,8 +121,7 @@ class Agent:
         starts (``release.insecure_unsigned`` logs a warning).
         """
         deadline = time.monotonic() + timeout_s if timeout_s is not None else None
-        limit_arenas()  # before the agent's threads start: they would each get one
-        map_large_blocks()  # decoded frames: mapped and given back, not kept in the heap
+        set_up_heap()  # before the agent's threads start: they would each get an arena
         gate, rejected = ReleaseGate(self.config), self._trial.rejected
         initial = load_local(self._initial_model, self.config) if self._initial_model else None
         self.config.model_dir.mkdir(parents=True, exist_ok=True)

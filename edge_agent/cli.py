@@ -32,7 +32,7 @@ from edge_agent.errors import ImageError
 from edge_agent.inference import Detector
 from edge_agent.link import publish_verdict, read_retained_state
 from edge_agent.logs import json_logging
-from edge_agent.memory import limit_arenas, map_large_blocks
+from edge_agent.memory import set_up_heap
 from edge_agent.verdicts import Verdict
 from qcloop.contracts import Detection
 from qcloop.cores import cpu_threads
@@ -65,8 +65,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     the model's run on another.
     """
     workers = args.threads or cpu_threads()
-    limit_arenas()  # as the agent does before its threads start (edge_agent.memory)
-    map_large_blocks()
+    set_up_heap()  # as the agent does before its threads start (edge_agent.memory)
     try:
         detector = Detector(
             args.model, confidence=args.conf, iou=args.iou, threads=1, rect=not args.square

@@ -13,7 +13,7 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.inference import Detector
-from edge_agent.memory import limit_arenas, map_large_blocks, trim_heap
+from edge_agent.memory import cache_image_blocks, limit_arenas, map_large_blocks, trim_heap
 from qcloop.contracts import ModelRef
 from qcloop.settings import StoreSettings
 from tests.edge_agent.edge_helpers import (
@@ -29,6 +29,7 @@ def test_heap_helpers_work_on_this_glibc_system() -> None:
     assert trim_heap() is True
     assert limit_arenas(2) is True
     assert map_large_blocks() is True
+    assert cache_image_blocks() is True
 
 
 @pytest.mark.integration
