@@ -295,11 +295,11 @@ class EdgeConfig(_Section):
         "false: pad to the square input size. Static models always get their fixed size",
     )
     prefetch_frames: int = Field(
-        default=2,
+        default=1,
         ge=0,
         le=16,
-        description="frames decoded ahead on a second thread while the model runs; "
-        "0: decode on the inspection thread",
+        description="frames decoded ahead on a second thread while the model runs (one is "
+        "enough: decoding takes a few ms, the model tens); 0: decode on the inspection thread",
     )
     state_interval_s: float = Field(default=10.0, gt=0.0, description="heartbeat period")
     source: SourceConfig
