@@ -11,7 +11,6 @@ a failed download after ``release.retry_s``, doubled each time up to ``RETRY_MAX
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -49,8 +48,9 @@ def verify_file(path: Path, size: int, sha256: str) -> None:
 def fetch_model(release: ReleaseMessage, model_dir: Path, store: LazyStore) -> Path:
     """Download (unless already there and intact) and verify; the verified path.
 
-    The download stops at the first byte beyond the signed size and is renamed into
-    place only once size and sha256 match (``qcloop.download``)."""
+    The download goes to a hidden ``.part`` file beside the model, stops at the first
+    byte beyond the signed size, and is renamed into place only once size and sha256
+    match (``qcloop.download``)."""
     final = model_dir / model_filename(release)
     if final.is_file():
         try:
@@ -58,12 +58,9 @@ def fetch_model(release: ReleaseMessage, model_dir: Path, store: LazyStore) -> P
             return final
         except IntegrityError:
             final.unlink()
-    incoming = model_dir / "incoming" / final.name
     needs_store = urlparse(release.url).scheme == "s3"
     source = store.get() if needs_store else None
-    download_url(release.url, incoming, source, size=release.size, sha256=release.sha256)
-    os.replace(incoming, final)
-    return final
+    return download_url(release.url, final, source, size=release.size, sha256=release.sha256)
 
 
 def download_delay(release: ReleaseMessage, config: EdgeConfig, *, serving: bool) -> float:
