@@ -31,7 +31,6 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlparse
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -57,7 +56,7 @@ from qcloop.mqtt import publish_retained, read_retained, release_topic
 from qcloop.params import INT8_DEFAULT_DROP, LETTERBOX
 from qcloop.settings import Settings, StoreSettings
 from qcloop.signing import SealedRelease, load_private_key, seal, unverified
-from qcloop.storage import ObjectStore, open_store, released_key
+from qcloop.storage import ObjectStore, open_store, presigned_get, released_key
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +116,9 @@ def presigned_url(
     """A GET URL of ``key`` that needs no credentials, valid for ``valid_for`` (at most
     ``PRESIGN_MAX``), signed with the store user of ``store`` for ``endpoint`` (the store as
     the devices reach it; default ``store.endpoint``). Computed here, no request sent."""
-    from minio import Minio
-
-    if store.kind != "s3" or store.access_key is None or store.secret_key is None:
+    if store.kind != "s3":
         raise ConfigError("release.presigned_urls needs an S3 store (store.kind = 's3')")
-    parsed = urlparse(endpoint or store.endpoint or "")
-    client = Minio(
-        parsed.netloc,
-        access_key=store.access_key.get_secret_value(),
-        secret_key=store.secret_key.get_secret_value(),
-        secure=parsed.scheme == "https",
-        region=store.region or "us-east-1",  # given, so that signing asks the store nothing
-    )
-    return str(client.presigned_get_object(store.bucket, key, expires=min(valid_for, PRESIGN_MAX)))
+    return presigned_get(store, key, min(valid_for, PRESIGN_MAX), endpoint)
 
 
 def model_location(settings: Settings, store: ObjectStore, key: str) -> tuple[str, timedelta]:

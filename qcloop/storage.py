@@ -11,12 +11,13 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from qcloop.contracts import RawImageSidecar
-from qcloop.errors import ObjectNotFound, StoreError, StoreUnavailable
+from qcloop.errors import ConfigError, ObjectNotFound, StoreError, StoreUnavailable
 from qcloop.fsutil import atomic_write, create_exclusive
 from qcloop.settings import StoreSettings
 
@@ -138,6 +139,37 @@ class LocalStore:
         return self._path(key).as_uri()
 
 
+def _minio(settings: StoreSettings, endpoint: str | None = None, **options: Any) -> Any:
+    """A minio client with the store user of ``settings``, for ``endpoint`` (default: the
+    store's own). Imported here: the local default needs no SDK."""
+    from minio import Minio
+
+    parsed = urlparse(endpoint or settings.endpoint or "")
+    access = settings.access_key.get_secret_value() if settings.access_key else None
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+    return Minio(
+        parsed.netloc,
+        access_key=access,
+        secret_key=secret,
+        secure=parsed.scheme == "https",
+        region=options.pop("region", settings.region),
+        **options,
+    )
+
+
+def presigned_get(
+    settings: StoreSettings, key: str, expires: timedelta, endpoint: str | None = None
+) -> str:
+    """A GET URL of ``key`` that needs no credentials, valid for ``expires``, signed with
+    the store user of ``settings`` for ``endpoint`` (the store as the reader reaches it;
+    default ``settings.endpoint``). Computed here: no request is sent to the store."""
+    if settings.kind != "s3" or settings.access_key is None or settings.secret_key is None:
+        raise ConfigError("presigned URLs need an S3 store (store.kind = 's3') with its keys")
+    # the region given, so that signing asks the store nothing
+    client = _minio(settings, endpoint, region=settings.region or "us-east-1")
+    return str(client.presigned_get_object(settings.bucket, key, expires=expires))
+
+
 class S3Store:
     """An S3 bucket on MinIO (or any S3 endpoint), through the minio SDK."""
 
@@ -146,23 +178,10 @@ class S3Store:
     ) -> None:
         """``timeout_s``/``retries`` replace minio's defaults (5 retries, 5-minute timeouts),
         for callers such as the edge agent that retry with their own backoff."""
-        from minio import Minio  # imported here: the local default needs no SDK
-
-        parsed = urlparse(settings.endpoint or "")
         self.endpoint = settings.endpoint or ""
         self.bucket = settings.bucket
-        access = settings.access_key.get_secret_value() if settings.access_key else None
-        secret = settings.secret_key.get_secret_value() if settings.secret_key else None
-        self._client = Minio(
-            parsed.netloc,
-            access_key=access,
-            secret_key=secret,
-            secure=parsed.scheme == "https",
-            region=settings.region,
-            http_client=_http_client(timeout_s, retries)
-            if timeout_s or retries is not None
-            else None,
-        )
+        http = _http_client(timeout_s, retries) if timeout_s or retries is not None else None
+        self._client = _minio(settings, http_client=http)
 
     def __repr__(self) -> str:
         return f"S3Store(endpoint={self.endpoint!r}, bucket={self.bucket!r})"

@@ -3,7 +3,7 @@ plain http(s) without any store credentials, still capped at the signed size and
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -95,3 +95,37 @@ def test_presigned_urls_are_signed_for_the_host_the_devices_reach_and_need_s3(
     # and a bridge on a local store cannot presign
     with pytest.raises(ConfigError, match="S3 store"):
         presigned_url(StoreSettings(path=tmp_path), "models/x.onnx", timedelta(hours=1))
+
+
+def test_a_halted_rollout_gives_the_canaries_the_old_model_by_a_url_signed_anew(
+    tmp_path: Path, mqtt_url: str, s3_store_settings: StoreSettings
+) -> None:
+    from components.rollout import advance_rollout, deliver
+    from qcloop.mqtt import device_release_topic
+    from tests.components.test_release import _settings
+    from tests.components.test_rollout import _heartbeat, _on, _two_versions
+
+    # given presigned URLs, a fleet on v1 (#1) and v2 (#2) out to one canary
+    settings = _settings(tmp_path, mqtt_url, s3_store_settings, fleet="presigned-roll")
+    release = ReleaseSettings(presigned_urls=True, canary_devices=["pre-a"], canary_wait_s=60.0)
+    settings = settings.model_copy(update={"release": release})
+    onnx = make_constant_model(tmp_path / "model.onnx", np.full((1, 5, 10), 0.001))
+    v1, v2 = _two_versions(settings, onnx)
+    _heartbeat(settings, "pre-a", v1)
+    deliver(settings, build_release(settings, ref=v2, released_by="ops"))
+    # when the canary rejects v2 and the rollout halts
+    rejected = f"det {v2} (0123456789ab) at 2026-01-01T00:00:00+00:00: crashed on frame 1"
+    _heartbeat(settings, "pre-a", v1, models_rejected=1, model_last_rejected=rejected)
+    rollout = advance_rollout(settings, say=lambda _: None)
+    assert rollout is not None and rollout.stage == "halted"
+    # then the canary's rollback names v1 by a URL signed now, valid as long as the release
+    back = _on(settings, device_release_topic("pre-a"))
+    assert back is not None and (back.model.version, back.sequence) == (v1, 3)
+    query = parse_qs(urlparse(back.url).query)
+    signed_at = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    assert abs(signed_at - back.released_at) < timedelta(seconds=5)
+    assert query["X-Amz-Expires"] == [str(int(PRESIGN_MAX.total_seconds()))]
+    assert back.expires_at - back.released_at == PRESIGN_MAX
+    # and the canary fetches it with no store credentials
+    keyless = LazyStore(StoreSettings(kind="local", path=tmp_path / "no-store"))
+    assert sha256_file(fetch_model(back, tmp_path / "device", keyless)) == back.sha256
