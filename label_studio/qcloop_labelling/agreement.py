@@ -21,6 +21,7 @@ import numpy as np
 from qcloop.boxes import iou_matrix
 from qcloop.yolo import YoloBox
 from qcloop_labelling.boxes import result_to_yolo
+from qcloop_labelling.tasks import recency
 
 IOU_MATCH = 0.5
 LOWEST = 5  # tasks the summary names, least agreement first
@@ -137,9 +138,8 @@ def by_annotator(task: dict[str, Any]) -> dict[int, dict[str, Any]]:
         who = who.get("id") if isinstance(who, dict) else who
         if annotation.get("was_cancelled") or not isinstance(who, int):
             continue
-        key = (str(annotation.get("updated_at") or ""), int(annotation.get("id") or 0))
         held = latest.get(who)
-        if held is None or key > (str(held.get("updated_at") or ""), int(held.get("id") or 0)):
+        if held is None or recency(annotation) > recency(held):
             latest[who] = annotation
     return latest
 

@@ -55,7 +55,7 @@ from qcloop_labelling.review import (
     resolve_reviewers,
     reviewed,
 )
-from qcloop_labelling.tasks import data_url_image
+from qcloop_labelling.tasks import data_url_image, recency
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def chosen_annotation(
         submitted = [a for a in submitted if reviewed(a, reviewers)]
     if not submitted:
         return None
-    return max(submitted, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)))
+    return max(submitted, key=recency)
 
 
 def classify(

@@ -103,6 +103,11 @@ def image_task(sidecar: RawImageSidecar, image: bytes | str) -> dict[str, Any]:
     return task
 
 
+def recency(annotation: dict[str, Any]) -> tuple[str, int]:
+    """Orders a task's annotations: the one updated last is the greatest (ties: higher id)."""
+    return str(annotation.get("updated_at") or ""), int(annotation.get("id") or 0)
+
+
 def known_images(client: LabelStudioClient, project_id: int) -> set[str]:
     """sha256 of every image that already has a task in the project."""
     return {
