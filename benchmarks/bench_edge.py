@@ -8,9 +8,10 @@ JPEG files. A path is ``name@wNtM``: N inference workers, M onnxruntime (torch) 
                for a dynamic-input model the smallest canvas of stride multiples): the baseline;
                with N workers, N sessions side by side on N threads (the agent's own cost is
                its per frame against the session path of the same workers x threads)
-  agent        the running ``Agent``: JPEG bytes from a source -> prefetch thread (decode,
-               letterbox, normalise) -> N workers: session.run, decode, NMS -> in frame
-               order: feedback policy, MQTT publish to a real mosquitto. Per frame = wall
+  agent        the running ``Agent``: JPEG bytes from a source -> prefetch thread (decode;
+               with one worker also letterbox, normalise) -> N workers: (letterbox,
+               normalise,) session.run, decode, NMS -> in frame order: feedback policy,
+               MQTT publish to a real mosquitto. Per frame = wall
                time from the first to the last frame done / frames; latency = from the
                source handing a frame out to its result published (the source hands
                frames out as fast as the agent takes them, so a few wait in the queue)
