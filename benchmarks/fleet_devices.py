@@ -12,7 +12,7 @@ to its own state dir), ``download_delay`` (the random wait before a download), `
 ``LazyStore``, and then it reports ``serving`` on its state topic. It does not load the model
 into onnxruntime: every box does that on its own CPU, at the same time, and it says nothing
 about the broker or the store. A failed download is tried again as the loader does
-(``Backoff`` from ``retry_s``, each wait drawn in [1/2, 1] of it).
+(``edge_agent.fetch.download_retries``).
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.backoff import Backoff
 from edge_agent.config import EdgeConfig
-from edge_agent.fetch import RETRY_MAX_S, download_delay, fetch_model
+from edge_agent.fetch import download_delay, download_retries, fetch_model
 from edge_agent.store import LazyStore
 from edge_agent.trust import ReleaseGate
 from qcloop.contracts import ModelRef
@@ -162,7 +161,7 @@ class Device:
         self.t = Timeline()
         self.connect_tries = 0
         self.disconnects = 0
-        self.retries = Backoff(config.release.retry_s, RETRY_MAX_S)
+        self.retries = download_retries(config)
         self.topic = release_topic(config.fleet)
         settings = config.mqtt
         self.client = mqtt.Client(
@@ -245,7 +244,7 @@ class Device:
         except StoreError as exc:
             self.t.errors.append(f"download: {type(exc).__name__}")
             self.store.reset()
-            delay = self.retries.failed() * random.uniform(0.5, 1.0)
+            delay = self.retries.failed_jittered()
             self.fleet.at(time.monotonic() + delay, lambda: self._download(sealed))
             return
         except QcloopError as exc:

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
+from edge_agent.backoff import Backoff
 from edge_agent.config import EdgeConfig
 from edge_agent.store import LazyStore
 from qcloop.contracts import ReleaseMessage
@@ -25,7 +26,14 @@ from qcloop.storage import sha256_file
 
 RETRY_MAX_S = 600.0  # the longest wait between two tries of a failed download
 
-__all__ = ["RETRY_MAX_S", "download_delay", "fetch_model", "model_filename", "verify_file"]
+__all__ = [
+    "RETRY_MAX_S",
+    "download_delay",
+    "download_retries",
+    "fetch_model",
+    "model_filename",
+    "verify_file",
+]
 
 
 def model_filename(release: ReleaseMessage) -> str:
@@ -61,6 +69,13 @@ def fetch_model(release: ReleaseMessage, model_dir: Path, store: LazyStore) -> P
     needs_store = urlparse(release.url).scheme == "s3"
     source = store.get() if needs_store else None
     return download_url(release.url, final, source, size=release.size, sha256=release.sha256)
+
+
+def download_retries(config: EdgeConfig) -> Backoff:
+    """The waits between tries of a failed download: ``release.retry_s``, doubled each
+    time up to ``RETRY_MAX_S`` (each drawn in [1/2, 1] of it: ``Backoff.failed_jittered``)."""
+    retry = config.release.retry_s
+    return Backoff(retry, max(retry, RETRY_MAX_S))
 
 
 def download_delay(release: ReleaseMessage, config: EdgeConfig, *, serving: bool) -> float:

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.backoff import Backoff
 from edge_agent.config import EdgeConfig
-from edge_agent.fetch import RETRY_MAX_S, download_delay, fetch_model, verify_file
+from edge_agent.fetch import download_delay, download_retries, fetch_model, verify_file
 from edge_agent.history import read_history
 from edge_agent.inference import Detector
 from edge_agent.link import ReleaseOrigin
@@ -200,7 +198,7 @@ class ModelLoader:
         self._ready: ServingModel | None = None
         self._ready_event = threading.Event()
         self._waited: set[str] = set()  # releases whose random wait is drawn (not again)
-        self._retries = Backoff(config.release.retry_s, max(config.release.retry_s, RETRY_MAX_S))
+        self._retries = download_retries(config)
         self._current: tuple[ModelRef, str] | None = None
         self._latest: dict[str, bytes | None] = {"fleet": None, "device": None}
         self._refused: set[str] = set()  # sha256 of payloads refused for good
@@ -335,7 +333,7 @@ class ModelLoader:
                 self._refused.add(digest)
 
     def _retry_later(self) -> None:
-        delay = self._retries.failed() * random.uniform(0.5, 1.0)
+        delay = self._retries.failed_jittered()
         log.info("release tried again later", extra={"retry_in_s": round(delay, 1)})
         self._recheck_after(delay)
 

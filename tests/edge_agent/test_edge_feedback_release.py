@@ -103,6 +103,13 @@ def test_backoff_doubles_up_to_the_maximum_and_resets() -> None:
     assert backoff.failed() == 0.5
 
 
+def test_a_jittered_wait_is_drawn_in_the_upper_half_of_the_backoff() -> None:
+    backoff = Backoff(8.0, 8.0)  # every delay 8 s
+    waits = [backoff.failed_jittered() for _ in range(200)]
+    assert all(4.0 <= w <= 8.0 for w in waits)
+    assert max(waits) - min(waits) > 2.0  # drawn, not fixed
+
+
 # ------------------------------------------------------------------ release
 
 
