@@ -240,7 +240,7 @@ class Run:
 
     @property
     def pids(self) -> dict[str, int]:
-        return {"broker": self.broker.pid, "store": self.services.moto.proc.pid}
+        return {"broker": self.broker.pid, "store": self.services.moto.pid}
 
     def release(self, version: str) -> dict[str, Any]:
         """The bridge publishes model ``version``: when it began and how long it took."""

@@ -16,14 +16,14 @@ import resource
 import secrets
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from pipelines.broker import free_port, listening, mosquitto_path
+from benchmarks.soak_services import MotoServer, ServerProcess, rss_bytes
+from pipelines.broker import free_port, mosquitto_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "qcloop"
@@ -90,18 +90,14 @@ def sample(pid: int) -> ProcSample:
     """Read ``pid``'s /proc: CPU time, VmRSS, open file descriptors."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
-    rss = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) * 1024
     try:
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         fds = -1
-    return ProcSample(cpu, rss, fds)
+    return ProcSample(cpu, rss_bytes(pid), fds)
 
 
-class Broker:
+class Broker(ServerProcess):
     """mosquitto with the chart's config and ACL, one password per device and the bridge's."""
 
     def __init__(
@@ -111,7 +107,7 @@ class Broker:
         if exe is None:
             raise SystemExit("bench_fleet: mosquitto is not installed (apt-get install mosquitto)")
         folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        port = free_port()
         passwd, acl = folder / "passwd", folder / "acl"
         passwd.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
         hashed = subprocess.run(
@@ -120,88 +116,60 @@ class Broker:
         if hashed.returncode != 0:
             raise SystemExit(f"bench_fleet: mosquitto_passwd -U failed: {hashed.stderr}")
         acl.write_text(config["acl"])
-        self.log = folder / "mosquitto.log"
+        log = folder / "mosquitto.log"  # mosquitto writes it (log_dest file)
         conf = folder / "mosquitto.conf"
-        conf.write_text(self._local(config["conf"], passwd, acl) + "".join(f"{x}\n" for x in extra))
-        self.command = [exe, "-c", str(conf)]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        local = _local(config["conf"], port, passwd, acl, log)
+        conf.write_text(local + "".join(f"{x}\n" for x in extra))
+        super().__init__([exe, "-c", str(conf)], port, log)
+        self.url = f"mqtt://127.0.0.1:{port}"
 
-    def _local(self, conf: str, passwd: Path, acl: Path) -> str:
-        lines = []
-        for line in conf.splitlines():
-            if line.startswith("listener "):
-                line = f"listener {self.port} 127.0.0.1"
-            if line.startswith(("persistence", "autosave_interval", "log_dest", "log_type")):
-                continue
-            line = line.replace("/mosquitto/passwd/passwd", str(passwd))
-            lines.append(line.replace("/mosquitto/config/acl", str(acl)))
-        lines += [f"log_dest file {self.log}", "log_type error", "log_type warning"]
-        lines += ["log_type notice", "connection_messages false"]
-        lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")  # root would switch users
-        return "\n".join(lines) + "\n"
-
-    def up(self, nofile: int | None = None) -> None:
+    def up(self, nofile: int | None = None) -> None:  # type: ignore[override]
         """Start it; with ``nofile``, under that RLIMIT_NOFILE (a box's default is 1024)."""
 
         def limit() -> None:
-            if nofile:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-        self.proc = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=limit
-        )
-        if not listening(self.port, 30.0):
-            raise SystemExit(f"bench_fleet: mosquitto did not start:\n{self.log.read_text()}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        super().up(limit if nofile else None)
 
     def down(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
+        self.stop()
+
+
+def _local(conf: str, port: int, passwd: Path, acl: Path, log: Path) -> str:
+    """The chart's mosquitto.conf for a loopback port, these files, no persistence."""
+    lines = []
+    for line in conf.splitlines():
+        if line.startswith("listener "):
+            line = f"listener {port} 127.0.0.1"
+        if line.startswith(("persistence", "autosave_interval", "log_dest", "log_type")):
+            continue
+        line = line.replace("/mosquitto/passwd/passwd", str(passwd))
+        lines.append(line.replace("/mosquitto/config/acl", str(acl)))
+    lines += [f"log_dest file {log}", "log_type error", "log_type warning"]
+    lines += ["log_type notice", "connection_messages false"]
+    lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")  # root would switch users
+    return "\n".join(lines) + "\n"
 
 
 _REQUEST = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) \S+ HTTP/[\d.]+" (\d{3})')
 
 
-class Moto:
-    """moto's S3 server in its own process; every request it answers is in its log."""
+class Moto(MotoServer):
+    """moto's S3 server in its own process, up at once; every request it answers is in
+    its log."""
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log = folder / "moto.log"
-        exe = Path(sys.executable).with_name("moto_server")
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        if not listening(self.port, 30.0):
-            raise SystemExit(f"bench_fleet: moto_server did not start:\n{self.log.read_text()}")
+        super().__init__(folder / "moto.log")
+        self.up()
 
     def requests(self) -> Counter[str]:
         """Requests answered so far, by ``METHOD status``."""
+        assert self.log is not None
         return Counter(f"{m} {s}" for m, s in _REQUEST.findall(self.log.read_text()))
 
     def down(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.stop()
 
 
 def new_password() -> str:

@@ -11,28 +11,41 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.broker import free_port, listening, mosquitto_path
 
 
-class _Process:
-    """A server process on a loopback port."""
+class ServerProcess:
+    """A server process on a loopback port, its output in ``log`` (else discarded)."""
 
-    def __init__(self, command: list[str], port: int) -> None:
-        self.command, self.port = command, port
+    def __init__(self, command: list[str], port: int, log: Path | None = None) -> None:
+        self.command, self.port, self.log = command, port, log
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def running(self) -> bool:
         return self.proc is not None
 
-    def up(self) -> None:
-        self.proc = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not running"
+        return self.proc.pid
+
+    def up(self, preexec_fn: Callable[[], None] | None = None) -> None:
+        """Start it and wait until it listens (``RuntimeError`` with its log if it does not)."""
+        out = open(self.log, "ab") if self.log is not None else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                self.command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child has its own copy
         if not listening(self.port, 30.0):
-            raise RuntimeError(f"{self.command[0]} does not listen on {self.port}")
+            said = self.log.read_text()[-2000:] if self.log is not None else ""
+            raise RuntimeError(f"{self.command[0]} does not listen on {self.port}\n{said}")
 
     def down(self) -> None:
         """SIGKILL: no goodbye, as a crash or a pulled cable."""
@@ -41,8 +54,19 @@ class _Process:
             self.proc.wait(10)
         self.proc = None
 
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown), SIGKILL after 10 s."""
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
 
-class Mosquitto(_Process):
+
+class Mosquitto(ServerProcess):
     """An open mosquitto (anonymous, no persistence) whose URL stays across restarts."""
 
     def __init__(self, folder: Path) -> None:
@@ -57,13 +81,14 @@ class Mosquitto(_Process):
         self.url = f"mqtt://127.0.0.1:{port}"
 
 
-class MotoServer(_Process):
+class MotoServer(ServerProcess):
     """moto's S3 server; stays up for the whole soak (its objects live in its memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Path | None = None) -> None:
         port = free_port()
         exe = Path(sys.executable).with_name("moto_server")
-        super().__init__([str(exe), "-H", "127.0.0.1", "-p", str(port)], port)
+        super().__init__([str(exe), "-H", "127.0.0.1", "-p", str(port)], port, log)
+        self.endpoint = f"http://127.0.0.1:{port}"
 
 
 class Relay:
@@ -140,7 +165,7 @@ def _close(sock: socket.socket) -> None:
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident memory of a process (VmRSS)."""
+    """Resident memory of a process (VmRSS); 0 if its /proc says none."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
