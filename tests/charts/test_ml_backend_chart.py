@@ -185,6 +185,11 @@ def test_the_pod_serves_with_the_charts_env_and_wants_its_secrets_password(
         health = wait_health(url, proc, log)
         refused = requests.post(f"{url}/setup", json={}, timeout=5)
         setup = requests.post(f"{url}/setup", json={}, auth=("label-studio", password), timeout=5)
+        # (its first try to connect itself to Label Studio runs beside the server)
+        deadline = time.monotonic() + 60
+        while "not connected to Label Studio yet" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGTERM)
         stdout, _ = proc.communicate(timeout=30)

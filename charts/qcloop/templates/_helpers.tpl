@@ -724,3 +724,30 @@ round trip per value. The templates keep their own `required` guards as well.
 {{- fail (printf "\nVALUES VALIDATION:\n  %s" (join "\n  " $errors)) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Egress rules of a pod that talks only to DNS, this release's pods, the allowed namespaces
+and networkPolicy.egressCIDRs (networkPolicy.restrictEgress): a list of NetworkPolicy
+egress rules, to be indented under `egress:`.
+*/}}
+{{- define "qcloop.egressToRelease" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+- to:
+    - podSelector:
+        matchLabels:
+          app.kubernetes.io/name: {{ include "qcloop.name" . }}
+          app.kubernetes.io/instance: {{ .Release.Name }}
+    {{- range $ns := compact (splitList " " (include "qcloop.clientNamespaces" .)) }}
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ $ns }}
+    {{- end }}
+    {{- range $cidr := .Values.networkPolicy.egressCIDRs }}
+    - ipBlock:
+        cidr: {{ $cidr }}
+    {{- end }}
+{{- end }}
