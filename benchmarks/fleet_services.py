@@ -28,7 +28,7 @@ from pipelines.broker import free_port, mosquitto_path
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "qcloop"
 BRIDGE_USER = "qcloop"
-PLACEHOLDER = "bench-only-secret"
+REQUIRED_VALUES = ROOT / "tests" / "charts" / "values-required.yaml"  # test-only secrets
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -49,26 +49,19 @@ def find_helm(given: Path | None) -> Path:
 
 
 def chart_broker_config(helm: Path, fleet: str, devices: list[str], folder: Path) -> dict[str, str]:
-    """The chart's mosquitto.conf and ACL for one fleet of ``devices``."""
+    """The chart's mosquitto.conf and ACL for one fleet of ``devices`` (the chart's required
+    values as the chart tests give them, ``REQUIRED_VALUES``, plus the fleet)."""
     values = {
-        "minio": {
-            "auth": {"rootPassword": PLACEHOLDER},
-            "users": {
-                r: {"secretKey": PLACEHOLDER}
-                for r in ("edge", "bridge", "labelling", "pipelines", "mlflow")
-            },
-        },
         "mosquitto": {
-            "auth": {"password": PLACEHOLDER, "devices": {"existingSecret": "bench-devices"}},
+            "auth": {"devices": {"existingSecret": "bench-devices"}},
             "fleets": {fleet: devices},
         },
-        "labelStudio": {"admin": {"password": PLACEHOLDER, "token": "0" * 40}},
-        "releaseBridge": {"signingKey": {"existingSecret": "bench"}},
     }
     folder.mkdir(parents=True, exist_ok=True)
     values_file = folder / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
-    command = [str(helm), "template", "bench", str(CHART), "--values", str(values_file)]
+    command = [str(helm), "template", "bench", str(CHART), "--values", str(REQUIRED_VALUES)]
+    command += ["--values", str(values_file)]
     command += ["--show-only", "templates/mosquitto/configmap.yaml"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
