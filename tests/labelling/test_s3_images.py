@@ -18,7 +18,7 @@ from qcloop_labelling.settings import LabelStudioSettings
 from qcloop_labelling.storage import ensure_s3_storage
 from qcloop_labelling.sync_in import sync_in
 from qcloop_labelling.sync_out import sync_out
-from tests.labelling.browser import chromium, labeller_page, open_task
+from tests.labelling.browser import READY_S, chromium, labeller_page, open_task
 from tests.labelling.helpers import annotate, metal_tag_images, put_feedback_image, rect
 
 pytestmark = [pytest.mark.label_studio, pytest.mark.integration]
@@ -165,12 +165,18 @@ def test_presigned_urls_reach_the_store_and_expire(
             "response",
             lambda r: from_store.append((r.status, r.url)) if r.url.startswith(endpoint) else None,
         )
-        open_task(page, ls.url, project_id, task_id)
+        # (waited for as an event: the image may be drawn before its response is reported)
+        with page.expect_response(
+            lambda r: r.url.startswith(endpoint), timeout=READY_S * 1000
+        ) as first:
+            open_task(page, ls.url, project_id, task_id)
         page.screenshot(path=tmp_path / "presigned-task.png")
+        fetched = (first.value.status, first.value.url)
     # then the browser fetched the image from the S3 endpoint with a presigned URL, and
     # from nowhere else
-    assert [s for s, u in from_store if "X-Amz-Signature=" in u and "X-Amz-Expires=120" in u]
-    assert {s for s, _ in from_store} == {200}, from_store
+    assert fetched[0] == 200 and "X-Amz-Signature=" in fetched[1], fetched
+    assert "X-Amz-Expires=120" in fetched[1]
+    assert all(status == 200 for status, _ in from_store), from_store
     assert off_host == []
 
     # when the settings give URLs 5 minutes and the bootstrap runs again, twice
