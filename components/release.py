@@ -45,7 +45,6 @@ from qcloop.contracts import (
     utcnow,
 )
 from qcloop.errors import (
-    ConfigError,
     ContractError,
     ObjectNotFound,
     QcloopError,
@@ -116,8 +115,6 @@ def presigned_url(
     """A GET URL of ``key`` that needs no credentials, valid for ``valid_for`` (at most
     ``PRESIGN_MAX``), signed with the store user of ``store`` for ``endpoint`` (the store as
     the devices reach it; default ``store.endpoint``). Computed here, no request sent."""
-    if store.kind != "s3":
-        raise ConfigError("release.presigned_urls needs an S3 store (store.kind = 's3')")
     return presigned_get(store, key, min(valid_for, PRESIGN_MAX), endpoint)
 
 

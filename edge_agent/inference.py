@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import io
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -30,7 +29,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from edge_agent.errors import ImageError, ModelError
-from edge_agent.resize import resize_linear
+from edge_agent.resize import resize_linear, thread_buffer
 from qcloop.boxes import batched_nms
 from qcloop.contracts import Detection
 from qcloop.params import CONFIDENCE, NMS_IOU
@@ -41,7 +40,6 @@ PAD_INPUT = np.float32(PAD_VALUE) / np.float32(255.0)  # that grey in the model'
 ORIENTATION_TAG = 0x0112  # EXIF
 
 ImageInput = Image.Image | bytes | str | Path
-_THREAD = threading.local()  # each thread's reusable input tensor (thread_tensor)
 
 
 def resize_backend() -> str:
@@ -164,13 +162,10 @@ def letterbox_input(
 
 def thread_tensor(canvas: tuple[int, int]) -> np.ndarray:
     """This thread's 1x3xHxW float32 input for a (width, height) ``canvas``, kept from frame
-    to frame: a frame-sized block is not mapped, faulted in and given back for each frame
-    (measured: ~0.5 ms a frame with two workers on two cores)."""
+    to frame (``edge_agent.resize.thread_buffer``; measured: ~0.5 ms a frame less with two
+    workers on two cores)."""
     width, height = canvas
-    tensor: np.ndarray | None = getattr(_THREAD, "tensor", None)
-    if tensor is None or tensor.shape != (1, 3, height, width):
-        tensor = _THREAD.tensor = np.empty((1, 3, height, width), dtype=np.float32)
-    return tensor
+    return thread_buffer("input", (1, 3, height, width), np.float32)
 
 
 def input_tensor(

@@ -23,7 +23,7 @@ import numpy as np
 COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS
 COEF_ONE = 1 << COEF_BITS
 CHUNK_ROWS = 32  # output rows resized at a time (their sums fit in a core's cache)
-_LOCAL = threading.local()  # each thread's scratch buffers (``_scratch``)
+_LOCAL = threading.local()  # each thread's buffers (``thread_buffer``)
 
 
 class ResizePlan(NamedTuple):
@@ -83,13 +83,15 @@ def resize_plan(source: tuple[int, int], target: tuple[int, int]) -> ResizePlan:
     )
 
 
-def _scratch(name: str, rows: int, row_len: int, dtype: type[np.generic]) -> np.ndarray:
-    """This thread's reusable ``rows`` x ``row_len`` buffer ``name`` (made or grown as needed)."""
+def thread_buffer(name: str, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+    """This thread's buffer ``name`` of ``shape`` and ``dtype``, kept from call to call (made
+    anew only when the shape changes): a frame-sized block is not mapped, faulted in and
+    given back for every frame. Its contents are the caller's until its next call."""
     buffers: dict[str, np.ndarray] = _LOCAL.__dict__.setdefault("buffers", {})
     buffer = buffers.get(name)
-    if buffer is None or buffer.shape[0] < rows or buffer.shape[1] != row_len:
-        buffer = buffers[name] = np.empty((max(rows, 2 * CHUNK_ROWS), row_len), dtype)
-    return buffer[:rows]
+    if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+        buffer = buffers[name] = np.empty(shape, dtype)
+    return buffer
 
 
 def resize_linear(pixels: np.ndarray, size: tuple[int, int], *, reuse: bool = False) -> np.ndarray:
@@ -107,10 +109,11 @@ def resize_linear(pixels: np.ndarray, size: tuple[int, int], *, reuse: bool = Fa
     row_len = dst_w * 3
     flat = pixels.reshape(height, width * 3)
     resized = (
-        _scratch("resized", dst_h, row_len, np.uint8)
+        thread_buffer("resized", (dst_h, row_len), np.uint8)
         if reuse
         else np.empty((dst_h, row_len), np.uint8)
     )
+    most = 2 * CHUNK_ROWS  # source rows a chunk reads at most (two per output row)
     for start in range(0, dst_h, CHUNK_ROWS):
         stop = min(start + CHUNK_ROWS, dst_h)
         lo, hi = int(plan.row0[start]), int(plan.row1[stop - 1]) + 1  # into plan.rows
@@ -118,12 +121,12 @@ def resize_linear(pixels: np.ndarray, size: tuple[int, int], *, reuse: bool = Fa
         if last - first == hi - lo - 1:  # consecutive source rows: read in place
             source = flat[first : last + 1]
         else:
-            source = _scratch("source", hi - lo, width * 3, np.uint8)
+            source = thread_buffer("source", (most, width * 3), np.uint8)[: hi - lo]
             np.take(flat, plan.rows[lo:hi], axis=0, out=source, mode="clip")
         # across each source row: S = a0 * p0 + a1 * p1, then S >> 4
-        picked = _scratch("picked", hi - lo, row_len, np.uint8)
-        across = _scratch("across", hi - lo, row_len, np.int32)
-        second = _scratch("second", hi - lo, row_len, np.int32)
+        picked = thread_buffer("picked", (most, row_len), np.uint8)[: hi - lo]
+        across = thread_buffer("across", (most, row_len), np.int32)[: hi - lo]
+        second = thread_buffer("second", (most, row_len), np.int32)[: hi - lo]
         np.take(source, plan.cols0, axis=1, out=picked, mode="clip")
         np.multiply(picked, plan.alpha0, out=across)
         np.take(source, plan.cols1, axis=1, out=picked, mode="clip")
@@ -131,8 +134,8 @@ def resize_linear(pixels: np.ndarray, size: tuple[int, int], *, reuse: bool = Fa
         across += second
         across >>= 4
         # down the rows: ((S0 * b0) >> 16) + ((S1 * b1) >> 16) + 2 >> 2
-        upper = _scratch("upper", stop - start, row_len, np.int32)
-        lower = _scratch("lower", stop - start, row_len, np.int32)
+        upper = thread_buffer("upper", (CHUNK_ROWS, row_len), np.int32)[: stop - start]
+        lower = thread_buffer("lower", (CHUNK_ROWS, row_len), np.int32)[: stop - start]
         np.take(across, plan.row0[start:stop] - lo, axis=0, out=upper, mode="clip")
         upper *= plan.beta0[start:stop]
         upper >>= 16

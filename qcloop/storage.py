@@ -139,9 +139,15 @@ class LocalStore:
         return self._path(key).as_uri()
 
 
-def _minio(settings: StoreSettings, endpoint: str | None = None, **options: Any) -> Any:
-    """A minio client with the store user of ``settings``, for ``endpoint`` (default: the
-    store's own). Imported here: the local default needs no SDK."""
+def _minio(
+    settings: StoreSettings,
+    endpoint: str | None = None,
+    *,
+    region: str | None = None,
+    http_client: Any = None,
+) -> Any:
+    """A minio client with the store user of ``settings``, for ``endpoint`` and ``region``
+    (default: the store's own). Imported here: the local default needs no SDK."""
     from minio import Minio
 
     parsed = urlparse(endpoint or settings.endpoint or "")
@@ -152,8 +158,8 @@ def _minio(settings: StoreSettings, endpoint: str | None = None, **options: Any)
         access_key=access,
         secret_key=secret,
         secure=parsed.scheme == "https",
-        region=options.pop("region", settings.region),
-        **options,
+        region=region or settings.region,
+        http_client=http_client,
     )
 
 
