@@ -192,6 +192,10 @@ class Agent:
     ) -> None:
         workers = self.config.inference_workers
         pool = ThreadPoolExecutor(workers, "qcloop-infer") if workers > 1 else None
+        # with workers, one frame more waits in the pool's queue: a worker that is done
+        # takes it at once instead of idling until this loop has published the oldest
+        # result (or, if its frame overtook an older one, until that one is done)
+        depth = workers + 1 if pool is not None else 1
         inflight: deque[InFlight] = deque()  # oldest first: results go out in frame order
 
         def finish(block: float) -> None:
@@ -231,7 +235,7 @@ class Agent:
                 if serving is None:
                     loader.wait_ready(tick)  # frames stay where they are until a model arrives
                     continue
-                full = len(inflight) >= workers
+                full = len(inflight) >= depth
                 if full or (max_frames is not None and inferred + len(inflight) >= max_frames):
                     finish(tick)
                     continue

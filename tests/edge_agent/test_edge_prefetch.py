@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge_agent import agent as agent_module
 from edge_agent.agent import Agent
 from edge_agent.inference import Detector, InputPlan, prepare_input
+from edge_agent.inflight import Outcome
 from edge_agent.prefetch import Prefetched, Prefetcher, prefetch
+from edge_agent.release import ServingModel
 from edge_agent.sources import FolderSource, Frame
 from qcloop.contracts import InferenceResult
 from qcloop.mqtt import results_topic
@@ -275,3 +278,50 @@ def test_workers_that_prepare_their_own_frames_report_each_frame_s_own_boxes(
             assert np.allclose(
                 [d.box for d in result.detections], [d.box for d in boxes], atol=0.01
             ), result.image
+
+
+def test_a_worker_whose_frame_overtook_an_older_one_goes_on_with_the_next(
+    mqtt_url: str,
+    tmp_path: Path,
+    listen: Callable[[str], Listener],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given two workers, and a first frame whose model run hangs until released
+    output = np.zeros((1, 5, 4), np.float32)
+    output[0, :, 0] = [160, 160, 40, 40, 0.9]
+    model = make_constant_model(tmp_path / "m.onnx", output, names="{0: 'scratch'}")
+    frames = [Frame(f"{i}.jpg", jpeg(value=i)) for i in range(6)]
+    release_first, inferred = threading.Event(), []
+    real = agent_module.infer_timed
+
+    def slow_first(item: Prefetched, serving: ServingModel) -> Outcome:
+        if item.frame.name == "0.jpg":
+            assert release_first.wait(20), "frames behind the first did not go on"
+        outcome = real(item, serving)
+        inferred.append(item.frame.name)
+        if inferred == ["1.jpg", "2.jpg"]:  # the other worker got two frames meanwhile
+            release_first.set()
+        return outcome
+
+    monkeypatch.setattr(agent_module, "infer_timed", slow_first)
+    config = make_config(
+        tmp_path,
+        mqtt_url,
+        StoreSettings(kind="local", path=tmp_path / "store"),
+        "cam-overtake",
+        inference_workers=2,
+        feedback={"enabled": False},
+    )
+    topic = results_topic(config.device_id)
+    listener = listen(topic)
+    # when the agent inspects them
+    stats = Agent(config, source=ListSource(frames), initial_model=model).run(
+        max_frames=len(frames), timeout_s=30
+    )
+    # then the other worker inferred the next two frames while the first one hung (one
+    # frame waits in the pool for a worker), and the results still left in frame order
+    assert inferred[:3] == ["1.jpg", "2.jpg", "0.jpg"]
+    assert stats.frames_inferred == len(frames)
+    wait_until(lambda: len(listener.on(topic)) == len(frames))
+    got = [InferenceResult.from_json(p).image for p in listener.on(topic)]
+    assert got == [f.name for f in frames]
