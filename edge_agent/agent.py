@@ -10,8 +10,9 @@
 The loop itself never waits on the network: releases are loaded and the spool is
 uploaded by their own threads, and a new model is swapped in between two frames
 only once it is fully loaded (frames already in flight finish on the model they
-started on). With ``inference_workers`` > 1 several frames are inferred at once;
-their results, feedback and ``done`` still go out in frame order. A new model is
+started on). With ``inference_workers`` > 1 several frames are inferred at once, and
+one more waits ready for whichever worker is done first; their results, feedback and
+``done`` still go out in frame order. A new model is
 on trial until it has served (``edge_agent.trial``); one that fails
 ``release.max_model_failures`` frames in a row is rolled back to the previous one,
 one the agent died with on trial is rejected at the next start: neither is loaded
