@@ -29,7 +29,7 @@ JPEG files. A path is ``name@wNtM``: N inference workers, M onnxruntime (torch) 
   paced-inline the same with ``prefetch_frames = 0``: each frame decoded on the inference
                thread when it comes (the setting for an inline reject gate)
   infer        ``qcloop-edge infer --json`` over the images, with its defaults (threads: the
-               cores it may use); per frame after start-up (a run on 3 images subtracted)
+               cores it may use); per frame after start-up (first result line to last)
 Prints one JSON line per path, a Markdown table, then the targets as ratios against the
 baselines measured in the same run. The model defaults to ``.qcloop/bench/yolov8n-480.onnx``
 (``benchmarks.make_bench_model``), else the one ``make demo`` released; images to
@@ -324,27 +324,27 @@ def bench_paced_inline(
 
 
 def bench_infer(model: Path, images: list[Path], threads: int, workers: int) -> dict[str, Any]:
-    """``qcloop-edge infer --json`` with its defaults; per frame after its start-up."""
-
-    def run(files: list[Path]) -> float:
-        cmd = [sys.executable, "-m", "edge_agent", "infer", "--model", str(model), "--json"]
+    """``qcloop-edge infer --json`` with its defaults; per frame after its start-up: from
+    its first result line to its last (it prints each as soon as it is out, in order)."""
+    cmd = [sys.executable, "-m", "edge_agent", "infer", "--model", str(model), "--json"]
+    with tempfile.TemporaryFile("w+") as errors:
         start = time.perf_counter()
-        done = subprocess.run([*cmd, *map(str, files)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"qcloop-edge infer failed: {done.stderr[-500:]}")
-        if len(done.stdout.splitlines()) != len(files):
-            raise RuntimeError("qcloop-edge infer: one JSON line per image expected")
-        return time.perf_counter() - start
-
-    short = run(images[:3])
-    full = run(images)
+        child = subprocess.Popen(
+            [*cmd, *map(str, images)], stdout=subprocess.PIPE, stderr=errors, text=True
+        )
+        assert child.stdout is not None
+        stamps = [time.perf_counter() for _ in child.stdout]
+        if child.wait() != 0:
+            errors.seek(0)
+            raise RuntimeError(f"qcloop-edge infer failed: {errors.read()[-500:]}")
+    if len(stamps) != len(images):
+        raise RuntimeError("qcloop-edge infer: one JSON line per image expected")
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    per_frame = (full - short) * 1000 / (len(images) - 3)
     return {
-        "mean_ms": round(per_frame, 2),
+        "mean_ms": round((stamps[-1] - stamps[0]) * 1000 / (len(images) - 1), 2),
         "p50_ms": "-",
         "p95_ms": "-",
-        "startup_s": round(short, 2),
+        "startup_s": round(stamps[0] - start, 2),
         "peak_rss_mb": round(peak, 1),
     }
 
