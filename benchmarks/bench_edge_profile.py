@@ -10,7 +10,8 @@ inference worker prepares its frame:
 
   read        the JPEG's bytes from disk
   decode      ``load_image``: Pillow decodes the whole frame (EXIF orientation applied)
-  to array    ``np.asarray`` of the RGB frame (a copy out of Pillow)
+  to array    ``edge_agent.pixels.frame_pixels``: the frame as an array (Pillow's own
+              memory read in place where it can, else a copy)
   resize      ``edge_agent.resize.resize_linear`` (OpenCV's bilinear, in numpy)
   normalise   ``input_tensor``: the float32 input, its border grey, the resized frame
               scaled to [0, 1] into it
@@ -54,6 +55,7 @@ def profile(model: Path, images: list[Path], threads: int) -> dict[str, Any]:
         thread_tensor,
     )
     from edge_agent.memory import set_up_heap
+    from edge_agent.pixels import frame_pixels
     from edge_agent.resize import resize_linear
     from qcloop.yolo import letterbox_shape
 
@@ -71,7 +73,7 @@ def profile(model: Path, images: list[Path], threads: int) -> dict[str, Any]:
         picture = load_image(data)
         decode = _ms(start)
         start = time.perf_counter()
-        pixels = np.asarray(picture.convert("RGB") if picture.mode != "RGB" else picture)
+        pixels = frame_pixels(picture)
         to_array = _ms(start)
         (new_w, new_h), canvas = letterbox_shape(
             picture.size, detector.plan.imgsz, detector.plan.stride
@@ -82,7 +84,7 @@ def profile(model: Path, images: list[Path], threads: int) -> dict[str, Any]:
         resize = _ms(start)
         placement = letterbox_input(picture, detector.plan.imgsz, detector.plan.stride)[1]
         start = time.perf_counter()
-        tensor = input_tensor(pixels, canvas, placement, thread_tensor(canvas))
+        tensor = input_tensor(pixels[..., :3], canvas, placement, thread_tensor(canvas))
         normalise = _ms(start)
         prepared = ModelInput(tensor, placement, *picture.size, detector.plan)
         start = time.perf_counter()

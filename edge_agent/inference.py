@@ -29,6 +29,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from edge_agent.errors import ImageError, ModelError
+from edge_agent.pixels import frame_pixels
 from edge_agent.resize import resize_linear, thread_buffer
 from qcloop.boxes import batched_nms
 from qcloop.contracts import Detection
@@ -119,7 +120,7 @@ def _placed(
     (new_w, new_h), canvas = letterbox_shape((source_w, source_h), size, stride)
     left = round((canvas[0] - new_w) / 2 - 0.1)
     top = round((canvas[1] - new_h) / 2 - 0.1)
-    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    pixels = frame_pixels(image)  # in place where Pillow allows: RGB, or RGBX
     if image.size != (new_w, new_h):
         if RESIZE == "opencv":
             import cv2  # imported once by resize_backend: a dict lookup here
@@ -127,7 +128,7 @@ def _placed(
             pixels = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         else:
             pixels = resize_linear(pixels, (new_w, new_h), reuse=reuse)
-    return pixels, canvas, Letterbox(new_w / source_w, new_h / source_h, left, top)
+    return pixels[..., :3], canvas, Letterbox(new_w / source_w, new_h / source_h, left, top)
 
 
 def letterbox(

@@ -14,7 +14,8 @@ mapping each time such a block is freed, so after the first frames a decoded fra
 back one by one (measured on 1920x1280 frames, two workers: peak RSS 276 -> 223 MB,
 ``python -m benchmarks.bench_edge --width 1920 --paths agent@w2t1``). A block that is
 mapped afresh for every frame is faulted in page by page, so the frame path reuses its
-buffers instead (``edge_agent.resize.thread_buffer``), and
+buffers instead (``edge_agent.resize.thread_buffer``), reads the decoded frame where
+Pillow holds it (``edge_agent.pixels``), and
 ``cache_image_blocks`` has Pillow keep a few freed image blocks for the next decode, as
 ``PILLOW_BLOCKS_MAX`` would (measured: a 450x300 decode 1.2 -> 0.7 ms,
 ``python -m benchmarks.bench_edge_profile``). ``set_up_heap`` does all of this, before

@@ -30,7 +30,8 @@ class ResizePlan(NamedTuple):
     """Which source values each output value reads, and with which weights."""
 
     rows: np.ndarray  # source rows any output row reads
-    cols0: np.ndarray  # per output value of a row (x * 3 + channel): first source value
+    cols0: np.ndarray  # per output value of a row (x * 3 + channel): first source value,
+    # in a source row of ``channels`` values a pixel
     cols1: np.ndarray  # second source value
     alpha0: np.ndarray  # int32 weights of cols0, cols1
     alpha1: np.ndarray
@@ -55,8 +56,10 @@ def _weights(fraction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=16)
-def resize_plan(source: tuple[int, int], target: tuple[int, int]) -> ResizePlan:
-    """The plan of a (width, height) ``source`` resized to (width, height) ``target``."""
+def resize_plan(source: tuple[int, int], target: tuple[int, int], channels: int = 3) -> ResizePlan:
+    """The plan of a (width, height) ``source`` resized to (width, height) ``target``; the
+    source has ``channels`` values a pixel (4: RGBX, as Pillow holds RGB), the first three
+    R, G, B, and only those are read."""
     (src_w, src_h), (dst_w, dst_h) = source, target
     x, fx = _positions(src_w, dst_w)
     outside = (x < 0) | (x >= src_w - 1)  # OpenCV replicates the border pixel
@@ -64,8 +67,8 @@ def resize_plan(source: tuple[int, int], target: tuple[int, int]) -> ResizePlan:
     fx[outside] = 0.0
     a0, a1 = _weights(fx)
     channel = np.arange(3)
-    cols0 = (x[:, None] * 3 + channel).ravel()
-    cols1 = (np.minimum(x + 1, src_w - 1)[:, None] * 3 + channel).ravel()
+    cols0 = (x[:, None] * channels + channel).ravel()
+    cols1 = (np.minimum(x + 1, src_w - 1)[:, None] * channels + channel).ravel()
     y, fy = _positions(src_h, dst_h)  # rows: weights kept, indices clamped
     b0, b1 = _weights(fy)
     first, second = np.clip(y, 0, src_h - 1), np.clip(y + 1, 0, src_h - 1)
@@ -95,19 +98,19 @@ def thread_buffer(name: str, shape: tuple[int, ...], dtype: type[np.generic]) ->
 
 
 def resize_linear(pixels: np.ndarray, size: tuple[int, int], *, reuse: bool = False) -> np.ndarray:
-    """``pixels`` (HxWx3 uint8) resized to ``size`` (width, height) as OpenCV's
-    ``INTER_LINEAR`` does: HxWx3 uint8.
+    """``pixels`` (HxWxC uint8, C 3 or 4 with R, G, B first: ``edge_agent.pixels``) resized
+    to ``size`` (width, height) as OpenCV's ``INTER_LINEAR`` does: HxWx3 uint8.
 
     ``CHUNK_ROWS`` output rows at a time, through this thread's scratch buffers: the
     work stays in the CPU's cache and no frame-sized block is allocated (and faulted
     in) for the intermediate sums. With ``reuse`` the result is this thread's buffer
     too, overwritten by its next ``reuse`` call: for pixels copied out right away.
     """
-    height, width = pixels.shape[:2]
+    height, width, channels = pixels.shape
     dst_w, dst_h = size
-    plan = resize_plan((width, height), size)
+    plan = resize_plan((width, height), size, channels)
     row_len = dst_w * 3
-    flat = pixels.reshape(height, width * 3)
+    flat = pixels.reshape(height, width * channels)
     resized = (
         thread_buffer("resized", (dst_h, row_len), np.uint8)
         if reuse
@@ -121,7 +124,7 @@ def resize_linear(pixels: np.ndarray, size: tuple[int, int], *, reuse: bool = Fa
         if last - first == hi - lo - 1:  # consecutive source rows: read in place
             source = flat[first : last + 1]
         else:
-            source = thread_buffer("source", (most, width * 3), np.uint8)[: hi - lo]
+            source = thread_buffer("source", (most, width * channels), np.uint8)[: hi - lo]
             np.take(flat, plan.rows[lo:hi], axis=0, out=source, mode="clip")
         # across each source row: S = a0 * p0 + a1 * p1, then S >> 4
         picked = thread_buffer("picked", (most, row_len), np.uint8)[: hi - lo]
