@@ -31,9 +31,11 @@ JPEG files. A path is ``name@wNtM``: N inference workers, M onnxruntime (torch) 
   infer        ``qcloop-edge infer --json`` over the images, with its defaults (threads: the
                cores it may use); per frame after start-up (first result line to last)
 Prints one JSON line per path, a Markdown table, then the targets as ratios against the
-baselines measured in the same run. The model defaults to ``.qcloop/bench/yolov8n-480.onnx``
-(``benchmarks.make_bench_model``), else the one ``make demo`` released; images to
-../shared/datasets/metal-tags/images.
+baselines measured in the same run, and for each agent the ceiling the CPU sets on the
+aim against ultralytics: how much faster than ultralytics the bare sessions at the
+agent's workers x threads are (an agent of no cost of its own). The model defaults to
+``.qcloop/bench/yolov8n-480.onnx`` (``benchmarks.make_bench_model``), else the one
+``make demo`` released; images to ../shared/datasets/metal-tags/images.
 """
 
 from __future__ import annotations
@@ -500,6 +502,14 @@ def report(rows: list[dict[str, Any]]) -> None:
                     f"{agent['path']:<14} / {base['path']:<18} {ratio:5.2f}x, "
                     f"{worst:5.2f}x against its best round  (target <= {target:.2f}x: {ok})"
                 )
+        for base in kinds.get("ultralytics", []) + kinds.get("ultralytics-rect", []):
+            for bare in kinds.get("session", []):
+                if _cores(bare) == _cores(agent):  # what the target allows on this CPU
+                    ceiling = per_frame(base) / per_frame(bare)
+                    print(
+                        f"{'':<14}   ceiling: {bare['path']} is {ceiling:4.2f}x faster than "
+                        f"{base['path']} (an agent of no cost of its own)"
+                    )
         ok = "ok" if agent["peak_rss_mb"] <= 250 else "MISSED"
         print(f"{agent['path']:<14} peak RSS {agent['peak_rss_mb']} MB  (target <= 250 MB: {ok})")
     for detect in kinds.get("detect", []):

@@ -38,6 +38,9 @@ def test_bench_edge_prints_each_path_and_the_targets(
     assert rows[0]["mean_ms"] > 0 and rows[0]["p50_ms"] > 0
     assert "agent@w2t1     / session@w2t1" in out.stdout and "(target <= 1.10x" in out.stdout
     assert "agent@w2t1     / ultralytics-rect@w1t1" in out.stdout
+    # how fast the target lets the agent be on this CPU: the bare sessions against ultralytics
+    assert "ceiling: session@w2t1 is" in out.stdout
+    assert "faster than ultralytics-rect@w1t1 (an agent of no cost" in out.stdout
     assert "release -> serving p50" in out.stdout
     # the paced camera (no queue), with and without the prefetch thread, and the CLI
     paced, inline, infer = rows[5:]
