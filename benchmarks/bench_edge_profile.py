@@ -12,7 +12,9 @@ inference worker prepares its frame:
   decode      ``load_image``: Pillow decodes the whole frame (EXIF orientation applied)
   to array    ``edge_agent.pixels.frame_pixels``: the frame as an array (Pillow's own
               memory read in place where it can, else a copy)
-  resize      ``edge_agent.resize.resize_linear`` (OpenCV's bilinear, in numpy)
+  resize      ``edge_agent.resize.resize_frame``: OpenCV's bilinear, in numpy, or OpenCV
+              itself where the process has it loaded (``QCLOOP_EDGE_RESIZE=opencv``
+              loads it, as a camera source does)
   normalise   ``input_tensor``: the float32 input, its border grey, the resized frame
               scaled to [0, 1] into it
   session.run the model (``Detector.raw_output``)
@@ -56,7 +58,7 @@ def profile(model: Path, images: list[Path], threads: int) -> dict[str, Any]:
     )
     from edge_agent.memory import set_up_heap
     from edge_agent.pixels import frame_pixels
-    from edge_agent.resize import resize_linear
+    from edge_agent.resize import resize_frame
     from qcloop.yolo import letterbox_shape
 
     set_up_heap()
@@ -80,7 +82,7 @@ def profile(model: Path, images: list[Path], threads: int) -> dict[str, Any]:
         )
         start = time.perf_counter()
         if picture.size != (new_w, new_h):
-            pixels = resize_linear(pixels, (new_w, new_h), reuse=True)
+            pixels = resize_frame(pixels, (new_w, new_h), reuse=True)
         resize = _ms(start)
         placement = letterbox_input(picture, detector.plan.imgsz, detector.plan.stride)[1]
         start = time.perf_counter()
@@ -155,8 +157,14 @@ def main() -> int:
     folder = scaled_copies(args.images, args.width) if args.width else args.images
     images = _images(folder, args.frames)
     rows = summary(profile(args.model, images, args.threads))
-    label = f"{args.model.name}, {args.frames} frames from {folder}, {args.threads} thread(s)"
-    print(json.dumps({"model": str(args.model), "frames": args.frames, "steps": rows}))
+    from edge_agent.resize import resizer
+
+    label = (
+        f"{args.model.name}, {args.frames} frames from {folder}, {args.threads} thread(s), "
+        f"resized with {resizer()}"
+    )
+    summary_line = {"model": str(args.model), "frames": args.frames, "resize": resizer()}
+    print(json.dumps({**summary_line, "steps": rows}))
     report(rows, label)
     return 0
 

@@ -52,6 +52,7 @@ from edge_agent.release import (
     load_last_good,
     load_local,
 )
+from edge_agent.resize import resizer
 from edge_agent.retention import Retention, set_aside_folders
 from edge_agent.sdnotify import Watchdog, notify
 from edge_agent.sources import Frame, FrameSource, make_source
@@ -275,7 +276,8 @@ class Agent:
         loader.serving(model)
         if counted:
             self._counters.add("swaps")
-        log.info("serving model", extra={"model": model.ref.name, "version": model.ref.version})
+        described = {"model": model.ref.name, "version": model.ref.version}
+        log.info("serving model", extra={**described, "resize": resizer()})  # numpy, opencv
         self._publish_state(link, "serving")
 
     def _rollback(self, loader: ModelLoader, link: MqttLink) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -30,7 +29,7 @@ from PIL import Image, ImageOps
 
 from edge_agent.errors import ImageError, ModelError
 from edge_agent.pixels import frame_pixels
-from edge_agent.resize import resize_linear, thread_buffer
+from edge_agent.resize import resize_frame, thread_buffer
 from qcloop.boxes import batched_nms
 from qcloop.contracts import Detection
 from qcloop.params import CONFIDENCE, NMS_IOU
@@ -41,26 +40,6 @@ PAD_INPUT = np.float32(PAD_VALUE) / np.float32(255.0)  # that grey in the model'
 ORIENTATION_TAG = 0x0112  # EXIF
 
 ImageInput = Image.Image | bytes | str | Path
-
-
-def resize_backend() -> str:
-    """``numpy`` (``edge_agent.resize``) unless ``QCLOOP_EDGE_RESIZE=opencv`` and cv2 imports.
-
-    Both give the same pixels, those ultralytics letterboxes with (OpenCV's bilinear
-    ``INTER_LINEAR``). OpenCV (the ``camera`` extra installs it) is faster at it
-    (~0.2 against ~1.7 ms a 450x300 frame), but importing cv2 costs ~25 MB of RSS, so
-    numpy is the default.
-    """
-    if os.environ.get("QCLOOP_EDGE_RESIZE", "numpy") != "opencv":
-        return "numpy"
-    try:
-        import cv2  # noqa: F401
-    except ImportError:
-        return "numpy"
-    return "opencv"
-
-
-RESIZE = resize_backend()
 
 
 class InputPlan(NamedTuple):
@@ -111,7 +90,7 @@ def _placed(
     image: Image.Image, size: tuple[int, int], stride: int, reuse: bool = False
 ) -> tuple[np.ndarray, tuple[int, int], Letterbox]:
     """The frame's RGB pixels resized for the canvas, the canvas (width, height), the placement
-    (``reuse``: the resized pixels in this thread's buffer, ``resize_linear``).
+    (``reuse``: the resized pixels in this thread's buffer, ``resize_frame``).
 
     Computed like ultralytics' ``LetterBox`` (centred, scale-up allowed) on the frame's
     own size, resized like it (OpenCV's bilinear, ``edge_agent.resize``): the same pixels.
@@ -122,12 +101,7 @@ def _placed(
     top = round((canvas[1] - new_h) / 2 - 0.1)
     pixels = frame_pixels(image)  # in place where Pillow allows: RGB, or RGBX
     if image.size != (new_w, new_h):
-        if RESIZE == "opencv":
-            import cv2  # imported once by resize_backend: a dict lookup here
-
-            pixels = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        else:
-            pixels = resize_linear(pixels, (new_w, new_h), reuse=reuse)
+        pixels = resize_frame(pixels, (new_w, new_h), reuse=reuse)
     return pixels[..., :3], canvas, Letterbox(new_w / source_w, new_h / source_h, left, top)
 
 

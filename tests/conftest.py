@@ -68,6 +68,16 @@ def project_logging_as_found() -> Iterator[None]:
         logger.propagate = True
 
 
+@pytest.fixture(autouse=True)
+def agent_resizes_with_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process agents resize frames with their own numpy code, as on a box without a
+    camera source: by default (``auto``) they would use OpenCV wherever it is loaded, and
+    the platform's tests load it (ultralytics). Tests of the other resizers set it."""
+    import edge_agent.resize
+
+    monkeypatch.setattr(edge_agent.resize, "RESIZE", "numpy")
+
+
 @pytest.fixture(scope="session")
 def metal_tags() -> Iterator[Path]:
     """The real labelled sample in the repository (16 photos, 4 captures; see its README).

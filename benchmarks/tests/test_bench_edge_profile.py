@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def test_bench_edge_profile_times_each_step_of_a_frame(yolo_onnx: Path, metal_tags: Path) -> None:
+@pytest.mark.parametrize(("setting", "resizer"), [("auto", "numpy"), ("opencv", "opencv")])
+def test_bench_edge_profile_times_each_step_of_a_frame(
+    yolo_onnx: Path, metal_tags: Path, setting: str, resizer: str
+) -> None:
     cmd = [sys.executable, "-m", "benchmarks.bench_edge_profile", "--model", str(yolo_onnx)]
     cmd += ["--images", str(metal_tags / "images"), "--frames", "4"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "QCLOOP_EDGE_RESIZE": setting}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     line = next(line for line in out.stdout.splitlines() if line.startswith("{"))
+    # the frame is resized as the agent would in that process: OpenCV only where loaded
+    assert json.loads(line)["resize"] == resizer and f"resized with {resizer}" in out.stdout
     steps = json.loads(line)["steps"]
     assert list(steps) == [
         "read", "decode", "to array", "resize", "normalise", "session.run", "post", "detect"

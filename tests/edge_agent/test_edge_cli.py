@@ -122,7 +122,7 @@ def test_infer_with_a_bad_model_exits_1(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_the_agent_imports_nothing_heavy() -> None:
     # the edge box has no torch/ultralytics/mlflow/kfp/dvc, nor the other rooms;
-    # cv2 only where QCLOOP_EDGE_RESIZE=opencv asks for it
+    # cv2 only where QCLOOP_EDGE_RESIZE=opencv asks for it (or a camera source loads it)
     code = (
         "import sys, edge_agent, edge_agent.cli, edge_agent.agent\n"
         f"print([m for m in sys.modules if m.split('.')[0] in {HEAVY}])\n"
@@ -139,15 +139,39 @@ def test_without_opencv_the_agent_resizes_with_numpy(
     # OpenCV (the camera extra) is optional: an edge-only box lacks it, even if asked for
     code = (
         "import os, sys; sys.modules['cv2'] = None; os.environ['QCLOOP_EDGE_RESIZE'] = 'opencv'\n"
-        "from edge_agent import inference\n"
+        "from edge_agent import inference, resize\n"
         f"found = inference.Detector({str(yolo_onnx)!r}, confidence=0.01).detect("
         f"{str(tag_images[0])!r})\n"
-        "print(inference.RESIZE, type(found).__name__)\n"
+        "print(resize.RESIZE, type(found).__name__)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["numpy", "list"]
+
+
+@pytest.mark.parametrize("camera", [False, True])
+def test_by_default_opencv_resizes_only_where_it_is_loaded_anyway(
+    yolo_onnx: Path, tag_images: list[Path], camera: bool
+) -> None:
+    # given the default setting, a process with a camera source (which loads cv2) or not
+    code = (
+        "import os, sys; os.environ.pop('QCLOOP_EDGE_RESIZE', None)\n"
+        + ("from edge_agent.camera import CameraSource; CameraSource('0')\n" if camera else "")
+        + "from edge_agent import inference, resize\n"
+        "calls = []\n"
+        "numpy_resize = resize.resize_linear\n"
+        "resize.resize_linear = lambda *a, **k: calls.append(1) or numpy_resize(*a, **k)\n"
+        f"found = inference.Detector({str(yolo_onnx)!r}, confidence=0.01).detect("
+        f"{str(tag_images[0])!r})\n"
+        "print(resize.RESIZE, 'cv2' in sys.modules, len(calls), type(found).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    # then OpenCV resizes where the camera loaded it, and is not imported for it elsewhere
+    expected = ["auto", "True", "0", "list"] if camera else ["auto", "False", "1", "list"]
+    assert out.stdout.split() == expected
 
 
 def test_python_dash_m_works() -> None:

@@ -320,9 +320,9 @@ def test_the_model_input_is_ultralytics_to_the_bit(
     import cv2
     from ultralytics.data.augment import LetterBox
 
-    import edge_agent.inference as inference
+    import edge_agent.resize as resize
 
-    monkeypatch.setattr(inference, "RESIZE", backend)
+    monkeypatch.setattr(resize, "RESIZE", backend)
     boxer = LetterBox(new_shape=(imgsz, imgsz), auto=stride > 0, stride=stride or 32)
     for frame in sorted((metal_tags / "images").glob("*.jpg"))[:4]:
         # given a real photo, shrunk or enlarged, and on a square or a rect canvas
@@ -348,17 +348,39 @@ def test_a_large_camera_frame_is_resized_as_opencv_does(metal_tags: Path) -> Non
         assert np.array_equal(resize_linear(pixels, size), expected), size
 
 
-def test_opencv_resizes_only_when_asked_for_and_installed(
+def test_opencv_resizes_where_loaded_already_or_asked_for_and_installed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from edge_agent.inference import resize_backend
+    import edge_agent.resize as resize
 
+    # by default (auto) OpenCV resizes only where the process has it loaded already
     monkeypatch.delenv("QCLOOP_EDGE_RESIZE", raising=False)
-    assert resize_backend() == "numpy"
+    assert resize.resize_backend() == "auto"
+    monkeypatch.setattr(resize, "RESIZE", "auto")
+    with monkeypatch.context() as patched:
+        patched.setitem(sys.modules, "cv2", None)  # not loaded (nor installed)
+        assert resize._opencv() is None and resize.resizer() == "numpy"
+    import cv2  # loaded (by a camera source, say)
+
+    assert resize._opencv() is cv2 and resize.resizer() == "opencv"
+    # numpy is never overridden; opencv is numpy where OpenCV is not installed
+    monkeypatch.setattr(resize, "RESIZE", "numpy")
+    assert resize._opencv() is None
     monkeypatch.setenv("QCLOOP_EDGE_RESIZE", "opencv")
-    assert resize_backend() == "opencv"
-    monkeypatch.setitem(sys.modules, "cv2", None)  # not installed: numpy after all
-    assert resize_backend() == "numpy"
+    assert resize.resize_backend() == "opencv"
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    assert resize.resize_backend() == "numpy"
+
+
+def test_an_unknown_resize_setting_is_named_and_left_to_auto(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edge_agent.resize import resize_backend
+
+    monkeypatch.setenv("QCLOOP_EDGE_RESIZE", "cv2")
+    with caplog.at_level("WARNING", logger="edge_agent.resize"):
+        assert resize_backend() == "auto"
+    assert "QCLOOP_EDGE_RESIZE is not one of auto, numpy, opencv" in caplog.text
 
 
 def big_jpeg(metal_tags: Path, width: int = 1920, orientation: int = 1) -> bytes:
