@@ -133,21 +133,31 @@ def test_the_agent_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_without_opencv_the_agent_resizes_with_numpy(
-    yolo_onnx: Path, tag_images: list[Path]
-) -> None:
-    # OpenCV (the camera extra) is optional: an edge-only box lacks it, even if asked for
+def _detect_in_a_fresh_process(setup: str, model: Path, image: Path, printed: str) -> list[str]:
+    """What a fresh Python prints (``printed``: an expression) after running ``setup``,
+    then ``Detector.detect`` on ``image`` (its result: ``found``)."""
     code = (
-        "import os, sys; sys.modules['cv2'] = None; os.environ['QCLOOP_EDGE_RESIZE'] = 'opencv'\n"
+        f"import os, sys\n{setup}\n"
         "from edge_agent import inference, resize\n"
-        f"found = inference.Detector({str(yolo_onnx)!r}, confidence=0.01).detect("
-        f"{str(tag_images[0])!r})\n"
-        "print(resize.RESIZE, type(found).__name__)\n"
+        f"found = inference.Detector({str(model)!r}, confidence=0.01).detect({str(image)!r})\n"
+        f"print({printed})\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == ["numpy", "list"]
+    return out.stdout.split()
+
+
+def test_without_opencv_the_agent_resizes_with_numpy(
+    yolo_onnx: Path, tag_images: list[Path]
+) -> None:
+    # OpenCV (the camera extra) is optional: an edge-only box lacks it, even if asked for
+    setup = "sys.modules['cv2'] = None; os.environ['QCLOOP_EDGE_RESIZE'] = 'opencv'"
+    printed = "resize.RESIZE, type(found).__name__"
+    assert _detect_in_a_fresh_process(setup, yolo_onnx, tag_images[0], printed) == [
+        "numpy",
+        "list",
+    ]
 
 
 @pytest.mark.parametrize("camera", [False, True])
@@ -155,23 +165,19 @@ def test_by_default_opencv_resizes_only_where_it_is_loaded_anyway(
     yolo_onnx: Path, tag_images: list[Path], camera: bool
 ) -> None:
     # given the default setting, a process with a camera source (which loads cv2) or not
-    code = (
-        "import os, sys; os.environ.pop('QCLOOP_EDGE_RESIZE', None)\n"
+    setup = (
+        "os.environ.pop('QCLOOP_EDGE_RESIZE', None)\n"
         + ("from edge_agent.camera import CameraSource; CameraSource('0')\n" if camera else "")
-        + "from edge_agent import inference, resize\n"
+        + "from edge_agent import resize\n"
         "calls = []\n"
         "numpy_resize = resize.resize_linear\n"
-        "resize.resize_linear = lambda *a, **k: calls.append(1) or numpy_resize(*a, **k)\n"
-        f"found = inference.Detector({str(yolo_onnx)!r}, confidence=0.01).detect("
-        f"{str(tag_images[0])!r})\n"
-        "print(resize.RESIZE, 'cv2' in sys.modules, len(calls), type(found).__name__)\n"
+        "resize.resize_linear = lambda *a, **k: calls.append(1) or numpy_resize(*a, **k)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    printed = "resize.RESIZE, 'cv2' in sys.modules, len(calls), type(found).__name__"
+    found = _detect_in_a_fresh_process(setup, yolo_onnx, tag_images[0], printed)
     # then OpenCV resizes where the camera loaded it, and is not imported for it elsewhere
     expected = ["auto", "True", "0", "list"] if camera else ["auto", "False", "1", "list"]
-    assert out.stdout.split() == expected
+    assert found == expected
 
 
 def test_python_dash_m_works() -> None:
