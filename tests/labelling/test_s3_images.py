@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -155,28 +159,26 @@ def test_presigned_urls_reach_the_store_and_expire(
 
     # when a labeller opens the task in a browser
     endpoint = s3_store_settings.endpoint
-    from_store: list[tuple[int, str]] = []
     off_host: list[str] = []
     with (
         chromium() as browser,
         labeller_page(browser, ls.url, token, off_host, also_allow=[endpoint]) as page,
+        store_requests() as served,
     ):
-        page.on(
-            "response",
-            lambda r: from_store.append((r.status, r.url)) if r.url.startswith(endpoint) else None,
-        )
-        # (waited for as an event: the image may be drawn before its response is reported)
-        with page.expect_response(
-            lambda r: r.url.startswith(endpoint), timeout=READY_S * 1000
-        ) as first:
-            open_task(page, ls.url, project_id, task_id)
+        open_task(page, ls.url, project_id, task_id)
         page.screenshot(path=tmp_path / "presigned-task.png")
-        fetched = (first.value.status, first.value.url)
-    # then the browser fetched the image from the S3 endpoint with a presigned URL, and
-    # from nowhere else
-    assert fetched[0] == 200 and "X-Amz-Signature=" in fetched[1], fetched
-    assert "X-Amz-Expires=120" in fetched[1]
-    assert all(status == 200 for status, _ in from_store), from_store
+        image = f"GET /{s3_store_settings.bucket}/raw/"
+        deadline = time.monotonic() + READY_S  # the image may be drawn before it is logged
+        while not [line for line in served if image in line] and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+    # then the browser fetched the image from the S3 endpoint with a presigned URL (signed
+    # in the query; Label Studio's own reads, when it proxies, sign a header), and from
+    # nowhere else. (The endpoint's log, not the page's response events: with routing on,
+    # Playwright at times reports the redirect and the image as one 200 of Label Studio's.)
+    fetched = [line for line in served if image in line]
+    assert fetched, served
+    assert all("X-Amz-Signature=" in line and "X-Amz-Expires=120" in line for line in fetched)
+    assert all('" 200 ' in line for line in fetched), fetched
     assert off_host == []
 
     # when the settings give URLs 5 minutes and the bootstrap runs again, twice
@@ -187,3 +189,24 @@ def test_presigned_urls_reach_the_store_and_expire(
     assert (first, second) == ((storage_id, "updated"), (storage_id, "unchanged"))
     redirect, _, _ = presigned()
     assert dict(parse_qsl(urlsplit(redirect.headers["Location"]).query))["X-Amz-Expires"] == "300"
+
+
+@contextmanager
+def store_requests() -> Iterator[list[str]]:
+    """The request lines the S3 endpoint (moto's server, in this process: werkzeug) logs
+    while inside."""
+    lines: list[str] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    server_log = logging.getLogger("werkzeug")
+    handler, level = Lines(logging.INFO), server_log.level
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        server_log.removeHandler(handler)
+        server_log.setLevel(level)
