@@ -159,12 +159,13 @@ def main() -> int:
     rows = summary(profile(args.model, images, args.threads))
     from edge_agent.resize import resizer
 
+    resize = resizer()
     label = (
         f"{args.model.name}, {args.frames} frames from {folder}, {args.threads} thread(s), "
-        f"resized with {resizer()}"
+        f"resized with {resize}"
     )
-    summary_line = {"model": str(args.model), "frames": args.frames, "resize": resizer()}
-    print(json.dumps({**summary_line, "steps": rows}))
+    head = {"model": str(args.model), "frames": args.frames, "resize": resize}
+    print(json.dumps({**head, "steps": rows}))
     report(rows, label)
     return 0
 

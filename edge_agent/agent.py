@@ -276,8 +276,8 @@ class Agent:
         loader.serving(model)
         if counted:
             self._counters.add("swaps")
-        described = {"model": model.ref.name, "version": model.ref.version}
-        log.info("serving model", extra={**described, "resize": resizer()})  # numpy, opencv
+        extra = {"model": model.ref.name, "version": model.ref.version, "resize": resizer()}
+        log.info("serving model", extra=extra)
         self._publish_state(link, "serving")
 
     def _rollback(self, loader: ModelLoader, link: MqttLink) -> None:

@@ -205,8 +205,8 @@ def resizer() -> str:
 
 def resize_frame(pixels: np.ndarray, size: tuple[int, int], *, reuse: bool = False) -> np.ndarray:
     """``pixels`` (HxWxC uint8, C 3 or 4, R, G, B first) resized to ``size`` (width,
-    height) as OpenCV's ``INTER_LINEAR`` does, by OpenCV or ``resize_linear``
-    (``resize_backend``); its first three values a pixel are R, G, B."""
+    height) as OpenCV's ``INTER_LINEAR`` does: by OpenCV where ``resize_backend`` allows
+    it, else by ``resize_linear`` (``reuse``: its buffer). R, G, B stay first."""
     cv2 = _opencv()
     if cv2 is not None:
         return cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR)  # type: ignore[no-any-return]

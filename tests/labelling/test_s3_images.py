@@ -7,8 +7,6 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -107,6 +105,7 @@ def test_presigned_urls_reach_the_store_and_expire(
     project_id: int,
     ls_settings: LabelStudioSettings,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """moto's S3 server does not check a presigned URL's expiry (S3 and MinIO do): the test
     checks the window Label Studio signs into each URL, and that the signature fixes it."""
@@ -160,25 +159,31 @@ def test_presigned_urls_reach_the_store_and_expire(
     # when a labeller opens the task in a browser
     endpoint = s3_store_settings.endpoint
     off_host: list[str] = []
+    image = f"GET /{s3_store_settings.bucket}/raw/"
     with (
         chromium() as browser,
         labeller_page(browser, ls.url, token, off_host, also_allow=[endpoint]) as page,
-        store_requests() as served,
+        caplog.at_level(logging.INFO, logger="werkzeug"),  # moto's server, in this process
     ):
+        before = len(caplog.records)
+
+        def fetched() -> list[str]:
+            """The image requests the S3 endpoint logged since the task was opened."""
+            lines = [r.getMessage() for r in caplog.records[before:] if r.name == "werkzeug"]
+            return [line for line in lines if image in line]
+
         open_task(page, ls.url, project_id, task_id)
         page.screenshot(path=tmp_path / "presigned-task.png")
-        image = f"GET /{s3_store_settings.bucket}/raw/"
         deadline = time.monotonic() + READY_S  # the image may be drawn before it is logged
-        while not [line for line in served if image in line] and time.monotonic() < deadline:
+        while not fetched() and time.monotonic() < deadline:
             page.wait_for_timeout(100)
     # then the browser fetched the image from the S3 endpoint with a presigned URL (signed
     # in the query; Label Studio's own reads, when it proxies, sign a header), and from
     # nowhere else. (The endpoint's log, not the page's response events: with routing on,
     # Playwright at times reports the redirect and the image as one 200 of Label Studio's.)
-    fetched = [line for line in served if image in line]
-    assert fetched, served
-    assert all("X-Amz-Signature=" in line and "X-Amz-Expires=120" in line for line in fetched)
-    assert all('" 200 ' in line for line in fetched), fetched
+    assert fetched(), caplog.text[-2000:]
+    assert all("X-Amz-Signature=" in line and "X-Amz-Expires=120" in line for line in fetched())
+    assert all('" 200 ' in line for line in fetched()), fetched()
     assert off_host == []
 
     # when the settings give URLs 5 minutes and the bootstrap runs again, twice
@@ -189,24 +194,3 @@ def test_presigned_urls_reach_the_store_and_expire(
     assert (first, second) == ((storage_id, "updated"), (storage_id, "unchanged"))
     redirect, _, _ = presigned()
     assert dict(parse_qsl(urlsplit(redirect.headers["Location"]).query))["X-Amz-Expires"] == "300"
-
-
-@contextmanager
-def store_requests() -> Iterator[list[str]]:
-    """The request lines the S3 endpoint (moto's server, in this process: werkzeug) logs
-    while inside."""
-    lines: list[str] = []
-
-    class Lines(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    server_log = logging.getLogger("werkzeug")
-    handler, level = Lines(logging.INFO), server_log.level
-    server_log.addHandler(handler)
-    server_log.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        server_log.removeHandler(handler)
-        server_log.setLevel(level)
